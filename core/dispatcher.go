@@ -1,0 +1,436 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// Options are what an embedder gives New besides the configuration.
+type Options struct {
+	// Logger receives the core's log and, under each plugin's name, the
+	// plugins' logs. Default: stderr at the configured log_level.
+	Logger hclog.Logger
+	// Builtins are the built-in plugins this binary serves, by re-executing
+	// itself (see ServeBuiltin). A [[plugin]] without a path names one.
+	Builtins []*sdk.Plugin
+	// Executable serves the built-ins. Default: this process's executable,
+	// which must then call ServeBuiltin first thing in main.
+	Executable string
+}
+
+// Request is one piece of work to do inside a target's namespaces.
+type Request struct {
+	PID     int             // the target process, as the core sees it
+	Type    string          // message type, e.g. "procfs.read"
+	Payload json.RawMessage // a JSON object; empty means {}
+	// Namespaces narrows the namespaces joined ("net", "mnt", ...). Nil
+	// means the plugin's configured set, itself by default every
+	// namespace of the target that differs from the core's own. A
+	// namespace the target shares with the core is never joined.
+	Namespaces []string
+}
+
+// TypeInfo describes one registered message type.
+type TypeInfo struct {
+	Name        string `json:"name"`
+	Version     uint32 `json:"version"`
+	Description string `json:"description"`
+	Plugin      string `json:"plugin"`
+}
+
+// PluginInfo describes one configured plugin.
+type PluginInfo struct {
+	Name    string     `json:"name"`
+	Builtin bool       `json:"builtin"`
+	Path    string     `json:"path,omitempty"`
+	SHA256  string     `json:"sha256"`
+	Mode    string     `json:"mode"`
+	Types   []TypeInfo `json:"types"`
+}
+
+// pluginEntry is a configured plugin, ready to start.
+type pluginEntry struct {
+	name         string
+	builtin      bool
+	path         string
+	exe          *sealedExecutable
+	settings     PluginSettings
+	join         uintptr // namespaces it may join; all by default
+	unshare      uintptr
+	freshProc    bool
+	freshSys     bool
+	pluginConfig []byte // sdk.PluginConfig as JSON
+	types        []TypeInfo
+}
+
+// Dispatcher runs requests inside targets' namespaces through plugins.
+// It is safe for concurrent use. Close it to kill every plugin process.
+type Dispatcher struct {
+	cfg     *Config
+	log     hclog.Logger
+	plugins []*pluginEntry
+	types   map[string]*pluginEntry
+	selfNS  nsSet
+	runDir  string   // this core's directory under runtime_dir
+	runLock *os.File // flock held while the core lives
+	pool    *pool
+	reqSeq  atomic.Uint64
+	closed  atomic.Bool
+}
+
+// New starts a dispatcher: it validates the configuration, seals each
+// plugin's executable, asks every plugin which message types it serves and
+// builds the type registry. Nothing runs in any target until Dispatch.
+func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
+	if cfg == nil {
+		cfg = DefaultConfig()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+	}
+	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances)}
+	if d.selfNS, err = readNSSet("self"); err != nil {
+		return nil, fmt.Errorf("reading the core's own namespaces: %w", err)
+	}
+	if err := d.makeRunDir(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	builtins := make(map[string]*sdk.Plugin)
+	for _, b := range opts.Builtins {
+		builtins[b.Name] = b
+	}
+	confs := cfg.Plugins
+	if len(confs) == 0 {
+		for _, b := range opts.Builtins {
+			confs = append(confs, PluginConfig{Name: b.Name})
+		}
+	}
+	self := opts.Executable
+	var selfExe *sealedExecutable
+	for i := range confs {
+		pc := &confs[i]
+		e, err := d.newEntry(cfg, pc)
+		if err != nil {
+			return nil, err
+		}
+		d.plugins = append(d.plugins, e)
+		var served []*pluginpb.MessageType
+		if pc.Path == "" {
+			b := builtins[pc.Name]
+			if b == nil {
+				return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(builtins), ", "))
+			}
+			if selfExe == nil {
+				if self == "" {
+					if self, err = os.Executable(); err != nil {
+						return nil, err
+					}
+				}
+				if selfExe, err = sealExecutable("builtin", self, ""); err != nil {
+					return nil, err
+				}
+			}
+			e.builtin, e.exe, e.path = true, selfExe, self
+			srv, err := sdk.NewServer(b, nil, nil)
+			if err != nil {
+				return nil, err
+			}
+			desc, _ := srv.Describe(context.Background(), nil)
+			served = desc.Types
+		} else {
+			if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256)); err != nil {
+				return nil, err
+			}
+			if served, err = d.describeExternal(e); err != nil {
+				return nil, err
+			}
+		}
+		if err := d.register(e, pc.Types, served); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, error) {
+	s := cfg.Settings(pc)
+	e := &pluginEntry{name: pc.Name, path: pc.Path, settings: s, join: nsexec.AllNamespaces}
+	var err error
+	if len(s.Namespaces) > 0 {
+		if e.join, err = nsexec.ParseNamespaces(s.Namespaces); err != nil {
+			return nil, fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
+		}
+	}
+	if e.unshare, err = nsexec.ParseNamespaces(s.Unshare); err != nil {
+		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+	}
+	if err := (nsexec.Bootstrap{Unshare: e.unshare}).Validate(); err != nil {
+		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+	}
+	for _, m := range s.FreshMounts {
+		switch m {
+		case "proc":
+			e.freshProc = true
+		case "sys":
+			e.freshSys = true
+		}
+	}
+	opts, err := json.Marshal(pc.Options)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: options: %w", pc.Name, err)
+	}
+	if len(pc.Options) == 0 {
+		opts = nil
+	}
+	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel})
+	return e, nil
+}
+
+// describeExternal starts an external plugin once, on the host and in no
+// target, to learn what it serves.
+func (d *Dispatcher) describeExternal(e *pluginEntry) ([]*pluginpb.MessageType, error) {
+	inst, err := d.startInstance(context.Background(), launch{plugin: e})
+	if err != nil {
+		return nil, err
+	}
+	defer inst.kill()
+	ctx, cancel := context.WithTimeout(context.Background(), e.settings.StartTimeout.Duration)
+	defer cancel()
+	desc, err := inst.describe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: describe: %w", e.name, err)
+	}
+	return desc.Types, nil
+}
+
+// register adds a plugin's message types to the registry. allowed, from
+// the configuration, restricts them; naming a type the plugin does not
+// serve is an error.
+func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
+	byName := make(map[string]*pluginpb.MessageType)
+	for _, t := range served {
+		if err := sdk.CheckTypeName(t.Name); err != nil {
+			return fmt.Errorf("plugin %s: %w", e.name, err)
+		}
+		byName[t.Name] = t
+	}
+	names := allowed
+	if len(names) == 0 {
+		names = sortedKeys(byName)
+	}
+	for _, n := range names {
+		t := byName[n]
+		if t == nil {
+			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
+		}
+		if other := d.types[n]; other != nil {
+			return fmt.Errorf("message type %q is served by both plugin %s and plugin %s", n, other.name, e.name)
+		}
+		d.types[n] = e
+		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name})
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// makeRunDir creates this core's directory under runtime_dir, and removes
+// the directories of cores that died without cleaning up (their lock is
+// free). Socket directories of instances live inside it.
+func (d *Dispatcher) makeRunDir() error {
+	root := d.cfg.RuntimeDir
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("runtime_dir: %w", err)
+	}
+	if err := os.Chmod(root, 0o700); err != nil {
+		return fmt.Errorf("runtime_dir: %w", err)
+	}
+	stale, _ := filepath.Glob(filepath.Join(root, "core-*"))
+	for _, dir := range stale {
+		lock, err := os.Open(filepath.Join(dir, "lock"))
+		if err == nil {
+			if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+				os.RemoveAll(dir)
+			}
+			lock.Close()
+		}
+	}
+	dir, err := os.MkdirTemp(root, "core-"+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return fmt.Errorf("runtime_dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
+	if err == nil {
+		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return fmt.Errorf("runtime_dir lock: %w", err)
+	}
+	d.runDir, d.runLock = dir, lock
+	return nil
+}
+
+// Dispatch runs one request in the target's namespaces and returns the
+// handler's JSON response. ctx's cancellation or deadline (and the
+// plugin's request_timeout) end the work. Every error is an *Error.
+func (d *Dispatcher) Dispatch(ctx context.Context, req Request) (json.RawMessage, error) {
+	if d.closed.Load() {
+		return nil, errClosed
+	}
+	e := d.types[req.Type]
+	if e == nil {
+		return nil, errorf(syscall.EOPNOTSUPP, "unknown message type %q (known: %s)", req.Type, strings.Join(sortedKeys(d.types), ", "))
+	}
+	payload := req.Payload
+	if len(payload) == 0 {
+		payload = json.RawMessage("{}")
+	}
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &probe); err != nil || probe == nil {
+		return nil, errorf(syscall.EINVAL, "%s: payload is not a JSON object", req.Type)
+	}
+	join := e.join
+	if req.Namespaces != nil {
+		narrowed, err := nsexec.ParseNamespaces(req.Namespaces)
+		if err != nil {
+			return nil, errorf(syscall.EINVAL, "%v", err)
+		}
+		join &= narrowed
+	}
+	t, err := pinTarget(req.PID)
+	if err != nil {
+		return nil, err
+	}
+	defer t.close()
+	join, key := d.instanceKey(e, t, join)
+
+	if timeout := e.settings.RequestTimeout.Duration; timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	oneshot := e.settings.Mode == "oneshot"
+	inst, err := d.pool.acquire(ctx, key, oneshot, func() (*instance, error) {
+		inst, err := d.startInstance(ctx, launch{plugin: e, target: t, join: join})
+		if err != nil {
+			return nil, err
+		}
+		inst.runner.setOnExit(func() { d.pool.exited(inst) })
+		return inst, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
+	resp, broken, err := inst.call(ctx, &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)})
+	d.pool.release(inst, broken)
+	if oneshot {
+		<-inst.gone
+	}
+	if err != nil {
+		var ce *Error
+		if errors.As(err, &ce) && broken {
+			d.log.Warn("request failed; instance retired", "type", req.Type, "pid", req.PID, "request_id", id, "error", ce.Message)
+		}
+		return nil, err
+	}
+	return resp, nil
+}
+
+// instanceKey decides which namespaces to join (those of join where the
+// target differs from the core) and the key of the instance serving them.
+func (d *Dispatcher) instanceKey(e *pluginEntry, t *target, join uintptr) (uintptr, string) {
+	var b strings.Builder
+	b.WriteString(e.name)
+	for i, ns := range nsexec.Namespaces {
+		if join&ns.Flag == 0 {
+			continue
+		}
+		if t.ns[i] == d.selfNS[i] || t.ns[i] == (nsID{}) {
+			join &^= ns.Flag // shared with the core: nothing to join
+			continue
+		}
+		fmt.Fprintf(&b, "/%s:%d:%d", ns.Name, t.ns[i].dev, t.ns[i].ino)
+	}
+	return join, b.String()
+}
+
+// Types lists the registered message types, sorted by name.
+func (d *Dispatcher) Types() []TypeInfo {
+	var out []TypeInfo
+	for _, e := range d.plugins {
+		out = append(out, e.types...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Plugins lists the configured plugins in configuration order.
+func (d *Dispatcher) Plugins() []PluginInfo {
+	var out []PluginInfo
+	for _, e := range d.plugins {
+		info := PluginInfo{Name: e.name, Builtin: e.builtin, Mode: e.settings.Mode, Types: e.types}
+		if e.exe != nil {
+			info.SHA256 = e.exe.sha256
+		}
+		if !e.builtin {
+			info.Path = e.path
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+// Close kills and reaps every plugin process and removes the core's
+// runtime directory. Requests in flight fail. It is safe to call twice.
+func (d *Dispatcher) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	d.pool.close()
+	seen := make(map[*sealedExecutable]bool)
+	for _, e := range d.plugins {
+		if e.exe != nil && !seen[e.exe] {
+			seen[e.exe] = true
+			e.exe.close()
+		}
+	}
+	if d.runDir != "" {
+		os.RemoveAll(d.runDir)
+		d.runLock.Close()
+	}
+	return nil
+}

@@ -1,0 +1,28 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/nsplug/nsplug/sdk"
+)
+
+// Error is every error Dispatch returns: a message and, when there is one,
+// the errno a caller should see (ENOENT from a handler, ESRCH for a dead
+// target, ETIMEDOUT for a request that ran out of time, ...). It is the
+// sdk's error type, so handler errors cross the wire unchanged.
+// errors.Is(err, syscall.ENOENT) works.
+type Error = sdk.Error
+
+func errorf(errno syscall.Errno, format string, args ...any) *Error {
+	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
+}
+
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}

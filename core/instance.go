@@ -1,0 +1,163 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
+	"google.golang.org/grpc"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// instance is one running plugin process inside one set of namespaces.
+type instance struct {
+	key     string
+	plugin  *pluginEntry
+	client  *plugin.Client
+	handler pluginpb.HandlerClient
+	runner  *nsRunner
+	pid     int // host pid of the process the core started
+
+	// Guarded by pool.mu.
+	inflight int
+	retired  bool // no new requests; killed once inflight reaches 0
+	killed   bool
+	gone     chan struct{} // closed once killed and reaped
+	idle     *time.Timer
+	lastUsed time.Time
+}
+
+// launch says what to start: which plugin, in which namespaces of which
+// target (nil: none, on the host), with which settings.
+type launch struct {
+	plugin *pluginEntry
+	target *target
+	join   uintptr
+}
+
+// startInstance starts a plugin process through nsexec and connects to it.
+func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, error) {
+	p := l.plugin
+	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys}
+	owner := [2]int{-1, -1}
+	if l.join&syscall.CLONE_NEWUSER != 0 {
+		id, err := l.target.userIdentity()
+		if err != nil {
+			return nil, err
+		}
+		boot.UID, boot.GID = int(id.uid), int(id.gid)
+		owner = [2]int{int(id.hostUID), int(id.hostG)}
+	}
+	var nr *nsRunner
+	cfg := &plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.PluginSets(nil),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           d.log.Named(p.name),
+		StartTimeout:     p.settings.StartTimeout.Duration,
+		SkipHostEnv:      true,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: d.runDir},
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
+			cmd := exec.Command(p.exe.path())
+			cmd.Args[0] = "nsplug-" + p.name
+			cmd.Env = append(spec.Env,
+				"PLUGIN_UNIX_SOCKET_DIR=.", // relative to the cwd nsexec leaves in sockDir
+				"TZ=UTC",                   // never parse a zone file from the target
+				sdk.EnvConfig+"="+string(p.pluginConfig))
+			if p.builtin {
+				cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
+			}
+			cmd.SysProcAttr = &syscall.SysProcAttr{
+				Pdeathsig: syscall.SIGKILL, // die with the core
+				Setpgid:   true,            // a terminal's ^C goes to the core, which then stops its plugins
+			}
+			var pidfd = (*target)(nil)
+			if l.target != nil && l.join != 0 {
+				pidfd = l.target
+			}
+			nr = &nsRunner{name: p.name, log: d.log, cmd: cmd, sockDir: sockDir, boot: boot, owner: owner, exited: make(chan struct{})}
+			if pidfd != nil {
+				nr.pidfd = pidfd.pidfd
+			}
+			return nr, nil
+		},
+	}
+	client := plugin.NewClient(cfg)
+	fail := func(err error) (*instance, error) {
+		msg := err.Error()
+		if nr != nil {
+			if s := nr.startError(); s != "" {
+				msg = s
+			}
+		}
+		client.Kill()
+		where := "on the host"
+		if l.target != nil {
+			where = fmt.Sprintf("in target pid %d", l.target.pid)
+		}
+		return nil, errorf(syscall.EIO, "starting plugin %s %s: %s", p.name, where, msg)
+	}
+	proto, err := client.Client()
+	if err != nil {
+		return fail(err)
+	}
+	raw, err := proto.Dispense(sdk.PluginKey)
+	if err != nil {
+		return fail(err)
+	}
+	inst := &instance{plugin: p, client: client, handler: raw.(pluginpb.HandlerClient), runner: nr, gone: make(chan struct{})}
+	inst.pid, _ = strconv.Atoi(nr.ID())
+	return inst, nil
+}
+
+// call sends one request to the instance. Handler errors come back as
+// *Error with their errno; broken reports whether the instance is unfit
+// for further requests.
+func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (json.RawMessage, bool, error) {
+	resp, err := inst.handler.Handle(ctx, req)
+	if err != nil {
+		var gone <-chan time.Time
+		if ctx.Err() == nil {
+			// A transport error usually means the process died; give
+			// the reaper a moment to say how.
+			gone = time.After(100 * time.Millisecond)
+		}
+		select {
+		case <-gone:
+		case <-inst.runner.exited:
+			return nil, true, errorf(syscall.EIO, "plugin %s (pid %d) exited during %s: %v", inst.plugin.name, inst.pid, req.Type, inst.runner.waitErr)
+		}
+		switch ctx.Err() {
+		case context.DeadlineExceeded:
+			return nil, true, errorf(syscall.ETIMEDOUT, "%s: request timed out", req.Type)
+		case context.Canceled:
+			return nil, true, errorf(syscall.ECANCELED, "%s: request canceled", req.Type)
+		}
+		return nil, true, errorf(syscall.EIO, "plugin %s (pid %d): %s: %v", inst.plugin.name, inst.pid, req.Type, err)
+	}
+	if e := resp.Error; e != nil {
+		return nil, false, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
+	}
+	return json.RawMessage(resp.Payload), false, nil
+}
+
+// describe asks the instance which message types it serves.
+func (inst *instance) describe(ctx context.Context) (*pluginpb.DescribeResponse, error) {
+	return inst.handler.Describe(ctx, &pluginpb.DescribeRequest{})
+}
+
+// kill stops the process and waits until it is reaped and go-plugin's
+// goroutines are gone; the socket directory goes with it.
+func (inst *instance) kill() { inst.client.Kill() }

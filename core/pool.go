@@ -1,0 +1,234 @@
+package core
+
+import (
+	"container/list"
+	"context"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// pool keeps warm instances, one per key (plugin, joined namespaces,
+// credentials), kills them after their idle timeout, and caps how many
+// plugin processes live at once, evicting the least recently used idle
+// one to make room.
+type pool struct {
+	mu       sync.Mutex
+	max      int
+	warm     map[string]*instance   // reusable instances by key
+	starting map[string]*startCall  // shared cold starts in progress, by key
+	pending  int                    // cold starts in progress, shared or not
+	live     map[*instance]struct{} // started and not yet killed
+	idle     *list.List             // idle warm instances, most recently used first
+	idleElem map[*instance]*list.Element
+	kills    sync.WaitGroup
+	starts   sync.WaitGroup
+	closed   bool
+}
+
+type startCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newPool(max int) *pool {
+	return &pool{
+		max:      max,
+		warm:     make(map[string]*instance),
+		starting: make(map[string]*startCall),
+		live:     make(map[*instance]struct{}),
+		idle:     list.New(),
+		idleElem: make(map[*instance]*list.Element),
+	}
+}
+
+var errClosed = errorf(syscall.ESHUTDOWN, "dispatcher is closed")
+
+// acquire returns an instance for key: warm if there is one, otherwise
+// started by start (concurrent callers of one key share one start). A
+// oneshot instance is never shared and is killed on release.
+func (p *pool) acquire(ctx context.Context, key string, oneshot bool, start func() (*instance, error)) (*instance, error) {
+	p.mu.Lock()
+	for !oneshot {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, errClosed
+		}
+		if inst := p.warm[key]; inst != nil {
+			p.use(inst)
+			p.mu.Unlock()
+			return inst, nil
+		}
+		call := p.starting[key]
+		if call == nil {
+			break
+		}
+		p.mu.Unlock()
+		select {
+		case <-call.done:
+			if call.err != nil {
+				return nil, call.err
+			}
+		case <-ctx.Done():
+			return nil, errorf(syscall.ETIMEDOUT, "waiting for a plugin instance to start: %v", ctx.Err())
+		}
+		p.mu.Lock()
+	}
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errClosed
+	}
+	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
+		p.mu.Unlock()
+		return nil, errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+	}
+	call := &startCall{done: make(chan struct{})}
+	p.pending++
+	p.starts.Add(1)
+	defer p.starts.Done()
+	if !oneshot {
+		p.starting[key] = call
+	}
+	p.mu.Unlock()
+
+	inst, err := start()
+
+	p.mu.Lock()
+	p.pending--
+	if !oneshot {
+		delete(p.starting, key)
+	}
+	call.err = err
+	if err == nil {
+		inst.key = key
+		inst.inflight = 1
+		inst.lastUsed = time.Now()
+		p.live[inst] = struct{}{}
+		if oneshot || p.closed {
+			inst.retired = true
+		} else {
+			p.warm[key] = inst
+		}
+	}
+	p.mu.Unlock()
+	close(call.done)
+	return inst, err
+}
+
+// use marks a warm instance busy. Called with mu held.
+func (p *pool) use(inst *instance) {
+	inst.inflight++
+	if e := p.idleElem[inst]; e != nil {
+		p.idle.Remove(e)
+		delete(p.idleElem, inst)
+	}
+	if inst.idle != nil {
+		inst.idle.Stop()
+	}
+}
+
+// release returns an instance after a request. broken retires it.
+func (p *pool) release(inst *instance, broken bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	inst.inflight--
+	inst.lastUsed = time.Now()
+	if broken {
+		p.retire(inst)
+	}
+	if inst.inflight > 0 {
+		return
+	}
+	if inst.retired {
+		p.killLocked(inst)
+		return
+	}
+	p.idleElem[inst] = p.idle.PushFront(inst)
+	timeout := inst.plugin.settings.IdleTimeout.Duration
+	if inst.idle == nil {
+		inst.idle = time.AfterFunc(timeout, func() { p.expire(inst) })
+	} else {
+		inst.idle.Reset(timeout)
+	}
+}
+
+// expire kills an instance whose idle timeout passed, unless it was
+// picked up again meanwhile.
+func (p *pool) expire(inst *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if inst.inflight == 0 && !inst.killed && time.Since(inst.lastUsed) >= inst.plugin.settings.IdleTimeout.Duration {
+		p.retire(inst)
+		p.killLocked(inst)
+	}
+}
+
+// retire takes an instance out of reuse. Called with mu held.
+func (p *pool) retire(inst *instance) {
+	inst.retired = true
+	if p.warm[inst.key] == inst {
+		delete(p.warm, inst.key)
+	}
+	if e := p.idleElem[inst]; e != nil {
+		p.idle.Remove(e)
+		delete(p.idleElem, inst)
+	}
+}
+
+// evictIdle kills the least recently used idle instance to make room.
+// Called with mu held.
+func (p *pool) evictIdle() bool {
+	e := p.idle.Back()
+	if e == nil {
+		return false
+	}
+	inst := e.Value.(*instance)
+	p.retire(inst)
+	p.killLocked(inst)
+	return true
+}
+
+// exited is called when an instance's process is gone, however it went.
+func (p *pool) exited(inst *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.retire(inst)
+	if inst.inflight == 0 {
+		p.killLocked(inst) // reaps go-plugin's side, removes the socket dir
+	}
+}
+
+// killLocked kills an instance in the background (the wait group lets
+// Close wait for it). It leaves the live set at once, so that its slot is
+// free. Called with mu held.
+func (p *pool) killLocked(inst *instance) {
+	if inst.killed {
+		return
+	}
+	inst.killed = true
+	if inst.idle != nil {
+		inst.idle.Stop()
+	}
+	delete(p.live, inst)
+	p.kills.Add(1)
+	go func() {
+		defer p.kills.Done()
+		inst.kill()
+		close(inst.gone)
+	}()
+}
+
+// close kills every instance and waits until all are reaped.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.starts.Wait()
+	p.mu.Lock()
+	for inst := range p.live {
+		p.retire(inst)
+		p.killLocked(inst)
+	}
+	p.mu.Unlock()
+	p.kills.Wait()
+}

@@ -1,0 +1,205 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin/runner"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/nsexec"
+)
+
+// spawner forks every plugin process from one OS thread that never exits.
+// The parent-death signal fires when the parent *thread* exits, and the Go
+// runtime may retire threads: forking from an arbitrary goroutine would let
+// plugins die at random (golang/go#27505).
+var spawner = struct {
+	once sync.Once
+	reqs chan func()
+}{reqs: make(chan func())}
+
+func onSpawnerThread(fn func()) {
+	spawner.once.Do(func() {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+			for f := range spawner.reqs {
+				f()
+			}
+		}()
+	})
+	done := make(chan struct{})
+	spawner.reqs <- func() { fn(); close(done) }
+	<-done
+}
+
+// nsRunner is the go-plugin runner.Runner that starts a plugin executable
+// with an nsexec bootstrap, so that it runs inside the target's namespaces.
+type nsRunner struct {
+	name    string
+	log     hclog.Logger
+	cmd     *exec.Cmd
+	sockDir string // host directory the plugin binds its socket in
+	boot    nsexec.Bootstrap
+	pidfd   *os.File // target's; nil when no namespace is joined
+	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
+
+	stdout, stderr io.ReadCloser
+	status         chan string // the bootstrap's failure message, "" if none
+	statusMsg      string
+	waitOnce       sync.Once
+	waitErr        error
+	exited         chan struct{}
+	mu             sync.Mutex
+	onExit         func()
+}
+
+// setOnExit arranges for fn to run once the process is reaped (at once if
+// it already is).
+func (r *nsRunner) setOnExit(fn func()) {
+	r.mu.Lock()
+	select {
+	case <-r.exited:
+		r.mu.Unlock()
+		fn()
+		return
+	default:
+	}
+	r.onExit = fn
+	r.mu.Unlock()
+}
+
+var _ runner.Runner = (*nsRunner)(nil)
+
+func (r *nsRunner) Start(ctx context.Context) error {
+	if r.owner[0] >= 0 {
+		if err := os.Chown(r.sockDir, r.owner[0], r.owner[1]); err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
+	}
+	dir, err := os.OpenFile(r.sockDir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	defer dir.Close()
+	// An empty pipe rather than /dev/null: no host file in the process.
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer stdinR.Close()
+	stdinW.Close()
+	r.cmd.Stdin = stdinR
+	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
+		return err
+	}
+	if r.stderr, err = r.cmd.StderrPipe(); err != nil {
+		return err
+	}
+	pidfd := r.pidfd
+	if pidfd == nil {
+		// Nothing to join; the constructor still needs fd 3 to exist.
+		pidfd = dir
+	}
+	statusR, statusW, err := r.boot.Apply(r.cmd, pidfd, dir)
+	if err != nil {
+		return err
+	}
+	onSpawnerThread(func() { err = r.cmd.Start() })
+	statusW.Close()
+	if err != nil {
+		statusR.Close()
+		return fmt.Errorf("starting plugin %s: %w", r.name, err)
+	}
+	r.status = make(chan string, 1)
+	go func() {
+		msg, _ := io.ReadAll(io.LimitReader(statusR, 4096))
+		statusR.Close()
+		r.status <- strings.TrimSpace(string(msg))
+	}()
+	return nil
+}
+
+// startError is the bootstrap's own account of a failed start, if it
+// gave one; it waits briefly for the status pipe to close.
+func (r *nsRunner) startError() string {
+	if r.status == nil {
+		return ""
+	}
+	select {
+	case msg := <-r.status:
+		r.statusMsg = msg
+		r.status = nil
+	case <-time.After(time.Second):
+	}
+	return r.statusMsg
+}
+
+func (r *nsRunner) Diagnose(context.Context) string { return r.startError() }
+func (r *nsRunner) Stdout() io.ReadCloser           { return r.stdout }
+func (r *nsRunner) Stderr() io.ReadCloser           { return r.stderr }
+func (r *nsRunner) Name() string                    { return r.name }
+
+func (r *nsRunner) ID() string {
+	if r.cmd.Process == nil {
+		return ""
+	}
+	return strconv.Itoa(r.cmd.Process.Pid)
+}
+
+func (r *nsRunner) Wait(context.Context) error {
+	r.waitOnce.Do(func() {
+		r.waitErr = r.cmd.Wait()
+		r.mu.Lock()
+		close(r.exited)
+		fn := r.onExit
+		r.mu.Unlock()
+		if fn != nil {
+			fn()
+		}
+	})
+	return r.waitErr
+}
+
+// Kill stops the plugin: SIGTERM first, which a forked instance's waiter
+// turns into SIGKILL of its child and a reap (no zombie left in the
+// target), then SIGKILL if it has not gone within a second.
+func (r *nsRunner) Kill(context.Context) error {
+	if r.cmd.Process == nil {
+		return nil
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.exited:
+		return nil
+	case <-time.After(time.Second):
+	}
+	_ = r.cmd.Process.Kill()
+	return nil
+}
+
+// PluginToHost maps the socket the plugin bound by a relative name in its
+// cwd to its host path. Anything else is refused: a plugin must not be able
+// to make the core connect elsewhere.
+func (r *nsRunner) PluginToHost(network, addr string) (string, string, error) {
+	name := strings.TrimPrefix(addr, "./")
+	if network != "unix" || name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
+		return "", "", fmt.Errorf("plugin %s announced an unexpected address %s:%s", r.name, network, addr)
+	}
+	return "unix", filepath.Join(r.sockDir, name), nil
+}
+
+func (r *nsRunner) HostToPlugin(network, addr string) (string, string, error) {
+	return "", "", fmt.Errorf("plugin %s: host addresses are not passed to plugins", r.name)
+}

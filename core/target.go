@@ -1,0 +1,200 @@
+package core
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/nsexec"
+)
+
+// nsID identifies one namespace: the device and inode of /proc/PID/ns/<kind>.
+type nsID struct{ dev, ino uint64 }
+
+// nsSet holds the identity of every namespace kind, in nsexec.Namespaces order.
+type nsSet [8]nsID
+
+func readNSSet(pid string) (nsSet, error) {
+	var set nsSet
+	for i, ns := range nsexec.Namespaces {
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/"+pid+"/ns/"+ns.Name, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) && ns.Name == "time" {
+				continue // kernel without time namespaces
+			}
+			return set, err
+		}
+		set[i] = nsID{st.Dev, st.Ino}
+	}
+	return set, nil
+}
+
+// target is a pinned target process: its pidfd keeps the PID from being
+// recycled under us, and its namespaces were read while it was alive.
+type target struct {
+	pid   int
+	pidfd *os.File
+	ns    nsSet
+}
+
+// pinTarget opens a pidfd for pid and reads its namespaces. A dead or
+// missing PID is an ESRCH error.
+func pinTarget(pid int) (*target, error) {
+	if pid <= 0 {
+		return nil, errorf(syscall.EINVAL, "invalid target pid %d", pid)
+	}
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, errorf(syscall.ESRCH, "target pid %d does not exist", pid)
+		}
+		return nil, errorf(errnoOf(err), "pinning target pid %d: %v", pid, err)
+	}
+	t := &target{pid: pid, pidfd: os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid))}
+	t.ns, err = readNSSet(strconv.Itoa(pid))
+	// Only now is it known that /proc/PID above was this process: had it
+	// died and its PID been reused meanwhile, the pidfd would say so.
+	if alive := t.alive(); !alive || err != nil {
+		t.close()
+		if !alive {
+			return nil, errorf(syscall.ESRCH, "target pid %d exited", pid)
+		}
+		return nil, errorf(errnoOf(err), "reading namespaces of target pid %d: %v", pid, err)
+	}
+	return t, nil
+}
+
+func (t *target) alive() bool {
+	return unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0) == nil
+}
+
+func (t *target) close() { t.pidfd.Close() }
+
+// idMap is one line of a /proc/PID/{uid,gid}_map.
+type idMap struct{ inside, outside, count uint32 }
+
+func readIDMap(path string) ([]idMap, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var maps []idMap
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		var m [3]uint64
+		for i := range f {
+			if m[i], err = strconv.ParseUint(f[i], 10, 32); err != nil {
+				return nil, fmt.Errorf("%s: %q: %v", path, line, err)
+			}
+		}
+		maps = append(maps, idMap{uint32(m[0]), uint32(m[1]), uint32(m[2])})
+	}
+	return maps, nil
+}
+
+func toOutside(maps []idMap, id uint32) (uint32, bool) {
+	for _, m := range maps {
+		if id >= m.inside && id-m.inside < m.count {
+			return m.outside + (id - m.inside), true
+		}
+	}
+	return 0, false
+}
+
+func toInside(maps []idMap, id uint32) (uint32, bool) {
+	for _, m := range maps {
+		if id >= m.outside && id-m.outside < m.count {
+			return m.inside + (id - m.outside), true
+		}
+	}
+	return 0, false
+}
+
+// identity is who a plugin process is after joining a target's user
+// namespace: inside (in the namespace) and outside (on the host).
+type identity struct {
+	uid, gid       uint32 // inside
+	hostUID, hostG uint32 // outside
+}
+
+// userIdentity picks the credentials a plugin takes in the target's user
+// namespace: root when the namespace maps root, otherwise the target
+// process's own uid and gid (a namespace that maps no root still lets its
+// own users act as themselves).
+func (t *target) userIdentity() (identity, error) {
+	pid := strconv.Itoa(t.pid)
+	uids, err := readIDMap("/proc/" + pid + "/uid_map")
+	if err != nil {
+		return identity{}, err
+	}
+	gids, err := readIDMap("/proc/" + pid + "/gid_map")
+	if err != nil {
+		return identity{}, err
+	}
+	var id identity
+	hu, uok := toOutside(uids, 0)
+	hg, gok := toOutside(gids, 0)
+	if uok && gok {
+		id = identity{uid: 0, gid: 0, hostUID: hu, hostG: hg}
+	} else {
+		hu, hg, err := statusIDs(pid)
+		if err != nil {
+			return identity{}, err
+		}
+		iu, uok := toInside(uids, hu)
+		ig, gok := toInside(gids, hg)
+		if !uok || !gok {
+			return identity{}, errorf(syscall.EPERM, "target pid %d: its user namespace maps neither root nor its own uid %d/gid %d", t.pid, hu, hg)
+		}
+		id = identity{uid: iu, gid: ig, hostUID: hu, hostG: hg}
+	}
+	if !t.alive() {
+		return identity{}, errorf(syscall.ESRCH, "target pid %d exited", t.pid)
+	}
+	return id, nil
+}
+
+// statusIDs reads the effective uid and gid of a process as the host sees them.
+func statusIDs(pid string) (uid, gid uint32, err error) {
+	f, err := os.Open("/proc/" + pid + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	found := 0
+	for s.Scan() {
+		line := s.Text()
+		for _, k := range []string{"Uid:", "Gid:"} {
+			if rest, ok := strings.CutPrefix(line, k); ok {
+				f := strings.Fields(rest)
+				if len(f) < 2 {
+					return 0, 0, fmt.Errorf("/proc/%s/status: bad %s line", pid, k)
+				}
+				v, err := strconv.ParseUint(f[1], 10, 32)
+				if err != nil {
+					return 0, 0, err
+				}
+				if k == "Uid:" {
+					uid = uint32(v)
+				} else {
+					gid = uint32(v)
+				}
+				found++
+			}
+		}
+	}
+	if found != 2 {
+		return 0, 0, fmt.Errorf("/proc/%s/status: no Uid/Gid", pid)
+	}
+	return uid, gid, s.Err()
+}

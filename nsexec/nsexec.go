@@ -1,0 +1,80 @@
+// Package nsexec joins a target process's namespaces before the Go runtime
+// starts.
+//
+// Importing the package links a small C constructor (nsexec.c) into the
+// binary. The constructor does nothing unless the process was started with a
+// bootstrap (see Bootstrap): then it joins the target's namespaces, forks into
+// its pid namespace when needed, takes the target's root credentials and
+// returns into the Go runtime, which starts already inside. Every nsplug plugin
+// carries it through the sdk, as runc's init carries its nsenter package.
+//
+// The host side builds a Bootstrap and applies it to an exec.Cmd; the
+// in-namespace side reads what happened with Self.
+package nsexec
+
+/*
+#cgo CFLAGS: -Wall -Wextra -Werror -std=gnu11
+#include "nsexec.h"
+static int active(void) { return nsexec_active; }
+static int proc_fd(void) { return nsexec_proc_fd; }
+static int sys_fd(void) { return nsexec_sys_fd; }
+*/
+import "C"
+
+import (
+	"os"
+)
+
+// State is what the constructor did in this process.
+type State struct {
+	// Active is true when the process was started with a bootstrap and
+	// now runs inside the target's namespaces.
+	Active bool
+	// Proc and Sys are detached fresh procfs and sysfs mounts made for
+	// this process (nil when not asked for). Resolve paths beneath them
+	// with openat; they belong to the target's pid and network namespaces.
+	Proc, Sys *os.File
+}
+
+var (
+	self   State
+	status *os.File
+)
+
+func init() {
+	if C.active() == 0 {
+		return
+	}
+	self.Active = true
+	status = os.NewFile(StatusFD, "nsexec-status")
+	if fd := int(C.proc_fd()); fd >= 0 {
+		self.Proc = os.NewFile(uintptr(fd), "fresh-procfs")
+	}
+	if fd := int(C.sys_fd()); fd >= 0 {
+		self.Sys = os.NewFile(uintptr(fd), "fresh-sysfs")
+	}
+	// Children of a plugin must not run the bootstrap again: fds 3-5
+	// mean something else by then.
+	os.Unsetenv(EnvName)
+}
+
+// Self reports what the constructor did in this process.
+func Self() State { return self }
+
+// ReportFailure tells the core, over the status pipe, why this process
+// cannot serve. The core shows the message as the start error.
+func ReportFailure(msg string) {
+	if status != nil {
+		status.WriteString(msg + "\n")
+	}
+}
+
+// CloseStatus closes the status pipe. Call it once the process is ready
+// to serve: from then on the core learns of failures through the plugin
+// protocol, and the process keeps no fd it does not need.
+func CloseStatus() {
+	if status != nil {
+		status.Close()
+		status = nil
+	}
+}

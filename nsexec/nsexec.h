@@ -1,0 +1,19 @@
+/* The bootstrap contract between the core (bootstrap.go) and the
+ * constructor in nsexec.c. Keep both sides in step. */
+#ifndef NSPLUG_NSEXEC_H
+#define NSPLUG_NSEXEC_H
+
+#define NSEXEC_ENV "_NSPLUG_NSEXEC"
+
+#define NSEXEC_PIDFD 3
+#define NSEXEC_SOCKDIR_FD 4
+#define NSEXEC_STATUS_FD 5
+
+#define NSEXEC_FRESH_PROC 1
+#define NSEXEC_FRESH_SYS 2
+
+extern int nsexec_active;
+extern int nsexec_proc_fd;
+extern int nsexec_sys_fd;
+
+#endif

@@ -1,0 +1,310 @@
+// Package procfs is the built-in plugin that reads and writes files as a
+// target sees them: /proc and /sys above all, but any path in the target's
+// mount namespace (within the configured allowed roots).
+//
+// It is written with the public sdk only, as a third-party plugin would be.
+//
+// Paths under /proc and /sys are resolved in fresh procfs/sysfs mounts of
+// the target's pid and net namespaces when the plugin is configured with
+// fresh_mounts (so reads work against targets without a /proc of their own,
+// and a target cannot redirect them by mounting over its /proc); other
+// paths, and all paths without fresh mounts, are resolved in the target's
+// own mount namespace.
+package procfs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/sdk"
+)
+
+// DefaultMaxReadBytes bounds one read unless options.max_read_bytes says otherwise.
+const DefaultMaxReadBytes = 1 << 20
+
+// Options are the plugin's [plugin.options].
+type Options struct {
+	MaxReadBytes int64 `json:"max_read_bytes"`
+}
+
+// Plugin returns the procfs plugin.
+func Plugin() *sdk.Plugin {
+	return &sdk.Plugin{
+		Name: "procfs",
+		Handlers: []sdk.Handler{
+			sdk.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
+			sdk.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
+			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write),
+			sdk.Handle("procfs.readdir", "list a directory: name, type, inode", readdir),
+			sdk.Handle("procfs.readlink", "read a symbolic link", readlink),
+		},
+	}
+}
+
+// PathRequest names one path.
+type PathRequest struct {
+	Path string `json:"path"`
+}
+
+// StatResponse is the lstat of a path.
+type StatResponse struct {
+	Path  string `json:"path"`
+	Type  string `json:"type"` // file, dir, symlink, char, block, fifo, socket
+	Mode  uint32 `json:"mode"` // permission bits and setuid/setgid/sticky
+	Size  int64  `json:"size"`
+	UID   uint32 `json:"uid"`
+	GID   uint32 `json:"gid"`
+	Nlink uint64 `json:"nlink"`
+	Inode uint64 `json:"inode"`
+	Dev   uint64 `json:"dev"`
+	Rdev  uint64 `json:"rdev,omitempty"`
+	Atime int64  `json:"atime_ns"`
+	Mtime int64  `json:"mtime_ns"`
+	Ctime int64  `json:"ctime_ns"`
+}
+
+// ReadRequest reads Len bytes at Offset; Len 0 reads to the end.
+type ReadRequest struct {
+	Path   string `json:"path"`
+	Offset int64  `json:"offset"`
+	Len    int64  `json:"len"`
+}
+
+// ReadResponse carries the bytes read (base64 in JSON).
+type ReadResponse struct {
+	Data []byte `json:"data"`
+}
+
+// WriteRequest writes Data at Offset of an existing file.
+type WriteRequest struct {
+	Path   string `json:"path"`
+	Offset int64  `json:"offset"`
+	Data   []byte `json:"data"`
+}
+
+// WriteResponse says how many bytes were written.
+type WriteResponse struct {
+	Written int `json:"written"`
+}
+
+// DirEntry is one directory entry.
+type DirEntry struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Inode uint64 `json:"inode"`
+}
+
+// ReaddirResponse lists a directory, sorted by name.
+type ReaddirResponse struct {
+	Entries []DirEntry `json:"entries"`
+}
+
+// ReadlinkResponse is a link's target.
+type ReadlinkResponse struct {
+	Target string `json:"target"`
+}
+
+// open opens path as the target sees it. Under /proc and /sys, with fresh
+// mounts, it resolves beneath the fresh mount and refuses magic links.
+func open(ctx context.Context, path string, flags int) (*os.File, error) {
+	env := sdk.EnvFrom(ctx)
+	path, err := env.CheckPath(path)
+	if err != nil {
+		return nil, err
+	}
+	flags |= unix.O_CLOEXEC
+	for _, m := range []struct {
+		prefix string
+		root   *os.File
+	}{{"/proc", env.Proc}, {"/sys", env.Sys}} {
+		if m.root == nil || (path != m.prefix && !strings.HasPrefix(path, m.prefix+"/")) {
+			continue
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(path, m.prefix), "/")
+		if rel == "" {
+			rel = "."
+		}
+		fd, err := unix.Openat2(int(m.root.Fd()), rel, &unix.OpenHow{
+			Flags:   uint64(flags),
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		return os.NewFile(uintptr(fd), path), nil
+	}
+	fd, err := unix.Open(path, flags, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func stat(ctx context.Context, req PathRequest) (StatResponse, error) {
+	f, err := open(ctx, req.Path, unix.O_PATH|unix.O_NOFOLLOW)
+	if err != nil {
+		return StatResponse{}, err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return StatResponse{}, &os.PathError{Op: "stat", Path: req.Path, Err: err}
+	}
+	return StatResponse{
+		Path: req.Path, Type: fileType(st.Mode), Mode: st.Mode & 0o7777, Size: st.Size,
+		UID: st.Uid, GID: st.Gid, Nlink: st.Nlink, Inode: st.Ino, Dev: st.Dev, Rdev: st.Rdev,
+		Atime: st.Atim.Nano(), Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano(),
+	}, nil
+}
+
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "file"
+	case unix.S_IFDIR:
+		return "dir"
+	case unix.S_IFLNK:
+		return "symlink"
+	case unix.S_IFCHR:
+		return "char"
+	case unix.S_IFBLK:
+		return "block"
+	case unix.S_IFIFO:
+		return "fifo"
+	case unix.S_IFSOCK:
+		return "socket"
+	}
+	return "unknown"
+}
+
+func maxRead(ctx context.Context) (int64, error) {
+	opts := Options{MaxReadBytes: DefaultMaxReadBytes}
+	if err := sdk.EnvFrom(ctx).DecodeOptions(&opts); err != nil {
+		return 0, sdk.Errorf(syscall.EINVAL, "procfs options: %v", err)
+	}
+	return opts.MaxReadBytes, nil
+}
+
+func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
+	limit, err := maxRead(ctx)
+	if err != nil {
+		return ReadResponse{}, err
+	}
+	if req.Offset < 0 || req.Len < 0 {
+		return ReadResponse{}, sdk.Errorf(syscall.EINVAL, "offset and len must not be negative")
+	}
+	if req.Len > limit {
+		return ReadResponse{}, sdk.Errorf(syscall.EINVAL, "len %d exceeds max_read_bytes (%d)", req.Len, limit)
+	}
+	f, err := open(ctx, req.Path, unix.O_RDONLY)
+	if err != nil {
+		return ReadResponse{}, err
+	}
+	defer f.Close()
+	n := req.Len
+	if n == 0 {
+		n = limit + 1 // one more, to tell a file that is too large
+	}
+	// procfs files report size 0: read until EOF, never trust Stat.
+	buf := make([]byte, 0, min(n, 64<<10))
+	r := io.LimitReader(io.NewSectionReader(f, req.Offset, n), n)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return ReadResponse{}, err
+		}
+	}
+	if req.Len == 0 && int64(len(buf)) > limit {
+		return ReadResponse{}, sdk.Errorf(syscall.EFBIG, "%s is larger than max_read_bytes (%d); read it in parts with offset and len", req.Path, limit)
+	}
+	return ReadResponse{Data: buf}, nil
+}
+
+func write(ctx context.Context, req WriteRequest) (WriteResponse, error) {
+	if req.Offset < 0 {
+		return WriteResponse{}, sdk.Errorf(syscall.EINVAL, "offset must not be negative")
+	}
+	f, err := open(ctx, req.Path, unix.O_WRONLY)
+	if err != nil {
+		return WriteResponse{}, err
+	}
+	defer f.Close()
+	// One write call: /proc/sys files take the value from a single write.
+	n, err := f.WriteAt(req.Data, req.Offset)
+	if err != nil {
+		return WriteResponse{Written: n}, err
+	}
+	return WriteResponse{Written: n}, nil
+}
+
+func readdir(ctx context.Context, req PathRequest) (ReaddirResponse, error) {
+	f, err := open(ctx, req.Path, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return ReaddirResponse{}, err
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return ReaddirResponse{}, err
+	}
+	out := ReaddirResponse{Entries: make([]DirEntry, 0, len(ents))}
+	for _, e := range ents {
+		de := DirEntry{Name: e.Name(), Type: fileType(uint32(fileModeToUnix(e.Type())))}
+		var st unix.Stat_t
+		if unix.Fstatat(int(f.Fd()), e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			de.Inode = st.Ino
+		}
+		out.Entries = append(out.Entries, de)
+	}
+	sort.Slice(out.Entries, func(i, j int) bool { return out.Entries[i].Name < out.Entries[j].Name })
+	return out, nil
+}
+
+func fileModeToUnix(m os.FileMode) uint32 {
+	switch {
+	case m&os.ModeDir != 0:
+		return unix.S_IFDIR
+	case m&os.ModeSymlink != 0:
+		return unix.S_IFLNK
+	case m&os.ModeCharDevice != 0:
+		return unix.S_IFCHR
+	case m&os.ModeDevice != 0:
+		return unix.S_IFBLK
+	case m&os.ModeNamedPipe != 0:
+		return unix.S_IFIFO
+	case m&os.ModeSocket != 0:
+		return unix.S_IFSOCK
+	}
+	return unix.S_IFREG
+}
+
+func readlink(ctx context.Context, req PathRequest) (ReadlinkResponse, error) {
+	f, err := open(ctx, req.Path, unix.O_PATH|unix.O_NOFOLLOW)
+	if err != nil {
+		return ReadlinkResponse{}, err
+	}
+	defer f.Close()
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(int(f.Fd()), "", buf)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			err = unix.EINVAL // readlink(2) of a non-link
+		}
+		return ReadlinkResponse{}, &os.PathError{Op: "readlink", Path: req.Path, Err: err}
+	}
+	return ReadlinkResponse{Target: string(buf[:n])}, nil
+}

@@ -1,0 +1,36 @@
+// Package sdk is what a plugin author imports to write an nsplug handler
+// plugin.
+//
+// A plugin is a small Go program: it registers one typed handler per message
+// type and calls Serve. The nsplug core starts it on the host; before the Go
+// runtime starts, the nsexec preamble (linked in by importing this package)
+// moves the process into the target's namespaces. By the time a handler runs,
+// the process sees the target's filesystem, pid numbering, network and
+// hostname, with the target's root credentials, and holds no host file
+// descriptor, host cwd or host root.
+//
+//	func main() {
+//		sdk.Serve(&sdk.Plugin{
+//			Name: "hello",
+//			Handlers: []sdk.Handler{
+//				sdk.Handle("hello.greet", "Say hello from inside the target", greet),
+//			},
+//		})
+//	}
+//
+//	func greet(ctx context.Context, req GreetRequest) (GreetResponse, error) { ... }
+//
+// Requests and responses are JSON objects decoded into and encoded from the
+// handler's types; unknown request fields are rejected with EINVAL. A handler
+// error keeps its errno (see Error and Errorf): the caller of the core gets
+// ENOENT, EACCES, ... intact.
+//
+// What a handler may assume about the target: nothing. Its root may be an
+// empty tmpfs with no libc, no /proc and no /sys. Use Env.Proc and Env.Sys
+// (fresh mounts the core makes on request) instead of /proc paths, never
+// resolve users through NSS or cgo, and validate every path with
+// Env.CheckPath.
+//
+// The wire contract is pluginpb/plugin.proto; Handshake and GRPCPlugin are
+// shared by the core and plugins.
+package sdk

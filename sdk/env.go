@@ -1,0 +1,119 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// EnvConfig is the environment variable through which the core hands a
+// plugin its settings (PluginConfig as JSON). Only the host can read a
+// plugin's environment: the process is not dumpable.
+const EnvConfig = "NSPLUG_PLUGIN_CONFIG"
+
+// PluginConfig is what the core tells a plugin about its configuration.
+type PluginConfig struct {
+	// Options is the plugin's [plugin.options] table from the TOML
+	// configuration, as JSON.
+	Options json.RawMessage `json:"options,omitempty"`
+	// AllowedRoots restrict the paths requests may name; empty means "/".
+	AllowedRoots []string `json:"allowed_roots,omitempty"`
+	// LogLevel is the level the core logs at.
+	LogLevel string `json:"log_level,omitempty"`
+}
+
+// Env is what a handler knows about the request it serves and the
+// process it runs in. Get it with EnvFrom.
+type Env struct {
+	RequestID string
+	TargetPID int // the target's pid as the core sees it
+	// Log writes to the core's log, under the plugin's name, with the
+	// request id and target pid attached.
+	Log hclog.Logger
+	// Proc and Sys are fresh procfs and sysfs mounts of the target's
+	// pid and net namespaces, detached from any directory, when the core
+	// was configured to make them (fresh_mounts); nil otherwise.
+	Proc, Sys *os.File
+
+	config *PluginConfig
+}
+
+type envKey struct{}
+
+// EnvFrom returns the Env of the request ctx belongs to. Outside a
+// request (in a unit test calling a handler directly, say) it returns an
+// Env with defaults: every path allowed, a null logger.
+func EnvFrom(ctx context.Context) *Env {
+	if e, ok := ctx.Value(envKey{}).(*Env); ok {
+		return e
+	}
+	return &Env{Log: hclog.NewNullLogger(), config: &PluginConfig{}}
+}
+
+// WithEnv returns a context carrying env, for handler tests.
+func WithEnv(ctx context.Context, env *Env) context.Context {
+	if env.config == nil {
+		env.config = &PluginConfig{}
+	}
+	if env.Log == nil {
+		env.Log = hclog.NewNullLogger()
+	}
+	return context.WithValue(ctx, envKey{}, env)
+}
+
+// DecodeOptions decodes the plugin's options (see PluginConfig.Options)
+// strictly into v. Missing options leave v unchanged.
+func (e *Env) DecodeOptions(v any) error {
+	if len(e.config.Options) == 0 {
+		return nil
+	}
+	return DecodeStrict(e.config.Options, v)
+}
+
+// SetAllowedRoots restricts CheckPath, for handler tests.
+func (e *Env) SetAllowedRoots(roots []string) { e.config.AllowedRoots = roots }
+
+// CheckPath validates a path from a request: it must be absolute, already
+// clean (no "..", "//" or trailing "/"), free of NUL bytes and inside an
+// allowed root. The error is EINVAL for a malformed path and EACCES for
+// one outside the allowed roots.
+func (e *Env) CheckPath(p string) (string, error) {
+	if err := CheckPathSyntax(p); err != nil {
+		return "", err
+	}
+	roots := e.config.AllowedRoots
+	if len(roots) == 0 {
+		return p, nil
+	}
+	for _, r := range roots {
+		if r == "/" || p == r || strings.HasPrefix(p, r+"/") {
+			return p, nil
+		}
+	}
+	return "", Errorf(syscall.EACCES, "path %q is outside the allowed roots (%s)", p, strings.Join(roots, ", "))
+}
+
+// MaxPathLen bounds request paths (the kernel's PATH_MAX).
+const MaxPathLen = 4096
+
+// CheckPathSyntax is CheckPath without the allowed roots.
+func CheckPathSyntax(p string) error {
+	switch {
+	case p == "":
+		return Errorf(syscall.EINVAL, "path is empty")
+	case len(p) >= MaxPathLen:
+		return Errorf(syscall.ENAMETOOLONG, "path is longer than %d bytes", MaxPathLen-1)
+	case strings.IndexByte(p, 0) >= 0:
+		return Errorf(syscall.EINVAL, "path contains a NUL byte")
+	case !filepath.IsAbs(p):
+		return Errorf(syscall.EINVAL, "path %q is not absolute", p)
+	case filepath.Clean(p) != p:
+		return Errorf(syscall.EINVAL, "path %q is not clean (want %q)", p, filepath.Clean(p))
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+package sdk
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Error is a handler failure with the errno a caller should see.
+// errors.Is(err, syscall.ENOENT) works on it.
+type Error struct {
+	Errno   syscall.Errno // 0 when there is none
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Errno == 0 {
+		return e.Message
+	}
+	return e.Message + " (" + ErrnoName(e.Errno) + ")"
+}
+
+// Unwrap exposes the errno to errors.Is and errors.As.
+func (e *Error) Unwrap() error {
+	if e.Errno == 0 {
+		return nil
+	}
+	return e.Errno
+}
+
+// Errorf returns an Error with the given errno and a formatted message.
+func Errorf(errno syscall.Errno, format string, args ...any) *Error {
+	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
+}
+
+// AsError turns any error into an Error, keeping the errno found in its
+// chain (an *os.PathError from a failed open carries one).
+func AsError(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var errno syscall.Errno
+	errors.As(err, &errno)
+	return &Error{Errno: errno, Message: err.Error()}
+}
+
+// ErrnoName returns the symbolic name of an errno ("ENOENT"), or
+// "errno N" for one without a name.
+func ErrnoName(e syscall.Errno) string {
+	if name := unix.ErrnoName(e); name != "" {
+		return name
+	}
+	return fmt.Sprintf("errno %d", int(e))
+}

@@ -1,0 +1,113 @@
+package sdk
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"syscall"
+
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// Handler serves one message type. Make one with Handle.
+type Handler interface {
+	// Describe says what the handler serves.
+	Describe() *pluginpb.MessageType
+	// Serve decodes a JSON payload, runs the handler and encodes its
+	// response. Errors are *Error.
+	Serve(ctx context.Context, payload []byte) ([]byte, error)
+}
+
+// TypedHandler is a Handler built from a function over request and
+// response structs.
+type TypedHandler[Req, Resp any] struct {
+	desc *pluginpb.MessageType
+	fn   func(context.Context, Req) (Resp, error)
+}
+
+// Handle makes the handler of message type name ("<plugin>.<verb>") from
+// fn. The payload is decoded strictly into Req (unknown fields are an
+// EINVAL error naming them) and Resp is encoded as JSON. The payload
+// contract starts at version 1; see WithVersion.
+func Handle[Req, Resp any](name, description string, fn func(ctx context.Context, req Req) (Resp, error)) *TypedHandler[Req, Resp] {
+	return &TypedHandler[Req, Resp]{
+		desc: &pluginpb.MessageType{Name: name, Version: 1, Description: description},
+		fn:   fn,
+	}
+}
+
+// WithVersion sets the version of the message type's payload contract.
+// Bump it when a change is not backward compatible.
+func (h *TypedHandler[Req, Resp]) WithVersion(v uint32) *TypedHandler[Req, Resp] {
+	h.desc.Version = v
+	return h
+}
+
+// Describe implements Handler.
+func (h *TypedHandler[Req, Resp]) Describe() *pluginpb.MessageType {
+	return &pluginpb.MessageType{Name: h.desc.Name, Version: h.desc.Version, Description: h.desc.Description}
+}
+
+// Serve implements Handler.
+func (h *TypedHandler[Req, Resp]) Serve(ctx context.Context, payload []byte) ([]byte, error) {
+	var req Req
+	if err := DecodeStrict(payload, &req); err != nil {
+		return nil, Errorf(syscall.EINVAL, "%s: malformed payload: %v", h.desc.Name, err)
+	}
+	resp, err := h.fn(ctx, req)
+	if err != nil {
+		return nil, AsError(err)
+	}
+	out, err := json.Marshal(resp)
+	if err != nil {
+		return nil, Errorf(syscall.EIO, "%s: encoding response: %v", h.desc.Name, err)
+	}
+	return out, nil
+}
+
+// DecodeStrict decodes one JSON object into v, rejecting unknown fields
+// and trailing data. An empty payload decodes as {}.
+func DecodeStrict(payload []byte, v any) error {
+	payload = bytes.TrimSpace(payload)
+	if len(payload) == 0 {
+		payload = []byte("{}")
+	}
+	if payload[0] != '{' {
+		return fmt.Errorf("payload must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// CheckTypeName validates a message type name: "<plugin>.<verb>", each
+// part lowercase letters, digits and '_', 64 bytes at most.
+func CheckTypeName(name string) error {
+	if len(name) == 0 || len(name) > 64 {
+		return fmt.Errorf("message type %q: want 1 to 64 bytes", name)
+	}
+	dot := 0
+	for i, c := range []byte(name) {
+		switch {
+		case c == '.':
+			if i == 0 || i == len(name)-1 || name[i-1] == '.' {
+				return fmt.Errorf("message type %q: empty part", name)
+			}
+			dot++
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
+		default:
+			return fmt.Errorf("message type %q: only a-z, 0-9, '_' and '.' are allowed", name)
+		}
+	}
+	if dot == 0 {
+		return fmt.Errorf("message type %q: want <plugin>.<verb>", name)
+	}
+	return nil
+}

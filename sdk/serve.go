@@ -1,0 +1,164 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// Plugin describes a plugin: its name and its handlers.
+type Plugin struct {
+	Name     string
+	Handlers []Handler
+}
+
+// Server is the in-namespace half of the wire protocol: it serves the
+// handlers of one Plugin. Serve runs it under go-plugin; tests may call
+// it directly.
+type Server struct {
+	pluginpb.UnimplementedHandlerServer
+
+	name     string
+	handlers map[string]Handler
+	describe *pluginpb.DescribeResponse
+	log      hclog.Logger
+	config   *PluginConfig
+	fresh    nsexec.State
+}
+
+// NewServer checks the plugin's handlers and returns its server.
+func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, error) {
+	if p.Name == "" {
+		return nil, fmt.Errorf("sdk: plugin has no name")
+	}
+	if config == nil {
+		config = &PluginConfig{}
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	s := &Server{
+		name:     p.Name,
+		handlers: make(map[string]Handler),
+		describe: &pluginpb.DescribeResponse{Plugin: p.Name},
+		log:      log,
+		config:   config,
+		fresh:    nsexec.Self(),
+	}
+	for _, h := range p.Handlers {
+		d := h.Describe()
+		if err := CheckTypeName(d.Name); err != nil {
+			return nil, fmt.Errorf("sdk: plugin %s: %w", p.Name, err)
+		}
+		if _, dup := s.handlers[d.Name]; dup {
+			return nil, fmt.Errorf("sdk: plugin %s: message type %q registered twice", p.Name, d.Name)
+		}
+		s.handlers[d.Name] = h
+		s.describe.Types = append(s.describe.Types, d)
+	}
+	sort.Slice(s.describe.Types, func(i, j int) bool { return s.describe.Types[i].Name < s.describe.Types[j].Name })
+	return s, nil
+}
+
+// Describe implements pluginpb.HandlerServer.
+func (s *Server) Describe(context.Context, *pluginpb.DescribeRequest) (*pluginpb.DescribeResponse, error) {
+	return s.describe, nil
+}
+
+// Handle implements pluginpb.HandlerServer. Handler errors travel in the
+// response, with their errno; a panicking handler becomes an EIO error
+// rather than a dead plugin.
+func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (resp *pluginpb.HandleResponse, _ error) {
+	h, ok := s.handlers[req.Type]
+	if !ok {
+		return errorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
+	}
+	env := &Env{
+		RequestID: req.RequestId,
+		TargetPID: int(req.TargetPid),
+		Log:       s.log.With("request_id", req.RequestId, "target_pid", req.TargetPid, "type", req.Type),
+		Proc:      s.fresh.Proc,
+		Sys:       s.fresh.Sys,
+		config:    s.config,
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			env.Log.Error("handler panicked", "panic", fmt.Sprint(r))
+			resp = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r))
+		}
+	}()
+	out, err := h.Serve(context.WithValue(ctx, envKey{}, env), req.Payload)
+	if err != nil {
+		return errorResponse(AsError(err)), nil
+	}
+	return &pluginpb.HandleResponse{Payload: out}, nil
+}
+
+func errorResponse(e *Error) *pluginpb.HandleResponse {
+	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: e.Message}}
+}
+
+// Serve runs the plugin until the core closes it. It does not return.
+//
+// Started by a core, the process already runs inside the target's
+// namespaces (the nsexec preamble did that) with its cwd in a host
+// directory private to it: go-plugin binds the socket there by a relative
+// name, then Serve leaves the directory before answering anything.
+func Serve(p *Plugin) {
+	config := &PluginConfig{}
+	if raw := os.Getenv(EnvConfig); raw != "" {
+		if err := json.Unmarshal([]byte(raw), config); err != nil {
+			fail(fmt.Sprintf("%s: bad %s: %v", p.Name, EnvConfig, err))
+		}
+		os.Unsetenv(EnvConfig)
+	}
+	level := hclog.LevelFromString(config.LogLevel)
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:       p.Name,
+		Level:      level,
+		Output:     os.Stderr,
+		JSONFormat: true, // go-plugin re-levels JSON lines in the core's log
+	})
+	server, err := NewServer(p, config, log)
+	if err != nil {
+		fail(err.Error())
+	}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: PluginSets(server),
+		Logger:           log,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			// go-plugin has bound its socket (in the cwd) by now and
+			// not yet told the core where: leave the host directory
+			// before anything can be asked.
+			if nsexec.Self().Active {
+				if err := os.Chdir("/"); err != nil {
+					fail("leaving the socket directory: " + err.Error())
+				}
+				nsexec.CloseStatus()
+			}
+			opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+			return grpc.NewServer(opts...)
+		},
+	})
+	os.Exit(0)
+}
+
+func fail(msg string) {
+	nsexec.ReportFailure(msg)
+	fmt.Fprintln(os.Stderr, msg)
+	os.Exit(1)
+}
