@@ -434,3 +434,36 @@ func (d *Dispatcher) Close() error {
 	}
 	return nil
 }
+
+// InstanceInfo describes one live plugin process.
+type InstanceInfo struct {
+	Plugin string `json:"plugin"`
+	// PID is the host pid of the process serving requests: for a
+	// plugin forked into a pid namespace, the child of the waiter the
+	// core started (RunnerPID).
+	PID       int      `json:"pid"`
+	RunnerPID int      `json:"runner_pid"`
+	Joined    []string `json:"joined"` // namespaces joined
+	Inflight  int      `json:"inflight"`
+}
+
+// Instances lists the live plugin processes.
+func (d *Dispatcher) Instances() []InstanceInfo {
+	d.pool.mu.Lock()
+	defer d.pool.mu.Unlock()
+	var out []InstanceInfo
+	for inst := range d.pool.live {
+		info := InstanceInfo{Plugin: inst.plugin.name, PID: inst.pid, RunnerPID: inst.pid,
+			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight}
+		if inst.runner.boot.Forks() {
+			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
+				if f := strings.Fields(string(kids)); len(f) == 1 {
+					info.PID, _ = strconv.Atoi(f[0])
+				}
+			}
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
+	return out
+}

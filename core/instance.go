@@ -75,6 +75,8 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 			cmd.Env = append(spec.Env,
 				"PLUGIN_UNIX_SOCKET_DIR=.", // relative to the cwd nsexec leaves in sockDir
 				"TZ=UTC",                   // never parse a zone file from the target
+				// Nor cgroup files: the runtime would keep them open.
+				"GODEBUG=containermaxprocs=0,updatemaxprocs=0",
 				sdk.EnvConfig+"="+string(p.pluginConfig))
 			if p.builtin {
 				cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
@@ -128,14 +130,14 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (json.RawMessage, bool, error) {
 	resp, err := inst.handler.Handle(ctx, req)
 	if err != nil {
-		var gone <-chan time.Time
-		if ctx.Err() == nil {
-			// A transport error usually means the process died; give
-			// the reaper a moment to say how.
-			gone = time.After(100 * time.Millisecond)
+		// A transport error usually means the process died; give the
+		// reaper a moment to say how.
+		wait := 100 * time.Millisecond
+		if ctx.Err() != nil {
+			wait = 0
 		}
 		select {
-		case <-gone:
+		case <-time.After(wait):
 		case <-inst.runner.exited:
 			return nil, true, errorf(syscall.EIO, "plugin %s (pid %d) exited during %s: %v", inst.plugin.name, inst.pid, req.Type, inst.runner.waitErr)
 		}

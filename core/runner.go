@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -50,7 +49,8 @@ type nsRunner struct {
 	name    string
 	log     hclog.Logger
 	cmd     *exec.Cmd
-	sockDir string // host directory the plugin binds its socket in
+	sockDir string   // host directory the plugin binds its socket in
+	dirPath *os.File // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
 	boot    nsexec.Bootstrap
 	pidfd   *os.File // target's; nil when no namespace is joined
 	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
@@ -93,6 +93,9 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		return fmt.Errorf("socket directory: %w", err)
 	}
 	defer dir.Close()
+	if r.dirPath, err = os.OpenFile(r.sockDir, unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
 	// An empty pipe rather than /dev/null: no host file in the process.
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
@@ -161,6 +164,9 @@ func (r *nsRunner) ID() string {
 func (r *nsRunner) Wait(context.Context) error {
 	r.waitOnce.Do(func() {
 		r.waitErr = r.cmd.Wait()
+		if r.dirPath != nil {
+			r.dirPath.Close()
+		}
 		r.mu.Lock()
 		close(r.exited)
 		fn := r.onExit
@@ -197,7 +203,8 @@ func (r *nsRunner) PluginToHost(network, addr string) (string, string, error) {
 	if network != "unix" || name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
 		return "", "", fmt.Errorf("plugin %s announced an unexpected address %s:%s", r.name, network, addr)
 	}
-	return "unix", filepath.Join(r.sockDir, name), nil
+	// A sun_path holds 107 bytes; runtime_dir may be longer than that.
+	return "unix", fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), name), nil
 }
 
 func (r *nsRunner) HostToPlugin(network, addr string) (string, string, error) {

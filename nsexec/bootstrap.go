@@ -89,6 +89,12 @@ func (b Bootstrap) Validate() error {
 	return nil
 }
 
+// Forks reports whether the constructor forks: the process the core
+// starts then stays outside as a waiter, and its only child serves.
+func (b Bootstrap) Forks() bool {
+	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME) != 0 || b.FreshProc || b.FreshSys
+}
+
 func (b Bootstrap) env() string {
 	fresh := 0
 	if b.FreshProc {

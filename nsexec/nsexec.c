@@ -16,7 +16,8 @@
  *         the process exits with status 1
  *
  * Stages, in order:
- *   1. read the bootstrap, mark the process non-dumpable
+ *   1. read the bootstrap, close every fd but 0-5, mark the process
+ *      non-dumpable
  *   2. join every requested namespace except mnt and user, as host root
  *   3. fork if the pid or time namespace was joined or fresh mounts are
  *      wanted: both namespaces apply to children only, and procfs shows the
@@ -224,6 +225,11 @@ __attribute__((constructor)) static void nsexec(void)
 
 	/* Stage 1 */
 	parse(env, &b);
+	/* Only the fds of the contract survive: whatever else the core's own
+	 * parent let it inherit without close-on-exec (a host directory, say)
+	 * must not reach the target. */
+	if (syscall(SYS_close_range, NSEXEC_STATUS_FD + 1, ~0U, 0) < 0)
+		fail("close_range", errno);
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		fail("prctl(PR_SET_DUMPABLE)", errno);
 	if (fcntl(NSEXEC_STATUS_FD, F_SETFD, FD_CLOEXEC) < 0)

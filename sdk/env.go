@@ -21,8 +21,9 @@ type PluginConfig struct {
 	// Options is the plugin's [plugin.options] table from the TOML
 	// configuration, as JSON.
 	Options json.RawMessage `json:"options,omitempty"`
-	// AllowedRoots restrict the paths requests may name; empty means "/".
-	AllowedRoots []string `json:"allowed_roots,omitempty"`
+	// AllowedRoots restrict the paths requests may name. Nil (JSON null
+	// or absent) allows every path; an empty list allows none.
+	AllowedRoots []string `json:"allowed_roots"`
 	// LogLevel is the level the core logs at.
 	LogLevel string `json:"log_level,omitempty"`
 }
@@ -87,7 +88,7 @@ func (e *Env) CheckPath(p string) (string, error) {
 		return "", err
 	}
 	roots := e.config.AllowedRoots
-	if len(roots) == 0 {
+	if roots == nil {
 		return p, nil
 	}
 	for _, r := range roots {

@@ -244,7 +244,13 @@ func write(ctx context.Context, req WriteRequest) (WriteResponse, error) {
 	}
 	defer f.Close()
 	// One write call: /proc/sys files take the value from a single write.
-	n, err := f.WriteAt(req.Data, req.Offset)
+	// Offset 0 uses write(2): many /proc files refuse pwrite (ESPIPE).
+	var n int
+	if req.Offset == 0 {
+		n, err = f.Write(req.Data)
+	} else {
+		n, err = f.WriteAt(req.Data, req.Offset)
+	}
 	if err != nil {
 		return WriteResponse{Written: n}, err
 	}

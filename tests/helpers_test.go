@@ -1,0 +1,259 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/sandbox"
+)
+
+var allNS = []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time"}
+
+// newTarget starts a sandbox target and closes it with the test.
+func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
+	t.Helper()
+	s, err := sandbox.Start(opts)
+	if err != nil {
+		t.Fatalf("starting target: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newDispatcher starts a core from TOML (runtime_dir is set to a fresh
+// temporary directory) and checks, when the test ends, that closing it
+// leaves no process, fd, socket file or goroutine behind.
+func newDispatcher(t *testing.T, toml string) (*core.Dispatcher, string) {
+	t.Helper()
+	runDir := t.TempDir()
+	before := snapshot(t)
+	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+	if err != nil {
+		t.Fatalf("core.New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		before.assertNoLeaks(t, runDir)
+	})
+	return d, runDir
+}
+
+// resources is what a core may leak.
+type resources struct {
+	fds        int
+	goroutines int
+}
+
+func snapshot(t *testing.T) resources {
+	return resources{fds: countFDs(t), goroutines: runtime.NumGoroutine()}
+}
+
+func countFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// assertNoLeaks checks, after Close, that no child process of the test
+// remains (targets aside), that fds and goroutines are back where they
+// were, and that the runtime directory holds no socket or directory.
+func (r resources) assertNoLeaks(t *testing.T, runDir string) {
+	t.Helper()
+	if kids := pluginChildren(); len(kids) > 0 {
+		t.Errorf("plugin processes left after Close: %v", kids)
+	}
+	filepath.Walk(runDir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && p != runDir {
+			t.Errorf("left in runtime_dir after Close: %s (%v)", p, info.Mode())
+		}
+		return nil
+	})
+	// Goroutines of closed connections wind down asynchronously.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fds, gs := countFDs(t), runtime.NumGoroutine()
+		if fds <= r.fds && gs <= r.goroutines+2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			if fds > r.fds {
+				t.Errorf("fds: %d before, %d after Close", r.fds, fds)
+			}
+			if gs > r.goroutines+2 {
+				buf := make([]byte, 1<<16)
+				t.Errorf("goroutines: %d before, %d after Close\n%s", r.goroutines, gs, buf[:runtime.Stack(buf, true)])
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pluginChildren lists this process's children that are plugin processes
+// (their executable is a sealed memfd copy), as "pid:exe".
+func pluginChildren() []string {
+	var out []string
+	for _, pid := range childrenOf(os.Getpid()) {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if strings.Contains(exe, "memfd:nsplug") {
+			out = append(out, fmt.Sprintf("%d:%s", pid, exe))
+		}
+	}
+	return out
+}
+
+func childrenOf(pid int) []int {
+	var kids []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(data)) {
+			n, _ := strconv.Atoi(f)
+			kids = append(kids, n)
+		}
+	}
+	return kids
+}
+
+// nsInode is the inode of /proc/PID/ns/NS as the host sees it.
+func nsInode(t *testing.T, pid int, ns string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, ns), &st); err != nil {
+		t.Fatalf("stat ns %s of %d: %v", ns, pid, err)
+	}
+	return st.Ino
+}
+
+// assertNamespaces proves from the host that process pid is in the
+// target's namespaces for every name in joined, and in the test process's
+// own for the rest.
+func assertNamespaces(t *testing.T, pid, target int, joined []string) {
+	t.Helper()
+	in := make(map[string]bool)
+	for _, n := range joined {
+		in[n] = true
+	}
+	for _, ns := range allNS {
+		got := nsInode(t, pid, ns)
+		want, whose := nsInode(t, os.Getpid(), ns), "the core's"
+		if in[ns] {
+			want, whose = nsInode(t, target, ns), "the target's"
+		}
+		if got != want {
+			t.Errorf("handler pid %d: %s namespace %d, want %s %d", pid, ns, got, whose, want)
+		}
+	}
+}
+
+// servingPID is the host pid of the only live instance of plugin.
+func servingPID(t *testing.T, d *core.Dispatcher, plugin string) int {
+	t.Helper()
+	var pids []int
+	for _, in := range d.Instances() {
+		if in.Plugin == plugin {
+			pids = append(pids, in.PID)
+		}
+	}
+	if len(pids) != 1 {
+		t.Fatalf("want one live %s instance, have %v", plugin, d.Instances())
+	}
+	return pids[0]
+}
+
+// call dispatches and decodes the response into out (when not nil).
+func call(t *testing.T, d *core.Dispatcher, pid int, typ string, payload string, out any) error {
+	t.Helper()
+	resp, err := d.Dispatch(context.Background(), core.Request{PID: pid, Type: typ, Payload: json.RawMessage(payload)})
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(resp, out); err != nil {
+			t.Fatalf("%s: response %s: %v", typ, resp, err)
+		}
+	}
+	return nil
+}
+
+func mustCall(t *testing.T, d *core.Dispatcher, pid int, typ string, payload string, out any) {
+	t.Helper()
+	if err := call(t, d, pid, typ, payload, out); err != nil {
+		t.Fatalf("%s %s: %v", typ, payload, err)
+	}
+}
+
+// wantErrno checks that err is a core error with errno want whose message
+// contains every fragment.
+func wantErrno(t *testing.T, err error, want syscall.Errno, fragments ...string) {
+	t.Helper()
+	var ce *core.Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want a *core.Error with %v, got %T %v", want, err, err)
+	}
+	if ce.Errno != want {
+		t.Errorf("errno %v (%d), want %v (%d): %v", ce.Errno, ce.Errno, want, want, err)
+	}
+	for _, f := range fragments {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("error %q does not mention %q", err, f)
+		}
+	}
+}
+
+// waitGone waits until /proc/PID disappears (exited and reaped).
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	state, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t.Fatalf("pid %d still exists after %v: %s", pid, within, state)
+}
+
+// inNamespaceOf lists the host pids in the pid namespace of pid, for
+// "nothing left in the target" checks.
+func processesInPIDNamespaceOf(t *testing.T, pid int) []int {
+	t.Helper()
+	want := nsInode(t, pid, "pid")
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", n), &st) == nil && st.Ino == want {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+var _ = context.Background

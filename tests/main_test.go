@@ -1,0 +1,136 @@
+// Package tests holds nsplug's integration tests: real targets in fresh
+// namespaces (made by package sandbox), the real core, real plugin
+// processes, and checks made from the host through /proc.
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/plugins/builtin"
+	"github.com/nsplug/nsplug/sdk"
+)
+
+// nsplugBin is bin/nsplug built for the command-line tests.
+var nsplugBin string
+
+func TestMain(m *testing.M) {
+	// This test binary is also the plugin executable: the built-ins plus
+	// the probe plugin (as a built-in, or as an external plugin when
+	// started without NSPLUG_BUILTIN), and a stand-alone core.
+	core.ServeBuiltin(testBuiltins())
+	if os.Getenv(sdk.Handshake.MagicCookieKey) == sdk.Handshake.MagicCookieValue {
+		sdk.Serve(probePlugin("extprobe"))
+	}
+	if os.Getenv(envTestCore) != "" {
+		runTestCore()
+		return
+	}
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "nsplug-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	nsplugBin = filepath.Join(dir, "nsplug")
+	build := exec.Command("go", "build", "-o", nsplugBin, "github.com/nsplug/nsplug/cmd/nsplug")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building nsplug:", err)
+		return 1
+	}
+	// Make the binaries reachable by a rootless target's host uid.
+	os.Chmod(dir, 0o755)
+	return m.Run()
+}
+
+func testBuiltins() []*sdk.Plugin {
+	return append(builtin.All(), probePlugin("probe"))
+}
+
+// envTestCore turns the test binary into a stand-alone core that serves one
+// request in a target and then waits to be killed (for the parent-death
+// test). Its value is the target pid; it prints the serving pid.
+const envTestCore = "NSPLUG_TEST_CORE"
+
+func runTestCore() {
+	pid, _ := strconv.Atoi(os.Getenv(envTestCore))
+	cfg, err := core.ParseConfig([]byte("runtime_dir = \""+os.Getenv("NSPLUG_TEST_RUNDIR")+"\"\n"), "test")
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	if _, err := d.Dispatch(context.Background(), core.Request{PID: pid, Type: "probe.whoami"}); err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println(d.Instances()[0].PID)
+	// Wait to be killed.
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// probe is a test plugin: it reports what its process sees, and misbehaves
+// on request.
+type whoami struct {
+	PID      int    `json:"pid"`
+	UID      int    `json:"uid"`
+	GID      int    `json:"gid"`
+	Hostname string `json:"hostname"`
+	Cwd      string `json:"cwd"`
+	Fresh    bool   `json:"fresh_proc"`
+}
+
+type errnoReq struct {
+	Errno int `json:"errno"`
+}
+
+type empty struct{}
+
+func probePlugin(name string) *sdk.Plugin {
+	return &sdk.Plugin{
+		Name: name,
+		Handlers: []sdk.Handler{
+			sdk.Handle(name+".whoami", "report what the handler process sees", func(ctx context.Context, _ empty) (whoami, error) {
+				host, _ := os.Hostname()
+				cwd, _ := os.Getwd()
+				return whoami{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Hostname: host, Cwd: cwd, Fresh: sdk.EnvFrom(ctx).Proc != nil}, nil
+			}),
+			sdk.Handle(name+".errno", "fail with the given errno", func(_ context.Context, r errnoReq) (empty, error) {
+				return empty{}, sdk.Errorf(syscall.Errno(r.Errno), "asked to fail")
+			}),
+			sdk.Handle(name+".crash", "exit the plugin process", func(context.Context, empty) (empty, error) {
+				os.Exit(3)
+				return empty{}, nil
+			}),
+			sdk.Handle(name+".panic", "panic in the handler", func(context.Context, empty) (empty, error) {
+				panic("probe panics")
+			}),
+			sdk.Handle(name+".hang", "never return, ignoring cancellation", func(context.Context, empty) (empty, error) {
+				select {}
+			}),
+			sdk.Handle(name+".wait", "return when the request is cancelled", func(ctx context.Context, _ empty) (empty, error) {
+				<-ctx.Done()
+				return empty{}, ctx.Err()
+			}),
+		},
+	}
+}
