@@ -139,7 +139,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 			return nil, err
 		}
 		d.plugins = append(d.plugins, e)
-		var served []*pluginpb.MessageType
+		var served *pluginpb.DescribeResponse
 		if pc.Path == "" {
 			b := builtins[pc.Name]
 			if b == nil {
@@ -160,8 +160,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 			if err != nil {
 				return nil, err
 			}
-			desc, _ := srv.Describe(context.Background(), nil)
-			served = desc.Types
+			served, _ = srv.Describe(context.Background(), nil)
 		} else {
 			if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256)); err != nil {
 				return nil, err
@@ -170,7 +169,11 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 				return nil, err
 			}
 		}
-		if err := d.register(e, pc.Types, served); err != nil {
+		for _, m := range served.FreshMounts {
+			e.freshProc = e.freshProc || m == "proc"
+			e.freshSys = e.freshSys || m == "sys"
+		}
+		if err := d.register(e, pc.Types, served.Types); err != nil {
 			return nil, err
 		}
 	}
@@ -213,7 +216,7 @@ func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, erro
 
 // describeExternal starts an external plugin once, on the host and in no
 // target, to learn what it serves.
-func (d *Dispatcher) describeExternal(e *pluginEntry) ([]*pluginpb.MessageType, error) {
+func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeResponse, error) {
 	inst, err := d.startInstance(context.Background(), launch{plugin: e})
 	if err != nil {
 		return nil, err
@@ -225,7 +228,7 @@ func (d *Dispatcher) describeExternal(e *pluginEntry) ([]*pluginpb.MessageType, 
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: describe: %w", e.name, err)
 	}
-	return desc.Types, nil
+	return desc, nil
 }
 
 // register adds a plugin's message types to the registry. allowed, from

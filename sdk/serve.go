@@ -20,6 +20,11 @@ import (
 type Plugin struct {
 	Name     string
 	Handlers []Handler
+	// FreshMounts are fresh mounts ("proc", "sys") every instance of the
+	// plugin needs, whatever the configuration says: a plugin that must
+	// read /proc of a target that may have none asks for "proc" here and
+	// finds it in Env.Proc.
+	FreshMounts []string
 }
 
 // Server is the in-namespace half of the wire protocol: it serves the
@@ -50,10 +55,15 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	s := &Server{
 		name:     p.Name,
 		handlers: make(map[string]Handler),
-		describe: &pluginpb.DescribeResponse{Plugin: p.Name},
+		describe: &pluginpb.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts},
 		log:      log,
 		config:   config,
 		fresh:    nsexec.Self(),
+	}
+	for _, m := range p.FreshMounts {
+		if m != "proc" && m != "sys" {
+			return nil, fmt.Errorf("sdk: plugin %s: fresh mount %q (want proc or sys)", p.Name, m)
+		}
 	}
 	for _, h := range p.Handlers {
 		d := h.Describe()

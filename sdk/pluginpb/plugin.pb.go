@@ -72,8 +72,11 @@ func (*DescribeRequest) Descriptor() ([]byte, []int) {
 type DescribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The plugin's own name for itself (informational).
-	Plugin        string         `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
-	Types         []*MessageType `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
+	Plugin string         `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	Types  []*MessageType `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
+	// Fresh mounts ("proc", "sys") the plugin needs in every instance, on
+	// top of those the configuration asks for (see sdk.Plugin.FreshMounts).
+	FreshMounts   []string `protobuf:"bytes,3,rep,name=fresh_mounts,json=freshMounts,proto3" json:"fresh_mounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -118,6 +121,13 @@ func (x *DescribeResponse) GetPlugin() string {
 func (x *DescribeResponse) GetTypes() []*MessageType {
 	if x != nil {
 		return x.Types
+	}
+	return nil
+}
+
+func (x *DescribeResponse) GetFreshMounts() []string {
+	if x != nil {
+		return x.FreshMounts
 	}
 	return nil
 }
@@ -367,10 +377,11 @@ var File_plugin_proto protoreflect.FileDescriptor
 const file_plugin_proto_rawDesc = "" +
 	"\n" +
 	"\fplugin.proto\x12\x10nsplug.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"_\n" +
+	"\x0fDescribeRequest\"\x82\x01\n" +
 	"\x10DescribeResponse\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x123\n" +
-	"\x05types\x18\x02 \x03(\v2\x1d.nsplug.plugin.v1.MessageTypeR\x05types\"]\n" +
+	"\x05types\x18\x02 \x03(\v2\x1d.nsplug.plugin.v1.MessageTypeR\x05types\x12!\n" +
+	"\ffresh_mounts\x18\x03 \x03(\tR\vfreshMounts\"]\n" +
 	"\vMessageType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12 \n" +

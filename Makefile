@@ -1,0 +1,39 @@
+# nsplug build and test entry points. Everything runs as root on Linux.
+GO       ?= go
+BIN      := bin/nsplug
+GOFLAGS  ?=
+BENCH    ?= full
+
+.PHONY: all build demo test test-short vet fmt proto bench clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/nsplug
+
+# A tour against a sandbox target made on the spot: nothing to set up.
+demo: build
+	./$(BIN) demo
+
+# Unit and integration tests, with the race detector, against real targets
+# in fresh namespaces (needs root).
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+
+# Regenerate the wire contract's Go code (needs protoc, protoc-gen-go and
+# protoc-gen-go-grpc on PATH).
+proto:
+	protoc -I sdk/pluginpb \
+		--go_out=paths=source_relative:sdk/pluginpb \
+		--go-grpc_out=paths=source_relative:sdk/pluginpb \
+		sdk/pluginpb/plugin.proto
+
+clean:
+	rm -rf bin
