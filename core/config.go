@@ -41,9 +41,9 @@ type Config struct {
 	// Defaults apply to every plugin unless its [[plugin]] entry overrides
 	// them. Every field of Defaults must be set (DefaultConfig sets them all).
 	Defaults PluginSettings `toml:"defaults"`
-	// Plugins are the [[plugin]] entries. When none are listed, every
-	// built-in plugin is loaded with Defaults; otherwise exactly the listed
-	// plugins are.
+	// Plugins are the [[plugin]] entries. Every built-in plugin is loaded
+	// with Defaults unless an entry of its name overrides its settings or
+	// disables it; entries with a path add third-party plugins.
 	Plugins []PluginConfig `toml:"plugin"`
 
 	// src remembers where the configuration was parsed from, so that
@@ -108,6 +108,8 @@ type PluginConfig struct {
 	Types []string `toml:"types"`
 	// Options are free-form plugin options, handed to the plugin as JSON.
 	Options map[string]any `toml:"options"`
+	// Disabled leaves the plugin out (for a built-in: it is not loaded).
+	Disabled bool `toml:"disabled"`
 	PluginSettings
 }
 
@@ -660,6 +662,12 @@ func (d *cfgDecoder) plugins(k cfgKey, v any) []PluginConfig {
 				d.decodeString(ck, v, &p.SHA256)
 			case "types":
 				d.decodeStrings(ck, v, &p.Types)
+			case "disabled":
+				if b, ok := v.(bool); ok {
+					p.Disabled = b
+				} else {
+					d.typeError(ck, "boolean", v)
+				}
 			case "options":
 				if t, ok := d.table(ck, v); ok {
 					p.Options = t

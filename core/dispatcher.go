@@ -124,12 +124,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	for _, b := range opts.Builtins {
 		builtins[b.Name] = b
 	}
-	confs := cfg.Plugins
-	if len(confs) == 0 {
-		for _, b := range opts.Builtins {
-			confs = append(confs, PluginConfig{Name: b.Name})
-		}
-	}
+	confs := pluginConfigs(cfg.Plugins, opts.Builtins)
 	self := opts.Executable
 	var selfExe *sealedExecutable
 	for i := range confs {
@@ -178,6 +173,42 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 		}
 	}
 	return d, nil
+}
+
+// pluginConfigs is the list of plugins to load: every built-in (with
+// defaults, or with the settings of the entry of its name) unless an entry
+// disables it, then the configured third-party plugins, in file order.
+func pluginConfigs(entries []PluginConfig, builtins []*sdk.Plugin) []PluginConfig {
+	byName := make(map[string]*PluginConfig)
+	for i := range entries {
+		byName[entries[i].Name] = &entries[i]
+	}
+	var out []PluginConfig
+	for _, b := range builtins {
+		pc := byName[b.Name]
+		switch {
+		case pc == nil:
+			out = append(out, PluginConfig{Name: b.Name})
+		case pc.Path == "" && !pc.Disabled:
+			out = append(out, *pc)
+		}
+	}
+	for _, pc := range entries {
+		if pc.Disabled || (pc.Path == "" && builtinNamed(builtins, pc.Name)) {
+			continue
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+func builtinNamed(builtins []*sdk.Plugin, name string) bool {
+	for _, b := range builtins {
+		if b.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, error) {

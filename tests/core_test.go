@@ -456,9 +456,14 @@ func TestExternalPluginWithChecksum(t *testing.T) {
 	if w.Hostname != "ext" {
 		t.Errorf("external plugin saw hostname %q", w.Hostname)
 	}
-	infos := d.Plugins()
-	if len(infos) != 1 || infos[0].Builtin || infos[0].SHA256 != sum || len(infos[0].Types) != 6 {
-		t.Errorf("plugins: %+v", infos)
+	var ext *core.PluginInfo
+	for _, info := range d.Plugins() {
+		if info.Name == "extprobe" {
+			ext = &info
+		}
+	}
+	if ext == nil || ext.Builtin || ext.SHA256 != sum || len(ext.Types) != 6 {
+		t.Errorf("plugins: %+v", d.Plugins())
 	}
 
 	// A wrong checksum is refused, naming both sums.
@@ -493,5 +498,21 @@ func TestWriteReachesTheTarget(t *testing.T) {
 	}
 	if now, _ := os.Hostname(); now != host {
 		t.Errorf("host's hostname changed from %q to %q", host, now)
+	}
+}
+
+func TestBuiltinsCanBeOverriddenAndDisabled(t *testing.T) {
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"probe\"\ndisabled = true\n[[plugin]]\nname = \"procfs\"\nmode = \"oneshot\"\n")
+	var names []string
+	for _, p := range d.Plugins() {
+		names = append(names, p.Name+"/"+p.Mode)
+	}
+	if !slices.Contains(names, "procfs/oneshot") || slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "probe/") }) {
+		t.Errorf("plugins: %v", names)
+	}
+	for _, ty := range d.Types() {
+		if strings.HasPrefix(ty.Name, "probe.") {
+			t.Errorf("disabled plugin's type %s is registered", ty.Name)
+		}
 	}
 }
