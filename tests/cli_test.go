@@ -1,0 +1,164 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nsplug/nsplug/sandbox"
+)
+
+// runCLI runs bin/nsplug with args; it returns stdout, stderr and the exit code.
+func runCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(nsplugBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running nsplug: %v", err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// cliConfig writes a config file with its own runtime_dir.
+func cliConfig(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nsplug.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("runtime_dir = %q\n%s", filepath.Join(dir, "run"), body)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestCLICallPrintsJSONAndLeavesNothing(t *testing.T) {
+	for _, kind := range []struct {
+		name string
+		opts sandbox.Options
+		conf string
+	}{
+		{"container", sandbox.Options{Hostname: "cli-ctr", MountProc: true}, ""},
+		{"rootless", sandbox.Options{Hostname: "cli-rootless", Rootless: true, MountProc: true}, ""},
+		{"scratch", sandbox.Options{Hostname: "cli-scratch", Rootless: true, Scratch: true}, "[[plugin]]\nname = \"procfs\"\nfresh_mounts = [\"proc\"]\n"},
+	} {
+		t.Run(kind.name, func(t *testing.T) {
+			target := newTarget(t, kind.opts)
+			conf := cliConfig(t, kind.conf)
+			stdout, stderr, code := runCLI(t, "call", "--config", conf, "--pid", strconv.Itoa(target.PID()),
+				"procfs.read", `{"path":"/proc/sys/kernel/hostname"}`)
+			if code != 0 {
+				t.Fatalf("exit %d, stderr: %s", code, stderr)
+			}
+			var resp struct{ Data []byte }
+			if err := json.Unmarshal([]byte(stdout), &resp); err != nil || string(resp.Data) != kind.opts.Hostname+"\n" {
+				t.Errorf("stdout %q (%v)", stdout, err)
+			}
+			if procs := processesInPIDNamespaceOf(t, target.PID()); len(procs) != 1 {
+				t.Errorf("processes in the target after nsplug call returned: %v", procs)
+			}
+			left, _ := filepath.Glob(filepath.Join(filepath.Dir(conf), "run", "*"))
+			if len(left) != 0 {
+				t.Errorf("left in runtime_dir: %v", left)
+			}
+		})
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	pid := strconv.Itoa(target.PID())
+	conf := cliConfig(t, "")
+	bad := cliConfig(t, "[defaults]\nmode = \"pooled\"\nidle_timeout = 30\n")
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"missing file", []string{"call", "--config", conf, "--pid", pid, "procfs.read", `{"path":"/proc/nope"}`}, 1, []string{"ENOENT", "/proc/nope"}},
+		{"dead pid", []string{"call", "--config", conf, "--pid", "1073741824", "procfs.read", `{}`}, 1, []string{"ESRCH", "1073741824"}},
+		{"unknown type", []string{"call", "--config", conf, "--pid", pid, "procfs.fly"}, 1, []string{"ENOTSUP", "procfs.fly"}},
+		{"malformed payload", []string{"call", "--config", conf, "--pid", pid, "procfs.read", `{"path"`}, 1, []string{"EINVAL", "JSON"}},
+		{"bad toml", []string{"call", "--config", bad, "--pid", pid, "procfs.read", `{}`}, 1, []string{"nsplug.toml:4", "idle_timeout"}},
+		{"missing config", []string{"call", "--config", "/nonexistent.toml", "--pid", pid, "procfs.read"}, 1, []string{"/nonexistent.toml"}},
+		{"no pid", []string{"call", "procfs.read"}, 2, []string{"--pid"}},
+		{"bad namespace", []string{"call", "--config", conf, "--pid", pid, "--ns", "net,bogus", "procfs.read", `{"path":"/proc/version"}`}, 1, []string{"bogus"}},
+		{"unknown command", []string{"fly"}, 2, []string{"fly"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(t, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, c.code, stderr)
+			}
+			if stdout != "" {
+				t.Errorf("stdout on error: %q", stdout)
+			}
+			first := strings.SplitN(stderr, "\n", 2)[0]
+			if c.code == 1 && strings.Count(stderr, "\n") != 1 {
+				t.Errorf("want one line on stderr, got %q", stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(first, w) {
+					t.Errorf("stderr %q does not mention %q", first, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCLIPlugins(t *testing.T) {
+	conf := cliConfig(t, "")
+	stdout, stderr, code := runCLI(t, "plugins", "--config", conf)
+	if code != 0 || !strings.Contains(stdout, "procfs.read") || !strings.Contains(stdout, "built-in") {
+		t.Errorf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	stdout, _, code = runCLI(t, "plugins", "--json", "--config", conf)
+	var out struct {
+		ProtocolVersion int `json:"protocol_version"`
+		Plugins         []struct {
+			Name  string
+			Types []struct {
+				Name        string
+				Version     int
+				Description string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil || code != 0 || out.ProtocolVersion != 1 {
+		t.Fatalf("plugins --json: %v %s", err, stdout)
+	}
+	found := false
+	for _, p := range out.Plugins {
+		for _, ty := range p.Types {
+			if ty.Name == "procfs.stat" && ty.Version == 1 && ty.Description != "" {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("procfs.stat missing from %s", stdout)
+	}
+}
+
+func TestCLIDemo(t *testing.T) {
+	stdout, stderr, code := runCLI(t, "demo")
+	if code != 0 {
+		t.Fatalf("demo exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"demo-container", "hello from inside the container", "ENOENT", "handler gone: true, target gone: true, runtime dir entries left: 0"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, stdout)
+		}
+	}
+}
