@@ -516,3 +516,21 @@ func TestBuiltinsCanBeOverriddenAndDisabled(t *testing.T) {
 		}
 	}
 }
+
+// unshare after joining: the handler gets a private mount namespace of its
+// own, made from the target's, that neither the target nor the host shares.
+func TestUnshareAfterJoining(t *testing.T) {
+	target := newTarget(t, sandbox.Options{})
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"probe\"\nunshare = [\"mnt\"]\n")
+	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
+	h := servingPID(t, d, "probe")
+	mnt := nsInode(t, h, "mnt")
+	if mnt == nsInode(t, target.PID(), "mnt") || mnt == nsInode(t, os.Getpid(), "mnt") {
+		t.Errorf("handler's mount namespace %d is not private", mnt)
+	}
+	for _, ns := range []string{"pid", "net", "ipc", "uts", "cgroup"} {
+		if nsInode(t, h, ns) != nsInode(t, target.PID(), ns) {
+			t.Errorf("handler is not in the target's %s namespace", ns)
+		}
+	}
+}

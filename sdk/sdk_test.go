@@ -1,0 +1,154 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+type echoReq struct {
+	Text string `json:"text"`
+}
+type echoResp struct {
+	Text string `json:"text"`
+	Path string `json:"path,omitempty"`
+}
+
+func echo(ctx context.Context, r echoReq) (echoResp, error) {
+	if r.Text == "missing" {
+		_, err := os.Open("/nonexistent/nsplug")
+		return echoResp{}, err
+	}
+	return echoResp{Text: r.Text}, nil
+}
+
+func TestTypedHandlerDecodesStrictly(t *testing.T) {
+	h := Handle("echo.say", "echo", echo)
+	for _, c := range []struct {
+		payload string
+		want    string
+		errno   syscall.Errno
+	}{
+		{`{"text":"hi"}`, `{"text":"hi"}`, 0},
+		{``, `{"text":""}`, 0},
+		{`{"text":"hi","x":1}`, "", syscall.EINVAL},
+		{`{"text":1}`, "", syscall.EINVAL},
+		{`[1]`, "", syscall.EINVAL},
+		{`{"text":"a"} {}`, "", syscall.EINVAL},
+		{`{"text":"missing"}`, "", syscall.ENOENT},
+	} {
+		out, err := h.Serve(context.Background(), []byte(c.payload))
+		if c.errno != 0 {
+			var e *Error
+			if !errors.As(err, &e) || e.Errno != c.errno {
+				t.Errorf("%s: err %v, want errno %v", c.payload, err, c.errno)
+			}
+			continue
+		}
+		if err != nil || string(out) != c.want {
+			t.Errorf("%s: %s %v, want %s", c.payload, out, err, c.want)
+		}
+	}
+	if d := h.WithVersion(3).Describe(); d.Name != "echo.say" || d.Version != 3 || d.Description != "echo" {
+		t.Errorf("describe: %+v", d)
+	}
+}
+
+func TestErrorsKeepTheirErrno(t *testing.T) {
+	e := Errorf(syscall.EACCES, "no %s", "way")
+	if !errors.Is(e, syscall.EACCES) || e.Error() != "no way (EACCES)" {
+		t.Errorf("%v", e)
+	}
+	wrapped := fmt.Errorf("ctx: %w", &os.PathError{Op: "open", Path: "/x", Err: syscall.ENOENT})
+	if got := AsError(wrapped); got.Errno != syscall.ENOENT || !strings.Contains(got.Message, "/x") {
+		t.Errorf("AsError: %+v", got)
+	}
+	if got := AsError(errors.New("plain")); got.Errno != 0 || got.Error() != "plain" {
+		t.Errorf("AsError plain: %+v", got)
+	}
+	if ErrnoName(syscall.Errno(4000)) != "errno 4000" {
+		t.Errorf("unnamed errno: %s", ErrnoName(4000))
+	}
+}
+
+func TestCheckPath(t *testing.T) {
+	env := EnvFrom(context.Background())
+	env.SetAllowedRoots([]string{"/proc", "/sys/fs"})
+	for p, want := range map[string]syscall.Errno{
+		"/proc":                         0,
+		"/proc/self/stat":               0,
+		"/sys/fs/cgroup":                0,
+		"/sys/kernel":                   syscall.EACCES,
+		"/procfoo":                      syscall.EACCES,
+		"proc":                          syscall.EINVAL,
+		"/proc/../etc":                  syscall.EINVAL,
+		"/proc/":                        syscall.EINVAL,
+		"":                              syscall.EINVAL,
+		"/proc/a\x00b":                  syscall.EINVAL,
+		"/" + strings.Repeat("a", 5000): syscall.ENAMETOOLONG,
+	} {
+		_, err := env.CheckPath(p)
+		var got syscall.Errno
+		if e := AsError(err); e != nil {
+			got = e.Errno
+		}
+		if got != want {
+			t.Errorf("CheckPath(%.20q) = %v, want %v", p, err, want)
+		}
+	}
+	env.SetAllowedRoots([]string{})
+	if _, err := env.CheckPath("/proc"); err == nil {
+		t.Errorf("an empty allowed_roots allowed a path")
+	}
+	env.SetAllowedRoots(nil)
+	if _, err := env.CheckPath("/etc/passwd"); err != nil {
+		t.Errorf("nil allowed_roots: %v", err)
+	}
+}
+
+func TestServerRejectsBadPlugins(t *testing.T) {
+	for _, p := range []*Plugin{
+		{Handlers: []Handler{Handle("a.b", "", echo)}},
+		{Name: "x", Handlers: []Handler{Handle("A.b", "", echo)}},
+		{Name: "x", Handlers: []Handler{Handle("ab", "", echo)}},
+		{Name: "x", Handlers: []Handler{Handle("a..b", "", echo)}},
+		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo), Handle("a.b", "", echo)}},
+		{Name: "x", FreshMounts: []string{"dev"}},
+	} {
+		if _, err := NewServer(p, nil, nil); err == nil {
+			t.Errorf("NewServer accepted %+v", p)
+		}
+	}
+}
+
+func TestServerHandle(t *testing.T) {
+	s, err := NewServer(&Plugin{Name: "echo", Handlers: []Handler{
+		Handle("echo.say", "", echo),
+		Handle("echo.panic", "", func(context.Context, echoReq) (echoResp, error) { panic("boom") }),
+	}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"x"}`)})
+	if resp.Error != nil || string(resp.Payload) != `{"text":"x"}` {
+		t.Errorf("say: %v", resp)
+	}
+	resp, _ = s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.nope"})
+	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EOPNOTSUPP {
+		t.Errorf("unknown type: %v", resp)
+	}
+	resp, _ = s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.panic"})
+	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EIO || !strings.Contains(resp.Error.Message, "boom") {
+		t.Errorf("panic: %v", resp)
+	}
+	d, _ := s.Describe(context.Background(), nil)
+	if len(d.Types) != 2 || d.Types[0].Name != "echo.panic" {
+		t.Errorf("describe: %v", d)
+	}
+}
