@@ -43,6 +43,7 @@ type launch struct {
 	plugin *pluginEntry
 	target *target
 	join   uintptr
+	creds  *Credentials
 }
 
 // startInstance starts a plugin process through nsexec and connects to it.
@@ -51,12 +52,23 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys}
 	owner := [2]int{-1, -1}
 	if l.join&syscall.CLONE_NEWUSER != 0 {
-		id, err := l.target.userIdentity()
+		id, err := l.target.userIdentity(l.creds)
 		if err != nil {
 			return nil, err
 		}
 		boot.UID, boot.GID = int(id.uid), int(id.gid)
 		owner = [2]int{int(id.hostUID), int(id.hostG)}
+	} else if c := l.creds; c != nil {
+		// The target shares the core's user namespace: ids are host ids.
+		boot.UID, boot.GID = int(c.UID), int(c.GID)
+		owner = [2]int{int(c.UID), int(c.GID)}
+	}
+	if c := l.creds; c != nil {
+		boot.Groups = append([]uint32{}, c.Groups...)
+		if cs := c.Capabilities; cs != nil {
+			boot.Caps = &[3]uint64{cs.Effective, cs.Permitted, cs.Inheritable}
+		}
+		boot.Root, boot.Cwd = c.Root, c.Cwd
 	}
 	var nr *nsRunner
 	cfg := &plugin.ClientConfig{

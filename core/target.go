@@ -130,7 +130,7 @@ type identity struct {
 // namespace: root when the namespace maps root, otherwise the target
 // process's own uid and gid (a namespace that maps no root still lets its
 // own users act as themselves).
-func (t *target) userIdentity() (identity, error) {
+func (t *target) userIdentity(creds *Credentials) (identity, error) {
 	pid := strconv.Itoa(t.pid)
 	uids, err := readIDMap("/proc/" + pid + "/uid_map")
 	if err != nil {
@@ -141,9 +141,18 @@ func (t *target) userIdentity() (identity, error) {
 		return identity{}, err
 	}
 	var id identity
-	hu, uok := toOutside(uids, 0)
-	hg, gok := toOutside(gids, 0)
-	if uok && gok {
+	if creds != nil {
+		hu, uok := toOutside(uids, creds.UID)
+		hg, gok := toOutside(gids, creds.GID)
+		if !uok || !gok {
+			return identity{}, errorf(syscall.EINVAL, "credentials: uid %d / gid %d are not mapped in the user namespace of target pid %d", creds.UID, creds.GID, t.pid)
+		}
+		id = identity{uid: creds.UID, gid: creds.GID, hostUID: hu, hostG: hg}
+	} else if hu, uok := toOutside(uids, 0); uok {
+		hg, gok := toOutside(gids, 0)
+		if !gok {
+			return identity{}, errorf(syscall.EPERM, "target pid %d: its user namespace maps uid 0 but not gid 0", t.pid)
+		}
 		id = identity{uid: 0, gid: 0, hostUID: hu, hostG: hg}
 	} else {
 		hu, hg, err := statusIDs(pid)

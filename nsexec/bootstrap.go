@@ -12,6 +12,8 @@ import (
 // The bootstrap contract with nsexec.c (see nsexec.h).
 const (
 	EnvName   = "_NSPLUG_NSEXEC"
+	EnvRoot   = "_NSPLUG_NSEXEC_ROOT" // chroot before the uid changes
+	EnvCwd    = "_NSPLUG_NSEXEC_CWD"  // for the Go side: the cwd once the socket is bound
 	PidFD     = 3
 	SockDirFD = 4
 	StatusFD  = 5
@@ -79,10 +81,31 @@ type Bootstrap struct {
 	// FreshProc and FreshSys ask for detached procfs and sysfs mounts
 	// belonging to the target's pid and net namespaces.
 	FreshProc, FreshSys bool
+	// Groups are the supplementary groups to take (nil: none, or the
+	// current ones where the user namespace denies setgroups).
+	Groups []uint32
+	// Caps, when set, are the effective, permitted and inheritable
+	// capability sets to take after the uid change; otherwise the kernel's
+	// rules apply (all for uid 0, none for others).
+	Caps *[3]uint64
+	// Root and Cwd are the root (chroot) and working directory, as paths
+	// in the target's mount namespace; empty: its root.
+	Root, Cwd string
 }
+
+// MaxGroups bounds Bootstrap.Groups (NSEXEC_MAX_GROUPS).
+const MaxGroups = 64
 
 // Validate rejects bootstraps the constructor cannot carry out.
 func (b Bootstrap) Validate() error {
+	if len(b.Groups) > MaxGroups {
+		return fmt.Errorf("%d supplementary groups (at most %d)", len(b.Groups), MaxGroups)
+	}
+	for _, p := range []string{b.Root, b.Cwd} {
+		if p != "" && (p[0] != '/' || strings.IndexByte(p, 0) >= 0) {
+			return fmt.Errorf("root and cwd must be absolute paths, got %q", p)
+		}
+	}
 	if bad := b.Unshare & (unix.CLONE_NEWUSER | unix.CLONE_NEWPID | unix.CLONE_NEWTIME); bad != 0 {
 		return fmt.Errorf("cannot unshare %s after joining (only mnt, net, ipc, uts, cgroup)", strings.Join(NamespaceNames(bad), ","))
 	}
@@ -103,16 +126,24 @@ func (b Bootstrap) env() string {
 	if b.FreshSys {
 		fresh |= freshSys
 	}
-	uid, gid := b.UID, b.GID
-	if b.Join&unix.CLONE_NEWUSER == 0 {
-		uid, gid = -1, -1
-	}
 	s := fmt.Sprintf("join=%#x,unshare=%#x,fresh=%d", b.Join, b.Unshare, fresh)
-	if uid >= 0 {
-		s += fmt.Sprintf(",uid=%d", uid)
+	if b.UID >= 0 {
+		s += fmt.Sprintf(",uid=%d", b.UID)
 	}
-	if gid >= 0 {
-		s += fmt.Sprintf(",gid=%d", gid)
+	if b.GID >= 0 {
+		s += fmt.Sprintf(",gid=%d", b.GID)
+	}
+	if b.Groups != nil {
+		s += ",groups="
+		for i, g := range b.Groups {
+			if i > 0 {
+				s += ":"
+			}
+			s += fmt.Sprint(g)
+		}
+	}
+	if b.Caps != nil {
+		s += fmt.Sprintf(",caps=%#x:%#x:%#x", b.Caps[0], b.Caps[1], b.Caps[2])
 	}
 	return EnvName + "=" + s
 }
@@ -135,6 +166,12 @@ func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir *os.File) (statusR, statu
 		return nil, nil, err
 	}
 	cmd.Env = append(cmd.Env, b.env())
+	if b.Root != "" {
+		cmd.Env = append(cmd.Env, EnvRoot+"="+b.Root)
+	}
+	if b.Cwd != "" {
+		cmd.Env = append(cmd.Env, EnvCwd+"="+b.Cwd)
+	}
 	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW}
 	return statusR, statusW, nil
 }

@@ -29,6 +29,8 @@
  *      the target could see and no directory is created in its filesystem
  *   5. join mnt (resets root and cwd to the target's), then user, then take
  *      the target's root (or the given) uid/gid
+ *      (or the credentials a request acts for: ids, groups, capabilities,
+ *      root)
  *   6. again non-dumpable and parent-death signal (a change of euid clears
  *      both), unshare what was asked, cwd to the socket directory
  *
@@ -40,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/mount.h>
 #include <sched.h>
 #include <signal.h>
@@ -63,11 +66,17 @@ int nsexec_active;
 int nsexec_proc_fd = -1;
 int nsexec_sys_fd = -1;
 
+#define NSEXEC_MAX_GROUPS 64
+
 struct bootstrap {
 	unsigned long join;	/* CLONE_NEW* flags to join */
 	unsigned long unshare;	/* CLONE_NEW* flags to unshare after joining */
 	long uid, gid;		/* credentials inside the user namespace */
 	int fresh;		/* NSEXEC_FRESH_* */
+	int ngroups;		/* -1: leave the supplementary groups alone */
+	gid_t groups[NSEXEC_MAX_GROUPS];
+	int hascaps;		/* capability sets were given */
+	unsigned long long caps[3];	/* effective, permitted, inheritable */
 };
 
 static void fail(const char *stage, int err)
@@ -87,36 +96,77 @@ static void fail(const char *stage, int err)
 	_exit(1);
 }
 
-/* parse reads "join=0x..,unshare=0x..,uid=N,gid=N,fresh=N". */
+/* number parses one unsigned number of a list ending at ',' or NUL, with
+ * sep separating list elements; *s moves past it. */
+static unsigned long long number(const char **s, char sep)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	v = strtoull(*s, &end, 0);
+	if (errno || end == *s || (*end && *end != ',' && *end != sep))
+		fail("malformed bootstrap value", 0);
+	*s = end;
+	return v;
+}
+
+/* parse reads "key=value,..." with keys join, unshare, uid, gid, fresh,
+ * groups (g1:g2:...) and caps (effective:permitted:inheritable). */
 static void parse(const char *s, struct bootstrap *b)
 {
-	b->join = b->unshare = 0;
+	memset(b, 0, sizeof(*b));
 	b->uid = b->gid = -1;
-	b->fresh = 0;
+	b->ngroups = -1;
 	while (*s) {
 		const char *eq = strchr(s, '=');
-		char *end;
-		unsigned long v;
+		size_t klen;
 
 		if (!eq)
 			fail("malformed bootstrap (missing '=')", 0);
-		errno = 0;
-		v = strtoul(eq + 1, &end, 0);
-		if (errno || end == eq + 1 || (*end && *end != ','))
-			fail("malformed bootstrap value", 0);
-		if (!strncmp(s, "join=", 5))
-			b->join = v;
-		else if (!strncmp(s, "unshare=", 8))
-			b->unshare = v;
-		else if (!strncmp(s, "uid=", 4))
-			b->uid = (long)v;
-		else if (!strncmp(s, "gid=", 4))
-			b->gid = (long)v;
-		else if (!strncmp(s, "fresh=", 6))
-			b->fresh = (int)v;
-		else
+		klen = (size_t)(eq - s);
+#define KEY(k) (klen == sizeof(k) - 1 && !strncmp(s, k, klen))
+		if (KEY("join")) {
+			s = eq + 1;
+			b->join = number(&s, 0);
+		} else if (KEY("unshare")) {
+			s = eq + 1;
+			b->unshare = number(&s, 0);
+		} else if (KEY("uid")) {
+			s = eq + 1;
+			b->uid = (long)number(&s, 0);
+		} else if (KEY("gid")) {
+			s = eq + 1;
+			b->gid = (long)number(&s, 0);
+		} else if (KEY("fresh")) {
+			s = eq + 1;
+			b->fresh = (int)number(&s, 0);
+		} else if (KEY("groups")) {
+			s = eq + 1;
+			b->ngroups = 0;
+			while (*s && *s != ',') {
+				if (b->ngroups == NSEXEC_MAX_GROUPS)
+					fail("too many supplementary groups", 0);
+				b->groups[b->ngroups++] = (gid_t)number(&s, ':');
+				if (*s == ':')
+					s++;
+			}
+		} else if (KEY("caps")) {
+			int i;
+
+			s = eq + 1;
+			b->hascaps = 1;
+			for (i = 0; i < 3; i++) {
+				b->caps[i] = number(&s, ':');
+				if (i < 2 && *s++ != ':')
+					fail("malformed capability sets", 0);
+			}
+		} else {
 			fail("unknown bootstrap key", 0);
-		s = *end ? end + 1 : end;
+		}
+#undef KEY
+		if (*s == ',')
+			s++;
 	}
 }
 
@@ -199,17 +249,50 @@ static void wait_and_mirror(pid_t child)
 	}
 }
 
+/* take_credentials becomes who the request acts for: root of the target's
+ * user namespace by default, or the caller's ids, groups and capabilities.
+ * The kernel then checks permissions as it would for that caller. */
 static void take_credentials(const struct bootstrap *b)
 {
+	const char *root = getenv(NSEXEC_ROOT_ENV);
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct data[2];
+	int i;
+
+	/* chroot while still privileged; the cwd (the socket directory) is
+	 * left alone, the sdk moves to the final cwd once it has bound. */
+	if (root && *root && chroot(root) < 0)
+		fail("chroot (credentials' root)", errno);
 	/* setgroups is denied in user namespaces whose creator wrote "deny"
 	 * to /proc/PID/setgroups; the remaining host groups are unmapped
-	 * there, which is harmless. */
-	if (setgroups(0, NULL) < 0 && errno != EPERM)
+	 * there, which is harmless when no groups were asked for. */
+	if (setgroups(b->ngroups > 0 ? (size_t)b->ngroups : 0, b->groups) < 0 &&
+	    (errno != EPERM || b->ngroups > 0))
 		fail("setgroups", errno);
 	if (b->gid >= 0 && setresgid((gid_t)b->gid, (gid_t)b->gid, (gid_t)b->gid) < 0)
 		fail("setresgid (is the gid mapped in the target's user namespace?)", errno);
+	/* Keep the permitted set across the uid change when capabilities
+	 * were asked for; capset below trims it to exactly those. */
+	if (b->hascaps && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+		fail("prctl(PR_SET_KEEPCAPS)", errno);
 	if (b->uid >= 0 && setresuid((uid_t)b->uid, (uid_t)b->uid, (uid_t)b->uid) < 0)
 		fail("setresuid (is the uid mapped in the target's user namespace?)", errno);
+	/* The kernel drops capabilities on a change away from uid 0 only
+	 * when the old uid was root *of the current user namespace*; host
+	 * root that just joined a namespace mapping it nowhere is not, so
+	 * capabilities are set explicitly: those asked for, or none for a
+	 * uid other than 0. */
+	if (!b->hascaps && b->uid <= 0)
+		return;
+	for (i = 0; i < 2; i++) {
+		data[i].effective = (unsigned)(b->caps[0] >> (32 * i));
+		data[i].permitted = (unsigned)(b->caps[1] >> (32 * i));
+		data[i].inheritable = (unsigned)(b->caps[2] >> (32 * i));
+	}
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		fail("capset", errno);
+	if (b->hascaps)
+		prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
 }
 
 __attribute__((constructor)) static void nsexec(void)

@@ -34,6 +34,9 @@ type State struct {
 	// this process (nil when not asked for). Resolve paths beneath them
 	// with openat; they belong to the target's pid and network namespaces.
 	Proc, Sys *os.File
+	// Cwd is where the process is to work once it has bound its socket
+	// (the credentials' cwd); "/" by default.
+	Cwd string
 }
 
 var (
@@ -53,9 +56,15 @@ func init() {
 	if fd := int(C.sys_fd()); fd >= 0 {
 		self.Sys = os.NewFile(uintptr(fd), "fresh-sysfs")
 	}
+	self.Cwd = "/"
+	if cwd := os.Getenv(EnvCwd); cwd != "" {
+		self.Cwd = cwd
+	}
 	// Children of a plugin must not run the bootstrap again: fds 3-5
 	// mean something else by then.
 	os.Unsetenv(EnvName)
+	os.Unsetenv(EnvRoot)
+	os.Unsetenv(EnvCwd)
 }
 
 // Self reports what the constructor did in this process.

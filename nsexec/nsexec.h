@@ -4,6 +4,8 @@
 #define NSPLUG_NSEXEC_H
 
 #define NSEXEC_ENV "_NSPLUG_NSEXEC"
+/* A root directory to chroot to (credentials); the cwd is the Go side's. */
+#define NSEXEC_ROOT_ENV "_NSPLUG_NSEXEC_ROOT"
 
 #define NSEXEC_PIDFD 3
 #define NSEXEC_SOCKDIR_FD 4

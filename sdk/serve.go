@@ -154,9 +154,9 @@ func Serve(p *Plugin) {
 			// go-plugin has bound its socket (in the cwd) by now and
 			// not yet told the core where: leave the host directory
 			// before anything can be asked.
-			if nsexec.Self().Active {
-				if err := os.Chdir("/"); err != nil {
-					fail("leaving the socket directory: " + err.Error())
+			if self := nsexec.Self(); self.Active {
+				if err := os.Chdir(self.Cwd); err != nil {
+					fail("leaving the socket directory for " + self.Cwd + ": " + err.Error())
 				}
 				nsexec.CloseStatus()
 			}
