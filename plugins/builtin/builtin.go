@@ -7,6 +7,7 @@ package builtin
 import (
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/procfs"
+	"github.com/nsplug/nsplug/plugins/sysctl"
 	"github.com/nsplug/nsplug/sdk"
 )
 
@@ -14,6 +15,7 @@ import (
 func All() []*sdk.Plugin {
 	return []*sdk.Plugin{
 		procfs.Plugin(),
+		sysctl.Plugin(),
 	}
 }
 
