@@ -400,10 +400,29 @@ func (d *Dispatcher) makeRunDir() error {
 	return nil
 }
 
+// Response is a handler's answer: a JSON object and, for handlers that
+// hand back open files (fs.open, say), their descriptors in this process,
+// close-on-exec. The caller owns and must close Files.
+type Response struct {
+	Payload json.RawMessage
+	Files   []*os.File
+}
+
 // Dispatch runs one request in the target's namespaces and returns the
-// handler's JSON response. ctx's cancellation or deadline (and the
-// plugin's request_timeout) end the work. Every error is an *Error.
+// handler's JSON response; any files handed back are closed (see Call).
+// ctx's cancellation or deadline (and the plugin's request_timeout) end
+// the work. Every error is an *Error.
 func (d *Dispatcher) Dispatch(ctx context.Context, req Request) (json.RawMessage, error) {
+	resp, err := d.Call(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	closeFiles(resp.Files)
+	return resp.Payload, nil
+}
+
+// Call is Dispatch that also returns the files a handler hands back.
+func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if d.closed.Load() {
 		return nil, errClosed
 	}

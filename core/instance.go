@@ -139,7 +139,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 // call sends one request to the instance. Handler errors come back as
 // *Error with their errno; broken reports whether the instance is unfit
 // for further requests.
-func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (json.RawMessage, bool, error) {
+func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*Response, bool, error) {
 	resp, err := inst.handler.Handle(ctx, req)
 	if err != nil {
 		// A transport error usually means the process died; give the
@@ -164,7 +164,17 @@ func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (js
 	if e := resp.Error; e != nil {
 		return nil, false, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 	}
-	return json.RawMessage(resp.Payload), false, nil
+	out := &Response{Payload: json.RawMessage(resp.Payload)}
+	if resp.Files > 0 {
+		if resp.Files > sdk.MaxFiles {
+			return nil, true, errorf(syscall.EIO, "plugin %s announced %d files (at most %d)", inst.plugin.name, resp.Files, sdk.MaxFiles)
+		}
+		var err error
+		if out.Files, err = inst.runner.inbox.take(ctx, req.RequestId, int(resp.Files)); err != nil {
+			return nil, true, err
+		}
+	}
+	return out, false, nil
 }
 
 // describe asks the instance which message types it serves.

@@ -17,6 +17,7 @@ const (
 	PidFD     = 3
 	SockDirFD = 4
 	StatusFD  = 5
+	FilesFD   = 6
 
 	freshProc = 1
 	freshSys  = 2
@@ -151,10 +152,11 @@ func (b Bootstrap) env() string {
 // Apply arranges for cmd to run the bootstrap: it sets the environment
 // and the fds the constructor expects. cmd must not use ExtraFiles.
 // pidfd pins the target; sockDir is the directory the plugin binds its
-// socket in. The returned status pipe's read end yields the constructor's
-// error message, if any; the caller closes the write end once the
-// process started.
-func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir *os.File) (statusR, statusW *os.File, err error) {
+// socket in; files is the plugin's end of the socket for handing fds back.
+// The returned status pipe's read end yields the constructor's error
+// message, if any; the caller closes the write end once the process
+// started.
+func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir, files *os.File) (statusR, statusW *os.File, err error) {
 	if err := b.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -172,6 +174,6 @@ func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir *os.File) (statusR, statu
 	if b.Cwd != "" {
 		cmd.Env = append(cmd.Env, EnvCwd+"="+b.Cwd)
 	}
-	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW}
+	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW, files}
 	return statusR, statusW, nil
 }

@@ -14,9 +14,11 @@
  *         socket by a relative name, and the sdk leaves it before serving
  *   fd 5  a status pipe: on failure one line of text is written to it and
  *         the process exits with status 1
+ *   fd 6  a socket on which the plugin hands file descriptors back to the
+ *         core (gRPC cannot carry them)
  *
  * Stages, in order:
- *   1. read the bootstrap, close every fd but 0-5, mark the process
+ *   1. read the bootstrap, close every fd but 0-6, mark the process
  *      non-dumpable
  *   2. join every requested namespace except mnt and user, as host root
  *   3. fork if the pid or time namespace was joined or fresh mounts are
@@ -311,7 +313,7 @@ __attribute__((constructor)) static void nsexec(void)
 	/* Only the fds of the contract survive: whatever else the core's own
 	 * parent let it inherit without close-on-exec (a host directory, say)
 	 * must not reach the target. */
-	if (syscall(SYS_close_range, NSEXEC_STATUS_FD + 1, ~0U, 0) < 0)
+	if (syscall(SYS_close_range, NSEXEC_LAST_FD + 1, ~0U, 0) < 0)
 		fail("close_range", errno);
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		fail("prctl(PR_SET_DUMPABLE)", errno);

@@ -23,6 +23,8 @@ import "C"
 
 import (
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // State is what the constructor did in this process.
@@ -37,6 +39,9 @@ type State struct {
 	// Cwd is where the process is to work once it has bound its socket
 	// (the credentials' cwd); "/" by default.
 	Cwd string
+	// Files is the socket on which to hand file descriptors back to the
+	// core (SCM_RIGHTS); nil when the core gave none.
+	Files *os.File
 }
 
 var (
@@ -50,6 +55,9 @@ func init() {
 	}
 	self.Active = true
 	status = os.NewFile(StatusFD, "nsexec-status")
+	if _, err := unix.FcntlInt(FilesFD, unix.F_SETFD, unix.FD_CLOEXEC); err == nil {
+		self.Files = os.NewFile(FilesFD, "nsexec-files")
+	}
 	if fd := int(C.proc_fd()); fd >= 0 {
 		self.Proc = os.NewFile(uintptr(fd), "fresh-procfs")
 	}

@@ -10,6 +10,9 @@
 #define NSEXEC_PIDFD 3
 #define NSEXEC_SOCKDIR_FD 4
 #define NSEXEC_STATUS_FD 5
+/* A SOCK_SEQPACKET socket to the core for handing fds back (SCM_RIGHTS). */
+#define NSEXEC_FILES_FD 6
+#define NSEXEC_LAST_FD NSEXEC_FILES_FD
 
 #define NSEXEC_FRESH_PROC 1
 #define NSEXEC_FRESH_SYS 2

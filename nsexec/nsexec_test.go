@@ -39,7 +39,9 @@ const (
 	// bootstrapped child and then waits to be killed (parent-death test).
 	helperEnv = "_NSPLUG_NSEXEC_TEST_HELPER"
 	timeout   = 20 * time.Second
-	rootless  = sandbox.DefaultHostID
+	// canaryName is a host file every child inherits (see launch).
+	canaryName = "nsexec-canary"
+	rootless   = sandbox.DefaultHostID
 )
 
 func init() {
@@ -75,7 +77,6 @@ type report struct {
 	ProcSelf       string   // readlinkat(proc, "self")
 	ProcHostname   string   // proc/sys/kernel/hostname beneath the proc fd
 	SysNet         []string // class/net beneath the sys fd
-	FDs            []int
 	Errors         []string
 }
 
@@ -152,11 +153,6 @@ func observe() report {
 			slices.Sort(r.SysNet)
 		}
 	}
-	for fd := 0; fd < 1024; fd++ {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
-			r.FDs = append(r.FDs, fd)
-		}
-	}
 	return r
 }
 
@@ -226,7 +222,7 @@ func prepare(pidfd *os.File, b nsexec.Bootstrap, sockDir string) (*exec.Cmd, *os
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	statusR, _, err := b.Apply(cmd, pidfd, dir)
+	statusR, _, err := b.Apply(cmd, pidfd, dir, nil)
 	if err != nil {
 		dir.Close()
 		return nil, nil, err
@@ -261,9 +257,17 @@ type child struct {
 // owner >= 0 chowns the socket directory to that host uid/gid first, as
 // the core does for a target's user namespace. env is added after the
 // bootstrap's own variable (os/exec keeps the last of duplicates).
+//
+// The child also inherits, as fd 6 and without close-on-exec, a host file
+// named canary: the constructor must close it (checkFDs).
 func launch(t *testing.T, pidfd *os.File, b nsexec.Bootstrap, owner int, env ...string) *child {
 	t.Helper()
 	c := &child{t: t, boot: b, sockDir: t.TempDir()}
+	canary, err := os.Create(filepath.Join(t.TempDir(), canaryName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer canary.Close()
 	if owner >= 0 {
 		if err := os.Chown(c.sockDir, owner, owner); err != nil {
 			t.Fatal(err)
@@ -275,6 +279,7 @@ func launch(t *testing.T, pidfd *os.File, b nsexec.Bootstrap, owner int, env ...
 	}
 	c.cmd, c.status = cmd, statusR
 	cmd.Env = append(cmd.Env, env...)
+	cmd.ExtraFiles = append(cmd.ExtraFiles, canary)
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -491,7 +496,8 @@ func statusField(t *testing.T, pid int, key string) []string {
 	return nil
 }
 
-// checkFDs asserts that pid kept neither the pidfd nor the socket directory.
+// checkFDs asserts that pid kept neither the pidfd nor the socket directory,
+// nor the canary file it inherited.
 func checkFDs(t *testing.T, pid int, sockDir string) {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -501,7 +507,7 @@ func checkFDs(t *testing.T, pid int, sockDir string) {
 	}
 	for _, e := range ents {
 		link, _ := os.Readlink(filepath.Join(dir, e.Name()))
-		if strings.Contains(link, "pidfd") || link == sockDir {
+		if strings.Contains(link, "pidfd") || link == sockDir || filepath.Base(link) == canaryName {
 			t.Errorf("pid %d kept fd %s -> %s", pid, e.Name(), link)
 		}
 	}
@@ -581,6 +587,9 @@ func TestJoin(t *testing.T) {
 			b := tc.boot
 			if b.Join == all {
 				b.Join = allOf(t, s)
+			}
+			if b.Join&unix.CLONE_NEWUSER == 0 {
+				b.UID, b.GID = -1, -1 // as the core: keep host root
 			}
 			if b.Forks() != tc.forks {
 				t.Fatalf("Forks() = %v, want %v", b.Forks(), tc.forks)
@@ -721,7 +730,7 @@ func TestFailureOnStatusPipe(t *testing.T) {
 			pidfd := openPidfd(t, s.PID())
 			join := allOf(t, s)
 			s.Close()
-			return pidfd, nsexec.Bootstrap{Join: join}, -1
+			return pidfd, nsexec.Bootstrap{Join: join, UID: -1, GID: -1}, -1
 		},
 		want: []string{"setns", "No such process"},
 	}, {
@@ -787,7 +796,7 @@ func TestValidateRejectsUnshareOfUserPidTime(t *testing.T) {
 		}
 		// Apply refuses too, and leaves the command untouched.
 		cmd := exec.Command("/bin/true")
-		if _, _, err := b.Apply(cmd, os.Stdin, os.Stdin); err == nil {
+		if _, _, err := b.Apply(cmd, os.Stdin, os.Stdin, nil); err == nil {
 			t.Errorf("Apply(unshare %s) succeeded", ns.Name)
 		}
 		if len(cmd.Env) != 0 || len(cmd.ExtraFiles) != 0 {
@@ -810,7 +819,8 @@ func TestWaiterForwardsSignals(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.sig.String(), func(t *testing.T) {
 			s := startSandbox(t, sandbox.Options{})
-			c := launch(t, openPidfd(t, s.PID()), nsexec.Bootstrap{Join: allOf(t, s)}, -1)
+			b := nsexec.Bootstrap{Join: allOf(t, s), UID: -1, GID: -1}
+			c := launch(t, openPidfd(t, s.PID()), b, -1)
 			c.report()
 			pid := c.serving()
 			if err := c.cmd.Process.Signal(tc.sig); err != nil {
@@ -819,8 +829,8 @@ func TestWaiterForwardsSignals(t *testing.T) {
 			if ws := c.wait(); !ws.Exited() || ws.ExitStatus() != tc.want {
 				t.Errorf("waiter ended with %v, want exit status %d", ws, tc.want)
 			}
-			// Reaped by the waiter, not left as a zombie for the
-			// target's init.
+			// Reaped by the waiter: an orphan would be left as a
+			// zombie to the host's init.
 			if !gone(pid) {
 				t.Errorf("child %d still exists (state %v)", pid, statusField(t, pid, "State"))
 			}
@@ -890,7 +900,20 @@ func TestParentDeath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer func() { helper.Process.Kill(); helper.Wait() }()
+			var started, pid int // host pids: the process the helper started, and the one serving
+			defer func() {
+				helper.Process.Kill()
+				helper.Wait()
+				// Leave nothing behind on failure: the test inherits the
+				// orphans, and until they are reaped the target's pid
+				// namespace cannot go (sandbox.Close would hang).
+				for _, p := range []int{started, pid} {
+					if p > 0 {
+						unix.Kill(p, unix.SIGKILL)
+						unix.Wait4(p, nil, 0, nil)
+					}
+				}
+			}()
 
 			outR.SetReadDeadline(time.Now().Add(timeout))
 			var r report
@@ -901,7 +924,7 @@ func TestParentDeath(t *testing.T) {
 			if len(kids) != 1 {
 				t.Fatalf("helper has children %v, want one", kids)
 			}
-			started, pid := kids[0], kids[0]
+			started, pid = kids[0], kids[0]
 			if b.Forks() {
 				if kids = childrenOf(started); len(kids) != 1 {
 					t.Fatalf("waiter has children %v, want one", kids)
@@ -915,6 +938,7 @@ func TestParentDeath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			started = 0
 			if tc.exited && (!ws.Exited() || ws.ExitStatus() != tc.status) {
 				t.Errorf("started process ended with %v, want exit status %d", ws, tc.status)
 			}
@@ -923,6 +947,8 @@ func TestParentDeath(t *testing.T) {
 			}
 			if !gone(pid) {
 				t.Errorf("serving pid %d still exists", pid)
+			} else {
+				pid = 0
 			}
 		})
 	}

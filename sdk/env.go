@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,6 +43,35 @@ type Env struct {
 	Proc, Sys *os.File
 
 	config *PluginConfig
+	mu     sync.Mutex
+	files  []*os.File
+}
+
+// MaxFiles bounds the descriptors one response hands back.
+const MaxFiles = 16
+
+// ReturnFile hands f to the caller of the core together with the
+// response: the caller receives a descriptor of the same open file, in its
+// own process, close-on-exec (as sysbox-fs hands an opened file to
+// seccomp's ADDFD). The sdk closes f once it is sent. Files are only sent
+// when the handler succeeds.
+func (e *Env) ReturnFile(f *os.File) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.files) == MaxFiles {
+		return Errorf(syscall.EMFILE, "a response hands back at most %d files", MaxFiles)
+	}
+	e.files = append(e.files, f)
+	return nil
+}
+
+// takeFiles returns and forgets the files the handler handed back.
+func (e *Env) takeFiles() []*os.File {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.files
+	e.files = nil
+	return f
 }
 
 type envKey struct{}

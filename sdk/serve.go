@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/nsplug/nsplug/nsexec"
@@ -108,10 +109,34 @@ func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		}
 	}()
 	out, err := h.Serve(context.WithValue(ctx, envKey{}, env), req.Payload)
+	files := env.takeFiles()
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	if err != nil {
 		return errorResponse(AsError(err)), nil
 	}
-	return &pluginpb.HandleResponse{Payload: out}, nil
+	if len(files) > 0 {
+		if err := s.sendFiles(req.RequestId, files); err != nil {
+			return errorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
+		}
+	}
+	return &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files))}, nil
+}
+
+// sendFiles sends files to the core in one SCM_RIGHTS message tagged with
+// the request id, before the response that announces them.
+func (s *Server) sendFiles(id string, files []*os.File) error {
+	if s.fresh.Files == nil {
+		return Errorf(syscall.ENOTSUP, "the core gave this plugin no channel for files")
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	return unix.Sendmsg(int(s.fresh.Files.Fd()), []byte(id), unix.UnixRights(fds...), nil, 0)
 }
 
 func errorResponse(e *Error) *pluginpb.HandleResponse {

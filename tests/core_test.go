@@ -462,7 +462,7 @@ func TestExternalPluginWithChecksum(t *testing.T) {
 			ext = &info
 		}
 	}
-	if ext == nil || ext.Builtin || ext.SHA256 != sum || len(ext.Types) != 6 {
+	if ext == nil || ext.Builtin || ext.SHA256 != sum || len(ext.Types) != 7 {
 		t.Errorf("plugins: %+v", d.Plugins())
 	}
 

@@ -105,6 +105,11 @@ type errnoReq struct {
 
 type empty struct{}
 
+type openReq struct {
+	Paths []string `json:"paths"`
+	Fail  bool     `json:"fail"`
+}
+
 func probePlugin(name string) *sdk.Plugin {
 	return &sdk.Plugin{
 		Name: name,
@@ -126,6 +131,22 @@ func probePlugin(name string) *sdk.Plugin {
 			}),
 			sdk.Handle(name+".hang", "never return, ignoring cancellation", func(context.Context, empty) (empty, error) {
 				select {}
+			}),
+			sdk.Handle(name+".open", "open files and hand them back", func(ctx context.Context, r openReq) (empty, error) {
+				for _, p := range r.Paths {
+					f, err := os.Open(p)
+					if err != nil {
+						return empty{}, err
+					}
+					if err := sdk.EnvFrom(ctx).ReturnFile(f); err != nil {
+						f.Close()
+						return empty{}, err
+					}
+				}
+				if r.Fail {
+					return empty{}, sdk.Errorf(syscall.EIO, "failing after opening")
+				}
+				return empty{}, nil
 			}),
 			sdk.Handle(name+".wait", "return when the request is cancelled", func(ctx context.Context, _ empty) (empty, error) {
 				<-ctx.Done()

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"syscall"
@@ -38,4 +39,18 @@ func hostWriteErrno(t *testing.T, path string) syscall.Errno {
 		t.Fatalf("writing %s on the host: %v", path, err)
 	}
 	return errno
+}
+
+// listFDs lists where the fds of pid point.
+func listFDs(pid int) ([]string, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		out = append(out, l)
+	}
+	return out, nil
 }

@@ -17,11 +17,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
@@ -31,10 +33,14 @@ import (
 const usage = `nsplug runs handlers inside the namespaces of a process.
 
 Usage:
-  nsplug call [--config FILE] --pid PID [--ns LIST] TYPE [PAYLOAD_JSON]
+  nsplug call [--config FILE] --pid PID [--ns LIST] [--as UID:GID[:G1,G2..]]
+              [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
         Run one request in the namespaces of PID and print the JSON response.
         LIST narrows the namespaces joined (e.g. "net,uts"); by default every
-        namespace of PID that differs from nsplug's own is joined.
+        namespace of PID that differs from nsplug's own is joined. --as, --root
+        and --cwd make the handler act with those credentials (as the target
+        sees them) instead of as the target's root. When the handler hands
+        back open files, the output is {"response": ..., "files": [...]}.
   nsplug plugins [--config FILE] [--json]
         List the plugins and the message types each serves.
   nsplug demo
@@ -145,6 +151,9 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	pid := fs.Int("pid", 0, "target `PID`")
 	nsList := fs.String("ns", "", "comma-separated namespaces to join (default: all that differ)")
+	as := fs.String("as", "", "act as `UID:GID[:G1,G2,...]` (ids as the target sees them)")
+	root := fs.String("root", "", "act with this root `DIR` (a path in the target)")
+	cwd := fs.String("cwd", "", "act in this working `DIR` (a path in the target)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -162,6 +171,14 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	if *nsList != "" {
 		req.Namespaces = strings.Split(*nsList, ",")
 	}
+	if *as != "" || *root != "" || *cwd != "" {
+		creds, err := parseAs(*as)
+		if err != nil {
+			return err
+		}
+		creds.Root, creds.Cwd = *root, *cwd
+		req.Credentials = creds
+	}
 	d, err := c.open(stderr)
 	if err != nil {
 		return err
@@ -169,11 +186,98 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	defer d.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	resp, err := d.Dispatch(ctx, req)
+	resp, err := d.Call(ctx, req)
 	if err != nil {
 		return err
 	}
-	return printJSON(stdout, resp)
+	if len(resp.Files) == 0 {
+		return printJSON(stdout, resp.Payload)
+	}
+	defer func() {
+		for _, f := range resp.Files {
+			f.Close()
+		}
+	}()
+	out, _ := json.Marshal(map[string]any{"response": resp.Payload, "files": describeFiles(resp.Files)})
+	return printJSON(stdout, out)
+}
+
+// parseAs reads UID:GID[:G1,G2,...]; an empty string is root.
+func parseAs(s string) (*core.Credentials, error) {
+	creds := &core.Credentials{}
+	if s == "" {
+		return creds, nil
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return nil, usageErr("--as %q: want UID:GID[:G1,G2,...]", s)
+	}
+	ids := []*uint32{&creds.UID, &creds.GID}
+	for i, p := range parts[:2] {
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return nil, usageErr("--as %q: %q is not an id", s, p)
+		}
+		*ids[i] = uint32(n)
+	}
+	if len(parts) == 3 && parts[2] != "" {
+		for _, g := range strings.Split(parts[2], ",") {
+			n, err := strconv.ParseUint(g, 10, 32)
+			if err != nil {
+				return nil, usageErr("--as %q: %q is not a group id", s, g)
+			}
+			creds.Groups = append(creds.Groups, uint32(n))
+		}
+	}
+	return creds, nil
+}
+
+// fileInfo is what the command shows of a file handed back.
+type fileInfo struct {
+	FD      uintptr `json:"fd"`
+	Flags   string  `json:"flags"`
+	Cloexec bool    `json:"cloexec"`
+	First   string  `json:"first_bytes"`
+}
+
+func describeFiles(files []*os.File) []fileInfo {
+	var out []fileInfo
+	for _, f := range files {
+		info := fileInfo{FD: f.Fd()}
+		if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
+			info.Flags = openFlags(fl)
+		}
+		if fd, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0); err == nil {
+			info.Cloexec = fd&unix.FD_CLOEXEC != 0
+		}
+		buf := make([]byte, 64)
+		if n, err := unix.Pread(int(f.Fd()), buf, 0); err == nil {
+			info.First = string(buf[:n])
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+func openFlags(fl int) string {
+	var names []string
+	switch fl & unix.O_ACCMODE {
+	case unix.O_RDONLY:
+		names = append(names, "O_RDONLY")
+	case unix.O_WRONLY:
+		names = append(names, "O_WRONLY")
+	case unix.O_RDWR:
+		names = append(names, "O_RDWR")
+	}
+	for _, f := range []struct {
+		bit  int
+		name string
+	}{{unix.O_APPEND, "O_APPEND"}, {unix.O_NONBLOCK, "O_NONBLOCK"}, {unix.O_DIRECTORY, "O_DIRECTORY"}, {unix.O_NOFOLLOW, "O_NOFOLLOW"}, {unix.O_PATH, "O_PATH"}, {unix.O_LARGEFILE, "O_LARGEFILE"}} {
+		if fl&f.bit != 0 {
+			names = append(names, f.name)
+		}
+	}
+	return strings.Join(names, "|")
 }
 
 func printJSON(w io.Writer, raw json.RawMessage) error {

@@ -269,8 +269,12 @@ func (x *HandleRequest) GetTargetPid() int32 {
 type HandleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON object; empty when error is set.
-	Payload       []byte `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
-	Error         *Error `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Payload []byte `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	Error   *Error `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// How many file descriptors the handler handed back. gRPC cannot carry
+	// them: they travel, before this response, in one SCM_RIGHTS message on
+	// the socket the core passed at fd 6, whose data is the request_id.
+	Files         uint32 `protobuf:"varint,3,opt,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -317,6 +321,13 @@ func (x *HandleResponse) GetError() *Error {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *HandleResponse) GetFiles() uint32 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
 }
 
 type Error struct {
@@ -392,10 +403,11 @@ const file_plugin_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12\x1d\n" +
 	"\n" +
-	"target_pid\x18\x04 \x01(\x05R\ttargetPid\"Y\n" +
+	"target_pid\x18\x04 \x01(\x05R\ttargetPid\"o\n" +
 	"\x0eHandleResponse\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\x12-\n" +
-	"\x05error\x18\x02 \x01(\v2\x17.nsplug.plugin.v1.ErrorR\x05error\"7\n" +
+	"\x05error\x18\x02 \x01(\v2\x17.nsplug.plugin.v1.ErrorR\x05error\x12\x14\n" +
+	"\x05files\x18\x03 \x01(\rR\x05files\"7\n" +
 	"\x05Error\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage2\xa9\x01\n" +

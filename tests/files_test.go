@@ -1,0 +1,82 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/sandbox"
+)
+
+// Files opened inside the target come back as real descriptors in the
+// caller's process, close-on-exec, and nothing leaks when requests fail.
+func TestFilesHandedBackToTheCaller(t *testing.T) {
+	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true,
+		Files: map[string]string{"/a.txt": "alpha", "/b.txt": "bravo"}})
+	d, _ := newDispatcher(t, "")
+	pid := target.PID()
+
+	resp, err := d.Call(context.Background(), core.Request{PID: pid, Type: "probe.open", Payload: json.RawMessage(`{"paths":["/a.txt","/b.txt"]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Files) != 2 {
+		t.Fatalf("got %d files", len(resp.Files))
+	}
+	for i, want := range []string{"alpha", "bravo"} {
+		f := resp.Files[i]
+		flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("file %d: fd flags %#x (%v), want close-on-exec", i, flags, err)
+		}
+		data, _ := io.ReadAll(f)
+		if string(data) != want {
+			t.Errorf("file %d reads %q", i, data)
+		}
+		// It is the target's file: same inode as seen through /proc/PID/root.
+		var a, b unix.Stat_t
+		unix.Fstat(int(f.Fd()), &a)
+		unix.Stat(fmt.Sprintf("%s/%s.txt", target.Root(), strings.ToLower(want[:1])), &b)
+		if a.Ino != b.Ino || a.Dev != b.Dev {
+			t.Errorf("file %d is not the target's %s", i, want)
+		}
+		f.Close()
+	}
+	before := countFDs(t) // the instance is warm by now
+
+	// A handler that fails after opening hands nothing back; a failing
+	// open keeps its errno; too many files are refused.
+	_, err = d.Call(context.Background(), core.Request{PID: pid, Type: "probe.open", Payload: json.RawMessage(`{"paths":["/a.txt"],"fail":true}`)})
+	wantErrno(t, err, syscall.EIO, "failing after opening")
+	_, err = d.Call(context.Background(), core.Request{PID: pid, Type: "probe.open", Payload: json.RawMessage(`{"paths":["/missing"]}`)})
+	wantErrno(t, err, syscall.ENOENT, "/missing")
+	many := make([]string, 17)
+	for i := range many {
+		many[i] = "/a.txt"
+	}
+	payload, _ := json.Marshal(map[string]any{"paths": many})
+	_, err = d.Call(context.Background(), core.Request{PID: pid, Type: "probe.open", Payload: payload})
+	wantErrno(t, err, syscall.EMFILE, "at most 16")
+	// Dispatch closes what it does not return.
+	if _, err := d.Dispatch(context.Background(), core.Request{PID: pid, Type: "probe.open", Payload: json.RawMessage(`{"paths":["/a.txt"]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if after := countFDs(t); after != before {
+		t.Errorf("fds: %d before, %d after", before, after)
+	}
+	// The handler kept none of them either.
+	h := servingPID(t, d, "probe")
+	fds, _ := listFDs(h)
+	for _, l := range fds {
+		if strings.HasSuffix(l, ".txt") {
+			t.Errorf("handler still holds %s", l)
+		}
+	}
+}
