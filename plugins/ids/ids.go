@@ -1,0 +1,319 @@
+// Package ids is the built-in plugin that translates user and group names
+// to ids and back as a target sees them: ids.user and ids.group look
+// entries up in the target's own /etc/passwd and /etc/group.
+//
+// It parses those files itself and never asks NSS (getpwnam and friends
+// through cgo, or os/user, which may use them): NSS loads the libraries the
+// target's /etc/nsswitch.conf names, and a process in a target's mount
+// namespace would load the target's code with the handler's privileges
+// (docker cp, CVE-2019-14271). Like glibc's "files" source, the first
+// matching line wins.
+//
+// The files are the target's: the handler's root is the target's root, so
+// symbolic links in the target resolve inside it and are followed; /proc
+// magic links are not (RESOLVE_NO_MAGICLINKS), nor is anything but a
+// regular file read (a FIFO would block, a device could have side effects).
+// Files are bounded (MaxFileBytes, MaxLineBytes); blank, comment ("#"),
+// NIS compat ("+"/"-") and malformed lines are skipped.
+//
+// It is written with the public sdk only, as a third-party plugin would be.
+package ids
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/sdk"
+)
+
+// Bounds on the files read.
+const (
+	MaxFileBytes = 4 << 20
+	MaxLineBytes = 1 << 20
+)
+
+// Default file locations, as the target sees them.
+const (
+	DefaultPasswdFile = "/etc/passwd"
+	DefaultGroupFile  = "/etc/group"
+)
+
+// Options are the plugin's [plugin.options].
+type Options struct {
+	// PasswdFile and GroupFile are the files read, absolute paths in the
+	// target (for targets keeping their databases elsewhere).
+	PasswdFile string `json:"passwd_file"`
+	GroupFile  string `json:"group_file"`
+}
+
+// Plugin returns the ids plugin.
+func Plugin() *sdk.Plugin {
+	return &sdk.Plugin{
+		Name: "ids",
+		Handlers: []sdk.Handler{
+			sdk.Handle("ids.user", "look a user up by name or uid in the target's /etc/passwd", lookupUser),
+			sdk.Handle("ids.group", "look a group up by name or gid in the target's /etc/group", lookupGroup),
+		},
+	}
+}
+
+// Query names an entry by name or by id: exactly one of the two.
+type Query struct {
+	Name *string `json:"name"`
+	ID   *int64  `json:"id"`
+}
+
+// User is an /etc/passwd entry.
+type User struct {
+	Name  string `json:"name"`
+	ID    uint32 `json:"id"`
+	GID   uint32 `json:"gid"`
+	Gecos string `json:"gecos"`
+	Home  string `json:"home"`
+	Shell string `json:"shell"`
+}
+
+// Group is an /etc/group entry.
+type Group struct {
+	Name    string   `json:"name"`
+	ID      uint32   `json:"id"`
+	Members []string `json:"members"`
+}
+
+func options(ctx context.Context) (*sdk.Env, Options, error) {
+	env := sdk.EnvFrom(ctx)
+	opts := Options{PasswdFile: DefaultPasswdFile, GroupFile: DefaultGroupFile}
+	if err := env.DecodeOptions(&opts); err != nil {
+		return nil, opts, sdk.Errorf(unix.EINVAL, "ids options: %v", err)
+	}
+	return env, opts, nil
+}
+
+// check validates a query: exactly one of name and id, the name a valid
+// field (no ':' or newline could ever match), the id in uid_t's range.
+func (q Query) check(kind string) error {
+	switch {
+	case q.Name != nil && q.ID != nil:
+		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id, not both", kind)
+	case q.Name == nil && q.ID == nil:
+		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id", kind)
+	case q.Name != nil && (*q.Name == "" || strings.ContainsAny(*q.Name, ":\n\x00")):
+		return sdk.Errorf(unix.EINVAL, "%s name %q is not a valid name", kind, *q.Name)
+	case q.ID != nil && (*q.ID < 0 || *q.ID > 1<<32-2):
+		return sdk.Errorf(unix.EINVAL, "%s id %d is out of range (0 to %d)", kind, *q.ID, int64(1<<32-2))
+	}
+	return nil
+}
+
+func (q Query) String() string {
+	if q.Name != nil {
+		return fmt.Sprintf("name %q", *q.Name)
+	}
+	return fmt.Sprintf("id %d", *q.ID)
+}
+
+func (q Query) matches(name string, id uint32) bool {
+	if q.Name != nil {
+		return name == *q.Name
+	}
+	return int64(id) == *q.ID
+}
+
+func lookupUser(ctx context.Context, q Query) (User, error) {
+	if err := q.check("user"); err != nil {
+		return User{}, err
+	}
+	env, opts, err := options(ctx)
+	if err != nil {
+		return User{}, err
+	}
+	var found *User
+	err = scan(env, opts.PasswdFile, func(f []string) bool {
+		// name:password:uid:gid:gecos:home:shell
+		if len(f) != 7 {
+			return false
+		}
+		uid, ok1 := parseID(f[2])
+		gid, ok2 := parseID(f[3])
+		if !ok1 || !ok2 || !q.matches(f[0], uid) {
+			return false
+		}
+		found = &User{Name: f[0], ID: uid, GID: gid, Gecos: f[4], Home: f[5], Shell: f[6]}
+		return true
+	})
+	if err != nil {
+		return User{}, err
+	}
+	if found == nil {
+		return User{}, sdk.Errorf(unix.ENOENT, "no user with %s in %s", q, opts.PasswdFile)
+	}
+	return *found, nil
+}
+
+func lookupGroup(ctx context.Context, q Query) (Group, error) {
+	if err := q.check("group"); err != nil {
+		return Group{}, err
+	}
+	env, opts, err := options(ctx)
+	if err != nil {
+		return Group{}, err
+	}
+	var found *Group
+	err = scan(env, opts.GroupFile, func(f []string) bool {
+		// name:password:gid:member,member,...
+		if len(f) != 4 {
+			return false
+		}
+		gid, ok := parseID(f[2])
+		if !ok || !q.matches(f[0], gid) {
+			return false
+		}
+		g := &Group{Name: f[0], ID: gid, Members: []string{}}
+		for _, m := range strings.Split(f[3], ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				g.Members = append(g.Members, m)
+			}
+		}
+		found = g
+		return true
+	})
+	if err != nil {
+		return Group{}, err
+	}
+	if found == nil {
+		return Group{}, sdk.Errorf(unix.ENOENT, "no group with %s in %s", q, opts.GroupFile)
+	}
+	return *found, nil
+}
+
+// parseID parses a decimal uid or gid; (uid_t)-1 is not an id.
+func parseID(s string) (uint32, bool) {
+	if s == "" || s[0] == '+' || s[0] == '-' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 1<<32-1 {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+// scan calls match with the ':'-separated fields of each usable line of
+// the file at path until it returns true. Blank lines, comments, NIS
+// compat lines and lines without a name are skipped here; match rejects
+// lines of the wrong shape.
+func scan(env *sdk.Env, path string, match func(fields []string) bool) error {
+	data, err := readDB(env, path)
+	if err != nil {
+		return err
+	}
+	lineNo := 0
+	for len(data) > 0 {
+		lineNo++
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if len(line) > MaxLineBytes {
+			return sdk.Errorf(unix.EFBIG, "%s: line %d is longer than %d bytes", path, lineNo, MaxLineBytes)
+		}
+		s := string(line)
+		if strings.TrimSpace(s) == "" || s[0] == '#' || s[0] == '+' || s[0] == '-' {
+			continue
+		}
+		f := strings.Split(s, ":")
+		if f[0] == "" {
+			continue
+		}
+		if match(f) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// readDB reads a whole database file, which must be a regular file of at
+// most MaxFileBytes. The file is looked at (O_PATH) before it is opened,
+// so a FIFO or device planted there is never opened; what is opened is
+// checked again.
+func readDB(env *sdk.Env, path string) ([]byte, error) {
+	path, err := env.CheckPath(path)
+	if err != nil {
+		return nil, err
+	}
+	how := func(flags uint64) *unix.OpenHow {
+		return &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	}
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, how(unix.O_PATH))
+	if err == nil {
+		err = checkRegular(fd, path)
+		unix.Close(fd)
+	}
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	fd, err = unix.Openat2(unix.AT_FDCWD, path, how(unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY))
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if err := checkRegular(fd, path); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, sdk.Errorf(errnoOf(err), "reading %s: %v", path, err)
+	}
+	if len(data) > MaxFileBytes {
+		return nil, sdk.Errorf(unix.EFBIG, "%s is larger than %d bytes", path, MaxFileBytes)
+	}
+	return data, nil
+}
+
+func checkRegular(fd int, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if st.Size > MaxFileBytes {
+			return sdk.Errorf(unix.EFBIG, "%s is %d bytes, larger than %d", path, st.Size, MaxFileBytes)
+		}
+		return nil
+	case unix.S_IFDIR:
+		return sdk.Errorf(unix.EISDIR, "%s is a directory, not a regular file", path)
+	}
+	return sdk.Errorf(unix.EINVAL, "%s is not a regular file (mode %#o)", path, st.Mode&unix.S_IFMT)
+}
+
+func openError(path string, err error) error {
+	var se *sdk.Error
+	if errors.As(err, &se) {
+		return se
+	}
+	msg := fmt.Sprintf("opening %s: %v", path, err)
+	if errors.Is(err, unix.ELOOP) {
+		msg += " (a symbolic link loop, or a /proc magic link, which is never followed)"
+	}
+	return sdk.Errorf(errnoOf(err), "%s", msg)
+}
+
+func errnoOf(err error) unix.Errno {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return unix.EIO
+}
