@@ -6,6 +6,8 @@ package builtin
 
 import (
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/plugins/fs"
+	"github.com/nsplug/nsplug/plugins/ids"
 	"github.com/nsplug/nsplug/plugins/procfs"
 	"github.com/nsplug/nsplug/plugins/sysctl"
 	"github.com/nsplug/nsplug/sdk"
@@ -15,6 +17,8 @@ import (
 func All() []*sdk.Plugin {
 	return []*sdk.Plugin{
 		procfs.Plugin(),
+		fs.Plugin(),
+		ids.Plugin(),
 		sysctl.Plugin(),
 	}
 }
