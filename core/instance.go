@@ -32,6 +32,7 @@ type instance struct {
 	inflight int
 	retired  bool // no new requests; killed once inflight reaches 0
 	killed   bool
+	abrupt   bool // kill without asking the plugin to exit first
 	gone     chan struct{} // closed once killed and reaped
 	idle     *time.Timer
 	lastUsed time.Time
@@ -183,5 +184,12 @@ func (inst *instance) describe(ctx context.Context) (*pluginpb.DescribeResponse,
 }
 
 // kill stops the process and waits until it is reaped and go-plugin's
-// goroutines are gone; the socket directory goes with it.
-func (inst *instance) kill() { inst.client.Kill() }
+// goroutines are gone; the socket directory goes with it. A healthy
+// instance is asked to exit; a broken one is killed at once (go-plugin
+// would give a hung handler two seconds first).
+func (inst *instance) kill() {
+	if inst.abrupt {
+		inst.runner.Kill(context.Background())
+	}
+	inst.client.Kill()
+}

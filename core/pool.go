@@ -134,6 +134,7 @@ func (p *pool) release(inst *instance, broken bool) {
 	inst.inflight--
 	inst.lastUsed = time.Now()
 	if broken {
+		inst.abrupt = true // a hung or dead handler gets no grace
 		p.retire(inst)
 	}
 	if inst.inflight > 0 {
@@ -192,6 +193,7 @@ func (p *pool) evictIdle() bool {
 func (p *pool) exited(inst *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	inst.abrupt = true
 	p.retire(inst)
 	if inst.inflight == 0 {
 		p.killLocked(inst) // reaps go-plugin's side, removes the socket dir

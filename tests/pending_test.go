@@ -1,0 +1,50 @@
+package tests
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/sandbox"
+)
+
+// A request sent without waiting can be terminated later, whether its
+// handler honours cancellation or hangs; the next request gets a healthy
+// instance.
+func TestPendingRequestsCanBeTerminated(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "")
+	pid := target.PID()
+	for _, typ := range []string{"probe.wait", "probe.hang"} {
+		p := d.Go(context.Background(), core.Request{PID: pid, Type: typ})
+		// Let it reach the handler.
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if in := d.Instances(); len(in) == 1 && in[0].Inflight == 1 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("%s finished on its own", typ)
+		default:
+		}
+		h := servingPID(t, d, "probe")
+		p.Terminate()
+		_, err := p.Wait()
+		wantErrno(t, err, syscall.ECANCELED, typ)
+		waitGone(t, h, 5*time.Second)
+		if procs := processesInPIDNamespaceOf(t, pid); len(procs) != 1 {
+			t.Errorf("after terminating %s, the target's pid namespace holds %v", typ, procs)
+		}
+		mustCall(t, d, pid, "probe.whoami", `{}`, nil)
+	}
+	// A finished pending request returns its answer.
+	p := d.Go(context.Background(), core.Request{PID: pid, Type: "probe.whoami"})
+	if resp, err := p.Wait(); err != nil || len(resp.Payload) == 0 {
+		t.Errorf("pending whoami: %v", err)
+	}
+}
