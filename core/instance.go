@@ -32,7 +32,7 @@ type instance struct {
 	inflight int
 	retired  bool // no new requests; killed once inflight reaches 0
 	killed   bool
-	abrupt   bool // kill without asking the plugin to exit first
+	abrupt   bool          // kill without asking the plugin to exit first
 	gone     chan struct{} // closed once killed and reaped
 	idle     *time.Timer
 	lastUsed time.Time
