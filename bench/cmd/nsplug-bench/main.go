@@ -1,0 +1,41 @@
+// Command nsplug-bench runs nsplug's benchmark suite in one process and one
+// run (see bench/README.md): it prints a table with the target ratios and
+// writes bench/results.json. `make bench` and `make bench BENCH=quick` run
+// it.
+//
+//	nsplug-bench [-mode quick|full] [-out FILE] [-bare PATH] [-profile DIR]
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/nsplug/nsplug/bench"
+	"github.com/nsplug/nsplug/plugins/builtin"
+)
+
+func main() {
+	builtin.Main() // the core re-executes this binary to serve procfs
+	mode := flag.String("mode", "full", "quick (within two minutes on two cores) or full")
+	out := flag.String("out", "bench/results.json", "where to write the results (empty: nowhere)")
+	bare := flag.String("bare", "", "a built bench/bareplugin binary (default: built with the go command)")
+	prof := flag.String("profile", "", "write CPU profiles of the core (warm.pprof, cold.pprof) to this directory")
+	flag.Parse()
+	if flag.NArg() != 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	_, err := bench.Run(bench.Config{
+		Mode:        *mode,
+		Out:         os.Stdout,
+		Progress:    os.Stderr,
+		ResultsPath: *out,
+		BarePlugin:  *bare,
+		ProfileDir:  *prof,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nsplug-bench:", err)
+		os.Exit(1)
+	}
+}

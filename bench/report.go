@@ -1,0 +1,143 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func num(v map[string]any, key string) float64 {
+	switch x := v[key].(type) {
+	case float64:
+		return x
+	case int:
+		return float64(x)
+	case int64:
+		return float64(x)
+	}
+	return 0
+}
+
+// checks evaluates the targets on one run's values.
+func checks(v map[string]any) []Check {
+	warm, nsenter, floor := num(v, "warm_p50_us"), num(v, "nsenter_cli_p50_us"), num(v, "floor_p50_us")
+	cold, bare, oneshot := num(v, "cold_p50_us"), num(v, "bare_plugin_p50_us"), num(v, "oneshot_p50_us")
+	tp1, tp64 := num(v, "throughput_1_rps"), num(v, "throughput_64_rps")
+	ratio := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return round(a/b, 2)
+	}
+	out := []Check{
+		{Name: "warm p50 <= nsenter_cli p50 / 40", Value: warm, Limit: round(nsenter/40, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("nsenter_cli/warm = %.1fx (want >= 40x)", ratio(nsenter, warm))},
+		{Name: "warm p50 <= 3 x floor p50", Value: warm, Limit: round(3*floor, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("warm/floor = %.1fx (want <= 3x)", ratio(warm, floor))},
+		{Name: "cold p50 <= 1.2 x bare_plugin p50", Value: cold, Limit: round(1.2*bare, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("cold/bare_plugin = %.2fx (want <= 1.2x)", ratio(cold, bare))},
+		{Name: "oneshot p50 <= nsenter_cli p50", Value: oneshot, Limit: nsenter, Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("oneshot/nsenter_cli = %.2fx (want <= 1x)", ratio(oneshot, nsenter))},
+		{Name: "throughput 64 callers/16 targets >= 1.6 x 1 caller", Value: tp64, Limit: round(1.6*tp1, 0), Unit: "req/s",
+			Note: fmt.Sprintf("64x16 / 1x1 = %.2fx (want >= 1.6x)", ratio(tp64, tp1))},
+		{Name: "warm instance RSS <= 12 MiB", Value: num(v, "instance_rss_mib"), Limit: 12, Unit: "MiB", AtMost: true,
+			Note: fmt.Sprintf("anon %.1f + shmem (memfd text) %.1f + file %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
+		{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
+			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},
+	}
+	for i := range out {
+		c := &out[i]
+		if c.AtMost {
+			c.Pass = c.Value <= c.Limit
+		} else {
+			c.Pass = c.Value >= c.Limit
+		}
+	}
+	return out
+}
+
+// PrintTable writes the run's table: latencies, throughput, memory and
+// the targets, each pass or fail.
+func PrintTable(w io.Writer, mode string, r *Results) {
+	v := r.Values
+	fmt.Fprintf(w, "nsplug bench: mode %s, %v rounds, %v CPUs (GOMAXPROCS %v), linux %v, %v, %v, took %vs\n\n",
+		mode, v["rounds"], v["cpus"], v["gomaxprocs"], v["kernel"], v["go"], v["date"], v["duration_s"])
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "latency (µs)\tn\tp50\tp90\tp99\tmin\tmean\tp50 vs floor\t")
+	floor := r.Summary["floor"].P50
+	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "warm_long"} {
+		s, ok := r.Summary[name]
+		if !ok {
+			continue
+		}
+		label := name
+		switch name {
+		case "bare_plugin_start_call":
+			label = "  (bare: until the call returned, no kill)"
+		case "warm_long":
+			label = fmt.Sprintf("  (warm: %d in a row, memory phase)", s.N)
+		}
+		rel := ""
+		if floor > 0 {
+			rel = fmt.Sprintf("%.1fx", float64(s.P50)/float64(floor))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", label, s.N, f1(s.P50), f1(s.P90), f1(s.P99), f1(s.Min), f1(s.Mean), rel)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := "throughput (req/s)\t"
+	for _, t := range ThroughputTargets {
+		header += fmt.Sprintf("%d target%s\t", t, plural(t))
+	}
+	fmt.Fprintln(tw, header)
+	for _, c := range ThroughputCallers {
+		row := fmt.Sprintf("%d caller%s\t", c, plural(c))
+		for _, t := range ThroughputTargets {
+			row += fmt.Sprintf("%.0f\t", num(v, fmt.Sprintf("throughput_%dx%d_rps", c, t)))
+		}
+		fmt.Fprintln(tw, row)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "memory: warm instance (serving process) VmRSS %.2f MiB (anon %.2f, shmem %.2f, file %.2f; PSS %.2f)",
+		num(v, "instance_rss_mib"), num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "instance_pss_mib"))
+	if _, ok := v["instance_waiter_rss_mib"]; ok {
+		fmt.Fprintf(w, ", its pid-namespace waiter %.2f MiB", num(v, "instance_waiter_rss_mib"))
+	}
+	fmt.Fprintf(w, "; bare go-plugin plugin %.2f MiB (anon %.2f)", num(v, "bare_plugin_rss_mib"), num(v, "bare_plugin_rss_anon_mib"))
+	fmt.Fprintf(w, "\n        core (this process) over %v warm requests: %.2f -> %.2f MiB (%+.2f %%); GC'd before each reading: %.2f -> %.2f MiB (%+.2f %%)\n\n",
+		v["core_requests"], num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_pct"),
+		num(v, "core_rss_gc_before_mib"), num(v, "core_rss_gc_after_mib"), num(v, "core_rss_growth_gc_pct"))
+
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "target\tvalue\tlimit\tresult\t")
+	for _, c := range r.Checks {
+		res := "FAIL"
+		if c.Pass {
+			res = "pass"
+		}
+		fmt.Fprintf(tw, "%s\t%s %s\t%s %s\t%s\t%s\n", c.Name, trim(c.Value), c.Unit, trim(c.Limit), c.Unit, res, c.Note)
+	}
+	tw.Flush()
+}
+
+func f1(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }
+
+func trim(x float64) string {
+	s := fmt.Sprintf("%.2f", x)
+	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	return s
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

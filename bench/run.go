@@ -1,0 +1,388 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/core"
+)
+
+// Params size a run.
+type Params struct {
+	Rounds int // the latency cases are interleaved over this many rounds
+	// Samples per latency case over the whole run.
+	Floor, Warm, Nsenter, Oneshot, Cold, Bare int
+	// MemRequests sequential warm requests between the two readings of
+	// the core's RSS.
+	MemRequests int
+	// Each throughput configuration runs ThroughputWarmup (not counted),
+	// then ThroughputDur.
+	ThroughputWarmup, ThroughputDur time.Duration
+	// ColdProfile cold starts are made under the CPU profiler when
+	// Config.ProfileDir is set.
+	ColdProfile int
+}
+
+// Quick finishes within two minutes on two cores.
+var Quick = Params{
+	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80,
+	MemRequests: 100_000, ThroughputWarmup: 300 * time.Millisecond, ThroughputDur: 1500 * time.Millisecond,
+	ColdProfile: 40,
+}
+
+// Full takes a few minutes.
+var Full = Params{
+	Rounds: 10, Floor: 20000, Warm: 20000, Nsenter: 800, Oneshot: 800, Cold: 300, Bare: 800,
+	MemRequests: 100_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
+	ColdProfile: 200,
+}
+
+// Config says how to run.
+type Config struct {
+	Mode        string    // "quick" or "full" (names Params in the output)
+	Params      Params    // zero: by Mode
+	Out         io.Writer // the table; progress goes to Progress
+	Progress    io.Writer // nil: none
+	ResultsPath string    // results.json; empty: not written
+	BarePlugin  string    // a built bench/bareplugin; empty: built on the spot
+	ProfileDir  string    // when set: CPU profiles of the core (warm.pprof, cold.pprof)
+}
+
+// Throughput configurations: callers × targets.
+var (
+	ThroughputCallers = []int{1, 8, 64}
+	ThroughputTargets = []int{1, 16}
+)
+
+// Check is one target ratio of the issue, evaluated on one run.
+type Check struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Limit  float64 `json:"limit"`
+	Unit   string  `json:"unit"`
+	AtMost bool    `json:"at_most"` // Value ≤ Limit passes; else Value ≥ Limit
+	Pass   bool    `json:"pass"`
+	Note   string  `json:"note"`
+}
+
+// Results are what a run measured; Values is written as results.json.
+type Results struct {
+	Values  map[string]any
+	Summary map[string]Summary
+	Checks  []Check
+}
+
+// Run takes every measurement in this process, prints the table and
+// writes results.json.
+func Run(cfg Config) (*Results, error) {
+	p := cfg.Params
+	if p.Rounds == 0 {
+		switch cfg.Mode {
+		case "quick":
+			p = Quick
+		case "full", "":
+			p, cfg.Mode = Full, "full"
+		default:
+			return nil, fmt.Errorf("bench: unknown mode %q (quick or full)", cfg.Mode)
+		}
+	}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	say := func(format string, args ...any) {
+		fmt.Fprintf(progress, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+	begin := time.Now()
+
+	env, err := NewEnv()
+	if err != nil {
+		return nil, err
+	}
+	defer env.Close()
+	if cfg.BarePlugin != "" {
+		env.SetBarePlugin(cfg.BarePlugin)
+	}
+	if cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+
+	say("setting up: building the bare plugin, starting cores and targets")
+	floor, err := env.FloorCase()
+	if err != nil {
+		return nil, err
+	}
+	defer floor.Close()
+	warm, warmD, _, err := env.WarmCase()
+	if err != nil {
+		return nil, err
+	}
+	defer warm.Close()
+	nsenter, err := env.NsenterCase()
+	if err != nil {
+		return nil, err
+	}
+	defer nsenter.Close()
+	oneshot, err := env.OneshotCase()
+	if err != nil {
+		return nil, err
+	}
+	defer oneshot.Close()
+	cold, err := env.ColdCase()
+	if err != nil {
+		return nil, err
+	}
+	defer cold.Close()
+	bareCase, err := env.BarePluginCase()
+	if err != nil {
+		return nil, err
+	}
+	defer bareCase.Close()
+
+	// One untimed operation each: page cache, first-use allocations.
+	for _, c := range []*Case{floor, warm, nsenter, oneshot, cold, bareCase.Case} {
+		if _, err := c.Sample(2, nil); err != nil {
+			return nil, err
+		}
+	}
+	bareCase.Splits = bareCase.Splits[:0]
+
+	res := &Results{Values: map[string]any{}, Summary: map[string]Summary{}}
+	v := res.Values
+
+	// Memory: one warm instance, and the core over MemRequests requests.
+	say("memory: %d sequential warm requests", p.MemRequests)
+	if err := memoryPhase(cfg, p, warm, warmD, bareCase, res); err != nil {
+		return nil, err
+	}
+
+	// Latency, interleaved so that the machine's noise falls on every
+	// case alike: each round takes its share of every case's samples,
+	// the order rotating from round to round.
+	latency := []struct {
+		c *Case
+		n int
+	}{{floor, p.Floor}, {warm, p.Warm}, {nsenter, p.Nsenter}, {oneshot, p.Oneshot}, {cold, p.Cold}, {bareCase.Case, p.Bare}}
+	samples := make(map[string][]time.Duration)
+	for r := 0; r < p.Rounds; r++ {
+		say("latency round %d/%d", r+1, p.Rounds)
+		for i := range latency {
+			l := latency[(i+r)%len(latency)]
+			n := l.n / p.Rounds
+			if r == p.Rounds-1 {
+				n = l.n - n*(p.Rounds-1)
+			}
+			if samples[l.c.Name], err = l.c.Sample(n, samples[l.c.Name]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for name, s := range samples {
+		sum := Summarize(s)
+		res.Summary[name] = sum
+		v[name+"_p50_us"] = us(sum.P50)
+		v[name+"_p90_us"] = us(sum.P90)
+		v[name+"_p99_us"] = us(sum.P99)
+		v[name+"_min_us"] = us(sum.Min)
+		v[name+"_mean_us"] = us(sum.Mean)
+		v[name+"_n"] = sum.N
+	}
+	split := Summarize(bareCase.Splits)
+	res.Summary["bare_plugin_start_call"] = split
+	v["bare_plugin_start_call_p50_us"] = us(split.P50)
+
+	if cfg.ProfileDir != "" && p.ColdProfile > 0 {
+		say("profiling %d cold starts", p.ColdProfile)
+		err := profile(filepath.Join(cfg.ProfileDir, "cold.pprof"), func() error {
+			_, err := cold.Sample(p.ColdProfile, nil)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	// Throughput: warm instances in 16 targets, many callers.
+	say("throughput: starting %d targets", ThroughputTargets[len(ThroughputTargets)-1])
+	pool, err := env.NewPool(ThroughputTargets[len(ThroughputTargets)-1])
+	if err != nil {
+		return nil, err
+	}
+	for _, targets := range ThroughputTargets {
+		for _, callers := range ThroughputCallers {
+			say("throughput: %d callers over %d targets", callers, targets)
+			rps, err := pool.Throughput(callers, targets, p.ThroughputWarmup, p.ThroughputDur)
+			if err != nil {
+				return nil, err
+			}
+			v[fmt.Sprintf("throughput_%dx%d_rps", callers, targets)] = round(rps, 0)
+		}
+	}
+	v["throughput_1_rps"] = v["throughput_1x1_rps"]
+	v["throughput_64_rps"] = v["throughput_64x16_rps"]
+
+	res.Checks = checks(v)
+	pass := map[string]bool{}
+	for _, c := range res.Checks {
+		pass[c.Name] = c.Pass
+	}
+	v["checks"] = pass
+	v["mode"] = cfg.Mode
+	v["rounds"] = p.Rounds
+	v["go"] = runtime.Version()
+	v["cpus"] = runtime.NumCPU()
+	v["gomaxprocs"] = runtime.GOMAXPROCS(0)
+	v["kernel"] = kernelRelease()
+	v["date"] = time.Now().UTC().Format(time.RFC3339)
+	v["duration_s"] = round(time.Since(begin).Seconds(), 1)
+
+	if cfg.Out != nil {
+		PrintTable(cfg.Out, cfg.Mode, res)
+	}
+	if cfg.ResultsPath != "" {
+		data, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(cfg.ResultsPath, append(data, '\n'), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// memoryPhase reads the RSS of the warm instance, and the core's RSS
+// before and after p.MemRequests sequential warm requests, each way:
+// as it stands, and after a forced GC that returns freed memory to the
+// system. The requests' latencies are kept as warm_long_*.
+func memoryPhase(cfg Config, p Params, warm *Case, d *core.Dispatcher, bc *BareCase, res *Results) error {
+	v := res.Values
+	// The latencies' slice is touched before the first reading: its
+	// pages must not count as growth.
+	lat := make([]time.Duration, p.MemRequests)
+	for i := range lat {
+		lat[i] = 1
+	}
+	lat = lat[:0]
+	// Settle: a short warm run, so that "before" is a warm core.
+	if _, err := warm.Sample(1000, nil); err != nil {
+		return err
+	}
+	before, err := ReadProcMem("self")
+	if err != nil {
+		return err
+	}
+	freeOSMemory()
+	beforeGC, err := ReadProcMem("self")
+	if err != nil {
+		return err
+	}
+	run := func() error {
+		var err error
+		lat, err = warm.Sample(p.MemRequests, lat)
+		return err
+	}
+	if cfg.ProfileDir != "" {
+		err = profile(filepath.Join(cfg.ProfileDir, "warm.pprof"), run)
+	} else {
+		err = run()
+	}
+	if err != nil {
+		return err
+	}
+	after, err := ReadProcMem("self")
+	if err != nil {
+		return err
+	}
+	freeOSMemory()
+	afterGC, err := ReadProcMem("self")
+	if err != nil {
+		return err
+	}
+	growth := func(a, b ProcMem) float64 { return round(100*float64(b.RSS-a.RSS)/float64(a.RSS), 2) }
+	v["core_requests"] = p.MemRequests
+	v["core_rss_before_mib"] = MiB(before.RSS)
+	v["core_rss_after_mib"] = MiB(after.RSS)
+	v["core_rss_growth_pct"] = growth(before, after)
+	v["core_rss_gc_before_mib"] = MiB(beforeGC.RSS)
+	v["core_rss_gc_after_mib"] = MiB(afterGC.RSS)
+	v["core_rss_growth_gc_pct"] = growth(beforeGC, afterGC)
+
+	long := Summarize(lat)
+	res.Summary["warm_long"] = long
+	v["warm_long_p50_us"] = us(long.P50)
+	v["warm_long_p99_us"] = us(long.P99)
+
+	// The instance, after serving all of that.
+	var inst *core.InstanceInfo
+	for _, in := range d.Instances() {
+		if in.Plugin == "procfs" {
+			inst = &in
+		}
+	}
+	if inst == nil {
+		return fmt.Errorf("memory: no live procfs instance: %+v", d.Instances())
+	}
+	m, err := ReadProcMem(strconv.Itoa(inst.PID))
+	if err != nil {
+		return fmt.Errorf("memory: instance pid %d: %w", inst.PID, err)
+	}
+	v["instance_rss_mib"] = MiB(m.RSS)
+	v["instance_rss_anon_mib"] = MiB(m.RSSAnon)
+	v["instance_rss_file_mib"] = MiB(m.RSSFile)
+	v["instance_rss_shmem_mib"] = MiB(m.RSSShmem)
+	v["instance_pss_mib"] = MiB(m.PSS)
+	if inst.RunnerPID != inst.PID {
+		if w, err := ReadProcMem(strconv.Itoa(inst.RunnerPID)); err == nil {
+			v["instance_waiter_rss_mib"] = MiB(w.RSS)
+		}
+	}
+	// go-plugin's own floor, for comparison: the bare plugin after its
+	// first call.
+	bm, err := bc.MeasureRSS()
+	if err != nil {
+		return err
+	}
+	v["bare_plugin_rss_mib"] = MiB(bm.RSS)
+	v["bare_plugin_rss_anon_mib"] = MiB(bm.RSSAnon)
+	return nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func profile(path string, fn func() error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	err = fn()
+	pprof.StopCPUProfile()
+	return err
+}
+
+func freeOSMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
