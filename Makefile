@@ -35,5 +35,15 @@ proto:
 		--go-grpc_out=paths=source_relative:sdk/pluginpb \
 		sdk/pluginpb/plugin.proto
 
+# Benchmarks (root): nsplug against nsenter(1), oneshot, cold and warm
+# instances, a bare go-plugin plugin and the host floor, in one process and
+# one run; prints the table with the target ratios and writes
+# bench/results.json. `make bench BENCH=quick` finishes within two minutes.
+# See bench/README.md.
+bench:
+	$(GO) build $(GOFLAGS) -o bin/nsplug-bench ./bench/cmd/nsplug-bench
+	$(GO) build $(GOFLAGS) -o bin/bareplugin ./bench/bareplugin
+	./bin/nsplug-bench -mode $(BENCH) -bare bin/bareplugin -out bench/results.json
+
 clean:
 	rm -rf bin
