@@ -216,7 +216,8 @@ static void forward(int sig)
 		return;
 	/* SIGTERM is how the core (or, as parent-death signal, the core's
 	 * death) stops an instance: kill the child outright and reap it here,
-	 * so no zombie is left for the target's init to collect. */
+	 * so the child never outlives the waiter as an orphan (reparented to a
+	 * reaper outside our control, a zombie until that reaper waits). */
 	kill(waiter_child, sig == SIGTERM ? SIGKILL : sig);
 }
 
