@@ -153,6 +153,7 @@ type Dispatcher struct {
 	runDir  string   // this core's directory under runtime_dir
 	runLock *os.File // flock held while the core lives
 	pool    *pool
+	targets targetCache
 	reqSeq  atomic.Uint64
 	closed  atomic.Bool
 }
@@ -449,11 +450,11 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if err := req.Credentials.validate(); err != nil {
 		return nil, err
 	}
-	t, err := pinTarget(req.PID)
+	t, err := d.targets.pin(req.PID)
 	if err != nil {
 		return nil, err
 	}
-	defer t.close()
+	defer t.release()
 	join, key := d.instanceKey(e, t, join)
 	// One caller's handler never serves another's.
 	key += req.Credentials.key()
@@ -542,6 +543,7 @@ func (d *Dispatcher) Close() error {
 		return nil
 	}
 	d.pool.close()
+	d.targets.close()
 	seen := make(map[*sealedExecutable]bool)
 	for _, e := range d.plugins {
 		if e.exe != nil && !seen[e.exe] {

@@ -7,7 +7,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,12 +38,15 @@ func readNSSet(pid string) (nsSet, error) {
 	return set, nil
 }
 
-// target is a pinned target process: its pidfd keeps the PID from being
-// recycled under us, and its namespaces were read while it was alive.
+// target is a pinned target process: its pidfd tells a recycled PID from
+// the process it was opened for, and its namespaces were read while it
+// was alive.
 type target struct {
-	pid   int
-	pidfd *os.File
-	ns    nsSet
+	pid    int
+	pidfd  *os.File
+	ns     nsSet
+	readAt time.Time
+	refs   atomic.Int32 // the cache's reference and each request's
 }
 
 // pinTarget opens a pidfd for pid and reads its namespaces. A dead or
@@ -56,7 +62,8 @@ func pinTarget(pid int) (*target, error) {
 		}
 		return nil, errorf(errnoOf(err), "pinning target pid %d: %v", pid, err)
 	}
-	t := &target{pid: pid, pidfd: os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid))}
+	t := &target{pid: pid, pidfd: os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid)), readAt: time.Now()}
+	t.refs.Store(1)
 	t.ns, err = readNSSet(strconv.Itoa(pid))
 	// Only now is it known that /proc/PID above was this process: had it
 	// died and its PID been reused meanwhile, the pidfd would say so.
@@ -74,7 +81,91 @@ func (t *target) alive() bool {
 	return unix.PidfdSendSignal(int(t.pidfd.Fd()), 0, nil, 0) == nil
 }
 
-func (t *target) close() { t.pidfd.Close() }
+// release drops a reference; the last one closes the pidfd.
+func (t *target) release() {
+	if t.refs.Add(-1) == 0 {
+		t.pidfd.Close()
+	}
+}
+
+// close is release for a target nobody else holds.
+func (t *target) close() { t.release() }
+
+// targetTTL is how long a target's namespaces, once read, are trusted
+// while the process lives. Reading them costs eight stat calls on /proc,
+// the most expensive part of a warm request; a process that changes its
+// own namespaces (setns, unshare) is served in its previous ones for at
+// most this long — namespaces it was in anyway.
+const targetTTL = time.Second
+
+// maxCachedTargets bounds the pidfds the cache holds.
+const maxCachedTargets = 1024
+
+// targetCache keeps pinned targets between requests.
+type targetCache struct {
+	mu    sync.Mutex
+	byPID map[int]*target
+}
+
+// pin returns the pinned target for pid, from the cache when its pidfd
+// still names a live process and its namespaces are fresh. The caller
+// releases it.
+func (c *targetCache) pin(pid int) (*target, error) {
+	c.mu.Lock()
+	t := c.byPID[pid]
+	if t != nil {
+		t.refs.Add(1)
+	}
+	c.mu.Unlock()
+	if t != nil {
+		if time.Since(t.readAt) < targetTTL && t.alive() {
+			return t, nil
+		}
+		t.release()
+	}
+	t, err := pinTarget(pid)
+	if err != nil {
+		c.drop(pid, nil)
+		return nil, err
+	}
+	t.refs.Add(1) // the cache's
+	c.mu.Lock()
+	if c.byPID == nil {
+		c.byPID = make(map[int]*target)
+	}
+	if old := c.byPID[pid]; old != nil {
+		old.release()
+	} else if len(c.byPID) >= maxCachedTargets {
+		for p, o := range c.byPID { // any will do: a random eviction
+			delete(c.byPID, p)
+			o.release()
+			break
+		}
+	}
+	c.byPID[pid] = t
+	c.mu.Unlock()
+	return t, nil
+}
+
+// drop forgets pid's entry (if it is t, or any when t is nil).
+func (c *targetCache) drop(pid int, t *target) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.byPID[pid]; old != nil && (t == nil || old == t) {
+		delete(c.byPID, pid)
+		old.release()
+	}
+}
+
+// close releases every cached target.
+func (c *targetCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for pid, t := range c.byPID {
+		delete(c.byPID, pid)
+		t.release()
+	}
+}
 
 // idMap is one line of a /proc/PID/{uid,gid}_map.
 type idMap struct{ inside, outside, count uint32 }
