@@ -31,29 +31,47 @@ func checks(v map[string]any) []Check {
 		}
 		return round(a/b, 2)
 	}
-	out := []Check{
-		{Name: "warm p50 <= nsenter_cli p50 / 40", Value: warm, Limit: round(nsenter/40, 1), Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("nsenter_cli/warm = %.1fx (want >= 40x)", ratio(nsenter, warm))},
-		{Name: "warm p50 <= 3 x floor p50", Value: warm, Limit: round(3*floor, 1), Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("warm/floor = %.1fx (want <= 3x)", ratio(warm, floor))},
-		{Name: "cold p50 <= 1.2 x bare_plugin p50", Value: cold, Limit: round(1.2*bare, 1), Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("cold/bare_plugin = %.2fx (want <= 1.2x)", ratio(cold, bare))},
-		{Name: "oneshot p50 <= nsenter_cli p50", Value: oneshot, Limit: nsenter, Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("oneshot/nsenter_cli = %.2fx (want <= 1x)", ratio(oneshot, nsenter))},
-		{Name: "throughput 64 callers/16 targets >= 1.6 x 1 caller", Value: tp64, Limit: round(1.6*tp1, 0), Unit: "req/s",
-			Note: fmt.Sprintf("64x16 / 1x1 = %.2fx (want >= 1.6x)", ratio(tp64, tp1))},
-		{Name: "warm instance RSS <= 12 MiB", Value: num(v, "instance_rss_mib"), Limit: 12, Unit: "MiB", AtMost: true,
-			Note: fmt.Sprintf("anon %.1f + shmem (memfd text) %.1f + file %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
-		{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
-			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},
+	type check struct {
+		Check
+		needs []string
 	}
-	for i := range out {
-		c := &out[i]
+	all := []check{
+		{Check{Name: "warm p50 <= nsenter_cli p50 / 40", Value: warm, Limit: round(nsenter/40, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("nsenter_cli/warm = %.1fx (want >= 40x)", ratio(nsenter, warm))},
+			[]string{"warm_p50_us", "nsenter_cli_p50_us"}},
+		{Check{Name: "warm p50 <= 3 x floor p50", Value: warm, Limit: round(3*floor, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("warm/floor = %.1fx (want <= 3x)", ratio(warm, floor))},
+			[]string{"warm_p50_us", "floor_p50_us"}},
+		{Check{Name: "cold p50 <= 1.2 x bare_plugin p50", Value: cold, Limit: round(1.2*bare, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("cold/bare_plugin = %.2fx (want <= 1.2x)", ratio(cold, bare))},
+			[]string{"cold_p50_us", "bare_plugin_p50_us"}},
+		{Check{Name: "oneshot p50 <= nsenter_cli p50", Value: oneshot, Limit: nsenter, Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("oneshot/nsenter_cli = %.2fx (want <= 1x)", ratio(oneshot, nsenter))},
+			[]string{"oneshot_p50_us", "nsenter_cli_p50_us"}},
+		{Check{Name: "throughput 64 callers/16 targets >= 1.6 x 1 caller", Value: tp64, Limit: round(1.6*tp1, 0), Unit: "req/s",
+			Note: fmt.Sprintf("64x16 / 1x1 = %.2fx (want >= 1.6x)", ratio(tp64, tp1))},
+			[]string{"throughput_1_rps", "throughput_64_rps"}},
+		{Check{Name: "warm instance RSS <= 12 MiB", Value: num(v, "instance_rss_mib"), Limit: 12, Unit: "MiB", AtMost: true,
+			Note: fmt.Sprintf("anon %.1f + shmem (memfd text) %.1f + file %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
+			[]string{"instance_rss_mib"}},
+		{Check{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
+			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},
+			[]string{"core_rss_growth_pct"}},
+	}
+	var out []Check
+next:
+	for _, c := range all {
+		for _, k := range c.needs {
+			if _, ok := v[k]; !ok {
+				continue next // not measured in this run
+			}
+		}
 		if c.AtMost {
 			c.Pass = c.Value <= c.Limit
 		} else {
 			c.Pass = c.Value >= c.Limit
 		}
+		out = append(out, c.Check)
 	}
 	return out
 }
@@ -88,8 +106,28 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 	}
 	tw.Flush()
 
+	if _, ok := v["throughput_1_rps"]; ok {
+		printThroughput(w, v)
+	}
+	if _, ok := v["instance_rss_mib"]; ok {
+		printMemory(w, v)
+	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "target\tvalue\tlimit\tresult\t")
+	for _, c := range r.Checks {
+		res := "FAIL"
+		if c.Pass {
+			res = "pass"
+		}
+		fmt.Fprintf(tw, "%s\t%s %s\t%s %s\t%s\t%s\n", c.Name, trim(c.Value), c.Unit, trim(c.Limit), c.Unit, res, c.Note)
+	}
+	tw.Flush()
+}
+
+func printThroughput(w io.Writer, v map[string]any) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := "throughput (req/s)\t"
 	for _, t := range ThroughputTargets {
 		header += fmt.Sprintf("%d target%s\t", t, plural(t))
@@ -103,7 +141,9 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 		fmt.Fprintln(tw, row)
 	}
 	tw.Flush()
+}
 
+func printMemory(w io.Writer, v map[string]any) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "memory: warm instance (serving process) VmRSS %.2f MiB (anon %.2f, shmem %.2f, file %.2f; PSS %.2f)",
 		num(v, "instance_rss_mib"), num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "instance_pss_mib"))
@@ -111,20 +151,9 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 		fmt.Fprintf(w, ", its pid-namespace waiter %.2f MiB", num(v, "instance_waiter_rss_mib"))
 	}
 	fmt.Fprintf(w, "; bare go-plugin plugin %.2f MiB (anon %.2f)", num(v, "bare_plugin_rss_mib"), num(v, "bare_plugin_rss_anon_mib"))
-	fmt.Fprintf(w, "\n        core (this process) over %v warm requests: %.2f -> %.2f MiB (%+.2f %%); GC'd before each reading: %.2f -> %.2f MiB (%+.2f %%)\n\n",
+	fmt.Fprintf(w, "\n        core (this process) over %v warm requests: %.2f -> %.2f MiB (%+.2f %%); GC'd before each reading: %.2f -> %.2f MiB (%+.2f %%)\n",
 		v["core_requests"], num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_pct"),
 		num(v, "core_rss_gc_before_mib"), num(v, "core_rss_gc_after_mib"), num(v, "core_rss_growth_gc_pct"))
-
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "target\tvalue\tlimit\tresult\t")
-	for _, c := range r.Checks {
-		res := "FAIL"
-		if c.Pass {
-			res = "pass"
-		}
-		fmt.Fprintf(tw, "%s\t%s %s\t%s %s\t%s\t%s\n", c.Name, trim(c.Value), c.Unit, trim(c.Limit), c.Unit, res, c.Note)
-	}
-	tw.Flush()
 }
 
 func f1(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }

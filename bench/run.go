@@ -9,7 +9,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -56,7 +58,11 @@ type Config struct {
 	ResultsPath string    // results.json; empty: not written
 	BarePlugin  string    // a built bench/bareplugin; empty: built on the spot
 	ProfileDir  string    // when set: CPU profiles of the core (warm.pprof, cold.pprof)
+	Only        []string  // run only these of Phases (experiments, profiling); nil: all
 }
+
+// Phases are the parts of a run: the latency cases, memory and throughput.
+var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput"}
 
 // Throughput configurations: callers × targets.
 var (
@@ -119,64 +125,103 @@ func Run(cfg Config) (*Results, error) {
 		}
 	}
 
-	say("setting up: building the bare plugin, starting cores and targets")
-	floor, err := env.FloorCase()
-	if err != nil {
-		return nil, err
-	}
-	defer floor.Close()
-	warm, warmD, _, err := env.WarmCase()
-	if err != nil {
-		return nil, err
-	}
-	defer warm.Close()
-	nsenter, err := env.NsenterCase()
-	if err != nil {
-		return nil, err
-	}
-	defer nsenter.Close()
-	oneshot, err := env.OneshotCase()
-	if err != nil {
-		return nil, err
-	}
-	defer oneshot.Close()
-	cold, err := env.ColdCase()
-	if err != nil {
-		return nil, err
-	}
-	defer cold.Close()
-	bareCase, err := env.BarePluginCase()
-	if err != nil {
-		return nil, err
-	}
-	defer bareCase.Close()
-
-	// One untimed operation each: page cache, first-use allocations.
-	for _, c := range []*Case{floor, warm, nsenter, oneshot, cold, bareCase.Case} {
-		if _, err := c.Sample(2, nil); err != nil {
-			return nil, err
+	want := func(name string) bool { return len(cfg.Only) == 0 || slices.Contains(cfg.Only, name) }
+	for _, name := range cfg.Only {
+		if !slices.Contains(Phases, name) {
+			return nil, fmt.Errorf("bench: unknown phase %q (phases: %s)", name, strings.Join(Phases, ", "))
 		}
 	}
-	bareCase.Splits = bareCase.Splits[:0]
-
 	res := &Results{Values: map[string]any{}, Summary: map[string]Summary{}}
 	v := res.Values
 
+	say("setting up: building the bare plugin, starting cores and targets")
+	type latencyCase struct {
+		c *Case
+		n int
+	}
+	var latency []latencyCase
+	add := func(c *Case, n int) {
+		latency = append(latency, latencyCase{c, n})
+	}
+	var (
+		warm     *Case
+		warmD    *core.Dispatcher
+		cold     *Case
+		bareCase *BareCase
+	)
+	if want("floor") {
+		floor, err := env.FloorCase()
+		if err != nil {
+			return nil, err
+		}
+		defer floor.Close()
+		add(floor, p.Floor)
+	}
+	if want("warm") || want("memory") {
+		if warm, warmD, _, err = env.WarmCase(); err != nil {
+			return nil, err
+		}
+		defer warm.Close()
+		if want("warm") {
+			add(warm, p.Warm)
+		}
+	}
+	if want("nsenter_cli") {
+		nsenter, err := env.NsenterCase()
+		if err != nil {
+			return nil, err
+		}
+		defer nsenter.Close()
+		add(nsenter, p.Nsenter)
+	}
+	if want("oneshot") {
+		oneshot, err := env.OneshotCase()
+		if err != nil {
+			return nil, err
+		}
+		defer oneshot.Close()
+		add(oneshot, p.Oneshot)
+	}
+	if want("cold") {
+		if cold, err = env.ColdCase(); err != nil {
+			return nil, err
+		}
+		defer cold.Close()
+		add(cold, p.Cold)
+	}
+	if want("bare_plugin") || want("memory") {
+		if bareCase, err = env.BarePluginCase(); err != nil {
+			return nil, err
+		}
+		defer bareCase.Close()
+		if want("bare_plugin") {
+			add(bareCase.Case, p.Bare)
+		}
+	}
+
+	// Two untimed operations each: page cache, first-use allocations.
+	for _, l := range latency {
+		if _, err := l.c.Sample(2, nil); err != nil {
+			return nil, err
+		}
+	}
+	if bareCase != nil {
+		bareCase.Splits = bareCase.Splits[:0]
+	}
+
 	// Memory: one warm instance, and the core over MemRequests requests.
-	say("memory: %d sequential warm requests", p.MemRequests)
-	if err := memoryPhase(cfg, p, warm, warmD, bareCase, res); err != nil {
-		return nil, err
+	if want("memory") {
+		say("memory: %d sequential warm requests", p.MemRequests)
+		if err := memoryPhase(cfg, p, warm, warmD, bareCase, res); err != nil {
+			return nil, err
+		}
 	}
 
 	// Latency, interleaved so that the machine's noise falls on every
 	// case alike: each round takes its share of every case's samples,
 	// the order rotating from round to round.
-	latency := []struct {
-		c *Case
-		n int
-	}{{floor, p.Floor}, {warm, p.Warm}, {nsenter, p.Nsenter}, {oneshot, p.Oneshot}, {cold, p.Cold}, {bareCase.Case, p.Bare}}
 	samples := make(map[string][]time.Duration)
-	for r := 0; r < p.Rounds; r++ {
+	for r := 0; r < p.Rounds && len(latency) > 0; r++ {
 		say("latency round %d/%d", r+1, p.Rounds)
 		for i := range latency {
 			l := latency[(i+r)%len(latency)]
@@ -199,11 +244,13 @@ func Run(cfg Config) (*Results, error) {
 		v[name+"_mean_us"] = us(sum.Mean)
 		v[name+"_n"] = sum.N
 	}
-	split := Summarize(bareCase.Splits)
-	res.Summary["bare_plugin_start_call"] = split
-	v["bare_plugin_start_call_p50_us"] = us(split.P50)
+	if want("bare_plugin") {
+		split := Summarize(bareCase.Splits)
+		res.Summary["bare_plugin_start_call"] = split
+		v["bare_plugin_start_call_p50_us"] = us(split.P50)
+	}
 
-	if cfg.ProfileDir != "" && p.ColdProfile > 0 {
+	if cold != nil && cfg.ProfileDir != "" && p.ColdProfile > 0 {
 		say("profiling %d cold starts", p.ColdProfile)
 		err := profile(filepath.Join(cfg.ProfileDir, "cold.pprof"), func() error {
 			_, err := cold.Sample(p.ColdProfile, nil)
@@ -215,23 +262,25 @@ func Run(cfg Config) (*Results, error) {
 	}
 
 	// Throughput: warm instances in 16 targets, many callers.
-	say("throughput: starting %d targets", ThroughputTargets[len(ThroughputTargets)-1])
-	pool, err := env.NewPool(ThroughputTargets[len(ThroughputTargets)-1])
-	if err != nil {
-		return nil, err
-	}
-	for _, targets := range ThroughputTargets {
-		for _, callers := range ThroughputCallers {
-			say("throughput: %d callers over %d targets", callers, targets)
-			rps, err := pool.Throughput(callers, targets, p.ThroughputWarmup, p.ThroughputDur)
-			if err != nil {
-				return nil, err
-			}
-			v[fmt.Sprintf("throughput_%dx%d_rps", callers, targets)] = round(rps, 0)
+	if want("throughput") {
+		say("throughput: starting %d targets", ThroughputTargets[len(ThroughputTargets)-1])
+		pool, err := env.NewPool(ThroughputTargets[len(ThroughputTargets)-1])
+		if err != nil {
+			return nil, err
 		}
+		for _, targets := range ThroughputTargets {
+			for _, callers := range ThroughputCallers {
+				say("throughput: %d callers over %d targets", callers, targets)
+				rps, err := pool.Throughput(callers, targets, p.ThroughputWarmup, p.ThroughputDur)
+				if err != nil {
+					return nil, err
+				}
+				v[fmt.Sprintf("throughput_%dx%d_rps", callers, targets)] = round(rps, 0)
+			}
+		}
+		v["throughput_1_rps"] = v["throughput_1x1_rps"]
+		v["throughput_64_rps"] = v["throughput_64x16_rps"]
 	}
-	v["throughput_1_rps"] = v["throughput_1x1_rps"]
-	v["throughput_64_rps"] = v["throughput_64x16_rps"]
 
 	res.Checks = checks(v)
 	pass := map[string]bool{}

@@ -3,13 +3,14 @@
 // writes bench/results.json. `make bench` and `make bench BENCH=quick` run
 // it.
 //
-//	nsplug-bench [-mode quick|full] [-out FILE] [-bare PATH] [-profile DIR]
+//	nsplug-bench [-mode quick|full] [-out FILE] [-bare PATH] [-profile DIR] [-only PHASES]
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/nsplug/nsplug/bench"
 	"github.com/nsplug/nsplug/plugins/builtin"
@@ -21,10 +22,15 @@ func main() {
 	out := flag.String("out", "bench/results.json", "where to write the results (empty: nowhere)")
 	bare := flag.String("bare", "", "a built bench/bareplugin binary (default: built with the go command)")
 	prof := flag.String("profile", "", "write CPU profiles of the core (warm.pprof, cold.pprof) to this directory")
+	only := flag.String("only", "", "comma-separated phases to run (default all): "+strings.Join(bench.Phases, ","))
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	var phases []string
+	if *only != "" {
+		phases = strings.Split(*only, ",")
 	}
 	_, err := bench.Run(bench.Config{
 		Mode:        *mode,
@@ -33,6 +39,7 @@ func main() {
 		ResultsPath: *out,
 		BarePlugin:  *bare,
 		ProfileDir:  *prof,
+		Only:        phases,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nsplug-bench:", err)
