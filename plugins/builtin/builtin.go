@@ -8,6 +8,7 @@ import (
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/fs"
 	"github.com/nsplug/nsplug/plugins/ids"
+	"github.com/nsplug/nsplug/plugins/mount"
 	"github.com/nsplug/nsplug/plugins/procfs"
 	"github.com/nsplug/nsplug/plugins/sysctl"
 	"github.com/nsplug/nsplug/sdk"
@@ -20,6 +21,7 @@ func All() []*sdk.Plugin {
 		fs.Plugin(),
 		ids.Plugin(),
 		sysctl.Plugin(),
+		mount.Plugin(),
 	}
 }
 
