@@ -474,4 +474,21 @@ name = "sysctl"
 allow_host = ["vm.swappiness"]
 `)
 	wantErrno(t, call(t, d, pid, "sysctl.set", `{"name":"vm.swappiness","value":"60"}`, nil), syscall.EINVAL, "allow_host")
+	d.Close()
+
+	// allowed_roots narrow the plugin to /proc/sys subtrees.
+	d, _ = newDispatcher(t, `
+[[plugin]]
+name = "sysctl"
+allowed_roots = ["/proc/sys/net"]
+`)
+	sysctlGet(t, d, pid, "net.core.somaxconn")
+	wantErrno(t, call(t, d, pid, "sysctl.get", `{"name":"kernel.hostname"}`, nil), syscall.EACCES, "kernel.hostname", "allowed roots")
+	wantErrno(t, call(t, d, pid, "sysctl.set", `{"name":"kernel.hostname","value":"x"}`, nil), syscall.EACCES, "allowed roots")
+	wantErrno(t, call(t, d, pid, "sysctl.list", `{}`, nil), syscall.EACCES, "allowed roots")
+	var l sysctlList
+	mustCall(t, d, pid, "sysctl.list", `{"prefix":"net.ipv4.route.flush"}`, &l)
+	if len(l.Entries) != 1 || l.Entries[0].Error != "EACCES" {
+		t.Errorf("list of a write-only entry: %+v", l.Entries)
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -203,9 +204,27 @@ func describe(err error) string {
 	return err.Error()
 }
 
+// checkRoots applies the plugin's allowed_roots to the /proc/sys path of
+// a name, so a configuration can narrow the plugin to, say,
+// ["/proc/sys/net"]. The default ("/") allows every sysctl.
+func checkRoots(ctx context.Context, n name) error {
+	p := "/proc/sys"
+	if len(n) > 0 {
+		p += "/" + strings.Join(n, "/")
+	}
+	if _, err := sdk.EnvFrom(ctx).CheckPath(p); err != nil {
+		e := sdk.AsError(err)
+		return sdk.Errorf(e.Errno, "sysctl %s: %s", n, e.Message)
+	}
+	return nil
+}
+
 func get(ctx context.Context, req GetRequest) (Value, error) {
 	n, err := parseName("name", req.Name)
 	if err != nil {
+		return Value{}, err
+	}
+	if err := checkRoots(ctx, n); err != nil {
 		return Value{}, err
 	}
 	proc, err := procRoot(ctx)
@@ -249,6 +268,9 @@ func allowed(proc *os.File, n name, opts Options) error {
 func set(ctx context.Context, req SetRequest) (SetResponse, error) {
 	n, err := parseName("name", req.Name)
 	if err != nil {
+		return SetResponse{}, err
+	}
+	if err := checkRoots(ctx, n); err != nil {
 		return SetResponse{}, err
 	}
 	if err := checkValue(req.Value); err != nil {
@@ -329,11 +351,18 @@ func list(ctx context.Context, req ListRequest) (ListResponse, error) {
 			return ListResponse{}, err
 		}
 	}
+	if err := checkRoots(ctx, prefix); err != nil {
+		return ListResponse{}, err
+	}
 	rel := "sys"
 	if len(prefix) > 0 {
 		rel = prefix.path()
 	}
 	f, err := openAt(proc, rel, unix.O_RDONLY)
+	if errors.Is(err, syscall.EACCES) && len(prefix) > 0 {
+		// A write-only entry named as the prefix: listed like any other.
+		return ListResponse{Entries: []ListEntry{{Name: prefix.String(), Error: sdk.ErrnoName(syscall.EACCES)}}}, nil
+	}
 	if err != nil {
 		return ListResponse{}, sdk.Errorf(errnoOf(err), "sysctl prefix %q: %s", prefix.String(), describe(err))
 	}
