@@ -47,19 +47,29 @@ type step struct {
 	e         Entry
 	bits      uint64
 	kind      kind
+	decided   bool // kind is known (the flags parsed)
 }
 
 func (s *step) String() string {
 	var what string
-	switch s.kind {
-	case kindNew:
-		what = fmt.Sprintf("mount of %s %q on %q", s.e.FSType, s.e.Source, s.e.Target)
-	case kindBind, kindMove:
-		what = fmt.Sprintf("%s of %q on %q", s.kind, s.e.Source, s.e.Target)
+	switch {
+	case !s.decided:
+		what = fmt.Sprintf("source %q, target %q, fstype %q", s.e.Source, s.e.Target, s.e.FSType)
 	default:
-		what = fmt.Sprintf("%s of %q", s.kind, s.e.Target)
+		what = s.what()
 	}
 	return fmt.Sprintf("entry %d of %d (%s, flags %s)", s.index, s.of, what, flagList(s.e.Flags))
+}
+
+func (s *step) what() string {
+	switch s.kind {
+	case kindNew:
+		return fmt.Sprintf("mount of %s %q on %q", s.e.FSType, s.e.Source, s.e.Target)
+	case kindBind, kindMove:
+		return fmt.Sprintf("%s of %q on %q", s.kind, s.e.Source, s.e.Target)
+	default:
+		return fmt.Sprintf("%s of %q", s.kind, s.e.Target)
+	}
 }
 
 // plan validates an entry completely before anything is applied.
@@ -116,6 +126,7 @@ func plan(env *sdk.Env, i, n int, e Entry) (*step, error) {
 		}
 		s.kind = kindNew
 	}
+	s.decided = true
 	switch s.kind {
 	case kindNew:
 		if e.FSType == "" {
