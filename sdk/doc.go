@@ -31,6 +31,17 @@
 // resolve users through NSS or cgo, and validate every path with
 // Env.CheckPath.
 //
+// A handler logs through Env.Log (the core's log, under the plugin's name,
+// with the request id and target pid), reads its configuration with
+// Env.DecodeOptions, and returns when its context is done: request_timeout
+// and the caller's cancellation end it, and the instance is then killed.
+// One message is at most MaxMessageBytes.
+//
+// Package sdk/sdktest tests plugins: handlers in-process (sdktest.Call),
+// and the built executable through the real core against a throwaway
+// target (sdktest.NewHarness). sdk/README.md is the author's guide, with
+// what a plugin written in another language must do.
+//
 // The wire contract is pluginpb/plugin.proto; Handshake and GRPCPlugin are
 // shared by the core and plugins.
 package sdk

@@ -32,14 +32,21 @@ type PluginConfig struct {
 // Env is what a handler knows about the request it serves and the
 // process it runs in. Get it with EnvFrom.
 type Env struct {
+	// RequestID identifies the request in the core's log and the
+	// plugin's (Log attaches it as request_id).
 	RequestID string
-	TargetPID int // the target's pid as the core sees it
+	// TargetPID is the target's pid as the core sees it (in the host's
+	// pid namespace, not the target's): for logs and messages.
+	TargetPID int
 	// Log writes to the core's log, under the plugin's name, with the
 	// request id and target pid attached.
 	Log hclog.Logger
 	// Proc and Sys are fresh procfs and sysfs mounts of the target's
 	// pid and net namespaces, detached from any directory, when the core
-	// was configured to make them (fresh_mounts); nil otherwise.
+	// was configured to make them (fresh_mounts) or the plugin asks for
+	// them (Plugin.FreshMounts); nil otherwise. Resolve paths beneath
+	// them (openat2 with RESOLVE_BENEATH); never open /proc or /sys
+	// paths of the target's filesystem, which may be missing or forged.
 	Proc, Sys *os.File
 
 	config *PluginConfig

@@ -10,11 +10,20 @@ import (
 
 // Error is a handler failure with the errno a caller should see.
 // errors.Is(err, syscall.ENOENT) works on it.
+//
+// A handler returns one (Errorf) or any error whose chain holds an errno
+// (AsError finds it); the core hands it to its caller as a *core.Error,
+// which is the same type, with Errno intact.
 type Error struct {
-	Errno   syscall.Errno // 0 when there is none
+	// Errno is what a caller should see (ENOENT, EACCES, ...); 0 when
+	// the failure has none.
+	Errno syscall.Errno
+	// Message says what failed, naming the path or field involved.
 	Message string
 }
 
+// Error returns the message followed by the errno's name in
+// parentheses: "open /etc/x: no such file or directory (ENOENT)".
 func (e *Error) Error() string {
 	if e.Errno == 0 {
 		return e.Message

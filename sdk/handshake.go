@@ -33,6 +33,8 @@ const MaxMessageBytes = 64 << 20
 // it with Impl unset, a plugin with Impl set.
 type GRPCPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
+	// Impl serves the Handler service in a plugin (a *Server); nil in
+	// the core.
 	Impl pluginpb.HandlerServer
 }
 
