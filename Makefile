@@ -3,8 +3,9 @@ GO       ?= go
 BIN      := bin/nsplug
 GOFLAGS  ?=
 BENCH    ?= full
+EXAMPLES := netinfo
 
-.PHONY: all build demo test test-short vet fmt proto bench clean
+.PHONY: all build demo test test-short vet fmt proto bench examples test-examples clean
 
 all: build
 
@@ -19,6 +20,7 @@ demo: build
 # in fresh namespaces (needs root).
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) test-examples
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); echo "gofmt: the files above need formatting"; exit 1; }
@@ -26,6 +28,23 @@ vet:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+
+# Example third-party plugins, each its own module under examples/ with a
+# replace of this tree and a committed go.sum, so that they build offline
+# from the module cache: bin/examples/NAME.
+examples:
+	@mkdir -p bin/examples
+	@for e in $(EXAMPLES); do \
+		echo "go build examples/$$e -> bin/examples/$$e"; \
+		(cd examples/$$e && $(GO) build $(GOFLAGS) -o ../../bin/examples/$$e .) || exit 1; \
+	done
+
+# The examples' own tests: sdktest in-process, and through the core
+# against sandbox targets (root).
+test-examples:
+	@for e in $(EXAMPLES); do \
+		(cd examples/$$e && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; \
+	done
 
 # Regenerate the wire contract's Go code (needs protoc, protoc-gen-go and
 # protoc-gen-go-grpc on PATH).
