@@ -1,0 +1,49 @@
+// Command oldproto is a test plugin that speaks another version of the
+// nsplug plugin protocol than this tree's sdk: a plugin built against an
+// older or newer sdk, as the core would meet it. The version is set at
+// build time:
+//
+//	go build -ldflags "-X main.protocolVersion=2" ./tests/testdata/oldproto
+//
+// It serves the current Handler service under that version number, so
+// that the only thing wrong with it is the version it announces.
+package main
+
+import (
+	"os"
+	"strconv"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk"
+)
+
+var protocolVersion = "2"
+
+func main() {
+	v, err := strconv.Atoi(protocolVersion)
+	if err != nil {
+		panic(err)
+	}
+	server, err := sdk.NewServer(&sdk.Plugin{Name: "oldproto"}, nil, nil)
+	if err != nil {
+		panic(err)
+	}
+	handshake := sdk.Handshake
+	handshake.ProtocolVersion = uint(v)
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{v: {sdk.PluginKey: &sdk.GRPCPlugin{Impl: server}}},
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			if nsexec.Self().Active {
+				if err := os.Chdir("/"); err != nil {
+					os.Exit(1)
+				}
+				nsexec.CloseStatus()
+			}
+			return grpc.NewServer(opts...)
+		},
+	})
+}
