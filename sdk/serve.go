@@ -19,7 +19,12 @@ import (
 
 // Plugin describes a plugin: its name and its handlers.
 type Plugin struct {
-	Name     string
+	// Name is the plugin's own name for itself: its logger's name and
+	// what Describe reports. The configuration's [[plugin]] name is what
+	// the core goes by.
+	Name string
+	// Handlers serve one message type each (see Handle); a type may
+	// appear once.
 	Handlers []Handler
 	// FreshMounts are fresh mounts ("proc", "sys") every instance of the
 	// plugin needs, whatever the configuration says: a plugin that must
