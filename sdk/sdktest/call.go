@@ -100,6 +100,11 @@ var requestSeq atomic.Uint64
 // Env). Call must be called from the test's goroutine: problems of the
 // test itself (a plugin the sdk refuses, an unencodable request) end the
 // test with t.Fatal.
+//
+// In-process there are no fresh mounts (sdk.Env.Proc and Sys are nil)
+// and no channel for files: a handler that hands files back with
+// sdk.Env.ReturnFile fails with ENOTSUP. Test those through a Harness
+// (Harness.Core().Call returns the files).
 func Call[Req, Resp any](t testing.TB, p *sdk.Plugin, typ string, req Req, env ...Env) (Resp, error) {
 	t.Helper()
 	var resp Resp
