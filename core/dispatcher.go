@@ -138,6 +138,7 @@ type pluginEntry struct {
 	unshare      uintptr
 	freshProc    bool
 	freshSys     bool
+	frames       bool   // serves Handle on the frame channel (fast path)
 	pluginConfig []byte // sdk.PluginConfig as JSON
 	types        []TypeInfo
 }
@@ -228,6 +229,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 				return nil, err
 			}
 		}
+		e.frames = served.Frames
 		for _, m := range served.FreshMounts {
 			e.freshProc = e.freshProc || m == "proc"
 			e.freshSys = e.freshSys || m == "sys"
@@ -316,7 +318,7 @@ func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeRespons
 	if err != nil {
 		return nil, err
 	}
-	defer inst.kill()
+	defer inst.kill(false)
 	ctx, cancel := context.WithTimeout(context.Background(), e.settings.StartTimeout.Duration)
 	defer cancel()
 	desc, err := inst.describe(ctx)

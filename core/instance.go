@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
@@ -32,7 +33,7 @@ type instance struct {
 	inflight int
 	retired  bool // no new requests; killed once inflight reaches 0
 	killed   bool
-	abrupt   bool          // kill without asking the plugin to exit first
+	abrupt   bool          // kill without asking the plugin to exit first (read under pool.mu)
 	gone     chan struct{} // closed once killed and reaped
 	idle     *time.Timer
 	lastUsed time.Time
@@ -90,6 +91,10 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 				"TZ=UTC",                   // never parse a zone file from the target
 				// Nor cgroup files: the runtime would keep them open.
 				"GODEBUG=containermaxprocs=0,updatemaxprocs=0",
+				// One P: a request hops between fewer threads (the
+				// warm path is mostly wake-ups), and blocking handlers
+				// still run side by side on threads of their own.
+				"GOMAXPROCS=1",
 				sdk.EnvConfig+"="+string(p.pluginConfig))
 			if p.builtin {
 				cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
@@ -141,7 +146,14 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 // *Error with their errno; broken reports whether the instance is unfit
 // for further requests.
 func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*Response, bool, error) {
-	resp, err := inst.handler.Handle(ctx, req)
+	var resp *pluginpb.HandleResponse
+	var files []*os.File
+	var err error
+	if inst.plugin.frames {
+		resp, files, err = inst.runner.frames.roundTrip(ctx, req)
+	} else {
+		resp, err = inst.handler.Handle(ctx, req)
+	}
 	if err != nil {
 		// A transport error usually means the process died; give the
 		// reaper a moment to say how.
@@ -163,17 +175,19 @@ func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*R
 		return nil, true, errorf(syscall.EIO, "plugin %s (pid %d): %s: %v", inst.plugin.name, inst.pid, req.Type, err)
 	}
 	if e := resp.Error; e != nil {
+		closeFiles(files)
 		return nil, false, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 	}
-	out := &Response{Payload: json.RawMessage(resp.Payload)}
-	if resp.Files > 0 {
-		if resp.Files > sdk.MaxFiles {
-			return nil, true, errorf(syscall.EIO, "plugin %s announced %d files (at most %d)", inst.plugin.name, resp.Files, sdk.MaxFiles)
+	out := &Response{Payload: json.RawMessage(resp.Payload), Files: files}
+	if int(resp.Files) != len(files) || resp.Files > sdk.MaxFiles {
+		if !inst.plugin.frames && resp.Files > 0 && resp.Files <= sdk.MaxFiles {
+			if out.Files, err = inst.runner.frames.takeFiles(ctx, req.RequestId, int(resp.Files)); err != nil {
+				return nil, true, err
+			}
+			return out, false, nil
 		}
-		var err error
-		if out.Files, err = inst.runner.inbox.take(ctx, req.RequestId, int(resp.Files)); err != nil {
-			return nil, true, err
-		}
+		closeFiles(files)
+		return nil, true, errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), sdk.MaxFiles)
 	}
 	return out, false, nil
 }
@@ -187,8 +201,8 @@ func (inst *instance) describe(ctx context.Context) (*pluginpb.DescribeResponse,
 // goroutines are gone; the socket directory goes with it. A healthy
 // instance is asked to exit; a broken one is killed at once (go-plugin
 // would give a hung handler two seconds first).
-func (inst *instance) kill() {
-	if inst.abrupt {
+func (inst *instance) kill(abrupt bool) {
+	if abrupt {
 		inst.runner.Kill(context.Background())
 	}
 	inst.client.Kill()

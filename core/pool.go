@@ -213,11 +213,11 @@ func (p *pool) killLocked(inst *instance) {
 	}
 	delete(p.live, inst)
 	p.kills.Add(1)
-	go func() {
+	go func(abrupt bool) {
 		defer p.kills.Done()
-		inst.kill()
+		inst.kill(abrupt)
 		close(inst.gone)
-	}()
+	}(inst.abrupt)
 }
 
 // close kills every instance and waits until all are reaped.

@@ -51,7 +51,7 @@ type nsRunner struct {
 	cmd     *exec.Cmd
 	sockDir string   // host directory the plugin binds its socket in
 	dirPath *os.File // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
-	inbox   *fileInbox
+	frames  *frameConn
 	boot    nsexec.Bootstrap
 	pidfd   *os.File // target's; nil when no namespace is joined
 	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
@@ -116,23 +116,23 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		// Nothing to join; the constructor still needs fd 3 to exist.
 		pidfd = dir
 	}
-	inbox, pluginEnd, err := newFileInbox()
+	frames, pluginEnd, err := newFrameConn()
 	if err != nil {
 		return err
 	}
 	defer pluginEnd.Close()
 	statusR, statusW, err := r.boot.Apply(r.cmd, pidfd, dir, pluginEnd)
 	if err != nil {
-		inbox.close()
+		frames.close()
 		return err
 	}
 	onSpawnerThread(func() { err = r.cmd.Start() })
 	statusW.Close()
-	r.inbox = inbox
+	r.frames = frames
 	if err != nil {
 		statusR.Close()
-		inbox.close()
-		r.inbox = nil
+		frames.close()
+		r.frames = nil
 		return fmt.Errorf("starting plugin %s: %w", r.name, err)
 	}
 	r.status = make(chan string, 1)
@@ -177,8 +177,8 @@ func (r *nsRunner) Wait(context.Context) error {
 		if r.dirPath != nil {
 			r.dirPath.Close()
 		}
-		if r.inbox != nil {
-			r.inbox.close()
+		if r.frames != nil {
+			r.frames.close()
 		}
 		r.mu.Lock()
 		close(r.exited)

@@ -61,7 +61,7 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	s := &Server{
 		name:     p.Name,
 		handlers: make(map[string]Handler),
-		describe: &pluginpb.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts},
+		describe: &pluginpb.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts, Frames: true},
 		log:      log,
 		config:   config,
 		fresh:    nsexec.Self(),
@@ -93,8 +93,22 @@ func (s *Server) Describe(context.Context, *pluginpb.DescribeRequest) (*pluginpb
 
 // Handle implements pluginpb.HandlerServer. Handler errors travel in the
 // response, with their errno; a panicking handler becomes an EIO error
-// rather than a dead plugin.
-func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (resp *pluginpb.HandleResponse, _ error) {
+// rather than a dead plugin. Files the handler hands back travel on the
+// frame channel (a FrameFiles frame) before this response.
+func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, error) {
+	resp, files := s.handle(ctx, req)
+	defer closeAll(files)
+	if len(files) > 0 {
+		if err := s.sendFiles(req.RequestId, files); err != nil {
+			return errorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
+		}
+	}
+	return resp, nil
+}
+
+// handle serves one request, on either path. The caller sends and then
+// closes the files.
+func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp *pluginpb.HandleResponse, files []*os.File) {
 	h, ok := s.handlers[req.Type]
 	if !ok {
 		return errorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
@@ -110,29 +124,21 @@ func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 	defer func() {
 		if r := recover(); r != nil {
 			env.Log.Error("handler panicked", "panic", fmt.Sprint(r))
-			resp = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r))
+			closeAll(env.takeFiles())
+			resp, files = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
 		}
 	}()
 	out, err := h.Serve(context.WithValue(ctx, envKey{}, env), req.Payload)
-	files := env.takeFiles()
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
+	files = env.takeFiles()
 	if err != nil {
+		closeAll(files)
 		return errorResponse(AsError(err)), nil
 	}
-	if len(files) > 0 {
-		if err := s.sendFiles(req.RequestId, files); err != nil {
-			return errorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
-		}
-	}
-	return &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files))}, nil
+	return &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files))}, files
 }
 
-// sendFiles sends files to the core in one SCM_RIGHTS message tagged with
-// the request id, before the response that announces them.
+// sendFiles hands the files of a gRPC response to the core in a FrameFiles
+// frame tagged with the request id, before the response announcing them.
 func (s *Server) sendFiles(id string, files []*os.File) error {
 	if s.fresh.Files == nil {
 		return Errorf(syscall.ENOTSUP, "the core gave this plugin no channel for files")
@@ -141,7 +147,11 @@ func (s *Server) sendFiles(id string, files []*os.File) error {
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	return unix.Sendmsg(int(s.fresh.Files.Fd()), []byte(id), unix.UnixRights(fds...), nil, 0)
+	frame, err := pluginpb.AppendFrame(nil, pluginpb.FrameFiles, id, nil)
+	if err != nil {
+		return err
+	}
+	return unix.Sendmsg(int(s.fresh.Files.Fd()), frame, unix.UnixRights(fds...), nil, 0)
 }
 
 func errorResponse(e *Error) *pluginpb.HandleResponse {
@@ -175,6 +185,11 @@ func Serve(p *Plugin) {
 	server, err := NewServer(p, config, log)
 	if err != nil {
 		fail(err.Error())
+	}
+	if f := nsexec.Self().Files; f != nil {
+		if err := server.serveFrames(f); err != nil {
+			fail("frame channel: " + err.Error())
+		}
 	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,

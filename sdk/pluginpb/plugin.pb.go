@@ -76,7 +76,10 @@ type DescribeResponse struct {
 	Types  []*MessageType `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
 	// Fresh mounts ("proc", "sys") the plugin needs in every instance, on
 	// top of those the configuration asks for (see sdk.Plugin.FreshMounts).
-	FreshMounts   []string `protobuf:"bytes,3,rep,name=fresh_mounts,json=freshMounts,proto3" json:"fresh_mounts,omitempty"`
+	FreshMounts []string `protobuf:"bytes,3,rep,name=fresh_mounts,json=freshMounts,proto3" json:"fresh_mounts,omitempty"`
+	// The plugin serves Handle on the frame channel too (see frame.go); the
+	// core then sends requests there rather than through gRPC.
+	Frames        bool `protobuf:"varint,4,opt,name=frames,proto3" json:"frames,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -130,6 +133,13 @@ func (x *DescribeResponse) GetFreshMounts() []string {
 		return x.FreshMounts
 	}
 	return nil
+}
+
+func (x *DescribeResponse) GetFrames() bool {
+	if x != nil {
+		return x.Frames
+	}
+	return false
 }
 
 type MessageType struct {
@@ -272,9 +282,11 @@ type HandleResponse struct {
 	Payload []byte `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
 	Error   *Error `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	// How many file descriptors the handler handed back. gRPC cannot carry
-	// them: they travel, before this response, in one SCM_RIGHTS message on
-	// the socket the core passed at fd 6, whose data is the request_id.
-	Files         uint32 `protobuf:"varint,3,opt,name=files,proto3" json:"files,omitempty"`
+	// them: they travel in an SCM_RIGHTS message on the frame channel (see
+	// frame.go).
+	Files uint32 `protobuf:"varint,3,opt,name=files,proto3" json:"files,omitempty"`
+	// The request this answers (frame channel only).
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,6 +340,13 @@ func (x *HandleResponse) GetFiles() uint32 {
 		return x.Files
 	}
 	return 0
+}
+
+func (x *HandleResponse) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type Error struct {
@@ -388,11 +407,12 @@ var File_plugin_proto protoreflect.FileDescriptor
 const file_plugin_proto_rawDesc = "" +
 	"\n" +
 	"\fplugin.proto\x12\x10nsplug.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\x82\x01\n" +
+	"\x0fDescribeRequest\"\x9a\x01\n" +
 	"\x10DescribeResponse\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x123\n" +
 	"\x05types\x18\x02 \x03(\v2\x1d.nsplug.plugin.v1.MessageTypeR\x05types\x12!\n" +
-	"\ffresh_mounts\x18\x03 \x03(\tR\vfreshMounts\"]\n" +
+	"\ffresh_mounts\x18\x03 \x03(\tR\vfreshMounts\x12\x16\n" +
+	"\x06frames\x18\x04 \x01(\bR\x06frames\"]\n" +
 	"\vMessageType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12 \n" +
@@ -403,11 +423,13 @@ const file_plugin_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12\x1d\n" +
 	"\n" +
-	"target_pid\x18\x04 \x01(\x05R\ttargetPid\"o\n" +
+	"target_pid\x18\x04 \x01(\x05R\ttargetPid\"\x8e\x01\n" +
 	"\x0eHandleResponse\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x17.nsplug.plugin.v1.ErrorR\x05error\x12\x14\n" +
-	"\x05files\x18\x03 \x01(\rR\x05files\"7\n" +
+	"\x05files\x18\x03 \x01(\rR\x05files\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"7\n" +
 	"\x05Error\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage2\xa9\x01\n" +

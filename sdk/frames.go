@@ -1,0 +1,130 @@
+package sdk
+
+import (
+	"context"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// frameServer serves Handle on the frame channel (see pluginpb/frame.go),
+// the fast path the core prefers to gRPC.
+type frameServer struct {
+	s    *Server
+	conn *net.UnixConn
+
+	mu      sync.Mutex
+	partial map[string][]byte             // request bodies still arriving
+	cancels map[string]context.CancelFunc // requests being served
+}
+
+func (s *Server) serveFrames(f *os.File) error {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return err
+	}
+	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string][]byte), cancels: make(map[string]context.CancelFunc)}
+	go fs.run()
+	return nil
+}
+
+func (fs *frameServer) run() {
+	buf := make([]byte, pluginpb.MaxFrame)
+	for {
+		n, _, _, _, err := fs.conn.ReadMsgUnix(buf, nil)
+		if err != nil || n == 0 {
+			return // the core is gone; go-plugin ends the process
+		}
+		kind, id, body, err := pluginpb.ParseFrame(buf[:n])
+		if err != nil {
+			fs.s.log.Error("bad frame from the core", "error", err)
+			continue
+		}
+		switch kind {
+		case pluginpb.FrameRequestPart:
+			fs.mu.Lock()
+			if len(fs.partial[id])+len(body) <= MaxMessageBytes {
+				fs.partial[id] = append(fs.partial[id], body...)
+			}
+			fs.mu.Unlock()
+		case pluginpb.FrameRequest:
+			fs.mu.Lock()
+			msg := append(fs.partial[id], body...)
+			delete(fs.partial, id)
+			ctx, cancel := context.WithCancel(context.Background())
+			fs.cancels[id] = cancel
+			fs.mu.Unlock()
+			go fs.serve(ctx, id, msg)
+		case pluginpb.FrameCancel:
+			fs.mu.Lock()
+			if cancel := fs.cancels[id]; cancel != nil {
+				cancel()
+			}
+			fs.mu.Unlock()
+		}
+	}
+}
+
+func (fs *frameServer) serve(ctx context.Context, id string, msg []byte) {
+	defer func() {
+		fs.mu.Lock()
+		if cancel := fs.cancels[id]; cancel != nil {
+			cancel()
+			delete(fs.cancels, id)
+		}
+		fs.mu.Unlock()
+	}()
+	req := &pluginpb.HandleRequest{}
+	var resp *pluginpb.HandleResponse
+	var files []*os.File
+	if err := proto.Unmarshal(msg, req); err != nil {
+		resp = errorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
+	} else {
+		resp, files = fs.s.handle(ctx, req)
+	}
+	defer closeAll(files)
+	resp.RequestId = id
+	out, err := proto.Marshal(resp)
+	if err != nil {
+		out, _ = proto.Marshal(errorResponse(Errorf(syscall.EIO, "encoding response: %v", err)))
+	}
+	if err := fs.send(pluginpb.FrameResponsePart, pluginpb.FrameResponse, id, out, files); err != nil {
+		fs.s.log.Error("sending a response", "request_id", id, "error", err)
+	}
+}
+
+// send writes msg as part frames and one final frame carrying files.
+func (fs *frameServer) send(partKind, finalKind byte, id string, msg []byte, files []*os.File) error {
+	parts := pluginpb.Split(msg)
+	frame := make([]byte, 0, 2+len(id)+len(parts[0]))
+	for i, p := range parts {
+		kind, oob := partKind, []byte(nil)
+		if i == len(parts)-1 {
+			kind = finalKind
+			if len(files) > 0 {
+				fds := make([]int, len(files))
+				for j, f := range files {
+					fds[j] = int(f.Fd())
+				}
+				oob = unix.UnixRights(fds...)
+			}
+		}
+		frame, _ = pluginpb.AppendFrame(frame[:0], kind, id, p)
+		if _, _, err := fs.conn.WriteMsgUnix(frame, oob, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
