@@ -33,6 +33,7 @@ func Plugin() *sdk.Plugin {
 			sdk.Handle("fs.listxattr", "list the extended attribute names of a path", listxattr),
 			sdk.Handle("fs.removexattr", "remove one extended attribute of a path", removexattr),
 			sdk.Handle("fs.chown", "change owner and group of a batch of paths (-1 leaves one unchanged)", chown),
+			sdk.Handle("fs.open", "open a file (openat2 flags and resolve flags) and hand the descriptor back", open),
 		},
 	}
 }
