@@ -1,6 +1,7 @@
 package core
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -437,8 +438,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if len(payload) == 0 {
 		payload = json.RawMessage("{}")
 	}
-	var probe map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &probe); err != nil || probe == nil {
+	if trimmed := bytes.TrimSpace(payload); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
 		return nil, errorf(syscall.EINVAL, "%s: payload is not a JSON object", req.Type)
 	}
 	join := e.join

@@ -100,11 +100,18 @@ name = "probe"
 	if n, err := strconv.Atoi(link.Target); err != nil || n > 100 {
 		t.Errorf("/proc/self in fresh procfs -> %q: not the target's pid numbering", link.Target)
 	}
-	// Nothing was created in the target's filesystem for those mounts.
+	// Nothing was created in the target's filesystem for those mounts,
+	// and no socket of nsplug's is in it.
 	ents, _ := os.ReadDir(target.Root())
 	if len(ents) != 1 {
 		t.Errorf("target root now holds %v", ents)
 	}
+	filepath.Walk(target.Root(), func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode()&os.ModeSocket != 0 {
+			t.Errorf("socket in the target's filesystem: %s", p)
+		}
+		return nil
+	})
 	h := servingPID(t, d, "procfs")
 	assertNamespaces(t, h, target.PID(), allNS)
 	// Without fresh mounts a /proc read fails as it would in the target.
