@@ -112,10 +112,13 @@ func TestConfigExampleFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseConfig(uncommented config.toml.example): %v\n%s", err, text)
 	}
-	if len(c.Plugins) != 2 {
-		t.Fatalf("uncommented example has %d plugins, want 2:\n%s", len(c.Plugins), text)
+	if len(c.Plugins) != 5 {
+		t.Fatalf("uncommented example has %d plugins, want 5:\n%s", len(c.Plugins), text)
 	}
-	procfs, third := &c.Plugins[0], &c.Plugins[1]
+	procfs, third := &c.Plugins[0], &c.Plugins[len(c.Plugins)-1]
+	if procfs.Options["max_read_bytes"] != int64(1048576) || c.Plugins[1].Options["max_list_entries"] != int64(10000) {
+		t.Errorf("built-in plugin options: %+v / %+v", procfs.Options, c.Plugins[1].Options)
+	}
 	if procfs.Name != "procfs" || procfs.Path != "" {
 		t.Errorf("first plugin = %+v, want the built-in procfs", procfs)
 	}
