@@ -541,3 +541,26 @@ func TestUnshareAfterJoining(t *testing.T) {
 		}
 	}
 }
+
+// allowed_roots hold against symbolic links: a link inside an allowed
+// root resolves inside it, and magic links are refused.
+func TestAllowedRootsHoldAgainstSymlinks(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/ok": "ok"}})
+	inTarget(t, target.PID(), "ln -s /etc/hostname /mnt/escape && ln -s ../etc/hostname /mnt/up && ln -s /proc/1/root/etc/hostname /mnt/magic")
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\nallowed_roots = [\"/mnt\", \"/proc\"]\n")
+	pid := target.PID()
+	mustCall(t, d, pid, "procfs.read", `{"path":"/mnt/ok"}`, nil)
+	// An absolute link resolves within /mnt (where there is no etc/hostname).
+	wantErrno(t, call(t, d, pid, "procfs.read", `{"path":"/mnt/escape"}`, nil), syscall.ENOENT)
+	// ".." cannot climb above the allowed root either.
+	wantErrno(t, call(t, d, pid, "procfs.read", `{"path":"/mnt/up"}`, nil), syscall.ENOENT)
+	wantErrno(t, call(t, d, pid, "procfs.read", `{"path":"/mnt/magic"}`, nil), syscall.ENOENT)
+	// Magic links are never followed, even inside an allowed root.
+	wantErrno(t, call(t, d, pid, "procfs.read", `{"path":"/proc/self/root/etc/hostname"}`, nil), syscall.ELOOP)
+	// The links themselves can still be read.
+	var l struct{ Target string }
+	mustCall(t, d, pid, "procfs.readlink", `{"path":"/mnt/escape"}`, &l)
+	if l.Target != "/etc/hostname" {
+		t.Errorf("readlink: %q", l.Target)
+	}
+}

@@ -9,7 +9,8 @@
 // fresh_mounts (so reads work against targets without a /proc of their own,
 // and a target cannot redirect them by mounting over its /proc); other
 // paths, and all paths without fresh mounts, are resolved in the target's
-// own mount namespace.
+// own mount namespace. Either way resolution stays inside the allowed root
+// a path names and never follows a magic link (sdk.Env.Open).
 package procfs
 
 import (
@@ -18,7 +19,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -111,40 +111,11 @@ type ReadlinkResponse struct {
 	Target string `json:"target"`
 }
 
-// open opens path as the target sees it. Under /proc and /sys, with fresh
-// mounts, it resolves beneath the fresh mount and refuses magic links.
+// open opens path as the target sees it, through the sdk: inside the
+// allowed root it lies in, never through a magic link, and under /proc and
+// /sys beneath the fresh mounts when the plugin has them.
 func open(ctx context.Context, path string, flags int) (*os.File, error) {
-	env := sdk.EnvFrom(ctx)
-	path, err := env.CheckPath(path)
-	if err != nil {
-		return nil, err
-	}
-	flags |= unix.O_CLOEXEC
-	for _, m := range []struct {
-		prefix string
-		root   *os.File
-	}{{"/proc", env.Proc}, {"/sys", env.Sys}} {
-		if m.root == nil || (path != m.prefix && !strings.HasPrefix(path, m.prefix+"/")) {
-			continue
-		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(path, m.prefix), "/")
-		if rel == "" {
-			rel = "."
-		}
-		fd, err := unix.Openat2(int(m.root.Fd()), rel, &unix.OpenHow{
-			Flags:   uint64(flags),
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
-		})
-		if err != nil {
-			return nil, &os.PathError{Op: "open", Path: path, Err: err}
-		}
-		return os.NewFile(uintptr(fd), path), nil
-	}
-	fd, err := unix.Open(path, flags, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
+	return sdk.EnvFrom(ctx).Open(path, flags)
 }
 
 func stat(ctx context.Context, req PathRequest) (StatResponse, error) {
