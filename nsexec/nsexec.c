@@ -65,6 +65,7 @@
 
 /* Results read by the Go side through cgo (nsexec.go). */
 int nsexec_active;
+unsigned long nsexec_joined;
 int nsexec_proc_fd = -1;
 int nsexec_sys_fd = -1;
 
@@ -350,6 +351,8 @@ __attribute__((constructor)) static void nsexec(void)
 	join(b.join & CLONE_NEWNS, "setns(pidfd, mnt)");
 	join(b.join & CLONE_NEWUSER, "setns(pidfd, user)");
 	take_credentials(&b);
+
+	nsexec_joined = b.join;
 
 	/* Stage 6 */
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)

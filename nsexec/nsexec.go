@@ -16,6 +16,7 @@ package nsexec
 #cgo CFLAGS: -Wall -Wextra -Werror -std=gnu11
 #include "nsexec.h"
 static int active(void) { return nsexec_active; }
+static unsigned long joined(void) { return nsexec_joined; }
 static int proc_fd(void) { return nsexec_proc_fd; }
 static int sys_fd(void) { return nsexec_sys_fd; }
 */
@@ -32,6 +33,10 @@ type State struct {
 	// Active is true when the process was started with a bootstrap and
 	// now runs inside the target's namespaces.
 	Active bool
+	// Joined are the namespaces joined (CLONE_NEW* flags): those where the
+	// target differs from the core. The process shares the others with
+	// the core.
+	Joined uintptr
 	// Proc and Sys are detached fresh procfs and sysfs mounts made for
 	// this process (nil when not asked for). Resolve paths beneath them
 	// with openat; they belong to the target's pid and network namespaces.
@@ -54,6 +59,7 @@ func init() {
 		return
 	}
 	self.Active = true
+	self.Joined = uintptr(C.joined())
 	status = os.NewFile(StatusFD, "nsexec-status")
 	if _, err := unix.FcntlInt(FilesFD, unix.F_SETFD, unix.FD_CLOEXEC); err == nil {
 		self.Files = os.NewFile(FilesFD, "nsexec-files")

@@ -18,6 +18,7 @@
 #define NSEXEC_FRESH_SYS 2
 
 extern int nsexec_active;
+extern unsigned long nsexec_joined;
 extern int nsexec_proc_fd;
 extern int nsexec_sys_fd;
 

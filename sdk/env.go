@@ -51,8 +51,18 @@ type Env struct {
 	Proc, Sys *os.File
 
 	config *PluginConfig
+	joined []string // nil outside a core
 	mu     sync.Mutex
 	files  []*os.File
+}
+
+// Joined lists the namespaces of the target the handler joined ("net",
+// "uts", ...): those where the target differs from the core. In the
+// others the handler shares the core's namespace, so a change there (a
+// namespaced sysctl, say) would be the host's. ok is false when the
+// process was not started by a core (a handler called in-process).
+func (e *Env) Joined() (names []string, ok bool) {
+	return e.joined, e.joined != nil
 }
 
 // MaxFiles bounds the descriptors one response hands back.

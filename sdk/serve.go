@@ -45,6 +45,7 @@ type Server struct {
 	log      hclog.Logger
 	config   *PluginConfig
 	fresh    nsexec.State
+	joined   []string
 }
 
 // NewServer checks the plugin's handlers and returns its server.
@@ -65,6 +66,9 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 		log:      log,
 		config:   config,
 		fresh:    nsexec.Self(),
+	}
+	if s.fresh.Active {
+		s.joined = append([]string{}, nsexec.NamespaceNames(s.fresh.Joined)...)
 	}
 	for _, m := range p.FreshMounts {
 		if m != "proc" && m != "sys" {
@@ -120,6 +124,7 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		Proc:      s.fresh.Proc,
 		Sys:       s.fresh.Sys,
 		config:    s.config,
+		joined:    s.joined,
 	}
 	defer func() {
 		if r := recover(); r != nil {

@@ -448,7 +448,7 @@ allow_host_sysctls = ["vm/overcommit_memory"]
 	// A target in the host's network namespace: net.* is the host's.
 	shared := newTarget(t, sandbox.Options{Namespaces: []string{"mnt", "pid", "uts", "ipc"}, MountProc: true})
 	err := call(t, d, shared.PID(), "sysctl.set", `{"name":"net.core.somaxconn","value":"1000"}`, nil)
-	wantErrno(t, err, syscall.EPERM, "net.core.somaxconn", "net namespace", "initial")
+	wantErrno(t, err, syscall.EPERM, "net.core.somaxconn", "net namespace", "shares with the core")
 	if got := sysctlGet(t, d, shared.PID(), "net.core.somaxconn"); got != sysctlHost(t, "net/core/somaxconn") {
 		t.Errorf("get in the host's netns: %s", got)
 	}

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -240,7 +241,7 @@ func get(ctx context.Context, req GetRequest) (Value, error) {
 
 // allowed decides whether sysctl.set may write n: a namespaced sysctl
 // from a non-initial namespace, or a name listed in allow_host_sysctls.
-func allowed(proc *os.File, n name, opts Options) error {
+func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 	canon := n.String()
 	for _, a := range opts.AllowHostSysctls {
 		an, err := parseName("allow_host_sysctls entry", a)
@@ -255,9 +256,17 @@ func allowed(proc *os.File, n name, opts Options) error {
 	if ns == "" {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
 	}
+	shared := false
+	if joined, ok := sdk.EnvFrom(ctx).Joined(); ok {
+		// Started by a core: a namespace not joined is the core's own.
+		shared = !slices.Contains(joined, ns)
+	}
 	initial, err := inInitialNamespace(proc, ns)
 	if err != nil {
 		return err
+	}
+	if shared {
+		return sdk.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, which the handler shares with the core (the target does, or the request did not join it): writing it would change the host's (list it in allow_host_sysctls to allow that)", canon, ns)
 	}
 	if initial {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, and the handler is in the host's initial one (the target shares it, or the request did not join it): writing it would change the host (list it in allow_host_sysctls to allow that)", canon, ns)
@@ -284,7 +293,7 @@ func set(ctx context.Context, req SetRequest) (SetResponse, error) {
 	if err != nil {
 		return SetResponse{}, err
 	}
-	if err := allowed(proc, n, opts); err != nil {
+	if err := allowed(ctx, proc, n, opts); err != nil {
 		return SetResponse{}, err
 	}
 	if err := write(proc, n, req.Value); err != nil {
