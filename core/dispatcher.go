@@ -175,7 +175,12 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
 	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances)}
-	if d.selfNS, err = readNSSet("self"); err != nil {
+	// The namespaces plugins start in are the spawner thread's. Read them
+	// there: /proc/self shows the main thread's, which a thread locked by
+	// some other code of the process (and left in a foreign namespace,
+	// as CNI's ns package warns) may have moved.
+	onSpawnerThread(func() { d.selfNS, err = readNSSet("thread-self") })
+	if err != nil {
 		return nil, fmt.Errorf("reading the core's own namespaces: %w", err)
 	}
 	if err := d.makeRunDir(); err != nil {
