@@ -77,7 +77,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.PluginSets(nil),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		Logger:           d.log.Named(p.name),
+		Logger:           d.log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     p.settings.StartTimeout.Duration,
 		SkipHostEnv:      true,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: d.runDir},
