@@ -179,7 +179,7 @@ func TestRunSmoke(t *testing.T) {
 		Mode: "smoke",
 		Params: Params{
 			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 2, Cold: 2, Bare: 2,
-			MemRequests: 50, ThroughputWarmup: 20 * time.Millisecond, ThroughputDur: 50 * time.Millisecond,
+			MemRequests: 50, MemWarmup: 10, ThroughputWarmup: 20 * time.Millisecond, ThroughputDur: 50 * time.Millisecond,
 		},
 		Out:         &table,
 		ResultsPath: out,

@@ -105,6 +105,10 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", label, s.N, f1(s.P50), f1(s.P90), f1(s.P99), f1(s.Min), f1(s.Mean), rel)
 	}
 	tw.Flush()
+	if _, ok := v["warm_core_cpu_us_per_req"]; ok {
+		fmt.Fprintf(w, "\nCPU per warm request (memory phase): core %.1f µs, plugin instance %.1f µs\n",
+			num(v, "warm_core_cpu_us_per_req"), num(v, "warm_plugin_cpu_us_per_req"))
+	}
 
 	if _, ok := v["throughput_1_rps"]; ok {
 		printThroughput(w, v)
@@ -151,8 +155,11 @@ func printMemory(w io.Writer, v map[string]any) {
 		fmt.Fprintf(w, ", its pid-namespace waiter %.2f MiB", num(v, "instance_waiter_rss_mib"))
 	}
 	fmt.Fprintf(w, "; bare go-plugin plugin %.2f MiB (anon %.2f)", num(v, "bare_plugin_rss_mib"), num(v, "bare_plugin_rss_anon_mib"))
-	fmt.Fprintf(w, "\n        core (this process) over %v warm requests: %.2f -> %.2f MiB (%+.2f %%); GC'd before each reading: %.2f -> %.2f MiB (%+.2f %%)\n",
-		v["core_requests"], num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_pct"),
+	if _, ok := v["instance_pss_in_pool_mib"]; ok {
+		fmt.Fprintf(w, "\n        per instance among %v warm ones (waiter included): PSS %.2f MiB, anon %.2f MiB", v["pool_instances"], num(v, "instance_pss_in_pool_mib"), num(v, "instance_anon_in_pool_mib"))
+	}
+	fmt.Fprintf(w, "\n        core (this process) over %v warm requests after %v to warm up (%.2f MiB at the first): %.2f -> %.2f MiB (%+.2f %%); GC'd before each reading: %.2f -> %.2f MiB (%+.2f %%)\n",
+		v["core_requests"], v["core_warmup_requests"], num(v, "core_rss_initial_mib"), num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_pct"),
 		num(v, "core_rss_gc_before_mib"), num(v, "core_rss_gc_after_mib"), num(v, "core_rss_growth_gc_pct"))
 }
 

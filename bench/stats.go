@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -103,4 +104,41 @@ func scanKiB(path string, fields map[string]*int64) error {
 		}
 	}
 	return s.Err()
+}
+
+// TaskCPU is the CPU time the threads of pid have used so far (the sum of
+// /proc/PID/task/*/schedstat, nanoseconds). Threads that have exited are
+// not counted; a Go plugin's threads live as long as it does.
+func TaskCPU(pid int) (time.Duration, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		data, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		f := strings.Fields(string(data))
+		if len(f) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/schedstat: %q", dir, t.Name(), data)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, nil
+}
+
+// SelfCPU is the CPU time (user + system) this process has used.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
