@@ -472,6 +472,11 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 		defer cancel()
 	}
 	oneshot := e.settings.Mode == "oneshot"
+	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
+	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	if oneshot && e.frames {
+		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
+	}
 	inst, err := d.pool.acquire(ctx, key, oneshot, func() (*instance, error) {
 		inst, err := d.startInstance(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials})
 		if err != nil {
@@ -483,8 +488,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
-	resp, broken, err := inst.call(ctx, &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)})
+	resp, broken, err := inst.call(ctx, hreq)
 	d.pool.release(inst, broken)
 	if oneshot {
 		<-inst.gone

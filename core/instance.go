@@ -48,8 +48,16 @@ type launch struct {
 	creds  *Credentials
 }
 
-// startInstance starts a plugin process through nsexec and connects to it.
-func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, error) {
+// spec is how an instance's process is started: the nsexec bootstrap for
+// the launch's namespaces and credentials, and the host ids that own its
+// socket directory.
+type spec struct {
+	launch
+	boot  nsexec.Bootstrap
+	owner [2]int
+}
+
+func (l launch) spec() (*spec, error) {
 	p := l.plugin
 	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys}
 	owner := [2]int{-1, -1}
@@ -72,6 +80,45 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		}
 		boot.Root, boot.Cwd = c.Root, c.Cwd
 	}
+	return &spec{launch: l, boot: boot, owner: owner}, nil
+}
+
+// newRunner prepares (without starting) the process of one instance from
+// the sealed executable. env is added to its environment.
+func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner {
+	p := sp.plugin
+	cmd := exec.Command(p.exe.path())
+	cmd.Args[0] = "nsplug-" + p.name
+	cmd.Env = append(env,
+		"TZ=UTC", // never parse a zone file from the target
+		// Nor cgroup files: the runtime would keep them open.
+		"GODEBUG=containermaxprocs=0,updatemaxprocs=0",
+		// One P: a request hops between fewer threads (the warm path is
+		// mostly wake-ups), and blocking handlers still run side by side
+		// on threads of their own.
+		"GOMAXPROCS=1",
+		sdk.EnvConfig+"="+string(p.pluginConfig))
+	if p.builtin {
+		cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig: syscall.SIGKILL, // die with the core
+		Setpgid:   true,            // a terminal's ^C goes to the core, which then stops its plugins
+	}
+	nr := &nsRunner{name: p.name, log: d.log, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, exited: make(chan struct{})}
+	if sp.target != nil && sp.join != 0 {
+		nr.pidfd = sp.target.pidfd
+	}
+	return nr
+}
+
+// startInstance starts a plugin process through nsexec and connects to it.
+func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, error) {
+	p := l.plugin
+	sp, err := l.spec()
+	if err != nil {
+		return nil, err
+	}
 	var nr *nsRunner
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
@@ -84,33 +131,8 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
 		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
-			cmd := exec.Command(p.exe.path())
-			cmd.Args[0] = "nsplug-" + p.name
-			cmd.Env = append(spec.Env,
-				"PLUGIN_UNIX_SOCKET_DIR=.", // relative to the cwd nsexec leaves in sockDir
-				"TZ=UTC",                   // never parse a zone file from the target
-				// Nor cgroup files: the runtime would keep them open.
-				"GODEBUG=containermaxprocs=0,updatemaxprocs=0",
-				// One P: a request hops between fewer threads (the
-				// warm path is mostly wake-ups), and blocking handlers
-				// still run side by side on threads of their own.
-				"GOMAXPROCS=1",
-				sdk.EnvConfig+"="+string(p.pluginConfig))
-			if p.builtin {
-				cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
-			}
-			cmd.SysProcAttr = &syscall.SysProcAttr{
-				Pdeathsig: syscall.SIGKILL, // die with the core
-				Setpgid:   true,            // a terminal's ^C goes to the core, which then stops its plugins
-			}
-			var pidfd = (*target)(nil)
-			if l.target != nil && l.join != 0 {
-				pidfd = l.target
-			}
-			nr = &nsRunner{name: p.name, log: d.log, cmd: cmd, sockDir: sockDir, boot: boot, owner: owner, exited: make(chan struct{})}
-			if pidfd != nil {
-				nr.pidfd = pidfd.pidfd
-			}
+			// The socket is bound relative to the cwd nsexec leaves in sockDir.
+			nr = d.newRunner(sp, sockDir, append(spec.Env, "PLUGIN_UNIX_SOCKET_DIR=."))
 			return nr, nil
 		},
 	}
@@ -155,24 +177,7 @@ func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*R
 		resp, err = inst.handler.Handle(ctx, req)
 	}
 	if err != nil {
-		// A transport error usually means the process died; give the
-		// reaper a moment to say how.
-		wait := 100 * time.Millisecond
-		if ctx.Err() != nil {
-			wait = 0
-		}
-		select {
-		case <-time.After(wait):
-		case <-inst.runner.exited:
-			return nil, true, errorf(syscall.EIO, "plugin %s (pid %d) exited during %s: %v", inst.plugin.name, inst.pid, req.Type, inst.runner.waitErr)
-		}
-		switch ctx.Err() {
-		case context.DeadlineExceeded:
-			return nil, true, errorf(syscall.ETIMEDOUT, "%s: request timed out", req.Type)
-		case context.Canceled:
-			return nil, true, errorf(syscall.ECANCELED, "%s: request canceled", req.Type)
-		}
-		return nil, true, errorf(syscall.EIO, "plugin %s (pid %d): %s: %v", inst.plugin.name, inst.pid, req.Type, err)
+		return nil, true, inst.runner.callError(ctx, req.Type, err)
 	}
 	if e := resp.Error; e != nil {
 		closeFiles(files)

@@ -115,6 +115,29 @@ func (p *pool) acquire(ctx context.Context, key string, oneshot bool, start func
 	return inst, err
 }
 
+// reserve takes a slot of the instance cap for a process the pool does
+// not keep (a oneshot one), evicting an idle instance if it must.
+func (p *pool) reserve() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errClosed
+	}
+	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
+		return errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+	}
+	p.pending++
+	p.starts.Add(1)
+	return nil
+}
+
+func (p *pool) unreserve() {
+	p.mu.Lock()
+	p.pending--
+	p.mu.Unlock()
+	p.starts.Done()
+}
+
 // use marks a warm instance busy. Called with mu held.
 func (p *pool) use(inst *instance) {
 	inst.inflight++

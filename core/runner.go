@@ -223,3 +223,30 @@ func (r *nsRunner) PluginToHost(network, addr string) (string, string, error) {
 func (r *nsRunner) HostToPlugin(network, addr string) (string, string, error) {
 	return "", "", fmt.Errorf("plugin %s: host addresses are not passed to plugins", r.name)
 }
+
+// callError explains a request that failed in transport: the process
+// died (and how, or why it never started), the request ran out of time or
+// was cancelled, or the plugin broke the protocol.
+func (r *nsRunner) callError(ctx context.Context, typ string, err error) error {
+	// A transport error usually means the process died; give the reaper
+	// a moment to say how.
+	wait := 100 * time.Millisecond
+	if ctx.Err() != nil {
+		wait = 0
+	}
+	select {
+	case <-time.After(wait):
+	case <-r.exited:
+		if msg := r.startError(); msg != "" {
+			return errorf(syscall.EIO, "plugin %s: %s", r.name, msg)
+		}
+		return errorf(syscall.EIO, "plugin %s (pid %s) exited during %s: %v", r.name, r.ID(), typ, r.waitErr)
+	}
+	switch ctx.Err() {
+	case context.DeadlineExceeded:
+		return errorf(syscall.ETIMEDOUT, "%s: request timed out", typ)
+	case context.Canceled:
+		return errorf(syscall.ECANCELED, "%s: request canceled", typ)
+	}
+	return errorf(syscall.EIO, "plugin %s (pid %s): %s: %v", r.name, r.ID(), typ, err)
+}

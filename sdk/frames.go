@@ -24,13 +24,24 @@ type frameServer struct {
 	cancels map[string]context.CancelFunc // requests being served
 }
 
-func (s *Server) serveFrames(f *os.File) error {
+// EnvOneshot tells a plugin process it was started for a single request
+// on the frame channel, without go-plugin: it serves until the core closes
+// the channel, then exits.
+const EnvOneshot = "NSPLUG_ONESHOT"
+
+// serveFrames serves the frame channel in the background, or until it
+// closes when wait is set.
+func (s *Server) serveFrames(f *os.File, wait bool) error {
 	c, err := net.FileConn(f)
 	if err != nil {
 		return err
 	}
 	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string][]byte), cancels: make(map[string]context.CancelFunc)}
-	go fs.run()
+	if wait {
+		fs.run()
+	} else {
+		go fs.run()
+	}
 	return nil
 }
 

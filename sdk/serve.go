@@ -191,8 +191,24 @@ func Serve(p *Plugin) {
 	if err != nil {
 		fail(err.Error())
 	}
-	if f := nsexec.Self().Files; f != nil {
-		if err := server.serveFrames(f); err != nil {
+	self := nsexec.Self()
+	if os.Getenv(EnvOneshot) != "" {
+		// Started for one request on the frame channel, without go-plugin.
+		os.Unsetenv(EnvOneshot)
+		if self.Files == nil {
+			fail("oneshot: no frame channel")
+		}
+		if err := os.Chdir(self.Cwd); err != nil {
+			fail("leaving the start directory for " + self.Cwd + ": " + err.Error())
+		}
+		nsexec.CloseStatus()
+		if err := server.serveFrames(self.Files, true); err != nil {
+			fail("frame channel: " + err.Error())
+		}
+		os.Exit(0)
+	}
+	if self.Files != nil {
+		if err := server.serveFrames(self.Files, false); err != nil {
 			fail("frame channel: " + err.Error())
 		}
 	}

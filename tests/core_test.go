@@ -564,3 +564,27 @@ func TestAllowedRootsHoldAgainstSymlinks(t *testing.T) {
 		t.Errorf("readlink: %q", l.Target)
 	}
 }
+
+// Oneshot processes (no go-plugin, one request each) fail as precisely as
+// pooled ones and leave nothing behind.
+func TestOneshotFailures(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\nrequest_timeout = \"300ms\"\n")
+	pid := target.PID()
+	wantErrno(t, call(t, d, pid, "probe.crash", `{}`, nil), syscall.EIO, "exit status 3")
+	wantErrno(t, call(t, d, pid, "probe.hang", `{}`, nil), syscall.ETIMEDOUT, "timed out")
+	wantErrno(t, call(t, d, pid, "probe.errno", `{"errno":13}`, nil), syscall.EACCES, "asked to fail")
+	_, err := d.Dispatch(context.Background(), core.Request{PID: pid, Type: "probe.whoami", Credentials: &core.Credentials{UID: 1, GID: 1, Cwd: "/nonexistent"}})
+	wantErrno(t, err, syscall.EIO, "/nonexistent")
+	var w whoami
+	mustCall(t, d, pid, "probe.whoami", `{}`, &w)
+	if w.Hostname != "nsplug-sandbox" {
+		t.Errorf("oneshot whoami: %+v", w)
+	}
+	if procs := processesInPIDNamespaceOf(t, pid); len(procs) != 1 {
+		t.Errorf("left in the target: %v", procs)
+	}
+	if kids := pluginChildren(); len(kids) != 0 {
+		t.Errorf("plugin processes after oneshot requests: %v", kids)
+	}
+}

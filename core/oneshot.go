@@ -1,0 +1,104 @@
+package core
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// callOneshot serves one request with a process of its own, without
+// go-plugin: the process is started with sdk.EnvOneshot, reads the request
+// from its frame channel, answers, and exits when the core closes the
+// channel. No handshake, no gRPC server or dial: the sysbox-fs model (a
+// process per request) at the cost of little more than an exec. Plugins
+// that do not serve frames get a go-plugin instance per request instead.
+func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.HandleRequest) (*Response, error) {
+	sp, err := l.spec()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.pool.reserve(); err != nil {
+		return nil, err
+	}
+	defer d.pool.unreserve()
+	sockDir, err := os.MkdirTemp(d.runDir, "oneshot-")
+	if err != nil {
+		return nil, errorf(syscall.EIO, "oneshot: %v", err)
+	}
+	defer os.RemoveAll(sockDir)
+	r := d.newRunner(sp, sockDir, []string{sdk.EnvOneshot + "=1", sdk.Handshake.MagicCookieKey + "=" + sdk.Handshake.MagicCookieValue})
+	if err := r.Start(ctx); err != nil {
+		return nil, errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
+	}
+	var pipes sync.WaitGroup
+	pipes.Add(2)
+	go func() { defer pipes.Done(); io.Copy(io.Discard, r.stdout) }()
+	go func() { defer pipes.Done(); relayLog(d.log.Named(l.plugin.name), r.stderr) }()
+	reaped := make(chan struct{})
+	go func() {
+		pipes.Wait() // os/exec: read the pipes to the end before Wait
+		r.Wait(context.Background())
+		close(reaped)
+	}()
+	defer func() {
+		// Closing the channel tells the plugin to exit; a plugin that
+		// does not within a second is killed. Either way it is reaped
+		// before the request returns: nothing of it stays in the target.
+		r.frames.conn.Close()
+		select {
+		case <-reaped:
+		case <-time.After(time.Second):
+			r.Kill(context.Background())
+			<-reaped
+		}
+	}()
+	resp, files, err := r.frames.roundTrip(ctx, req)
+	if err != nil {
+		return nil, r.callError(ctx, req.Type, err)
+	}
+	if e := resp.Error; e != nil {
+		closeFiles(files)
+		return nil, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
+	}
+	if int(resp.Files) != len(files) {
+		closeFiles(files)
+		return nil, errorf(syscall.EIO, "plugin %s announced %d files and sent %d", l.plugin.name, resp.Files, len(files))
+	}
+	return &Response{Payload: json.RawMessage(resp.Payload), Files: files}, nil
+}
+
+// relayLog re-logs a plugin's hclog JSON lines (plain lines at debug).
+func relayLog(log hclog.Logger, r io.Reader) {
+	s := bufio.NewScanner(r)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		var entry map[string]any
+		if json.Unmarshal(s.Bytes(), &entry) != nil {
+			log.Debug(s.Text())
+			continue
+		}
+		msg, _ := entry["@message"].(string)
+		level := hclog.LevelFromString(func() string { l, _ := entry["@level"].(string); return l }())
+		var args []any
+		for k, v := range entry {
+			if len(k) > 0 && k[0] != '@' && k != "timestamp" {
+				args = append(args, k, v)
+			}
+		}
+		if level == hclog.NoLevel {
+			level = hclog.Info
+		}
+		log.Log(level, msg, args...)
+	}
+	io.Copy(io.Discard, r)
+}
