@@ -106,8 +106,8 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 	}
 	tw.Flush()
 	if _, ok := v["warm_core_cpu_us_per_req"]; ok {
-		fmt.Fprintf(w, "\nCPU per warm request (memory phase): core %.1f µs, plugin instance %.1f µs\n",
-			num(v, "warm_core_cpu_us_per_req"), num(v, "warm_plugin_cpu_us_per_req"))
+		fmt.Fprintf(w, "\nper warm request (memory phase): CPU core %.1f µs, plugin instance %.1f µs; context switches core %.2f, plugin %.2f\n",
+			num(v, "warm_core_cpu_us_per_req"), num(v, "warm_plugin_cpu_us_per_req"), num(v, "warm_core_ctxsw_per_req"), num(v, "warm_plugin_ctxsw_per_req"))
 	}
 
 	if _, ok := v["throughput_1_rps"]; ok {

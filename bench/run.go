@@ -378,11 +378,15 @@ func memoryPhase(cfg Config, p Params, warm *Case, d *core.Dispatcher, bc *BareC
 	}
 	// CPU per request on each side, over the same requests.
 	var coreCPU, pluginCPU time.Duration
+	var coreCS, pluginCS int64
+	servingPID := strconv.Itoa(inst.PID)
 	run := func() error {
 		core0, plugin0 := SelfCPU(), taskCPU(inst)
+		coreCS0, pluginCS0 := ContextSwitches("self"), ContextSwitches(servingPID)
 		var err error
 		lat, err = warm.Sample(p.MemRequests, lat)
 		coreCPU, pluginCPU = SelfCPU()-core0, taskCPU(inst)-plugin0
+		coreCS, pluginCS = ContextSwitches("self")-coreCS0, ContextSwitches(servingPID)-pluginCS0
 		return err
 	}
 	if cfg.ProfileDir != "" {
@@ -421,6 +425,8 @@ func memoryPhase(cfg Config, p Params, warm *Case, d *core.Dispatcher, bc *BareC
 	n := time.Duration(p.MemRequests)
 	v["warm_core_cpu_us_per_req"] = us(coreCPU / n)
 	v["warm_plugin_cpu_us_per_req"] = us(pluginCPU / n)
+	v["warm_core_ctxsw_per_req"] = round(float64(coreCS)/float64(p.MemRequests), 2)
+	v["warm_plugin_ctxsw_per_req"] = round(float64(pluginCS)/float64(p.MemRequests), 2)
 
 	// The instance, after serving all of that.
 	m, err := ReadProcMem(strconv.Itoa(inst.PID))

@@ -142,3 +142,20 @@ func SelfCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// ContextSwitches is the number of context switches (voluntary and not)
+// the live threads of pid ("self" for this process) have made so far.
+func ContextSwitches(pid string) int64 {
+	dir := "/proc/" + pid + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, t := range tasks {
+		var vol, nonvol int64
+		scanKiB(dir+"/"+t.Name()+"/status", map[string]*int64{"voluntary_ctxt_switches:": &vol, "nonvoluntary_ctxt_switches:": &nonvol})
+		sum += vol + nonvol
+	}
+	return sum
+}
