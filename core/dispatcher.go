@@ -506,6 +506,28 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 // instanceKey decides which namespaces to join (those of join where the
 // target differs from the core) and the key of the instance serving them.
 func (d *Dispatcher) instanceKey(e *pluginEntry, t *target, join uintptr) (uintptr, string) {
+	// A pinned target is reused for many requests: compute each key once.
+	in := keyInput{e, join}
+	if k, ok := t.keys.Load(in); ok {
+		out := k.(keyOutput)
+		return out.join, out.key
+	}
+	join, key := d.computeKey(e, t, join)
+	t.keys.Store(in, keyOutput{join, key})
+	return join, key
+}
+
+type keyInput struct {
+	plugin *pluginEntry
+	join   uintptr
+}
+
+type keyOutput struct {
+	join uintptr
+	key  string
+}
+
+func (d *Dispatcher) computeKey(e *pluginEntry, t *target, join uintptr) (uintptr, string) {
 	var b strings.Builder
 	b.WriteString(e.name)
 	for i, ns := range nsexec.Namespaces {

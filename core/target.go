@@ -47,6 +47,7 @@ type target struct {
 	ns     nsSet
 	readAt time.Time
 	refs   atomic.Int32 // the cache's reference and each request's
+	keys   sync.Map     // instance keys computed for it (see instanceKey)
 }
 
 // pinTarget opens a pidfd for pid and reads its namespaces. A dead or

@@ -190,12 +190,20 @@ func (e *Env) Open(path string, flags int) (*os.File, error) {
 	}
 	if root < 0 {
 		rootPath = e.rootOf(path)
-		fd, err := unix.Open(rootPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, &os.PathError{Op: "open", Path: rootPath, Err: err}
+		if rootPath == "/" {
+			// The process's root never changes once serving (nsexec
+			// chroots before the runtime starts): open it once.
+			if root, err = processRoot(); err != nil {
+				return nil, err
+			}
+		} else {
+			fd, err := unix.Open(rootPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, &os.PathError{Op: "open", Path: rootPath, Err: err}
+			}
+			defer unix.Close(fd)
+			root = fd
 		}
-		defer unix.Close(fd)
-		root = fd
 	}
 	rel := strings.TrimPrefix(strings.TrimPrefix(path, rootPath), "/")
 	if rel == "" {
@@ -222,3 +230,14 @@ func (e *Env) rootOf(path string) string {
 	}
 	return best
 }
+
+var rootFD = sync.OnceValues(func() (int, error) {
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: "/", Err: err}
+	}
+	return fd, nil
+})
+
+// processRoot is an O_PATH descriptor of "/", opened once.
+func processRoot() (int, error) { return rootFD() }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -120,7 +121,7 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 	env := &Env{
 		RequestID: req.RequestId,
 		TargetPID: int(req.TargetPid),
-		Log:       s.log.With("request_id", req.RequestId, "target_pid", req.TargetPid, "type", req.Type),
+		Log:       &requestLogger{Logger: s.log, req: req},
 		Proc:      s.fresh.Proc,
 		Sys:       s.fresh.Sys,
 		config:    s.config,
@@ -238,3 +239,34 @@ func fail(msg string) {
 	fmt.Fprintln(os.Stderr, msg)
 	os.Exit(1)
 }
+
+// requestLogger attaches a request's id, target pid and type to every
+// line, building the annotated logger only when a handler logs: most
+// requests log nothing, and hclog's With costs an allocation or three.
+type requestLogger struct {
+	hclog.Logger
+	req  *pluginpb.HandleRequest
+	once sync.Once
+	with hclog.Logger
+}
+
+func (l *requestLogger) get() hclog.Logger {
+	l.once.Do(func() {
+		l.with = l.Logger.With("request_id", l.req.RequestId, "target_pid", l.req.TargetPid, "type", l.req.Type)
+	})
+	return l.with
+}
+
+func (l *requestLogger) Log(level hclog.Level, msg string, args ...interface{}) {
+	if l.Logger.GetLevel() <= level {
+		l.get().Log(level, msg, args...)
+	}
+}
+func (l *requestLogger) Trace(msg string, args ...interface{}) { l.Log(hclog.Trace, msg, args...) }
+func (l *requestLogger) Debug(msg string, args ...interface{}) { l.Log(hclog.Debug, msg, args...) }
+func (l *requestLogger) Info(msg string, args ...interface{})  { l.Log(hclog.Info, msg, args...) }
+func (l *requestLogger) Warn(msg string, args ...interface{})  { l.Log(hclog.Warn, msg, args...) }
+func (l *requestLogger) Error(msg string, args ...interface{}) { l.Log(hclog.Error, msg, args...) }
+func (l *requestLogger) With(args ...interface{}) hclog.Logger { return l.get().With(args...) }
+func (l *requestLogger) Named(name string) hclog.Logger        { return l.get().Named(name) }
+func (l *requestLogger) ImpliedArgs() []interface{}            { return l.get().ImpliedArgs() }
