@@ -80,8 +80,15 @@ next:
 // the targets, each pass or fail.
 func PrintTable(w io.Writer, mode string, r *Results) {
 	v := r.Values
-	fmt.Fprintf(w, "nsplug bench: mode %s, %v rounds, %v CPUs (GOMAXPROCS %v), linux %v, %v, %v, took %vs\n\n",
-		mode, v["rounds"], v["cpus"], v["gomaxprocs"], v["kernel"], v["go"], v["date"], v["duration_s"])
+	commit := ""
+	if c, ok := v["commit"].(string); ok && len(c) >= 12 {
+		commit = ", commit " + c[:12]
+		if v["commit_modified"] == true {
+			commit += "+changes"
+		}
+	}
+	fmt.Fprintf(w, "nsplug bench: mode %s, %v rounds, %v CPUs (GOMAXPROCS %v), linux %v, %v%s, %v, took %vs\n\n",
+		mode, v["rounds"], v["cpus"], v["gomaxprocs"], v["kernel"], v["go"], commit, v["date"], v["duration_s"])
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (µs)\tn\tp50\tp90\tp99\tmin\tmean\tp50 vs floor\t")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -315,6 +316,10 @@ func Run(cfg Config) (*Results, error) {
 	v["cpus"] = runtime.NumCPU()
 	v["gomaxprocs"] = runtime.GOMAXPROCS(0)
 	v["kernel"] = kernelRelease()
+	if rev, modified := vcsRevision(); rev != "" {
+		v["commit"] = rev
+		v["commit_modified"] = modified
+	}
 	v["date"] = time.Now().UTC().Format(time.RFC3339)
 	v["duration_s"] = round(time.Since(begin).Seconds(), 1)
 
@@ -463,6 +468,32 @@ func taskCPU(inst *core.InstanceInfo) time.Duration {
 		t += w
 	}
 	return t
+}
+
+// vcsRevision is the commit the binary was built from when the go command
+// stamped it, else the checkout in the working directory (best effort:
+// the binary may be older than the checkout).
+func vcsRevision() (rev string, modified bool) {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	if rev != "" {
+		return rev, modified
+	}
+	out, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		return "", false
+	}
+	// Changes to go files outside bench/ would make it another build.
+	dirty := exec.Command("git", "diff", "--quiet", "HEAD", "--", "*.go", "*.c", "*.h", ":!bench").Run() != nil
+	return strings.TrimSpace(string(out)), dirty
 }
 
 func kernelRelease() string {
