@@ -43,9 +43,9 @@ var Quick = Params{
 	ColdProfile: 40,
 }
 
-// Full takes a few minutes.
+// Full takes two to three minutes.
 var Full = Params{
-	Rounds: 10, Floor: 20000, Warm: 20000, Nsenter: 800, Oneshot: 800, Cold: 300, Bare: 800,
+	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
 	ColdProfile: 200,
 }
