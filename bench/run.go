@@ -43,7 +43,7 @@ var Quick = Params{
 	ColdProfile: 40,
 }
 
-// Full takes two to three minutes.
+// Full takes about two minutes.
 var Full = Params{
 	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
