@@ -178,7 +178,7 @@ func TestRunSmoke(t *testing.T) {
 	_, err := Run(Config{
 		Mode: "smoke",
 		Params: Params{
-			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 2, Cold: 2, Bare: 2,
+			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 1, Cold: 2, Bare: 2,
 			MemRequests: 50, MemWarmup: 10, ThroughputWarmup: 20 * time.Millisecond, ThroughputDur: 50 * time.Millisecond,
 		},
 		Out:         &table,
