@@ -588,3 +588,23 @@ func TestOneshotFailures(t *testing.T) {
 		t.Errorf("plugin processes after oneshot requests: %v", kids)
 	}
 }
+
+// Reads grow their buffer as needed and keep to max_read_bytes.
+func TestProcfsReadSizes(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 6000) // 96000 bytes
+	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/big": big}})
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\n[plugin.options]\nmax_read_bytes = 100000\n")
+	var r struct{ Data []byte }
+	mustCall(t, d, target.PID(), "procfs.read", `{"path":"/mnt/big"}`, &r)
+	if string(r.Data) != big {
+		t.Errorf("whole read: %d bytes", len(r.Data))
+	}
+	mustCall(t, d, target.PID(), "procfs.read", `{"path":"/mnt/big","offset":95990,"len":100}`, &r)
+	if string(r.Data) != big[95990:] {
+		t.Errorf("tail read: %q", r.Data)
+	}
+	d2, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\n[plugin.options]\nmax_read_bytes = 50000\n")
+	d.Close()
+	wantErrno(t, call(t, d2, target.PID(), "procfs.read", `{"path":"/mnt/big"}`, nil), syscall.EFBIG, "max_read_bytes")
+	wantErrno(t, call(t, d2, target.PID(), "procfs.read", `{"path":"/mnt/big","len":60000}`, nil), syscall.EINVAL, "max_read_bytes")
+}
