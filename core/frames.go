@@ -2,10 +2,12 @@ package core
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -16,16 +18,23 @@ import (
 
 // frameConn is the host end of an instance's frame channel (see
 // sdk/pluginpb/frame.go): the fast path for requests, and the only way
-// file descriptors come back. One goroutine reads it and hands each
-// response, with its files, to the request waiting for it. Received fds
-// are close-on-exec, so they never reach another plugin or target; files
-// nobody takes are closed.
+// file descriptors come back. There is no reader goroutine: a caller
+// waiting for an answer reads the channel itself, handing other requests'
+// frames to their slots, until its own answer is in; then another waiter
+// takes over. That saves a goroutine hand-off per request, a quarter of a
+// warm request's latency. Received fds are close-on-exec, so they never
+// reach another plugin or target; files nobody takes are closed.
 type frameConn struct {
 	conn *net.UnixConn
-	mu   sync.Mutex
-	mail map[string]*frameSlot
-	dead bool
-	done chan struct{}
+	buf  []byte // used by the reader only
+	oob  []byte
+
+	mu      sync.Mutex
+	mail    map[string]*frameSlot
+	reading bool          // a caller is reading
+	turn    chan struct{} // closed when the reader steps down
+	dead    bool
+	done    chan struct{} // closed once dead
 }
 
 // frameSlot is where one request's answer lands.
@@ -50,8 +59,14 @@ func newFrameConn() (c *frameConn, pluginEnd *os.File, err error) {
 		unix.Close(fds[1])
 		return nil, nil, err
 	}
-	c = &frameConn{conn: nc.(*net.UnixConn), mail: make(map[string]*frameSlot), done: make(chan struct{})}
-	go c.run()
+	c = &frameConn{
+		conn: nc.(*net.UnixConn),
+		buf:  make([]byte, pluginpb.MaxFrame),
+		oob:  make([]byte, unix.CmsgSpace(sdk.MaxFiles*4)),
+		mail: make(map[string]*frameSlot),
+		turn: make(chan struct{}),
+		done: make(chan struct{}),
+	}
 	return c, os.NewFile(uintptr(fds[1]), "plugin-frames"), nil
 }
 
@@ -65,60 +80,131 @@ func (c *frameConn) slot(id string) *frameSlot {
 	return s
 }
 
-func (c *frameConn) run() {
-	defer close(c.done)
-	buf := make([]byte, pluginpb.MaxFrame)
-	oob := make([]byte, unix.CmsgSpace(sdk.MaxFiles*4))
+// await waits until s's answer arrives, reading the channel itself when
+// nobody else is.
+func (c *frameConn) await(ctx context.Context, s *frameSlot) error {
 	for {
-		n, oobn, flags, _, err := c.conn.ReadMsgUnix(buf, oob)
-		if err != nil || n == 0 {
-			break
-		}
-		files := parseRights(oob[:oobn])
-		kind, id, body, err := pluginpb.ParseFrame(buf[:n])
-		if err != nil {
-			closeFiles(files)
+		c.mu.Lock()
+		switch {
+		case isClosed(s.arrived):
+			c.mu.Unlock()
+			return nil
+		case c.dead:
+			c.mu.Unlock()
+			return errChannelClosed
+		case !c.reading:
+			c.reading = true
+			c.mu.Unlock()
+			c.read(ctx, s)
+			c.mu.Lock()
+			c.reading = false
+			close(c.turn)
+			c.turn = make(chan struct{})
+			c.mu.Unlock()
+			if !isClosed(s.arrived) && ctx.Err() != nil {
+				return ctx.Err()
+			}
 			continue
 		}
-		c.mu.Lock()
-		s := c.mail[id]
-		switch kind {
-		case pluginpb.FrameResponsePart, pluginpb.FrameResponse:
-			if s == nil || !s.waiting || isClosed(s.arrived) {
-				closeFiles(files) // its caller gave up
-				break
-			}
-			if len(s.body)+len(body) > sdk.MaxMessageBytes {
-				s.body = nil // too large: it will fail to decode
-			} else {
-				s.body = append(s.body, body...)
-			}
-			if kind == pluginpb.FrameResponse {
-				s.files = files
-				close(s.arrived)
-			} else {
-				closeFiles(files)
-			}
-		case pluginpb.FrameFiles: // for a response that goes through gRPC
-			s = c.slot(id)
-			if isClosed(s.arrived) {
-				closeFiles(files)
-				break
-			}
-			s.files = files
-			close(s.arrived)
-		default:
-			closeFiles(files)
-		}
-		if flags&unix.MSG_CTRUNC != 0 && s != nil && s.files != nil {
-			// Some fds were dropped: refuse the rest rather than guess.
-			closeFiles(s.files)
-			s.files = []*os.File{}
-		}
+		turn := c.turn
 		c.mu.Unlock()
+		select {
+		case <-s.arrived:
+			return nil
+		case <-turn: // the reader stepped down: take over if needed
+		case <-c.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// read reads frames until s's answer is in, ctx ends or the channel dies.
+func (c *frameConn) read(ctx context.Context, s *frameSlot) {
+	// A cancelled caller must stop reading: a read deadline in the past
+	// interrupts it.
+	stop := context.AfterFunc(ctx, func() { c.conn.SetReadDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			c.conn.SetReadDeadline(time.Time{})
+		}
+	}()
+	for !isClosed(s.arrived) {
+		n, oobn, flags, _, err := c.conn.ReadMsgUnix(c.buf, c.oob)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.conn.SetReadDeadline(time.Time{})
+				if ctx.Err() != nil {
+					return
+				}
+				continue // a late deadline meant for an earlier reader
+			}
+			c.markDead()
+			return
+		}
+		if n == 0 {
+			c.markDead()
+			return
+		}
+		c.deliver(c.buf[:n], parseRights(c.oob[:oobn]), flags)
+	}
+}
+
+// deliver hands one frame to its slot.
+func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
+	kind, id, body, err := pluginpb.ParseFrame(frame)
+	if err != nil {
+		closeFiles(files)
+		return
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.mail[id]
+	switch kind {
+	case pluginpb.FrameResponsePart, pluginpb.FrameResponse:
+		if s == nil || !s.waiting || isClosed(s.arrived) {
+			closeFiles(files) // its caller gave up
+			return
+		}
+		if len(s.body)+len(body) > sdk.MaxMessageBytes {
+			s.body = nil // too large: it will fail to decode
+		} else {
+			s.body = append(s.body, body...)
+		}
+		if kind == pluginpb.FrameResponse {
+			s.files = files
+			close(s.arrived)
+		} else {
+			closeFiles(files)
+		}
+	case pluginpb.FrameFiles: // for a response that goes through gRPC
+		s = c.slot(id)
+		if isClosed(s.arrived) {
+			closeFiles(files)
+			return
+		}
+		s.files = files
+		close(s.arrived)
+	default:
+		closeFiles(files)
+		return
+	}
+	if flags&unix.MSG_CTRUNC != 0 && s.files != nil {
+		// Some fds were dropped: refuse the rest rather than guess.
+		closeFiles(s.files)
+		s.files = []*os.File{}
+	}
+}
+
+// markDead records that the plugin's end is gone and wakes every waiter.
+func (c *frameConn) markDead() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return
+	}
 	c.dead = true
+	close(c.done)
 	for id, s := range c.mail {
 		if !isClosed(s.arrived) {
 			close(s.arrived)
@@ -128,7 +214,6 @@ func (c *frameConn) run() {
 			delete(c.mail, id)
 		}
 	}
-	c.mu.Unlock()
 }
 
 func parseRights(oob []byte) []*os.File {
@@ -192,18 +277,18 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 			return nil, nil, errChannelClosed
 		}
 	}
-	select {
-	case <-s.arrived:
-	case <-ctx.Done():
-		cancel, _ := pluginpb.AppendFrame(nil, pluginpb.FrameCancel, id, nil)
-		c.conn.Write(cancel)
+	if err := c.await(ctx, s); err != nil {
+		if ctx.Err() != nil {
+			cancel, _ := pluginpb.AppendFrame(nil, pluginpb.FrameCancel, id, nil)
+			c.conn.Write(cancel)
+		}
 		c.mu.Lock()
 		if isClosed(s.arrived) {
 			closeFiles(s.files)
 		}
 		s.waiting = false
 		c.mu.Unlock()
-		return nil, nil, ctx.Err()
+		return nil, nil, err
 	}
 	c.mu.Lock()
 	body, files, dead := s.body, s.files, c.dead && s.body == nil
@@ -229,10 +314,7 @@ func (c *frameConn) takeFiles(ctx context.Context, id string, n int) ([]*os.File
 	s := c.slot(id)
 	s.waiting = true
 	c.mu.Unlock()
-	select {
-	case <-s.arrived:
-	case <-ctx.Done():
-	}
+	c.await(ctx, s)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.mail, id)
@@ -250,10 +332,11 @@ func (c *frameConn) takeFiles(ctx context.Context, id string, n int) ([]*os.File
 	return s.files, nil
 }
 
-// close stops the reader and closes every file nobody took.
+// close ends the channel: a reader stops, waiters are woken, files
+// nobody took are closed.
 func (c *frameConn) close() {
 	c.conn.Close()
-	<-c.done
+	c.markDead()
 }
 
 func closeFiles(files []*os.File) {
