@@ -54,6 +54,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/nsexec"
 )
 
 // EnvVar is the environment variable that turns a process started from a
@@ -180,39 +182,16 @@ func (e *SetupError) Unwrap() error {
 	return e.Errno
 }
 
-// allNamespaces lists the namespaces in a fixed order with their clone
-// flags; each name is also the name of its /proc/PID/ns entry.
-var allNamespaces = []struct {
-	name string
-	flag uintptr
-}{
-	{"user", unix.CLONE_NEWUSER},
-	{"mnt", unix.CLONE_NEWNS},
-	{"pid", unix.CLONE_NEWPID},
-	{"net", unix.CLONE_NEWNET},
-	{"ipc", unix.CLONE_NEWIPC},
-	{"uts", unix.CLONE_NEWUTS},
-	{"cgroup", unix.CLONE_NEWCGROUP},
-	{"time", unix.CLONE_NEWTIME},
-}
-
 // KnownNamespaces returns the namespace names this package understands, in a
 // fixed order.
 func KnownNamespaces() []string {
-	out := make([]string, len(allNamespaces))
-	for i, ns := range allNamespaces {
-		out[i] = ns.name
-	}
-	return out
+	return nsexec.NamespaceNames(nsexec.AllNamespaces)
 }
 
+// nsFlag is the clone flag of a namespace named as in /proc/PID/ns.
 func nsFlag(name string) (uintptr, bool) {
-	for _, ns := range allNamespaces {
-		if ns.name == name {
-			return ns.flag, true
-		}
-	}
-	return 0, false
+	flag, err := nsexec.ParseNamespaces([]string{name})
+	return flag, err == nil
 }
 
 // maxPayload keeps the encoded options below the kernel's limit on a single
@@ -263,12 +242,12 @@ func (s *targetSpec) has(ns string) bool {
 func (o Options) compile() (spec *targetSpec, hostUID, hostGID int, err error) {
 	want := map[string]bool{}
 	if o.Namespaces == nil {
-		for _, ns := range allNamespaces {
-			if ns.name == "user" {
+		for _, ns := range KnownNamespaces() {
+			if ns == "user" {
 				continue
 			}
-			if _, err := os.Lstat("/proc/self/ns/" + ns.name); err == nil {
-				want[ns.name] = true
+			if _, err := os.Lstat("/proc/self/ns/" + ns); err == nil {
+				want[ns] = true
 			}
 		}
 	} else {
@@ -283,9 +262,9 @@ func (o Options) compile() (spec *targetSpec, hostUID, hostGID int, err error) {
 		want["user"] = true
 	}
 	spec = &targetSpec{}
-	for _, ns := range allNamespaces {
-		if want[ns.name] {
-			spec.Namespaces = append(spec.Namespaces, ns.name)
+	for _, ns := range KnownNamespaces() {
+		if want[ns] {
+			spec.Namespaces = append(spec.Namespaces, ns)
 		}
 	}
 
