@@ -156,7 +156,7 @@ func TestCLIDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"demo-container", "hello from inside the container", "ENOENT", "handler gone: true, target gone: true, runtime dir entries left: 0"} {
+	for _, want := range []string{"demo-container", "hello from inside the container", "ENOENT", "handlers gone: true, target gone: true, runtime dir entries left: 0"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, stdout)
 		}

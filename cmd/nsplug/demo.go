@@ -42,7 +42,10 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		Rootless: true,
 		Scratch:  true,
 		Hostname: "demo-container",
-		Files:    map[string]string{"/etc/motd": "hello from inside the container\n"},
+		Files: map[string]string{
+			"/etc/motd":   "hello from inside the container\n",
+			"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:the app:/srv/app:/bin/sh\n",
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("starting the sandbox target: %w", err)
@@ -114,19 +117,40 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		row("procfs.readdir /", summarize(hostNames), summarize(names))
 	}
 	row("procfs.read /etc/motd", "(the host has its own /etc)", read("/etc/motd"))
+	field := func(typ, payload, key string) string {
+		m, err := ask(typ, payload)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		return fmt.Sprint(m[key])
+	}
+	row("sysctl.get net.ipv4.ip_forward", hostRead("/proc/sys/net/ipv4/ip_forward"), field("sysctl.get", `{"name":"net.ipv4.ip_forward"}`, "value"))
+	field("sysctl.set", `{"name":"net.ipv4.ip_forward","value":"1"}`, "value")
+	row("sysctl.set net.ipv4.ip_forward=1, then get", hostRead("/proc/sys/net/ipv4/ip_forward"), field("sysctl.get", `{"name":"net.ipv4.ip_forward"}`, "value"))
+	hostMounts, _ := os.ReadFile("/proc/self/mountinfo")
+	mounts := "error"
+	if m, err := ask("mount.info", `{}`); err == nil {
+		mounts = fmt.Sprintf("%d mounts", len(m["mounts"].([]any)))
+	}
+	row("mount.info", fmt.Sprintf("%d mounts", strings.Count(string(hostMounts), "\n")), mounts)
+	row("ids.user {\"id\":1000}", "(NSS would load host libraries)", field("ids.user", `{"id":1000}`, "name"))
 	_, err = ask("procfs.read", `{"path":"/etc/missing"}`)
 	row("procfs.read /etc/missing", "", fmt.Sprint(err))
 	tw.Flush()
 
-	fmt.Fprintln(stdout, "\nThe handler process, seen from the host:")
-	for _, in := range d.Instances() {
+	fmt.Fprintln(stdout, "\nThe handler processes, seen from the host (one warm instance per plugin):")
+	instances := d.Instances()
+	for i, in := range instances {
 		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", in.PID))
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", in.PID))
-		fmt.Fprintf(stdout, "  plugin %s: host pid %d, host %s, exe %s\n", in.Plugin, in.PID, statusLine(string(status), "Uid:"), exe)
+		fmt.Fprintf(stdout, "  plugin %-7s host pid %d, host %s, exe %s\n", in.Plugin+":", in.PID, statusLine(string(status), "Uid:"), exe)
+		if i > 0 {
+			continue
+		}
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  NAMESPACE\tHANDLER\tTARGET\tHOST")
+		fmt.Fprintln(tw, "    NAMESPACE\tHANDLER\tTARGET\tHOST")
 		for _, ns := range []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time"} {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ns, nsLink(in.PID, ns), nsLink(pid, ns), nsLink(os.Getpid(), ns))
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\n", ns, nsLink(in.PID, ns), nsLink(pid, ns), nsLink(os.Getpid(), ns))
 		}
 		tw.Flush()
 	}
@@ -143,13 +167,17 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	fmt.Fprintf(stdout, "\n%d warm requests to the same instance: p50 %v, p99 %v.\n", n, lat[n/2].Round(time.Microsecond), lat[n*99/100].Round(time.Microsecond))
 
-	handler := d.Instances()[0].PID
 	d.Close()
 	target.Close()
-	_, herr := os.Stat("/proc/" + strconv.Itoa(handler))
+	gone := true
+	for _, in := range instances {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(in.PID)); !os.IsNotExist(err) {
+			gone = false
+		}
+	}
 	_, terr := os.Stat("/proc/" + strconv.Itoa(pid))
 	left, _ := os.ReadDir(runDir)
-	fmt.Fprintf(stdout, "Cleaned up: handler gone: %v, target gone: %v, runtime dir entries left: %d.\n", os.IsNotExist(herr), os.IsNotExist(terr), len(left))
+	fmt.Fprintf(stdout, "Cleaned up: handlers gone: %v, target gone: %v, runtime dir entries left: %d.\n", gone, os.IsNotExist(terr), len(left))
 	return nil
 }
 
