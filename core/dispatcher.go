@@ -446,25 +446,11 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if trimmed := bytes.TrimSpace(payload); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
 		return nil, errorf(syscall.EINVAL, "%s: payload is not a JSON object", req.Type)
 	}
-	join := e.join
-	if req.Namespaces != nil {
-		narrowed, err := nsexec.ParseNamespaces(req.Namespaces)
-		if err != nil {
-			return nil, errorf(syscall.EINVAL, "%v", err)
-		}
-		join &= narrowed
-	}
-	if err := req.Credentials.validate(); err != nil {
-		return nil, err
-	}
-	t, err := d.targets.pin(req.PID)
+	t, join, key, err := d.route(e, req)
 	if err != nil {
 		return nil, err
 	}
 	defer t.release()
-	join, key := d.instanceKey(e, t, join)
-	// One caller's handler never serves another's.
-	key += req.Credentials.key()
 
 	if timeout := e.settings.RequestTimeout.Duration; timeout > 0 {
 		var cancel context.CancelFunc
@@ -477,14 +463,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if oneshot && e.frames {
 		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
 	}
-	inst, err := d.pool.acquire(ctx, key, oneshot, func() (*instance, error) {
-		inst, err := d.startInstance(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials})
-		if err != nil {
-			return nil, err
-		}
-		inst.runner.setOnExit(func() { d.pool.exited(inst) })
-		return inst, nil
-	})
+	inst, err := d.acquire(ctx, key, oneshot, launch{plugin: e, target: t, join: join, creds: req.Credentials})
 	if err != nil {
 		return nil, err
 	}
@@ -501,6 +480,88 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 		return nil, err
 	}
 	return resp, nil
+}
+
+// route validates a request's namespaces and credentials, pins its target
+// and names the instance that serves it. The caller releases the target.
+func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr, key string, err error) {
+	join = e.join
+	if req.Namespaces != nil {
+		narrowed, err := nsexec.ParseNamespaces(req.Namespaces)
+		if err != nil {
+			return nil, 0, "", errorf(syscall.EINVAL, "%v", err)
+		}
+		join &= narrowed
+	}
+	if err := req.Credentials.validate(); err != nil {
+		return nil, 0, "", err
+	}
+	if t, err = d.targets.pin(req.PID); err != nil {
+		return nil, 0, "", err
+	}
+	join, key = d.instanceKey(e, t, join)
+	// One caller's handler never serves another's.
+	key += req.Credentials.key()
+	return t, join, key, nil
+}
+
+// acquire gets the instance for key from the pool, starting it if need be.
+func (d *Dispatcher) acquire(ctx context.Context, key string, oneshot bool, l launch) (*instance, error) {
+	return d.pool.acquire(ctx, key, oneshot, func() (*instance, error) {
+		inst, err := d.startInstance(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		inst.runner.setOnExit(func() { d.pool.exited(inst) })
+		return inst, nil
+	})
+}
+
+// Prepare starts, ahead of any request, the warm instances that would
+// serve requests of the given message types for target pid (every pooled
+// plugin when types is empty), so that the first request is a warm one.
+// A daemon calls it when it learns of a new target (a container start,
+// say). Instances of plugins in oneshot mode are not kept, so they are
+// skipped. The instances live as any other: until idle_timeout.
+func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) error {
+	if d.closed.Load() {
+		return errClosed
+	}
+	var plugins []*pluginEntry
+	seen := make(map[*pluginEntry]bool)
+	add := func(e *pluginEntry) {
+		if !seen[e] && e.settings.Mode != "oneshot" && len(e.types) > 0 {
+			seen[e] = true
+			plugins = append(plugins, e)
+		}
+	}
+	if len(types) == 0 {
+		for _, e := range d.plugins {
+			add(e)
+		}
+	}
+	for _, typ := range types {
+		e := d.types[typ]
+		if e == nil {
+			return errorf(syscall.EOPNOTSUPP, "unknown message type %q", typ)
+		}
+		add(e)
+	}
+	var errs []error
+	for _, e := range plugins {
+		t, join, key, err := d.route(e, Request{PID: pid})
+		if err != nil {
+			return err // the target itself is the problem
+		}
+		inst, err := d.acquire(ctx, key, false, launch{plugin: e, target: t, join: join})
+		t.release()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.pool.release(inst, false)
+	}
+	return errors.Join(errs...)
 }
 
 // instanceKey decides which namespaces to join (those of join where the

@@ -608,3 +608,26 @@ func TestProcfsReadSizes(t *testing.T) {
 	wantErrno(t, call(t, d2, target.PID(), "procfs.read", `{"path":"/mnt/big"}`, nil), syscall.EFBIG, "max_read_bytes")
 	wantErrno(t, call(t, d2, target.PID(), "procfs.read", `{"path":"/mnt/big","len":60000}`, nil), syscall.EINVAL, "max_read_bytes")
 }
+
+// Prepare starts warm instances before the first request.
+func TestPrepareStartsWarmInstances(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "")
+	if err := d.Prepare(context.Background(), target.PID(), "probe.whoami"); err != nil {
+		t.Fatal(err)
+	}
+	h := servingPID(t, d, "probe")
+	assertNamespaces(t, h, target.PID(), []string{"mnt", "pid", "net", "ipc", "uts", "cgroup", "time"})
+	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
+	if got := servingPID(t, d, "probe"); got != h {
+		t.Errorf("the first request started another instance (%d, prepared %d)", got, h)
+	}
+	if err := d.Prepare(context.Background(), target.PID()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Instances()); n != len(d.Plugins()) {
+		t.Errorf("%d instances for %d plugins after Prepare(pid)", n, len(d.Plugins()))
+	}
+	wantErrno(t, d.Prepare(context.Background(), 1<<30), syscall.ESRCH)
+	wantErrno(t, d.Prepare(context.Background(), target.PID(), "nope.nope"), syscall.EOPNOTSUPP)
+}
