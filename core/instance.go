@@ -105,7 +105,7 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		Pdeathsig: syscall.SIGKILL, // die with the core
 		Setpgid:   true,            // a terminal's ^C goes to the core, which then stops its plugins
 	}
-	nr := &nsRunner{name: p.name, log: d.log, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, exited: make(chan struct{})}
+	nr := &nsRunner{name: p.name, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, exited: make(chan struct{})}
 	if sp.target != nil && sp.join != 0 {
 		nr.pidfd = sp.target.pidfd
 	}

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin/runner"
 	"golang.org/x/sys/unix"
 
@@ -47,7 +46,6 @@ func onSpawnerThread(fn func()) {
 // with an nsexec bootstrap, so that it runs inside the target's namespaces.
 type nsRunner struct {
 	name    string
-	log     hclog.Logger
 	cmd     *exec.Cmd
 	sockDir string   // host directory the plugin binds its socket in
 	dirPath *os.File // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
