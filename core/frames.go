@@ -2,12 +2,9 @@ package core
 
 import (
 	"context"
-	"errors"
-	"net"
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +22,13 @@ import (
 // warm request's latency. Received fds are close-on-exec, so they never
 // reach another plugin or target; files nobody takes are closed.
 type frameConn struct {
-	conn *net.UnixConn
+	// The socket is used raw (not through Go's netpoller): a reader
+	// sleeps in poll(2) and wakes straight into recvmsg(2), one thread
+	// hand-off less. fdmu keeps the fd from being closed under an
+	// operation; shutdown(2) wakes whoever waits on it.
+	fd   int
+	wake int // eventfd that interrupts a reader whose request was cancelled
+	fdmu sync.RWMutex
 	buf  []byte // used by the reader only
 	oob  []byte
 
@@ -52,15 +55,20 @@ func newFrameConn() (c *frameConn, pluginEnd *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ours := os.NewFile(uintptr(fds[0]), "frames")
-	defer ours.Close() // FileConn dups it
-	nc, err := net.FileConn(ours)
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		unix.Close(fds[0])
 		unix.Close(fds[1])
 		return nil, nil, err
 	}
 	c = &frameConn{
-		conn: nc.(*net.UnixConn),
+		fd:   fds[0],
+		wake: wake,
 		buf:  make([]byte, pluginpb.MaxFrame),
 		oob:  make([]byte, unix.CmsgSpace(sdk.MaxFiles*4)),
 		mail: make(map[string]*frameSlot),
@@ -121,32 +129,72 @@ func (c *frameConn) await(ctx context.Context, s *frameSlot) error {
 
 // read reads frames until s's answer is in, ctx ends or the channel dies.
 func (c *frameConn) read(ctx context.Context, s *frameSlot) {
-	// A cancelled caller must stop reading: a read deadline in the past
-	// interrupts it.
-	stop := context.AfterFunc(ctx, func() { c.conn.SetReadDeadline(time.Now()) })
-	defer func() {
-		if !stop() {
-			c.conn.SetReadDeadline(time.Time{})
+	// A cancelled caller must stop reading: the eventfd wakes its poll.
+	stop := context.AfterFunc(ctx, func() {
+		c.fdmu.RLock()
+		defer c.fdmu.RUnlock()
+		if c.fd >= 0 {
+			unix.Write(c.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		}
-	}()
+	})
+	defer stop()
+	c.fdmu.RLock()
+	defer c.fdmu.RUnlock()
+	if c.fd < 0 {
+		c.markDead()
+		return
+	}
+	var counter [8]byte
 	for !isClosed(s.arrived) {
-		n, oobn, flags, _, err := c.conn.ReadMsgUnix(c.buf, c.oob)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				c.conn.SetReadDeadline(time.Time{})
+		n, oobn, flags, _, err := unix.Recvmsg(c.fd, c.buf, c.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			pfd := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.wake), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+				c.markDead()
+				return
+			}
+			if pfd[1].Revents&unix.POLLIN != 0 {
+				unix.Read(c.wake, counter[:]) // drain; a stale wake-up is harmless
 				if ctx.Err() != nil {
 					return
 				}
-				continue // a late deadline meant for an earlier reader
 			}
-			c.markDead()
-			return
+			continue
 		}
-		if n == 0 {
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
 			c.markDead()
 			return
 		}
 		c.deliver(c.buf[:n], parseRights(c.oob[:oobn]), flags)
+	}
+}
+
+// write sends one frame (SOCK_SEQPACKET: atomically, whatever else is
+// being written).
+func (c *frameConn) write(frame []byte) error {
+	c.fdmu.RLock()
+	defer c.fdmu.RUnlock()
+	if c.fd < 0 {
+		return errChannelClosed
+	}
+	for {
+		_, err := unix.Write(c.fd, frame)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			pfd := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLOUT}}
+			unix.Poll(pfd, -1)
+			if pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+				return errChannelClosed
+			}
+		default:
+			return errChannelClosed
+		}
 	}
 }
 
@@ -273,14 +321,14 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 		if frame, err = pluginpb.AppendFrame(frame[:0], kind, id, p); err != nil {
 			return nil, nil, err
 		}
-		if _, err := c.conn.Write(frame); err != nil {
-			return nil, nil, errChannelClosed
+		if err := c.write(frame); err != nil {
+			return nil, nil, err
 		}
 	}
 	if err := c.await(ctx, s); err != nil {
 		if ctx.Err() != nil {
 			cancel, _ := pluginpb.AppendFrame(nil, pluginpb.FrameCancel, id, nil)
-			c.conn.Write(cancel)
+			c.write(cancel)
 		}
 		c.mu.Lock()
 		if isClosed(s.arrived) {
@@ -335,8 +383,25 @@ func (c *frameConn) takeFiles(ctx context.Context, id string, n int) ([]*os.File
 // close ends the channel: a reader stops, waiters are woken, files
 // nobody took are closed.
 func (c *frameConn) close() {
-	c.conn.Close()
+	c.shutdown()
 	c.markDead()
+	c.fdmu.Lock() // everyone woken by shutdown has let go
+	defer c.fdmu.Unlock()
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		unix.Close(c.wake)
+		c.fd = -1
+	}
+}
+
+// shutdown ends the channel in both directions: the plugin reads EOF
+// (a oneshot plugin then exits) and anyone polling the socket wakes.
+func (c *frameConn) shutdown() {
+	c.fdmu.RLock()
+	defer c.fdmu.RUnlock()
+	if c.fd >= 0 {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
 }
 
 func closeFiles(files []*os.File) {

@@ -54,7 +54,7 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 		// Closing the channel tells the plugin to exit; a plugin that
 		// does not within a second is killed. Either way it is reaped
 		// before the request returns: nothing of it stays in the target.
-		r.frames.conn.Close()
+		r.frames.shutdown()
 		select {
 		case <-reaped:
 		case <-time.After(time.Second):
