@@ -22,6 +22,7 @@ type frameServer struct {
 	mu      sync.Mutex
 	partial map[string][]byte             // request bodies still arriving
 	cancels map[string]context.CancelFunc // requests being served
+	closed  chan struct{}                 // closed when the core closes the channel
 }
 
 // EnvOneshot tells a plugin process it was started for a single request
@@ -36,21 +37,25 @@ func (s *Server) serveFrames(f *os.File, wait bool) error {
 	if err != nil {
 		return err
 	}
-	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string][]byte), cancels: make(map[string]context.CancelFunc)}
+	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string][]byte),
+		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{})}
+	go fs.run(make([]byte, pluginpb.MaxFrame))
 	if wait {
-		fs.run()
-	} else {
-		go fs.run()
+		<-fs.closed
 	}
 	return nil
 }
 
-func (fs *frameServer) run() {
-	buf := make([]byte, pluginpb.MaxFrame)
+// run reads frames. When a request is complete, the reading goroutine
+// hands reading (and its buffer) to a new goroutine and serves the
+// request itself: the handler starts at once instead of waiting for the
+// reader to park, and requests still run concurrently.
+func (fs *frameServer) run(buf []byte) {
 	for {
 		n, _, _, _, err := fs.conn.ReadMsgUnix(buf, nil)
 		if err != nil || n == 0 {
-			return // the core is gone; go-plugin ends the process
+			close(fs.closed) // the core is gone; go-plugin ends the process
+			return
 		}
 		kind, id, body, err := pluginpb.ParseFrame(buf[:n])
 		if err != nil {
@@ -71,7 +76,9 @@ func (fs *frameServer) run() {
 			ctx, cancel := context.WithCancel(context.Background())
 			fs.cancels[id] = cancel
 			fs.mu.Unlock()
-			go fs.serve(ctx, id, msg)
+			go fs.run(buf)
+			fs.serve(ctx, id, msg)
+			return
 		case pluginpb.FrameCancel:
 			fs.mu.Lock()
 			if cancel := fs.cancels[id]; cancel != nil {
