@@ -2,9 +2,11 @@ package core
 
 import (
 	"context"
+	"errors"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -288,6 +290,14 @@ func isClosed(ch chan struct{}) bool {
 	}
 }
 
+// cancelGrace is how long a handler has, once its request is cancelled,
+// to stop and answer; one that does not is killed with its instance.
+const cancelGrace = 200 * time.Millisecond
+
+// errStopped reports a request whose caller gave up and whose handler
+// stopped when told to: the instance is healthy.
+var errStopped = errors.New("request cancelled; the handler stopped")
+
 // errChannelClosed reports a frame channel whose plugin end is gone.
 var errChannelClosed = errorf(syscall.EPIPE, "the plugin's frame channel is closed")
 
@@ -327,8 +337,16 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 	}
 	if err := c.await(ctx, s); err != nil {
 		if ctx.Err() != nil {
+			// Ask the handler to stop, and give it cancelGrace to say
+			// it did: then the instance is still fit for requests.
 			cancel, _ := pluginpb.AppendFrame(nil, pluginpb.FrameCancel, id, nil)
-			c.write(cancel)
+			if c.write(cancel) == nil {
+				grace, done := context.WithTimeout(context.Background(), cancelGrace)
+				if c.await(grace, s) == nil {
+					err = errStopped
+				}
+				done()
+			}
 		}
 		c.mu.Lock()
 		if isClosed(s.arrived) {

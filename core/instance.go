@@ -177,7 +177,9 @@ func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*R
 		resp, err = inst.handler.Handle(ctx, req)
 	}
 	if err != nil {
-		return nil, true, inst.runner.callError(ctx, req.Type, err)
+		// A handler that stopped when told to leaves a healthy instance.
+		broken := err != errStopped
+		return nil, broken, inst.runner.callError(ctx, req.Type, err)
 	}
 	if e := resp.Error; e != nil {
 		closeFiles(files)

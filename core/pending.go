@@ -34,9 +34,9 @@ func (p *Pending) Wait() (*Response, error) {
 	return p.resp, p.err
 }
 
-// Terminate ends the request: its handler's context is cancelled and its
-// instance, retired, is killed and reaped (whether the handler honoured
-// the cancellation or not), so the next request gets a healthy one.
+// Terminate ends the request: its handler's context is cancelled; a
+// handler that does not stop within a short grace is killed with its
+// instance (which is reaped), so the next request gets a healthy one.
 // Terminate returns once all that is done; files a finished request handed
 // back are closed.
 func (p *Pending) Terminate() {

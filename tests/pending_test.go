@@ -10,9 +10,9 @@ import (
 	"github.com/nsplug/nsplug/sandbox"
 )
 
-// A request sent without waiting can be terminated later, whether its
-// handler honours cancellation or hangs; the next request gets a healthy
-// instance.
+// A request sent without waiting can be terminated later. A handler that
+// honours the cancellation keeps its instance; one that hangs is killed
+// with it; either way the next request gets a healthy instance.
 func TestPendingRequestsCanBeTerminated(t *testing.T) {
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
@@ -36,6 +36,15 @@ func TestPendingRequestsCanBeTerminated(t *testing.T) {
 		p.Terminate()
 		_, err := p.Wait()
 		wantErrno(t, err, syscall.ECANCELED, typ)
+		if typ == "probe.wait" {
+			// It stopped when told to: the instance is kept.
+			mustCall(t, d, pid, "probe.whoami", `{}`, nil)
+			if got := servingPID(t, d, "probe"); got != h {
+				t.Errorf("a handler that honoured cancellation lost its instance (%d, now %d)", h, got)
+			}
+			continue
+		}
+		// It did not: killed with its instance, nothing left in the target.
 		waitGone(t, h, 5*time.Second)
 		if procs := processesInPIDNamespaceOf(t, pid); len(procs) != 1 {
 			t.Errorf("after terminating %s, the target's pid namespace holds %v", typ, procs)
