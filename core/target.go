@@ -254,7 +254,7 @@ func (t *target) userIdentity(creds *Credentials) (identity, error) {
 		iu, uok := toInside(uids, hu)
 		ig, gok := toInside(gids, hg)
 		if !uok || !gok {
-			return identity{}, errorf(syscall.EPERM, "target pid %d: its user namespace maps neither root nor its own uid %d/gid %d", t.pid, hu, hg)
+			return identity{}, errorf(syscall.EPERM, "target pid %d: its user namespace maps neither root nor its own uid %d/gid %d, so no one can act in it; leave \"user\" out of the namespaces to join (Request.Namespaces, nsplug call --ns) to act with the core's credentials", t.pid, hu, hg)
 		}
 		id = identity{uid: iu, gid: ig, hostUID: hu, hostG: hg}
 	}
