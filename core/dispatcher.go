@@ -35,81 +35,6 @@ type Options struct {
 	Executable string
 }
 
-// Request is one piece of work to do inside a target's namespaces.
-type Request struct {
-	PID     int             // the target process, as the core sees it
-	Type    string          // message type, e.g. "procfs.read"
-	Payload json.RawMessage // a JSON object; empty means {}
-	// Namespaces narrows the namespaces joined ("net", "mnt", ...). Nil
-	// means the plugin's configured set, itself by default every
-	// namespace of the target that differs from the core's own. A
-	// namespace the target shares with the core is never joined.
-	Namespaces []string
-	// Credentials, when set, are those of the process the request acts
-	// for; the handler runs with exactly them, so the kernel checks its
-	// permissions as the caller's. Nil: root of the target's user
-	// namespace (or the target's own ids where that maps no root).
-	Credentials *Credentials
-}
-
-// Credentials are who a request acts for, as the target sees them.
-type Credentials struct {
-	UID    uint32   `json:"uid"`
-	GID    uint32   `json:"gid"`
-	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
-	// Capabilities, when set, are the capability sets to hold; otherwise
-	// uid 0 holds all and any other uid none.
-	Capabilities *CapabilitySets `json:"capabilities,omitempty"`
-	// Root and Cwd are paths in the target's mount namespace; empty means
-	// the target's root.
-	Root string `json:"root,omitempty"`
-	Cwd  string `json:"cwd,omitempty"`
-}
-
-// CapabilitySets are capability bit masks (bit n is capability n, as in
-// /proc/PID/status).
-type CapabilitySets struct {
-	Effective   uint64 `json:"effective"`
-	Permitted   uint64 `json:"permitted"`
-	Inheritable uint64 `json:"inheritable"`
-}
-
-// key identifies the credentials in an instance key.
-func (c *Credentials) key() string {
-	if c == nil {
-		return ""
-	}
-	k := fmt.Sprintf("|cred:%d:%d:%v:%q:%q", c.UID, c.GID, c.Groups, c.Root, c.Cwd)
-	if c.Capabilities != nil {
-		k += fmt.Sprintf(":%x:%x:%x", c.Capabilities.Effective, c.Capabilities.Permitted, c.Capabilities.Inheritable)
-	}
-	return k
-}
-
-func (c *Credentials) validate() error {
-	if c == nil {
-		return nil
-	}
-	if len(c.Groups) > nsexec.MaxGroups {
-		return errorf(syscall.EINVAL, "credentials: %d supplementary groups (at most %d)", len(c.Groups), nsexec.MaxGroups)
-	}
-	for _, p := range []string{c.Root, c.Cwd} {
-		if p == "" {
-			continue
-		}
-		if err := sdk.CheckPathSyntax(p); err != nil {
-			return errorf(syscall.EINVAL, "credentials: root/cwd: %v", err)
-		}
-	}
-	if c.Capabilities != nil {
-		cs := c.Capabilities
-		if cs.Effective&^cs.Permitted != 0 {
-			return errorf(syscall.EINVAL, "credentials: effective capabilities %#x are not all permitted (%#x)", cs.Effective, cs.Permitted)
-		}
-	}
-	return nil
-}
-
 // TypeInfo describes one registered message type.
 type TypeInfo struct {
 	Name        string `json:"name"`
@@ -126,22 +51,6 @@ type PluginInfo struct {
 	SHA256  string     `json:"sha256"`
 	Mode    string     `json:"mode"`
 	Types   []TypeInfo `json:"types"`
-}
-
-// pluginEntry is a configured plugin, ready to start.
-type pluginEntry struct {
-	name         string
-	builtin      bool
-	path         string
-	exe          *sealedExecutable
-	settings     PluginSettings
-	join         uintptr // namespaces it may join; all by default
-	unshare      uintptr
-	freshProc    bool
-	freshSys     bool
-	frames       bool   // serves Handle on the frame channel (fast path)
-	pluginConfig []byte // sdk.PluginConfig as JSON
-	types        []TypeInfo
 }
 
 // Dispatcher runs requests inside targets' namespaces through plugins.
@@ -247,131 +156,6 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	return d, nil
 }
 
-// pluginConfigs is the list of plugins to load: every built-in (with
-// defaults, or with the settings of the entry of its name) unless an entry
-// disables it, then the configured third-party plugins, in file order.
-func pluginConfigs(entries []PluginConfig, builtins []*sdk.Plugin) []PluginConfig {
-	byName := make(map[string]*PluginConfig)
-	for i := range entries {
-		byName[entries[i].Name] = &entries[i]
-	}
-	var out []PluginConfig
-	for _, b := range builtins {
-		pc := byName[b.Name]
-		switch {
-		case pc == nil:
-			out = append(out, PluginConfig{Name: b.Name})
-		case pc.Path == "" && !pc.Disabled:
-			out = append(out, *pc)
-		}
-	}
-	for _, pc := range entries {
-		if pc.Disabled || (pc.Path == "" && builtinNamed(builtins, pc.Name)) {
-			continue
-		}
-		out = append(out, pc)
-	}
-	return out
-}
-
-func builtinNamed(builtins []*sdk.Plugin, name string) bool {
-	for _, b := range builtins {
-		if b.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
-func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, error) {
-	s := cfg.Settings(pc)
-	e := &pluginEntry{name: pc.Name, path: pc.Path, settings: s, join: nsexec.AllNamespaces}
-	var err error
-	if len(s.Namespaces) > 0 {
-		if e.join, err = nsexec.ParseNamespaces(s.Namespaces); err != nil {
-			return nil, fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
-		}
-	}
-	if e.unshare, err = nsexec.ParseNamespaces(s.Unshare); err != nil {
-		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
-	}
-	if err := (nsexec.Bootstrap{Unshare: e.unshare}).Validate(); err != nil {
-		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
-	}
-	for _, m := range s.FreshMounts {
-		switch m {
-		case "proc":
-			e.freshProc = true
-		case "sys":
-			e.freshSys = true
-		}
-	}
-	opts, err := json.Marshal(pc.Options)
-	if err != nil {
-		return nil, fmt.Errorf("plugin %s: options: %w", pc.Name, err)
-	}
-	if len(pc.Options) == 0 {
-		opts = nil
-	}
-	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel})
-	return e, nil
-}
-
-// describeExternal starts an external plugin once, on the host and in no
-// target, to learn what it serves.
-func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeResponse, error) {
-	inst, err := d.startInstance(context.Background(), launch{plugin: e})
-	if err != nil {
-		return nil, err
-	}
-	defer inst.kill(false)
-	ctx, cancel := context.WithTimeout(context.Background(), e.settings.StartTimeout.Duration)
-	defer cancel()
-	desc, err := inst.describe(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("plugin %s: describe: %w", e.name, err)
-	}
-	return desc, nil
-}
-
-// register adds a plugin's message types to the registry. allowed, from
-// the configuration, restricts them; naming a type the plugin does not
-// serve is an error.
-func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
-	byName := make(map[string]*pluginpb.MessageType)
-	for _, t := range served {
-		if err := sdk.CheckTypeName(t.Name); err != nil {
-			return fmt.Errorf("plugin %s: %w", e.name, err)
-		}
-		byName[t.Name] = t
-	}
-	names := allowed
-	if len(names) == 0 {
-		names = sortedKeys(byName)
-	}
-	for _, n := range names {
-		t := byName[n]
-		if t == nil {
-			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
-		}
-		if other := d.types[n]; other != nil {
-			return fmt.Errorf("message type %q is served by both plugin %s and plugin %s", n, other.name, e.name)
-		}
-		d.types[n] = e
-		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name})
-	}
-	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 // makeRunDir creates this core's directory under runtime_dir, and removes
 // the directories of cores that died without cleaning up (their lock is
 // free). Socket directories of instances live inside it.
@@ -407,14 +191,6 @@ func (d *Dispatcher) makeRunDir() error {
 	}
 	d.runDir, d.runLock = dir, lock
 	return nil
-}
-
-// Response is a handler's answer: a JSON object and, for handlers that
-// hand back open files (fs.open, say), their descriptors in this process,
-// close-on-exec. The caller owns and must close Files.
-type Response struct {
-	Payload json.RawMessage
-	Files   []*os.File
 }
 
 // Dispatch runs one request in the target's namespaces and returns the

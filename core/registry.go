@@ -1,0 +1,154 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// pluginEntry is a configured plugin, ready to start.
+type pluginEntry struct {
+	name         string
+	builtin      bool
+	path         string
+	exe          *sealedExecutable
+	settings     PluginSettings
+	join         uintptr // namespaces it may join; all by default
+	unshare      uintptr
+	freshProc    bool
+	freshSys     bool
+	frames       bool   // serves Handle on the frame channel (fast path)
+	pluginConfig []byte // sdk.PluginConfig as JSON
+	types        []TypeInfo
+}
+
+// pluginConfigs is the list of plugins to load: every built-in (with
+// defaults, or with the settings of the entry of its name) unless an entry
+// disables it, then the configured third-party plugins, in file order.
+func pluginConfigs(entries []PluginConfig, builtins []*sdk.Plugin) []PluginConfig {
+	byName := make(map[string]*PluginConfig)
+	for i := range entries {
+		byName[entries[i].Name] = &entries[i]
+	}
+	var out []PluginConfig
+	for _, b := range builtins {
+		pc := byName[b.Name]
+		switch {
+		case pc == nil:
+			out = append(out, PluginConfig{Name: b.Name})
+		case pc.Path == "" && !pc.Disabled:
+			out = append(out, *pc)
+		}
+	}
+	for _, pc := range entries {
+		if pc.Disabled || (pc.Path == "" && builtinNamed(builtins, pc.Name)) {
+			continue
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+func builtinNamed(builtins []*sdk.Plugin, name string) bool {
+	for _, b := range builtins {
+		if b.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, error) {
+	s := cfg.Settings(pc)
+	e := &pluginEntry{name: pc.Name, path: pc.Path, settings: s, join: nsexec.AllNamespaces}
+	var err error
+	if len(s.Namespaces) > 0 {
+		if e.join, err = nsexec.ParseNamespaces(s.Namespaces); err != nil {
+			return nil, fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
+		}
+	}
+	if e.unshare, err = nsexec.ParseNamespaces(s.Unshare); err != nil {
+		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+	}
+	if err := (nsexec.Bootstrap{Unshare: e.unshare}).Validate(); err != nil {
+		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+	}
+	for _, m := range s.FreshMounts {
+		switch m {
+		case "proc":
+			e.freshProc = true
+		case "sys":
+			e.freshSys = true
+		}
+	}
+	opts, err := json.Marshal(pc.Options)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: options: %w", pc.Name, err)
+	}
+	if len(pc.Options) == 0 {
+		opts = nil
+	}
+	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel})
+	return e, nil
+}
+
+// describeExternal starts an external plugin once, on the host and in no
+// target, to learn what it serves.
+func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeResponse, error) {
+	inst, err := d.startInstance(context.Background(), launch{plugin: e})
+	if err != nil {
+		return nil, err
+	}
+	defer inst.kill(false)
+	ctx, cancel := context.WithTimeout(context.Background(), e.settings.StartTimeout.Duration)
+	defer cancel()
+	desc, err := inst.describe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: describe: %w", e.name, err)
+	}
+	return desc, nil
+}
+
+// register adds a plugin's message types to the registry. allowed, from
+// the configuration, restricts them; naming a type the plugin does not
+// serve is an error.
+func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
+	byName := make(map[string]*pluginpb.MessageType)
+	for _, t := range served {
+		if err := sdk.CheckTypeName(t.Name); err != nil {
+			return fmt.Errorf("plugin %s: %w", e.name, err)
+		}
+		byName[t.Name] = t
+	}
+	names := allowed
+	if len(names) == 0 {
+		names = sortedKeys(byName)
+	}
+	for _, n := range names {
+		t := byName[n]
+		if t == nil {
+			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
+		}
+		if other := d.types[n]; other != nil {
+			return fmt.Errorf("message type %q is served by both plugin %s and plugin %s", n, other.name, e.name)
+		}
+		d.types[n] = e
+		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name})
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,94 @@
+package core
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"syscall"
+
+	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/sdk"
+)
+
+// Request is one piece of work to do inside a target's namespaces.
+type Request struct {
+	PID     int             // the target process, as the core sees it
+	Type    string          // message type, e.g. "procfs.read"
+	Payload json.RawMessage // a JSON object; empty means {}
+	// Namespaces narrows the namespaces joined ("net", "mnt", ...). Nil
+	// means the plugin's configured set, itself by default every
+	// namespace of the target that differs from the core's own. A
+	// namespace the target shares with the core is never joined.
+	Namespaces []string
+	// Credentials, when set, are those of the process the request acts
+	// for; the handler runs with exactly them, so the kernel checks its
+	// permissions as the caller's. Nil: root of the target's user
+	// namespace (or the target's own ids where that maps no root).
+	Credentials *Credentials
+}
+
+// Credentials are who a request acts for, as the target sees them.
+type Credentials struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
+	// Capabilities, when set, are the capability sets to hold; otherwise
+	// uid 0 holds all and any other uid none.
+	Capabilities *CapabilitySets `json:"capabilities,omitempty"`
+	// Root and Cwd are paths in the target's mount namespace; empty means
+	// the target's root.
+	Root string `json:"root,omitempty"`
+	Cwd  string `json:"cwd,omitempty"`
+}
+
+// CapabilitySets are capability bit masks (bit n is capability n, as in
+// /proc/PID/status).
+type CapabilitySets struct {
+	Effective   uint64 `json:"effective"`
+	Permitted   uint64 `json:"permitted"`
+	Inheritable uint64 `json:"inheritable"`
+}
+
+// key identifies the credentials in an instance key.
+func (c *Credentials) key() string {
+	if c == nil {
+		return ""
+	}
+	k := fmt.Sprintf("|cred:%d:%d:%v:%q:%q", c.UID, c.GID, c.Groups, c.Root, c.Cwd)
+	if c.Capabilities != nil {
+		k += fmt.Sprintf(":%x:%x:%x", c.Capabilities.Effective, c.Capabilities.Permitted, c.Capabilities.Inheritable)
+	}
+	return k
+}
+
+func (c *Credentials) validate() error {
+	if c == nil {
+		return nil
+	}
+	if len(c.Groups) > nsexec.MaxGroups {
+		return errorf(syscall.EINVAL, "credentials: %d supplementary groups (at most %d)", len(c.Groups), nsexec.MaxGroups)
+	}
+	for _, p := range []string{c.Root, c.Cwd} {
+		if p == "" {
+			continue
+		}
+		if err := sdk.CheckPathSyntax(p); err != nil {
+			return errorf(syscall.EINVAL, "credentials: root/cwd: %v", err)
+		}
+	}
+	if c.Capabilities != nil {
+		cs := c.Capabilities
+		if cs.Effective&^cs.Permitted != 0 {
+			return errorf(syscall.EINVAL, "credentials: effective capabilities %#x are not all permitted (%#x)", cs.Effective, cs.Permitted)
+		}
+	}
+	return nil
+}
+
+// Response is a handler's answer: a JSON object and, for handlers that
+// hand back open files (fs.open, say), their descriptors in this process,
+// close-on-exec. The caller owns and must close Files.
+type Response struct {
+	Payload json.RawMessage
+	Files   []*os.File
+}
