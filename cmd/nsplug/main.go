@@ -1,6 +1,6 @@
 // Command nsplug runs nsplug handlers inside a process's namespaces.
 //
-//	nsplug call [--config FILE] --pid PID [--ns LIST] TYPE [PAYLOAD_JSON]
+//	nsplug call [--config FILE] --pid PID [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
 //	nsplug plugins [--config FILE] [--json]
 //	nsplug demo
 //

@@ -1,3 +1,7 @@
+// Package pluginpb is the wire contract between the nsplug core and its
+// plugins: plugin.proto (the Handler service, generated here by `make
+// proto`) and the frame channel below, which carries the same messages
+// faster and with file descriptors.
 package pluginpb
 
 // The frame channel: a faster path than gRPC for Handle.

@@ -1,0 +1,28 @@
+// Package core is nsplug's dispatcher: the host side, embeddable in any Go
+// daemon. It runs requests inside other processes' namespaces through
+// plugins, and owns every process it starts for that.
+//
+// A Dispatcher is built from a Config (TOML, see LoadConfig) and the
+// built-in plugins of the binary (Options.Builtins). For each request it
+//
+//   - pins the target with a pidfd (a dead or recycled PID is never
+//     entered) and reads which of its namespaces differ from the core's;
+//   - finds the plugin serving the message type and a warm instance of it
+//     for exactly those namespaces and credentials, or starts one: the
+//     plugin's sealed executable is exec'd on the host and the nsexec
+//     preamble moves it into the target's namespaces before its Go
+//     runtime starts (runner.go, instance.go);
+//   - sends the request on the instance's frame channel (frames.go) or,
+//     for plugins that do not serve frames, over go-plugin's gRPC, with
+//     the request's deadline; and returns the JSON answer, the files the
+//     handler handed back and errors that keep their errno (*Error).
+//
+// Instances are kept per (plugin, namespaces, credentials) in a pool
+// (pool.go) with an idle timeout and a global cap; oneshot mode starts a
+// process per request instead (oneshot.go). Close kills and reaps all of
+// them. A binary that serves built-ins must call ServeBuiltin first thing
+// in main: the core starts them by re-executing it.
+//
+// The wire contract lives in sdk/pluginpb; the in-namespace side in nsexec
+// and sdk.
+package core
