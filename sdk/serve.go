@@ -111,6 +111,19 @@ func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (*plug
 	return resp, nil
 }
 
+// SetFreshMounts sets what handlers see as Env.Proc and Env.Sys, for a
+// Server run outside a plugin process (a test; see sdk/sdktest). In a
+// plugin the nsexec preamble provides them.
+func (s *Server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
+
+// HandleFiles serves one request as Handle does and also returns the
+// files the handler handed back with Env.ReturnFile, which the caller
+// closes: for a Server run outside a plugin process, where there is no
+// frame channel to send them on.
+func (s *Server) HandleFiles(ctx context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, []*os.File) {
+	return s.handle(ctx, req)
+}
+
 // handle serves one request, on either path. The caller sends and then
 // closes the files.
 func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp *pluginpb.HandleResponse, files []*os.File) {

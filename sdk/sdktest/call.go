@@ -79,6 +79,11 @@ type Env struct {
 	// Context is the request's context; cancel it or give it a deadline
 	// to test how a handler stops. Default: context.Background().
 	Context context.Context
+	// Proc and Sys are what the handler sees as sdk.Env.Proc and Sys (in
+	// a plugin, fresh procfs/sysfs mounts of the target's namespaces).
+	// In-process, an open directory such as /proc of the test process
+	// stands in. Default nil.
+	Proc, Sys *os.File
 }
 
 var requestSeq atomic.Uint64
@@ -101,10 +106,9 @@ var requestSeq atomic.Uint64
 // test itself (a plugin the sdk refuses, an unencodable request) end the
 // test with t.Fatal.
 //
-// In-process there are no fresh mounts (sdk.Env.Proc and Sys are nil)
-// and no channel for files: a handler that hands files back with
-// sdk.Env.ReturnFile fails with ENOTSUP. Test those through a Harness
-// (Harness.Core().Call returns the files).
+// In-process there are no fresh mounts unless Env.Proc/Sys stand in for
+// them; files a handler hands back with sdk.Env.ReturnFile are closed
+// (CallFiles returns them).
 func Call[Req, Resp any](t testing.TB, p *sdk.Plugin, typ string, req Req, env ...Env) (Resp, error) {
 	t.Helper()
 	var resp Resp
@@ -127,6 +131,18 @@ func Call[Req, Resp any](t testing.TB, p *sdk.Plugin, typ string, req Req, env .
 // decoding rejects unknown fields and anything but one JSON object with
 // EINVAL) and the exact encoding of a response.
 func CallJSON(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...Env) (json.RawMessage, error) {
+	t.Helper()
+	out, files, err := CallFiles(t, p, typ, payload, env...)
+	for _, f := range files {
+		f.Close()
+	}
+	return out, err
+}
+
+// CallFiles is CallJSON that also returns the files the handler handed
+// back (sdk.Env.ReturnFile), as a caller of the core gets them from
+// Dispatcher.Call. The caller closes them.
+func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...Env) (json.RawMessage, []*os.File, error) {
 	t.Helper()
 	if len(env) > 1 {
 		t.Fatalf("sdktest: at most one Env, got %d", len(env))
@@ -154,6 +170,7 @@ func CallJSON(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...En
 	if err != nil {
 		t.Fatalf("sdktest: %v", err)
 	}
+	server.SetFreshMounts(e.Proc, e.Sys)
 	ctx := e.Context
 	if ctx == nil {
 		ctx = context.Background()
@@ -165,16 +182,11 @@ func CallJSON(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...En
 	if req.TargetPid == 0 {
 		req.TargetPid = int32(os.Getpid())
 	}
-	resp, err := server.Handle(ctx, req)
-	if err != nil {
-		// The sdk reports handler failures in the response; an error
-		// here is a transport-level one, which the core reports as EIO.
-		return nil, &sdk.Error{Errno: syscall.EIO, Message: err.Error()}
-	}
+	resp, files := server.HandleFiles(ctx, req)
 	if e := resp.Error; e != nil {
-		return nil, &sdk.Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
+		return nil, nil, &sdk.Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 	}
-	return json.RawMessage(resp.Payload), nil
+	return json.RawMessage(resp.Payload), files, nil
 }
 
 // TestLogger returns an hclog logger named name that writes to t's log
