@@ -631,3 +631,50 @@ func TestPrepareStartsWarmInstances(t *testing.T) {
 	wantErrno(t, d.Prepare(context.Background(), 1<<30), syscall.ESRCH)
 	wantErrno(t, d.Prepare(context.Background(), target.PID(), "nope.nope"), syscall.EOPNOTSUPP)
 }
+
+// A plugin with fresh mounts holds them as fds that readlink shows as "/":
+// they are procfs/sysfs of the target's namespaces, detached from every
+// mount table, not the host's root.
+func TestFreshMountFDsAreNotTheHostRoot(t *testing.T) {
+	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true})
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\nfresh_mounts = [\"proc\", \"sys\"]\n")
+	mustCall(t, d, target.PID(), "procfs.read", `{"path":"/proc/version"}`, nil)
+	h := servingPID(t, d, "procfs")
+	hostMounts, _ := os.ReadFile("/proc/self/mountinfo")
+	targetMounts, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", target.PID()))
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", h))
+	found := map[int64]bool{}
+	for _, fd := range fds {
+		p := fmt.Sprintf("/proc/%d/fd/%s", h, fd.Name())
+		link, _ := os.Readlink(p)
+		if strings.HasPrefix(link, "pipe:") || strings.HasPrefix(link, "socket:") || strings.HasPrefix(link, "anon_inode:") {
+			continue
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(p, &fs); err != nil {
+			t.Fatal(err)
+		}
+		if fs.Type != unix.PROC_SUPER_MAGIC && fs.Type != unix.SYSFS_MAGIC {
+			t.Errorf("handler fd %s -> %s is a %#x file system", fd.Name(), link, fs.Type)
+			continue
+		}
+		found[int64(fs.Type)] = true
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", h, fd.Name()))
+		var mntID string
+		for _, l := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(l, "mnt_id:"); ok {
+				mntID = strings.TrimSpace(v)
+			}
+		}
+		for _, table := range []string{string(hostMounts), string(targetMounts)} {
+			for _, l := range strings.Split(table, "\n") {
+				if strings.HasPrefix(l, mntID+" ") {
+					t.Errorf("fresh mount fd %s (mount %s) is attached: %s", fd.Name(), mntID, l)
+				}
+			}
+		}
+	}
+	if !found[unix.PROC_SUPER_MAGIC] || !found[unix.SYSFS_MAGIC] {
+		t.Errorf("fresh procfs/sysfs fds not found: %v", found)
+	}
+}
