@@ -162,3 +162,13 @@ func TestCLIDemo(t *testing.T) {
 		}
 	}
 }
+
+func TestCLIPayloadFromStdin(t *testing.T) {
+	target := newTarget(t, sandbox.Options{Hostname: "from-stdin"})
+	cmd := exec.Command(nsplugBin, "call", "--config", cliConfig(t, ""), "--pid", strconv.Itoa(target.PID()), "sysctl.get", "-")
+	cmd.Stdin = strings.NewReader(`{"name":"kernel.hostname"}`)
+	out, err := cmd.Output()
+	if err != nil || !strings.Contains(string(out), `"from-stdin"`) {
+		t.Errorf("payload on stdin: %v: %s", err, out)
+	}
+}

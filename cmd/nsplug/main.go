@@ -39,8 +39,9 @@ Usage:
         LIST narrows the namespaces joined (e.g. "net,uts"); by default every
         namespace of PID that differs from nsplug's own is joined. --as, --root
         and --cwd make the handler act with those credentials (as the target
-        sees them) instead of as the target's root. When the handler hands
-        back open files, the output is {"response": ..., "files": [...]}.
+        sees them) instead of as the target's root. PAYLOAD_JSON "-" reads
+        the payload from stdin. When the handler hands back open files, the
+        output is {"response": ..., "files": [...]}.
   nsplug plugins [--config FILE] [--json]
         List the plugins and the message types each serves.
   nsplug demo
@@ -167,6 +168,16 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	req := core.Request{PID: *pid, Type: pos[0]}
 	if len(pos) == 2 {
 		req.Payload = json.RawMessage(pos[1])
+		if pos[1] == "-" { // the payload on stdin, for large or generated ones
+			data, err := io.ReadAll(io.LimitReader(os.Stdin, sdk.MaxMessageBytes+1))
+			if err != nil {
+				return fmt.Errorf("reading the payload from stdin: %v", err)
+			}
+			if len(data) > sdk.MaxMessageBytes {
+				return fmt.Errorf("the payload on stdin is larger than %d bytes", sdk.MaxMessageBytes)
+			}
+			req.Payload = data
+		}
 	}
 	if *nsList != "" {
 		req.Namespaces = strings.Split(*nsList, ",")
