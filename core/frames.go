@@ -292,7 +292,7 @@ func isClosed(ch chan struct{}) bool {
 
 // cancelGrace is how long a handler has, once its request is cancelled,
 // to stop and answer; one that does not is killed with its instance.
-const cancelGrace = 200 * time.Millisecond
+const cancelGrace = 500 * time.Millisecond
 
 // errStopped reports a request whose caller gave up and whose handler
 // stopped when told to: the instance is healthy.
