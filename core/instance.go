@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -144,6 +145,11 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 				msg = s
 			}
 		}
+		// go-plugin's words for a protocol mismatch name its own
+		// versions; say which nsplug protocol each side speaks.
+		if m := protocolMismatch.FindStringSubmatch(msg); m != nil {
+			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (sdk.ProtocolVersion): rebuild it against a matching sdk (%s)", m[1], sdk.ProtocolVersion, msg)
+		}
 		client.Kill()
 		where := "on the host"
 		if l.target != nil {
@@ -163,6 +169,10 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	inst.pid, _ = strconv.Atoi(nr.ID())
 	return inst, nil
 }
+
+// protocolMismatch matches go-plugin's error for a plugin that offers no
+// protocol version the core speaks.
+var protocolMismatch = regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+)`)
 
 // call sends one request to the instance. Handler errors come back as
 // *Error with their errno; broken reports whether the instance is unfit
