@@ -114,9 +114,11 @@ func (b Bootstrap) Validate() error {
 }
 
 // Forks reports whether the constructor forks: the process the core
-// starts then stays outside as a waiter, and its only child serves.
+// starts then stays outside as a waiter, and its child serves. Joining the
+// mount namespace forks too: the waiter is also the parent of the root
+// keeper (nsexec.c, stage 6).
 func (b Bootstrap) Forks() bool {
-	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME) != 0 || b.FreshProc || b.FreshSys
+	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME|unix.CLONE_NEWNS) != 0 || b.FreshProc || b.FreshSys
 }
 
 func (b Bootstrap) env() string {

@@ -21,20 +21,38 @@
  *   1. read the bootstrap, close every fd but 0-6, mark the process
  *      non-dumpable
  *   2. join every requested namespace except mnt and user, as host root
- *   3. fork if the pid or time namespace was joined or fresh mounts are
- *      wanted: both namespaces apply to children only, and procfs shows the
- *      pid namespace of the process that mounts it. The parent stays a
+ *   3. fork if the pid, time or mnt namespace was joined or fresh mounts
+ *      are wanted: pid and time apply to children only, procfs shows the
+ *      pid namespace of the process that mounts it, and the root keeper of
+ *      stage 6 needs a parent outside the target. The parent stays a
  *      small waiter that forwards signals and mirrors the child's exit, so
  *      the core keeps managing one process.
  *   4. (child) create detached procfs/sysfs mounts with the new mount API:
  *      still in the host mount namespace, so nothing is attached anywhere
  *      the target could see and no directory is created in its filesystem
- *   5. join mnt (resets root and cwd to the target's), then user, then take
- *      the target's root (or the given) uid/gid
- *      (or the credentials a request acts for: ids, groups, capabilities,
- *      root)
- *   6. again non-dumpable and parent-death signal (a change of euid clears
- *      both), unshare what was asked, cwd to the socket directory
+ *   5. join mnt (resets root and cwd to the target's), then user, and
+ *      unshare what was asked, all still privileged
+ *   6. (mnt joined) park the root: open the target's root (or the
+ *      credentials' root), then make the socket directory both root and
+ *      cwd, and leave the target's root with a small keeper process that
+ *      shares our fs_struct (see park_root)
+ *   7. take the target's root (or the given) uid/gid, or the credentials
+ *      a request acts for (ids, groups, capabilities)
+ *   8. again non-dumpable and parent-death signal (a change of euid clears
+ *      both), cwd to the socket directory
+ *
+ * Why park the root: between this constructor and the first line of
+ * nsplug's Go code, glibc (/proc/self/maps, for cgo's stack bounds) and the
+ * Go runtime (/proc/self/cgroup, /proc/self/mountinfo, cgroup cpu.max,
+ * /sys/kernel/mm/transparent_hugepage/hpage_pmd_size) open files by
+ * absolute path. With the target's root as ours, root in the target could
+ * plant a FIFO there and stall every start, or feed the runtime forged
+ * values. With the socket directory as root (empty, on the host, made by
+ * the core) those opens find nothing, at once, and both fall back to their
+ * defaults (the stack bound then is estimated, as on libcs without
+ * pthread_getattr_np). Once Go runs, nsexec_enter_root (EnterRoot in Go)
+ * has the keeper move the shared root into the target: only the keeper
+ * still holds CAP_SYS_CHROOT when the request's credentials have none.
  *
  * Because the executable was exec'd on the host before joining, the kernel
  * ties its memory to the host user namespace: root inside the target can
@@ -53,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -68,6 +87,8 @@ int nsexec_active;
 unsigned long nsexec_joined;
 int nsexec_proc_fd = -1;
 int nsexec_sys_fd = -1;
+/* Our end of the socketpair to the root keeper (park_root). */
+static int keeper_fd = -1;
 
 #define NSEXEC_MAX_GROUPS 64
 
@@ -229,7 +250,7 @@ static void wait_and_mirror(pid_t child)
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
 	struct sigaction sa;
 	unsigned i;
-	int status;
+	int status, exit_code = -1;
 
 	waiter_child = child;
 	memset(&sa, 0, sizeof(sa));
@@ -240,16 +261,25 @@ static void wait_and_mirror(pid_t child)
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	/* The child holds everything the core talks to. */
 	syscall(SYS_close_range, 0, ~0U, 0);
+	/* The root keeper (park_root) is a child too: reap it, and wait for
+	 * it before leaving, so that it never outlives us as an orphan. */
 	for (;;) {
-		if (waitpid(child, &status, 0) < 0) {
+		pid_t pid = waitpid(-1, &status, 0);
+
+		if (pid < 0) {
 			if (errno == EINTR)
 				continue;
+			if (errno == ECHILD && exit_code >= 0)
+				_exit(exit_code);
 			_exit(1);
 		}
+		if (pid != child)
+			continue;
+		waiter_child = 0;
 		if (WIFEXITED(status))
-			_exit(WEXITSTATUS(status));
-		if (WIFSIGNALED(status))
-			_exit(128 + WTERMSIG(status));
+			exit_code = WEXITSTATUS(status);
+		else if (WIFSIGNALED(status))
+			exit_code = 128 + WTERMSIG(status);
 	}
 }
 
@@ -258,15 +288,10 @@ static void wait_and_mirror(pid_t child)
  * The kernel then checks permissions as it would for that caller. */
 static void take_credentials(const struct bootstrap *b)
 {
-	const char *root = getenv(NSEXEC_ROOT_ENV);
 	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
 	struct __user_cap_data_struct data[2];
 	int i;
 
-	/* chroot while still privileged; the cwd (the socket directory) is
-	 * left alone, the sdk moves to the final cwd once it has bound. */
-	if (root && *root && chroot(root) < 0)
-		fail("chroot (credentials' root)", errno);
 	/* setgroups is denied in user namespaces whose creator wrote "deny"
 	 * to /proc/PID/setgroups; the remaining host groups are unmapped
 	 * there, which is harmless when no groups were asked for. */
@@ -299,10 +324,84 @@ static void take_credentials(const struct bootstrap *b)
 		prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
 }
 
+/* park_root makes the socket directory our root and cwd until Go code calls
+ * nsexec_enter_root, and starts a keeper that shares our fs_struct
+ * (CLONE_FS: root and cwd are one object for both processes and for every
+ * thread the Go runtime will start). The keeper keeps the privilege we are
+ * about to drop and an O_PATH fd of the root to enter; when we shut our
+ * end of the socketpair it chroots there, which moves our root too, and
+ * answers 0 or the errno. It is the waiter's child (CLONE_PARENT), so
+ * whatever happens to us it is reaped outside the target. root is the
+ * credentials' root, resolved in the target's mount namespace, or NULL for
+ * the target's own. parent is what getppid() says while the waiter lives. */
+static void park_root(const char *root, pid_t parent)
+{
+	int target, sv[2];
+	pid_t pid;
+	char c;
+
+	target = open(root && *root ? root : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (target < 0)
+		fail(root && *root ? "open (credentials' root)" : "open (target's root)", errno);
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		fail("socketpair", errno);
+	if (fchdir(NSEXEC_SOCKDIR_FD) < 0)
+		fail("fchdir(socket directory)", errno);
+	if (chroot(".") < 0)
+		fail("chroot(socket directory)", errno);
+	/* A raw clone: no atfork handlers, and the child runs only C. */
+	pid = (pid_t)syscall(SYS_clone, CLONE_FS | CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
+	if (pid < 0)
+		fail("clone(CLONE_FS)", errno);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+		if (getppid() != parent)
+			_exit(1);
+		/* Keep only the two fds it needs, as 0 and 1: the status
+		 * pipe, say, must close when the serving process closes it. */
+		if (dup2(target, 0) < 0 || dup2(sv[1], 1) < 0)
+			_exit(1);
+		syscall(SYS_close_range, 2, ~0U, 0);
+		while (read(1, &c, 1) < 0 && errno == EINTR)
+			;
+		c = 0;
+		if (fchdir(0) < 0 || chroot(".") < 0)
+			c = (char)errno;
+		if (write(1, &c, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(target);
+	close(sv[1]);
+	keeper_fd = sv[0];
+}
+
+int nsexec_enter_root(void)
+{
+	ssize_t n;
+	char c;
+
+	if (keeper_fd < 0)
+		return 0;
+	if (shutdown(keeper_fd, SHUT_WR) < 0)
+		return errno;
+	do
+		n = read(keeper_fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	close(keeper_fd);
+	keeper_fd = -1;
+	if (n < 0)
+		return errno;
+	if (n == 0)
+		return ECHILD; /* the keeper died before it moved the root */
+	return (unsigned char)c;
+}
+
 __attribute__((constructor)) static void nsexec(void)
 {
 	const char *env = getenv(NSEXEC_ENV);
 	const unsigned long late = CLONE_NEWNS | CLONE_NEWUSER;
+	const char *root = getenv(NSEXEC_ROOT_ENV);
 	struct bootstrap b;
 	pid_t parent = getppid(), self;
 
@@ -326,7 +425,7 @@ __attribute__((constructor)) static void nsexec(void)
 	join(b.join & ~late, "setns(pidfd, ipc|uts|net|pid|cgroup|time)");
 
 	/* Stage 3 */
-	if (b.join & (CLONE_NEWPID | CLONE_NEWTIME) || b.fresh) {
+	if (b.join & (CLONE_NEWPID | CLONE_NEWTIME | CLONE_NEWNS) || b.fresh) {
 		pid_t child;
 
 		self = getpid();
@@ -350,16 +449,24 @@ __attribute__((constructor)) static void nsexec(void)
 	/* Stage 5 */
 	join(b.join & CLONE_NEWNS, "setns(pidfd, mnt)");
 	join(b.join & CLONE_NEWUSER, "setns(pidfd, user)");
-	take_credentials(&b);
-
-	nsexec_joined = b.join;
+	/* Before the keeper exists: unsharing mnt unshares the fs_struct. */
+	if (b.unshare && unshare((int)b.unshare) < 0)
+		fail("unshare", errno);
 
 	/* Stage 6 */
+	if (b.join & CLONE_NEWNS)
+		park_root(root, parent);
+	else if (root && *root && chroot(root) < 0)
+		fail("chroot (credentials' root)", errno);
+
+	/* Stage 7 */
+	take_credentials(&b);
+	nsexec_joined = b.join;
+
+	/* Stage 8 */
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		fail("prctl(PR_SET_DUMPABLE)", errno);
 	guard_parent(parent);
-	if (b.unshare && unshare((int)b.unshare) < 0)
-		fail("unshare", errno);
 	if (fchdir(NSEXEC_SOCKDIR_FD) < 0)
 		fail("fchdir(socket directory)", errno);
 	close(NSEXEC_SOCKDIR_FD);

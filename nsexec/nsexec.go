@@ -23,7 +23,10 @@ static int sys_fd(void) { return nsexec_sys_fd; }
 import "C"
 
 import (
+	"fmt"
 	"os"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -83,6 +86,30 @@ func init() {
 
 // Self reports what the constructor did in this process.
 func Self() State { return self }
+
+// EnterRoot moves the process into the target's filesystem: its root
+// (or the credentials' root) becomes the process's root, and Cwd its working
+// directory. Until then the constructor keeps the process's root and cwd in
+// the host socket directory the core made for it, so that nothing the
+// target planted in its own /proc or /sys is read while the Go runtime
+// starts (see nsexec.c, stage 6). A plugin calls it once, after binding its
+// socket by a relative name and before serving; the sdk does. Outside a
+// bootstrap it does nothing.
+func EnterRoot() error {
+	if !self.Active {
+		return nil
+	}
+	// Settle the local time zone first (UTC: the socket directory has no
+	// /etc/localtime), or the first log line would load the target's.
+	time.Now().Zone()
+	if errno := C.nsexec_enter_root(); errno != 0 {
+		return fmt.Errorf("entering the target's root: %w", syscall.Errno(errno))
+	}
+	if err := os.Chdir(self.Cwd); err != nil {
+		return fmt.Errorf("entering the working directory %s: %w", self.Cwd, err)
+	}
+	return nil
+}
 
 // ReportFailure tells the core, over the status pipe, why this process
 // cannot serve. The core shows the message as the start error.

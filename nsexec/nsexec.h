@@ -22,4 +22,12 @@ extern unsigned long nsexec_joined;
 extern int nsexec_proc_fd;
 extern int nsexec_sys_fd;
 
+/* Moves the process's root from the socket directory, where the constructor
+ * parked it, into the target's filesystem (its root, or the credentials'
+ * root); the cwd becomes that root. Every plugin calls it once, after
+ * binding its socket and before serving: until then the process sees only
+ * the socket directory. Returns 0, or an errno. A no-op when the mount
+ * namespace was not joined. */
+int nsexec_enter_root(void);
+
 #endif

@@ -70,8 +70,9 @@ type report struct {
 	Hostname       string
 	Dumpable       int
 	Pdeathsig      int
-	CwdDev, CwdIno uint64
-	Root           []string // names in "/"
+	CwdDev, CwdIno uint64   // the cwd the constructor left
+	ParkedRoot     []string // names in "/" before EnterRoot
+	Root           []string // names in "/" after EnterRoot
 	FreshProc      bool
 	FreshSys       bool
 	ProcSelf       string   // readlinkat(proc, "self")
@@ -117,13 +118,21 @@ func observe() report {
 		note("stat cwd", err)
 	}
 	r.CwdDev, r.CwdIno = st.Dev, st.Ino
-	entries, err := os.ReadDir("/")
-	if err != nil {
-		note("read /", err)
+	names := func() (out []string) {
+		entries, err := os.ReadDir("/")
+		if err != nil {
+			note("read /", err)
+		}
+		for _, e := range entries {
+			out = append(out, e.Name())
+		}
+		return out
 	}
-	for _, e := range entries {
-		r.Root = append(r.Root, e.Name())
+	r.ParkedRoot = names()
+	if err := nsexec.EnterRoot(); err != nil {
+		note("EnterRoot", err)
 	}
+	r.Root = names()
 
 	self := nsexec.Self()
 	if self.Proc != nil {
@@ -674,16 +683,29 @@ func TestJoin(t *testing.T) {
 				}
 			}
 
-			// The working directory is the socket directory.
-			if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); link != c.sockDir {
-				t.Errorf("host view of cwd %q, want %q", link, c.sockDir)
-			}
+			// The constructor left the cwd in the socket directory, and
+			// with the target's mount namespace also the root, which
+			// is empty: nothing of the target is read while Go starts.
 			var st unix.Stat_t
 			if err := unix.Stat(c.sockDir, &st); err != nil {
 				t.Fatal(err)
 			}
 			if r.CwdDev != st.Dev || r.CwdIno != st.Ino {
 				t.Errorf("child's cwd is %d:%d, want the socket directory %d:%d", r.CwdDev, r.CwdIno, st.Dev, st.Ino)
+			}
+			if b.Join&unix.CLONE_NEWNS != 0 && len(r.ParkedRoot) != 0 {
+				t.Errorf("before EnterRoot / holds %v, want the empty socket directory", r.ParkedRoot)
+			}
+			// After EnterRoot, the cwd is the root (the target's).
+			var cwd, root unix.Stat_t
+			if err := unix.Stat(fmt.Sprintf("/proc/%d/cwd", pid), &cwd); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &root); err != nil {
+				t.Fatal(err)
+			}
+			if cwd.Dev != root.Dev || cwd.Ino != root.Ino {
+				t.Errorf("after EnterRoot the cwd (%d:%d) is not the root (%d:%d)", cwd.Dev, cwd.Ino, root.Dev, root.Ino)
 			}
 
 			// Fresh mounts exist iff asked for, and show the

@@ -212,8 +212,8 @@ func Serve(p *Plugin) {
 		if self.Files == nil {
 			fail("oneshot: no frame channel")
 		}
-		if err := os.Chdir(self.Cwd); err != nil {
-			fail("leaving the start directory for " + self.Cwd + ": " + err.Error())
+		if err := nsexec.EnterRoot(); err != nil {
+			fail(err.Error())
 		}
 		nsexec.CloseStatus()
 		if err := server.serveFrames(self.Files, true); err != nil {
@@ -232,14 +232,12 @@ func Serve(p *Plugin) {
 		Logger:           log,
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			// go-plugin has bound its socket (in the cwd) by now and
-			// not yet told the core where: leave the host directory
+			// not yet told the core where: enter the target's root
 			// before anything can be asked.
-			if self := nsexec.Self(); self.Active {
-				if err := os.Chdir(self.Cwd); err != nil {
-					fail("leaving the socket directory for " + self.Cwd + ": " + err.Error())
-				}
-				nsexec.CloseStatus()
+			if err := nsexec.EnterRoot(); err != nil {
+				fail(err.Error())
 			}
+			nsexec.CloseStatus()
 			opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
 			return grpc.NewServer(opts...)
 		},

@@ -37,12 +37,10 @@ func main() {
 		HandshakeConfig:  handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{v: {sdk.PluginKey: &sdk.GRPCPlugin{Impl: server}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			if nsexec.Self().Active {
-				if err := os.Chdir("/"); err != nil {
-					os.Exit(1)
-				}
-				nsexec.CloseStatus()
+			if err := nsexec.EnterRoot(); err != nil {
+				os.Exit(1)
 			}
+			nsexec.CloseStatus()
 			return grpc.NewServer(opts...)
 		},
 	})

@@ -3,21 +3,19 @@
 package main
 
 import (
-	"os"
-
 	// The preamble: a C constructor that joins the target's namespaces
-	// before main, leaving the cwd in the socket directory.
+	// before main, leaving root and cwd in the socket directory.
 	"github.com/nsplug/nsplug/nsexec"
 )
 
 func enter() {}
 
-// leave moves to the final cwd (the request credentials' cwd, or the
-// target's root) once the socket is bound, and closes the status pipe:
-// from now on failures reach the core through the protocol.
+// leave enters the target's root and the final cwd (the request
+// credentials' cwd, or that root) once the socket is bound, and closes the
+// status pipe: from now on failures reach the core through the protocol.
 func leave() {
-	if err := os.Chdir(nsexec.Self().Cwd); err != nil {
-		failf("chdir: %v", err)
+	if err := nsexec.EnterRoot(); err != nil {
+		failf("%v", err)
 	}
 	nsexec.CloseStatus()
 }
