@@ -38,6 +38,11 @@ type Config struct {
 	// MaxInstances is the global cap on live plugin processes; at least 1.
 	// Default 64.
 	MaxInstances int `toml:"max_instances"`
+	// MaxStartsPerTarget bounds the cold starts in progress for one target
+	// (one set of namespaces) at once, so that a target whose starts hang
+	// holds at most that many of max_instances; others wait for a slot
+	// within their deadline. At least 1. Default 4.
+	MaxStartsPerTarget int `toml:"max_starts_per_target"`
 	// Defaults apply to every plugin unless its [[plugin]] entry overrides
 	// them. Every field of Defaults must be set (DefaultConfig sets them all).
 	Defaults PluginSettings `toml:"defaults"`
@@ -142,9 +147,10 @@ var cfgDefaultTOML []byte
 // key that file might leave out.
 func cfgBuiltin() *Config {
 	return &Config{
-		LogLevel:     "info",
-		RuntimeDir:   "/run/nsplug",
-		MaxInstances: 64,
+		LogLevel:           "info",
+		RuntimeDir:         "/run/nsplug",
+		MaxInstances:       64,
+		MaxStartsPerTarget: 4,
 		Defaults: PluginSettings{
 			Namespaces:     []string{},
 			Mode:           "pooled",
@@ -299,6 +305,9 @@ func (c *Config) Validate() error {
 	}
 	if k := root.child("max_instances"); c.MaxInstances < 1 {
 		v.fail(k, "", "must be at least 1, got %d", c.MaxInstances)
+	}
+	if k := root.child("max_starts_per_target"); c.MaxStartsPerTarget < 1 {
+		v.fail(k, "", "must be at least 1, got %d", c.MaxStartsPerTarget)
 	}
 	v.settings(root.child("defaults"), &c.Defaults, false)
 
@@ -603,13 +612,9 @@ func (d *cfgDecoder) config(raw map[string]any, c *Config) {
 		case "runtime_dir":
 			d.decodeString(k, v, &c.RuntimeDir)
 		case "max_instances":
-			if n, ok := v.(int64); !ok {
-				d.typeError(k, "integer", v)
-			} else if int64(int(n)) != n {
-				d.fail(k, "", "%d is out of range", n)
-			} else {
-				c.MaxInstances = int(n)
-			}
+			d.decodeInt(k, v, &c.MaxInstances)
+		case "max_starts_per_target":
+			d.decodeInt(k, v, &c.MaxStartsPerTarget)
 		case "defaults":
 			if m, ok := d.table(k, v); ok {
 				for _, n := range d.keys(k, m) {
@@ -707,6 +712,16 @@ func (d *cfgDecoder) setting(k cfgKey, v any, s *PluginSettings) bool {
 		return false
 	}
 	return true
+}
+
+func (d *cfgDecoder) decodeInt(k cfgKey, v any, dst *int) {
+	if n, ok := v.(int64); !ok {
+		d.typeError(k, "integer", v)
+	} else if int64(int(n)) != n {
+		d.fail(k, "", "%d is out of range", n)
+	} else {
+		*dst = int(n)
+	}
 }
 
 func (d *cfgDecoder) decodeString(k cfgKey, v any, dst *string) {

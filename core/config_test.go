@@ -43,9 +43,10 @@ func withoutSource(c *Config) *Config {
 func TestConfigDefault(t *testing.T) {
 	c := DefaultConfig()
 	want := &Config{
-		LogLevel:     "info",
-		RuntimeDir:   "/run/nsplug",
-		MaxInstances: 64,
+		LogLevel:           "info",
+		RuntimeDir:         "/run/nsplug",
+		MaxInstances:       64,
+		MaxStartsPerTarget: 4,
 		Defaults: PluginSettings{
 			Namespaces:     []string{},
 			Mode:           "pooled",
@@ -429,6 +430,10 @@ func TestConfigValidation(t *testing.T) {
 			`log_level = "info"`,
 			`max_instances = -3`,
 		), []string{`config.toml:2: key "max_instances": must be at least 1, got -3`}},
+		{"max starts per target zero", tomlLines(
+			`log_level = "info"`,
+			`max_starts_per_target = 0`,
+		), []string{`config.toml:2: key "max_starts_per_target": must be at least 1, got 0`}},
 		{"mode in defaults", tomlLines(
 			`[defaults]`,
 			`mode = "fast"`,

@@ -83,7 +83,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
-	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances)}
+	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,
@@ -283,7 +283,7 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 
 // acquire gets the instance for key from the pool, starting it if need be.
 func (d *Dispatcher) acquire(ctx context.Context, key string, oneshot bool, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, oneshot, func() (*instance, error) {
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), oneshot, func() (*instance, error) {
 		inst, err := d.startInstance(ctx, l)
 		if err != nil {
 			return nil, err

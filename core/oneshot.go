@@ -27,10 +27,15 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 	if err != nil {
 		return nil, err
 	}
-	if err := d.pool.reserve(); err != nil {
+	// The start slot is held for the whole request: a oneshot process
+	// starts and serves in one go. A handler's own error is a start that
+	// went well.
+	slot, err := d.pool.reserve(ctx, l.target.admissionKey())
+	if err != nil {
 		return nil, err
 	}
-	defer d.pool.unreserve()
+	var startErr error
+	defer func() { d.pool.started(ctx, slot, startErr); d.pool.unreserve() }()
 	sockDir, err := os.MkdirTemp(d.runDir, "oneshot-")
 	if err != nil {
 		return nil, errorf(syscall.EIO, "oneshot: %v", err)
@@ -38,7 +43,8 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 	defer os.RemoveAll(sockDir)
 	r := d.newRunner(sp, sockDir, []string{sdk.EnvOneshot + "=1", sdk.Handshake.MagicCookieKey + "=" + sdk.Handshake.MagicCookieValue})
 	if err := r.Start(ctx); err != nil {
-		return nil, errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
+		startErr = errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
+		return nil, startErr
 	}
 	var pipes sync.WaitGroup
 	pipes.Add(2)
@@ -64,7 +70,8 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 	}()
 	resp, files, err := r.frames.roundTrip(ctx, req)
 	if err != nil {
-		return nil, r.callError(ctx, req.Type, err)
+		startErr = r.callError(ctx, req.Type, err)
+		return nil, startErr
 	}
 	if e := resp.Error; e != nil {
 		closeFiles(files)

@@ -11,10 +11,12 @@ import (
 // pool keeps warm instances, one per key (plugin, joined namespaces,
 // credentials), kills them after their idle timeout, and caps how many
 // plugin processes live at once, evicting the least recently used idle
-// one to make room.
+// one to make room. Cold starts are admitted per target (see admission):
+// a target whose starts hang or fail cannot take the cap from others.
 type pool struct {
 	mu       sync.Mutex
 	max      int
+	admit    admission
 	warm     map[string]*instance   // reusable instances by key
 	starting map[string]*startCall  // shared cold starts in progress, by key
 	pending  int                    // cold starts in progress, shared or not
@@ -31,9 +33,10 @@ type startCall struct {
 	err  error
 }
 
-func newPool(max int) *pool {
+func newPool(max, startsPerTarget int) *pool {
 	return &pool{
 		max:      max,
+		admit:    admission{perTarget: startsPerTarget, targets: make(map[string]*targetStarts)},
 		warm:     make(map[string]*instance),
 		starting: make(map[string]*startCall),
 		live:     make(map[*instance]struct{}),
@@ -46,40 +49,63 @@ var errClosed = errorf(syscall.ESHUTDOWN, "dispatcher is closed")
 
 // acquire returns an instance for key: warm if there is one, otherwise
 // started by start (concurrent callers of one key share one start). A
-// oneshot instance is never shared and is killed on release.
-func (p *pool) acquire(ctx context.Context, key string, oneshot bool, start func() (*instance, error)) (*instance, error) {
+// oneshot instance is never shared and is killed on release. target names
+// the target for start admission.
+func (p *pool) acquire(ctx context.Context, key, target string, oneshot bool, start func() (*instance, error)) (*instance, error) {
 	p.mu.Lock()
-	for !oneshot {
-		if p.closed {
-			p.mu.Unlock()
-			return nil, errClosed
-		}
-		if inst := p.warm[key]; inst != nil {
-			p.use(inst)
-			p.mu.Unlock()
-			return inst, nil
-		}
-		call := p.starting[key]
-		if call == nil {
-			break
-		}
-		p.mu.Unlock()
-		select {
-		case <-call.done:
-			if call.err != nil {
-				return nil, call.err
+	for {
+		for !oneshot {
+			if p.closed {
+				p.mu.Unlock()
+				return nil, errClosed
 			}
-		case <-ctx.Done():
-			return nil, errorf(syscall.ETIMEDOUT, "waiting for a plugin instance to start: %v", ctx.Err())
+			if inst := p.warm[key]; inst != nil {
+				p.use(inst)
+				p.mu.Unlock()
+				return inst, nil
+			}
+			call := p.starting[key]
+			if call == nil {
+				break
+			}
+			p.mu.Unlock()
+			select {
+			case <-call.done:
+				if call.err != nil {
+					return nil, call.err
+				}
+			case <-ctx.Done():
+				return nil, errorf(syscall.ETIMEDOUT, "waiting for a plugin instance to start: %v", ctx.Err())
+			}
+			p.mu.Lock()
+		}
+		// A cold start: take one of the target's start slots first,
+		// then look again, since another caller may have started the
+		// instance while this one waited.
+		p.mu.Unlock()
+		slot, err := p.admit.take(ctx, target)
+		if err != nil {
+			return nil, err
 		}
 		p.mu.Lock()
+		if oneshot || (p.warm[key] == nil && p.starting[key] == nil) {
+			return p.coldStart(ctx, key, oneshot, slot, start)
+		}
+		p.admit.give(slot, nil)
 	}
+}
+
+// coldStart runs start in a slot the target was admitted to. Called with
+// mu held; returns with it released.
+func (p *pool) coldStart(ctx context.Context, key string, oneshot bool, slot *targetStarts, start func() (*instance, error)) (*instance, error) {
 	if p.closed {
 		p.mu.Unlock()
+		p.admit.give(slot, nil)
 		return nil, errClosed
 	}
 	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
 		p.mu.Unlock()
+		p.admit.give(slot, nil)
 		return nil, errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
 	}
 	call := &startCall{done: make(chan struct{})}
@@ -92,6 +118,7 @@ func (p *pool) acquire(ctx context.Context, key string, oneshot bool, start func
 	p.mu.Unlock()
 
 	inst, err := start()
+	p.admit.give(slot, startOutcome(ctx, err))
 
 	p.mu.Lock()
 	p.pending--
@@ -115,20 +142,34 @@ func (p *pool) acquire(ctx context.Context, key string, oneshot bool, start func
 	return inst, err
 }
 
-// reserve takes a slot of the instance cap for a process the pool does
-// not keep (a oneshot one), evicting an idle instance if it must.
-func (p *pool) reserve() error {
+// reserve takes a slot of the instance cap, and one of target's start
+// slots, for a process the pool does not keep (a oneshot one), evicting
+// an idle instance if it must. unreserve gives both back with the start's
+// outcome.
+func (p *pool) reserve(ctx context.Context, target string) (*targetStarts, error) {
+	slot, err := p.admit.take(ctx, target)
+	if err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return errClosed
+		p.admit.give(slot, nil)
+		return nil, errClosed
 	}
 	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
-		return errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+		p.admit.give(slot, nil)
+		return nil, errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
 	}
 	p.pending++
 	p.starts.Add(1)
-	return nil
+	return slot, nil
+}
+
+// started gives back a reserved start slot once the process has started
+// (or failed to), with the outcome.
+func (p *pool) started(ctx context.Context, slot *targetStarts, err error) {
+	p.admit.give(slot, startOutcome(ctx, err))
 }
 
 func (p *pool) unreserve() {
