@@ -102,8 +102,10 @@ func EnterRoot() error {
 	// Settle the local time zone first (UTC: the socket directory has no
 	// /etc/localtime), or the first log line would load the target's.
 	time.Now().Zone()
-	if errno := C.nsexec_enter_root(); errno != 0 {
-		return fmt.Errorf("entering the target's root: %w", syscall.Errno(errno))
+	if errno := syscall.Errno(C.nsexec_enter_root()); errno == syscall.ECHILD {
+		return fmt.Errorf("entering the target's root: the keeper process holding it was killed (%w)", errno)
+	} else if errno != 0 {
+		return fmt.Errorf("entering the target's root: %w", errno)
 	}
 	if err := os.Chdir(self.Cwd); err != nil {
 		return fmt.Errorf("entering the working directory %s: %w", self.Cwd, err)
