@@ -46,10 +46,18 @@ test-examples:
 		(cd examples/$$e && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; \
 	done
 
-# Regenerate the wire contract's Go code (needs protoc, protoc-gen-go and
-# protoc-gen-go-grpc on PATH).
+# Regenerate the wire contract's Go code. Needs protoc (Debian:
+# protobuf-compiler) and protoc-gen-go-grpc $(GRPC_GEN) on PATH (go install
+# google.golang.org/grpc/cmd/protoc-gen-go-grpc@v$(GRPC_GEN); Debian's is
+# older and would rewrite plugin_grpc.pb.go in an older style).
+# protoc-gen-go is built from the google.golang.org/protobuf that go.mod
+# pins, so that the generated code matches the runtime it links.
+GRPC_GEN := 1.5.1
 proto:
-	protoc -I sdk/pluginpb \
+	@protoc-gen-go-grpc --version | grep -qx 'protoc-gen-go-grpc $(GRPC_GEN)' || \
+		{ echo "make proto: want protoc-gen-go-grpc $(GRPC_GEN) on PATH, have: $$(protoc-gen-go-grpc --version)"; exit 1; }
+	$(GO) build -o bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	protoc -I sdk/pluginpb --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:sdk/pluginpb \
 		--go-grpc_out=paths=source_relative:sdk/pluginpb \
 		sdk/pluginpb/plugin.proto

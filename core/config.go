@@ -92,6 +92,14 @@ type PluginSettings struct {
 	// unshares after joining the target's namespaces, e.g. "mnt".
 	// Default none.
 	Unshare []string `toml:"unshare"`
+	// AllowHostChanges lists namespaces (same names as Namespaces) whose
+	// state the plugin's message types may change even where the handler
+	// shares them with the core, that is, on the host: a type that
+	// declares it changes a namespace (mount.mount changes "mnt") is
+	// otherwise refused with EPERM when that namespace is not joined (the
+	// target has none of its own, or namespaces or a request left it out).
+	// Default none.
+	AllowHostChanges []string `toml:"allow_host_changes"`
 }
 
 // PluginConfig is one [[plugin]] entry. The PluginSettings keys are written
@@ -160,6 +168,8 @@ func cfgBuiltin() *Config {
 			AllowedRoots:   []string{"/"},
 			FreshMounts:    []string{},
 			Unshare:        []string{},
+
+			AllowHostChanges: []string{},
 		},
 	}
 }
@@ -248,6 +258,9 @@ func (c *Config) Settings(p *PluginConfig) PluginSettings {
 		if o.Unshare != nil {
 			s.Unshare = o.Unshare
 		}
+		if o.AllowHostChanges != nil {
+			s.AllowHostChanges = o.AllowHostChanges
+		}
 	}
 	s.cloneSlices()
 	return s
@@ -258,6 +271,7 @@ func (s *PluginSettings) cloneSlices() {
 	s.AllowedRoots = slices.Clone(s.AllowedRoots)
 	s.FreshMounts = slices.Clone(s.FreshMounts)
 	s.Unshare = slices.Clone(s.Unshare)
+	s.AllowHostChanges = slices.Clone(s.AllowHostChanges)
 }
 
 // clone copies c deeply enough that changing the copy's fields, slices or
@@ -424,6 +438,7 @@ func (v *cfgValidator) settings(k cfgKey, s *PluginSettings, override bool) {
 	}
 	v.list(k.child("fresh_mounts"), s.FreshMounts, "fresh mount", cfgFreshMounts)
 	v.list(k.child("unshare"), s.Unshare, "namespace", cfgNamespaces)
+	v.list(k.child("allow_host_changes"), s.AllowHostChanges, "namespace", cfgNamespaces)
 }
 
 func cfgAlternatives(valid []string) string {
@@ -708,6 +723,8 @@ func (d *cfgDecoder) setting(k cfgKey, v any, s *PluginSettings) bool {
 		d.decodeStrings(k, v, &s.FreshMounts)
 	case "unshare":
 		d.decodeStrings(k, v, &s.Unshare)
+	case "allow_host_changes":
+		d.decodeStrings(k, v, &s.AllowHostChanges)
 	default:
 		return false
 	}

@@ -56,6 +56,8 @@ func TestConfigDefault(t *testing.T) {
 			AllowedRoots:   []string{"/"},
 			FreshMounts:    []string{},
 			Unshare:        []string{},
+
+			AllowHostChanges: []string{},
 		},
 	}
 	if got := withoutSource(c); !reflect.DeepEqual(got, want) {
@@ -306,6 +308,11 @@ func TestConfigWrongTypes(t *testing.T) {
 			`[defaults]`,
 			`namespaces = "net"`,
 		), `config.toml:2: key "defaults.namespaces": expected array of strings, got string`},
+		{"allow_host_changes as string", tomlLines(
+			`[[plugin]]`,
+			`name = "mount"`,
+			`allow_host_changes = "mnt"`,
+		), `config.toml:3: key "plugin.allow_host_changes" in plugin #1 "mount": expected array of strings, got string`},
 		{"list item type, multi-line array", tomlLines(
 			`[defaults]`,
 			`namespaces = [`,
@@ -471,6 +478,17 @@ func TestConfigValidation(t *testing.T) {
 			`name = "a"`,
 			`unshare = ["mnt", "mount"]`,
 		), []string{`config.toml:3: key "plugin.unshare" in plugin #1 "a": unknown namespace "mount"`}},
+		{"allow host changes", tomlLines(
+			`[[plugin]]`,
+			`name = "a"`,
+			`allow_host_changes = ["mnt",`,
+			`  "mount", "mnt"]`,
+		), []string{`config.toml:4: key "plugin.allow_host_changes" in plugin #1 "a": unknown namespace "mount"`,
+			`config.toml:4: key "plugin.allow_host_changes" in plugin #1 "a": duplicate namespace "mnt"`}},
+		{"allow host changes in defaults", tomlLines(
+			`[defaults]`,
+			`allow_host_changes = ["mount"]`,
+		), []string{`config.toml:2: key "defaults.allow_host_changes": unknown namespace "mount" (want "user", "mnt", "pid", "net", "ipc", "uts", "cgroup" or "time")`}},
 		{"zero duration in defaults", tomlLines(
 			`[defaults]`,
 			`request_timeout = "0s"`,
@@ -663,6 +681,8 @@ func TestConfigSettings(t *testing.T) {
 			AllowedRoots:   []string{"/proc"},
 			FreshMounts:    []string{"proc"},
 			Unshare:        []string{"mnt"},
+
+			AllowHostChanges: []string{"mnt"},
 		}, PluginSettings{
 			Namespaces:     []string{"mnt", "pid"},
 			Mode:           "oneshot",
@@ -672,6 +692,8 @@ func TestConfigSettings(t *testing.T) {
 			AllowedRoots:   []string{"/proc"},
 			FreshMounts:    []string{"proc"},
 			Unshare:        []string{"mnt"},
+
+			AllowHostChanges: []string{"mnt"},
 		}},
 		{"empty non-nil slices replace", PluginSettings{
 			Namespaces:   []string{},
@@ -726,10 +748,12 @@ func TestConfigSettingsFromFile(t *testing.T) {
 		`[defaults]`,
 		`namespaces = ["net"]`,
 		`idle_timeout = "1m"`,
+		`allow_host_changes = ["uts"]`,
 		`[[plugin]]`,
 		`name = "a"`,
 		`namespaces = []`,
 		`request_timeout = "2s"`,
+		`allow_host_changes = ["mnt", "net"]`,
 		`[[plugin]]`,
 		`name = "b"`,
 	)), "config.toml")
@@ -742,6 +766,9 @@ func TestConfigSettingsFromFile(t *testing.T) {
 	}
 	if !slices.Equal(b.Namespaces, []string{"net"}) || b.RequestTimeout.Duration != 10*time.Second || b.Mode != "pooled" {
 		t.Errorf("plugin b settings = %+v", b)
+	}
+	if !slices.Equal(a.AllowHostChanges, []string{"mnt", "net"}) || !slices.Equal(b.AllowHostChanges, []string{"uts"}) {
+		t.Errorf("allow_host_changes: plugin a %q, plugin b %q", a.AllowHostChanges, b.AllowHostChanges)
 	}
 }
 

@@ -41,6 +41,14 @@ type TypeInfo struct {
 	Version     uint32 `json:"version"`
 	Description string `json:"description"`
 	Plugin      string `json:"plugin"`
+	// Changes are the namespaces whose state the type changes ("mnt" for
+	// mount.mount), as the plugin declares them; MayChange those it
+	// changes depending on the request (sysctl.set: its sysctl's). Where
+	// the handler shares such a namespace with the core, the request is
+	// refused (EPERM) unless the plugin's allow_host_changes names it.
+	// Both are empty for a type that only reads.
+	Changes   []string `json:"changes,omitempty"`
+	MayChange []string `json:"may_change,omitempty"`
 }
 
 // PluginInfo describes one configured plugin.

@@ -94,7 +94,8 @@ func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, erro
 	if len(pc.Options) == 0 {
 		opts = nil
 	}
-	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel})
+	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel,
+		AllowHostChanges: s.AllowHostChanges})
 	return e, nil
 }
 
@@ -121,7 +122,7 @@ func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeRespons
 func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
 	byName := make(map[string]*pluginpb.MessageType)
 	for _, t := range served {
-		if err := sdk.CheckTypeName(t.Name); err != nil {
+		if err := sdk.CheckMessageType(t); err != nil {
 			return fmt.Errorf("plugin %s: %w", e.name, err)
 		}
 		byName[t.Name] = t
@@ -139,7 +140,8 @@ func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*plugin
 			return fmt.Errorf("message type %q is served by both plugin %s and plugin %s", n, other.name, e.name)
 		}
 		d.types[n] = e
-		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name})
+		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name,
+			Changes: t.Changes, MayChange: t.MayChange})
 	}
 	return nil
 }

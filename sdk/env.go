@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/nsexec"
 )
 
 // EnvConfig is the environment variable through which the core hands a
@@ -28,6 +31,11 @@ type PluginConfig struct {
 	AllowedRoots []string `json:"allowed_roots"`
 	// LogLevel is the level the core logs at.
 	LogLevel string `json:"log_level,omitempty"`
+	// AllowHostChanges are the namespaces whose state the plugin may
+	// change even where its handler shares them with the core, i.e.
+	// change the host's (the allow_host_changes setting; see
+	// Env.RequireJoined).
+	AllowHostChanges []string `json:"allow_host_changes,omitempty"`
 }
 
 // Env is what a handler knows about the request it serves and the
@@ -36,6 +44,8 @@ type Env struct {
 	// RequestID identifies the request in the core's log and the
 	// plugin's (Log attaches it as request_id).
 	RequestID string
+	// Type is the message type the request is for.
+	Type string
 	// TargetPID is the target's pid as the core sees it (in the host's
 	// pid namespace, not the target's): for logs and messages.
 	TargetPID int
@@ -63,6 +73,40 @@ type Env struct {
 // process was not started by a core (a handler called in-process).
 func (e *Env) Joined() (names []string, ok bool) {
 	return e.joined, e.joined != nil
+}
+
+// RequireJoined is the rule for changing the state of namespace ns ("mnt",
+// "net", ... as nsexec.Namespaces names them): it returns nil when the
+// handler joined the target's ns, and an EPERM error naming the message
+// type, the namespace and the setting that would allow it when the
+// handler shares ns with the core (the target has none of its own, or the
+// request or the plugin's namespaces setting left it out): a change there
+// would be the host's. The plugin's allow_host_changes setting lifts the
+// rule for the namespaces it names.
+//
+// The sdk applies it before the handler runs to every namespace a type
+// declares with Changes; a handler calls it itself for a namespace that
+// depends on the request (MayChange). Outside a core (an in-process call,
+// as sdktest.Call makes) nothing is known about namespaces and nothing is
+// refused, unless the test says what was joined (Server.SetJoined).
+func (e *Env) RequireJoined(ns string) error {
+	if _, err := nsexec.ParseNamespaces([]string{ns}); err != nil {
+		return Errorf(syscall.EINVAL, "%s: RequireJoined: %v", e.Type, err)
+	}
+	if e.joined == nil || slices.Contains(e.joined, ns) || e.HostChangesAllowed(ns) {
+		return nil
+	}
+	return Errorf(syscall.EPERM, "%s would change the host's %s namespace, which the handler shares with the core "+
+		"(the target has no %s namespace of its own, or the request or the plugin's namespaces setting did not join it); "+
+		"allow_host_changes = [%q] in the plugin's configuration allows it",
+		e.Type, ns, ns, ns)
+}
+
+// HostChangesAllowed reports whether the plugin's allow_host_changes
+// setting names namespace ns: the operator lets the plugin change the
+// host's state of that namespace.
+func (e *Env) HostChangesAllowed(ns string) bool {
+	return slices.Contains(e.config.AllowHostChanges, ns)
 }
 
 // MaxFiles bounds the descriptors one response hands back.

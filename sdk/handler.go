@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"syscall"
 
+	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
 )
 
@@ -44,9 +46,36 @@ func (h *TypedHandler[Req, Resp]) WithVersion(v uint32) *TypedHandler[Req, Resp]
 	return h
 }
 
+// Changes declares the namespaces whose state the message type changes,
+// named as nsexec.Namespaces names them: "mnt" for a type that mounts,
+// chowns or sets xattrs, "net" for one that configures interfaces. The
+// sdk enforces the declaration before the handler runs: a request whose
+// handler shares one of them with the core (the target has none of its
+// own, or the request or the plugin's namespaces setting left it out) is
+// refused with EPERM, since the change would land on the host, unless the
+// plugin's allow_host_changes setting names that namespace (see
+// Env.RequireJoined). The declaration travels in Describe: `nsplug
+// plugins` and core.TypeInfo show it. Types that only read declare
+// nothing. NewServer rejects unknown names.
+func (h *TypedHandler[Req, Resp]) Changes(namespaces ...string) *TypedHandler[Req, Resp] {
+	h.desc.Changes = append(h.desc.Changes, namespaces...)
+	return h
+}
+
+// MayChange declares the namespaces whose state the message type changes
+// depending on the request (sysctl.set changes the namespace of the sysctl
+// it names). The sdk cannot check those before the handler runs: the
+// handler calls Env.RequireJoined for the one a request changes, before
+// changing anything.
+func (h *TypedHandler[Req, Resp]) MayChange(namespaces ...string) *TypedHandler[Req, Resp] {
+	h.desc.MayChange = append(h.desc.MayChange, namespaces...)
+	return h
+}
+
 // Describe implements Handler.
 func (h *TypedHandler[Req, Resp]) Describe() *pluginpb.MessageType {
-	return &pluginpb.MessageType{Name: h.desc.Name, Version: h.desc.Version, Description: h.desc.Description}
+	return &pluginpb.MessageType{Name: h.desc.Name, Version: h.desc.Version, Description: h.desc.Description,
+		Changes: slices.Clone(h.desc.Changes), MayChange: slices.Clone(h.desc.MayChange)}
 }
 
 // Serve implements Handler.
@@ -83,6 +112,35 @@ func DecodeStrict(payload []byte, v any) error {
 	}
 	if dec.More() {
 		return fmt.Errorf("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// CheckMessageType validates what a handler describes: its name (see
+// CheckTypeName) and the namespaces it declares it changes (Changes,
+// MayChange), which must be known (nsexec.Namespaces), listed once, and
+// in only one of the two lists.
+func CheckMessageType(t *pluginpb.MessageType) error {
+	if err := CheckTypeName(t.Name); err != nil {
+		return err
+	}
+	for _, l := range []struct {
+		what  string
+		names []string
+	}{{"changes", t.Changes}, {"may_change", t.MayChange}} {
+		if _, err := nsexec.ParseNamespaces(l.names); err != nil {
+			return fmt.Errorf("message type %s: %s: %w", t.Name, l.what, err)
+		}
+		for i, n := range l.names {
+			if slices.Contains(l.names[:i], n) {
+				return fmt.Errorf("message type %s: %s: namespace %q listed twice", t.Name, l.what, n)
+			}
+		}
+	}
+	for _, n := range t.MayChange {
+		if slices.Contains(t.Changes, n) {
+			return fmt.Errorf("message type %s: namespace %q is in both changes and may_change", t.Name, n)
+		}
 	}
 	return nil
 }

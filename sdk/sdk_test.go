@@ -120,6 +120,10 @@ func TestServerRejectsBadPlugins(t *testing.T) {
 		{Name: "x", Handlers: []Handler{Handle("a..b", "", echo)}},
 		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo), Handle("a.b", "", echo)}},
 		{Name: "x", FreshMounts: []string{"dev"}},
+		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).Changes("mount")}},
+		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).Changes("mnt", "mnt")}},
+		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).MayChange("netns")}},
+		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).Changes("mnt").MayChange("mnt")}},
 	} {
 		if _, err := NewServer(p, nil, nil); err == nil {
 			t.Errorf("NewServer accepted %+v", p)
@@ -150,5 +154,80 @@ func TestServerHandle(t *testing.T) {
 	d, _ := s.Describe(context.Background(), nil)
 	if len(d.Types) != 2 || d.Types[0].Name != "echo.panic" {
 		t.Errorf("describe: %v", d)
+	}
+}
+
+// A type that declares it changes a namespace is refused, before its
+// handler runs, where the handler shares that namespace with the core; the
+// same rule is Env.RequireJoined for handlers to call.
+func TestServerRefusesHostChanges(t *testing.T) {
+	ran := 0
+	changer := func(ctx context.Context, r echoReq) (echoResp, error) {
+		ran++
+		if r.Text != "" {
+			if err := EnvFrom(ctx).RequireJoined(r.Text); err != nil {
+				return echoResp{}, err
+			}
+		}
+		return echoResp{Text: "changed"}, nil
+	}
+	p := &Plugin{Name: "ch", Handlers: []Handler{
+		Handle("ch.mount", "", changer).Changes("mnt"),
+		Handle("ch.dyn", "", changer).MayChange("net", "uts"),
+		Handle("ch.read", "", echo),
+	}}
+	call := func(config *PluginConfig, joined []string, typ, payload string) *pluginpb.HandleResponse {
+		s, err := NewServer(p, config, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.SetJoined(joined)
+		resp, _ := s.Handle(context.Background(), &pluginpb.HandleRequest{Type: typ, Payload: []byte(payload)})
+		return resp
+	}
+	refused := func(resp *pluginpb.HandleResponse, ns string) {
+		t.Helper()
+		if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EPERM {
+			t.Fatalf("not refused: %v", resp)
+		}
+		for _, f := range []string{"host's " + ns + " namespace", "shares with the core", `allow_host_changes = ["` + ns + `"]`} {
+			if !strings.Contains(resp.Error.Message, f) {
+				t.Errorf("message %q lacks %q", resp.Error.Message, f)
+			}
+		}
+	}
+	ok := func(resp *pluginpb.HandleResponse) {
+		t.Helper()
+		if resp.Error != nil {
+			t.Errorf("refused: %v", resp.Error)
+		}
+	}
+
+	resp := call(nil, []string{"net", "uts"}, "ch.mount", `{}`)
+	refused(resp, "mnt")
+	if !strings.HasPrefix(resp.Error.Message, "ch.mount ") || ran != 0 {
+		t.Errorf("message %q, handler ran %d times", resp.Error.Message, ran)
+	}
+	refused(call(nil, []string{}, "ch.mount", `{}`), "mnt") // nothing joined
+	ok(call(nil, []string{"mnt"}, "ch.mount", `{}`))
+	ok(call(&PluginConfig{AllowHostChanges: []string{"mnt"}}, []string{"net"}, "ch.mount", `{}`))
+	ok(call(nil, nil, "ch.mount", `{}`)) // outside a core: unknown, not refused
+	ok(call(nil, []string{}, "ch.read", `{}`))
+
+	// Dynamic: the handler asks for the namespace a request changes.
+	refused(call(nil, []string{"uts"}, "ch.dyn", `{"text":"net"}`), "net")
+	ok(call(nil, []string{"uts"}, "ch.dyn", `{"text":"uts"}`))
+	ok(call(&PluginConfig{AllowHostChanges: []string{"net"}}, []string{"uts"}, "ch.dyn", `{"text":"net"}`))
+	if resp := call(nil, []string{}, "ch.dyn", `{"text":"nett"}`); resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EINVAL {
+		t.Errorf("unknown namespace: %v", resp)
+	}
+
+	s, _ := NewServer(p, nil, nil)
+	d, _ := s.Describe(context.Background(), nil)
+	for _, ty := range d.Types {
+		want := map[string]string{"ch.mount": "[mnt] []", "ch.dyn": "[] [net uts]", "ch.read": "[] []"}[ty.Name]
+		if got := fmt.Sprint(ty.Changes, " ", ty.MayChange); got != want {
+			t.Errorf("describe %s: changes, may_change = %s, want %s", ty.Name, got, want)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -42,6 +43,7 @@ type Server struct {
 
 	name     string
 	handlers map[string]Handler
+	changes  map[string][]string // the namespaces each type declares it changes
 	describe *pluginpb.DescribeResponse
 	log      hclog.Logger
 	config   *PluginConfig
@@ -63,6 +65,7 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	s := &Server{
 		name:     p.Name,
 		handlers: make(map[string]Handler),
+		changes:  make(map[string][]string),
 		describe: &pluginpb.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts, Frames: true},
 		log:      log,
 		config:   config,
@@ -78,13 +81,14 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	}
 	for _, h := range p.Handlers {
 		d := h.Describe()
-		if err := CheckTypeName(d.Name); err != nil {
+		if err := CheckMessageType(d); err != nil {
 			return nil, fmt.Errorf("sdk: plugin %s: %w", p.Name, err)
 		}
 		if _, dup := s.handlers[d.Name]; dup {
 			return nil, fmt.Errorf("sdk: plugin %s: message type %q registered twice", p.Name, d.Name)
 		}
 		s.handlers[d.Name] = h
+		s.changes[d.Name] = d.Changes
 		s.describe.Types = append(s.describe.Types, d)
 	}
 	sort.Slice(s.describe.Types, func(i, j int) bool { return s.describe.Types[i].Name < s.describe.Types[j].Name })
@@ -116,6 +120,13 @@ func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (*plug
 // plugin the nsexec preamble provides them.
 func (s *Server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
 
+// SetJoined sets the namespaces handlers are told were joined
+// (Env.Joined), for a Server run outside a plugin process (a test): with
+// a non-nil list, a type that changes a namespace not in it is refused as
+// it would be in a core (Env.RequireJoined). Nil, the default outside a
+// core, means unknown: nothing is refused.
+func (s *Server) SetJoined(names []string) { s.joined = slices.Clone(names) }
+
 // HandleFiles serves one request as Handle does and also returns the
 // files the handler handed back with Env.ReturnFile, which the caller
 // closes: for a Server run outside a plugin process, where there is no
@@ -133,6 +144,7 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 	}
 	env := &Env{
 		RequestID: req.RequestId,
+		Type:      req.Type,
 		TargetPID: int(req.TargetPid),
 		Log:       &requestLogger{Logger: s.log, req: req},
 		Proc:      s.fresh.Proc,
@@ -147,6 +159,13 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 			resp, files = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
 		}
 	}()
+	// A type that changes a namespace it shares with the core would
+	// change the host's: refused before its handler runs.
+	for _, ns := range s.changes[req.Type] {
+		if err := env.RequireJoined(ns); err != nil {
+			return errorResponse(AsError(err)), nil
+		}
+	}
 	out, err := h.Serve(context.WithValue(ctx, envKey{}, env), req.Payload)
 	files = env.takeFiles()
 	if err != nil {

@@ -332,8 +332,22 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t(%s, %s, sha256 %.12s)\n", p.Name, src, p.Mode, p.SHA256)
 		for _, t := range p.Types {
-			fmt.Fprintf(tw, "  %s\tv%d\t%s\n", t.Name, t.Version, t.Description)
+			fmt.Fprintf(tw, "  %s\tv%d\t%s\t%s\n", t.Name, t.Version, changesColumn(t), t.Description)
 		}
 	}
 	return tw.Flush()
+}
+
+// changesColumn says which namespaces' state a type changes: "changes mnt",
+// "may change ipc,net" (depending on the request), or nothing for a type
+// that only reads.
+func changesColumn(t core.TypeInfo) string {
+	var parts []string
+	if len(t.Changes) > 0 {
+		parts = append(parts, "changes "+strings.Join(t.Changes, ","))
+	}
+	if len(t.MayChange) > 0 {
+		parts = append(parts, "may change "+strings.Join(t.MayChange, ","))
+	}
+	return strings.Join(parts, "; ")
 }

@@ -29,11 +29,12 @@ func Plugin() *sdk.Plugin {
 		Name: "fs",
 		Handlers: []sdk.Handler{
 			sdk.Handle("fs.getxattr", "read one extended attribute of a path", getxattr),
-			sdk.Handle("fs.setxattr", "set one extended attribute of a path (flags: create, replace)", setxattr),
+			sdk.Handle("fs.setxattr", "set one extended attribute of a path (flags: create, replace)", setxattr).Changes("mnt"),
 			sdk.Handle("fs.listxattr", "list the extended attribute names of a path", listxattr),
-			sdk.Handle("fs.removexattr", "remove one extended attribute of a path", removexattr),
-			sdk.Handle("fs.chown", "change owner and group of a batch of paths (-1 leaves one unchanged)", chown),
-			sdk.Handle("fs.open", "open a file (openat2 flags and resolve flags) and hand the descriptor back", open),
+			sdk.Handle("fs.removexattr", "remove one extended attribute of a path", removexattr).Changes("mnt"),
+			sdk.Handle("fs.chown", "change owner and group of a batch of paths (-1 leaves one unchanged)", chown).Changes("mnt"),
+			// Opening for writing, creating or truncating changes files.
+			sdk.Handle("fs.open", "open a file (openat2 flags and resolve flags) and hand the descriptor back", open).MayChange("mnt"),
 		},
 	}
 }

@@ -88,6 +88,14 @@ func open(ctx context.Context, req OpenRequest) (OpenResponse, error) {
 	if req.Mode&^0o7777 != 0 {
 		return OpenResponse{}, sdk.Errorf(syscall.EINVAL, "mode %#o has bits beyond 07777", req.Mode)
 	}
+	// A descriptor open for writing changes the file it names, and creat
+	// and trunc change files at once (tmpfile needs wronly or rdwr): not
+	// a host file. openat2 refuses path with any of them.
+	if flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC) != 0 {
+		if err := env.RequireJoined("mnt"); err != nil {
+			return OpenResponse{}, err
+		}
+	}
 	how := &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolve}
 	if flags&unix.O_CREAT != 0 || flags&unix.O_TMPFILE == unix.O_TMPFILE {
 		how.Mode = uint64(req.Mode)

@@ -37,8 +37,8 @@ func Plugin() *sdk.Plugin {
 		Name:        "mount",
 		FreshMounts: []string{"proc"},
 		Handlers: []sdk.Handler{
-			sdk.Handle("mount.mount", "apply a batch of mounts in the target's mount namespace, all or nothing", mountBatch),
-			sdk.Handle("mount.umount", "unmount a list of mount points in order", umountBatch),
+			sdk.Handle("mount.mount", "apply a batch of mounts in the target's mount namespace, all or nothing", mountBatch).Changes("mnt"),
+			sdk.Handle("mount.umount", "unmount a list of mount points in order", umountBatch).Changes("mnt"),
 			sdk.Handle("mount.info", "the target's mount table, parsed from mountinfo (raw: the text too)", info),
 			sdk.Handle("mount.inode", "inode, device and mount id of paths (mount points)", inode),
 		},

@@ -41,7 +41,7 @@ func Plugin() *sdk.Plugin {
 		Handlers: []sdk.Handler{
 			sdk.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
 			sdk.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
-			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write),
+			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write).Changes("mnt"),
 			sdk.Handle("procfs.readdir", "list a directory: name, type, inode", readdir),
 			sdk.Handle("procfs.readlink", "read a symbolic link", readlink),
 		},

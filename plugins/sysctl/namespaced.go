@@ -3,6 +3,7 @@ package sysctl
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +66,21 @@ func namespaceOf(n string) string {
 		}
 	}
 	return ""
+}
+
+// owningNamespaces lists the namespaces that own sysctls, sorted: those
+// sysctl.set may change.
+func owningNamespaces() []string {
+	var out []string
+	for _, m := range []map[string]string{namespacedPrefixes, namespacedNames} {
+		for _, ns := range m {
+			if !slices.Contains(out, ns) {
+				out = append(out, ns)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // pidMaxPerNamespace reports whether the running kernel keeps pid_max

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -56,7 +55,7 @@ func Plugin() *sdk.Plugin {
 		FreshMounts: []string{"proc"},
 		Handlers: []sdk.Handler{
 			sdk.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
-			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set),
+			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(owningNamespaces()...),
 			sdk.Handle("sysctl.list", "list the sysctls under a prefix with their values", list),
 		},
 	}
@@ -256,17 +255,17 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 	if ns == "" {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
 	}
-	shared := false
-	if joined, ok := sdk.EnvFrom(ctx).Joined(); ok {
-		// Started by a core: a namespace not joined is the core's own.
-		shared = !slices.Contains(joined, ns)
+	// The sdk's rule for every type that changes a namespace.
+	env := sdk.EnvFrom(ctx)
+	if err := env.RequireJoined(ns); err != nil {
+		return sdk.Errorf(syscall.EPERM, "sysctl %s: %s, and so does listing %s in the allow_host_sysctls option", canon, sdk.AsError(err).Message, canon)
+	}
+	if env.HostChangesAllowed(ns) {
+		return nil
 	}
 	initial, err := inInitialNamespace(proc, ns)
 	if err != nil {
 		return err
-	}
-	if shared {
-		return sdk.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, which the handler shares with the core (the target does, or the request did not join it): writing it would change the host's (list it in allow_host_sysctls to allow that)", canon, ns)
 	}
 	if initial {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, and the handler is in the host's initial one (the target shares it, or the request did not join it): writing it would change the host (list it in allow_host_sysctls to allow that)", canon, ns)

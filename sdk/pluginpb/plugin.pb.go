@@ -149,7 +149,19 @@ type MessageType struct {
 	// Version of this message type's payload contract, starting at 1.
 	Version uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	// One line for `nsplug plugins`.
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// Namespaces whose state the type changes, named as in /proc/PID/ns
+	// ("mnt" for a mount, a chown or an xattr). A request for it is refused
+	// with EPERM, before its handler runs, when one of them is shared with
+	// the core (not joined: the target has none of its own, or the request
+	// or the plugin's namespaces setting left it out), since the change
+	// would be the host's; the plugin's allow_host_changes setting lifts
+	// that for the namespaces it names.
+	Changes []string `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Namespaces whose state the type changes depending on the request
+	// (sysctl.set: the namespace of the sysctl named). The handler applies
+	// the same rule to the one a request changes (sdk.Env.RequireJoined).
+	MayChange     []string `protobuf:"bytes,5,rep,name=may_change,json=mayChange,proto3" json:"may_change,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +215,20 @@ func (x *MessageType) GetDescription() string {
 		return x.Description
 	}
 	return ""
+}
+
+func (x *MessageType) GetChanges() []string {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *MessageType) GetMayChange() []string {
+	if x != nil {
+		return x.MayChange
+	}
+	return nil
 }
 
 type HandleRequest struct {
@@ -412,11 +438,14 @@ const file_plugin_proto_rawDesc = "" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x123\n" +
 	"\x05types\x18\x02 \x03(\v2\x1d.nsplug.plugin.v1.MessageTypeR\x05types\x12!\n" +
 	"\ffresh_mounts\x18\x03 \x03(\tR\vfreshMounts\x12\x16\n" +
-	"\x06frames\x18\x04 \x01(\bR\x06frames\"]\n" +
+	"\x06frames\x18\x04 \x01(\bR\x06frames\"\x96\x01\n" +
 	"\vMessageType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"{\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x18\n" +
+	"\achanges\x18\x04 \x03(\tR\achanges\x12\x1d\n" +
+	"\n" +
+	"may_change\x18\x05 \x03(\tR\tmayChange\"{\n" +
 	"\rHandleRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +

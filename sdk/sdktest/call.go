@@ -84,6 +84,15 @@ type Env struct {
 	// In-process, an open directory such as /proc of the test process
 	// stands in. Default nil.
 	Proc, Sys *os.File
+	// Joined are the namespaces the handler is told the core joined
+	// (sdk.Env.Joined). Nil, the default, means unknown: in-process the
+	// handler acts in the test process's own namespaces, and no type is
+	// refused for the namespaces it changes (sdk.Env.RequireJoined). Set
+	// it (e.g. []string{"net"}) to test that refusal: a type that changes
+	// a namespace left out is then refused with EPERM, as in a core.
+	Joined []string
+	// AllowHostChanges stands for the allow_host_changes setting.
+	AllowHostChanges []string
 }
 
 var requestSeq atomic.Uint64
@@ -151,7 +160,7 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 	if len(env) == 1 {
 		e = env[0]
 	}
-	config := &sdk.PluginConfig{AllowedRoots: e.AllowedRoots, LogLevel: e.LogLevel}
+	config := &sdk.PluginConfig{AllowedRoots: e.AllowedRoots, LogLevel: e.LogLevel, AllowHostChanges: e.AllowHostChanges}
 	if config.LogLevel == "" {
 		config.LogLevel = "trace"
 	}
@@ -171,6 +180,7 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 		t.Fatalf("sdktest: %v", err)
 	}
 	server.SetFreshMounts(e.Proc, e.Sys)
+	server.SetJoined(e.Joined)
 	ctx := e.Context
 	if ctx == nil {
 		ctx = context.Background()
