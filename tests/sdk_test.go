@@ -270,13 +270,10 @@ func TestSdktestCall(t *testing.T) {
 		Greeting string `json:"greeting"`
 		Path     string `json:"path"`
 	}
-	p := &sdk.Plugin{Name: "envy", Handlers: []sdk.Handler{
+	p := &sdk.Plugin{Name: "envy", Configure: sdk.TypedOptions(opts{}, nil), Handlers: []sdk.Handler{
 		sdk.Handle("envy.check", "", func(ctx context.Context, r req) (resp, error) {
 			env := sdk.EnvFrom(ctx)
-			var o opts
-			if err := env.DecodeOptions(&o); err != nil {
-				return resp{}, sdk.Errorf(syscall.EINVAL, "options: %v", err)
-			}
+			o := sdk.OptionsFrom[opts](ctx)
 			path, err := env.CheckPath(r.Path)
 			if err != nil {
 				return resp{}, err
