@@ -38,6 +38,15 @@ type Config struct {
 	// MaxInstances is the global cap on live plugin processes; at least 1.
 	// Default 64.
 	MaxInstances int `toml:"max_instances"`
+	// MaxPluginBytes bounds a plugin executable's size: each is copied
+	// into memory at start (see core/executable.go), and a larger file is
+	// refused without copying. At least 1. Default 256 MiB.
+	MaxPluginBytes int64 `toml:"max_plugin_bytes"`
+	// FailOnPluginError makes New fail when any configured plugin fails
+	// to load (a missing or oversized executable, a wrong sha256, a bad
+	// option, a type it does not serve, ...). By default such a plugin is
+	// recorded as failed, with its error, and the others serve.
+	FailOnPluginError bool `toml:"fail_on_plugin_error"`
 	// Defaults apply to every plugin unless its [[plugin]] entry overrides
 	// them. Every field of Defaults must be set (DefaultConfig sets them all).
 	Defaults PluginSettings `toml:"defaults"`
@@ -155,6 +164,7 @@ func cfgBuiltin() *Config {
 			FreshMounts:    []string{},
 			Unshare:        []string{},
 		},
+		MaxPluginBytes: DefaultMaxPluginBytes,
 	}
 }
 
@@ -299,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if k := root.child("max_instances"); c.MaxInstances < 1 {
 		v.fail(k, "", "must be at least 1, got %d", c.MaxInstances)
+	}
+	if k := root.child("max_plugin_bytes"); c.MaxPluginBytes < 1 {
+		v.fail(k, "", "must be at least 1, got %d", c.MaxPluginBytes)
 	}
 	v.settings(root.child("defaults"), &c.Defaults, false)
 
@@ -609,6 +622,18 @@ func (d *cfgDecoder) config(raw map[string]any, c *Config) {
 				d.fail(k, "", "%d is out of range", n)
 			} else {
 				c.MaxInstances = int(n)
+			}
+		case "max_plugin_bytes":
+			if n, ok := v.(int64); ok {
+				c.MaxPluginBytes = n
+			} else {
+				d.typeError(k, "integer", v)
+			}
+		case "fail_on_plugin_error":
+			if b, ok := v.(bool); ok {
+				c.FailOnPluginError = b
+			} else {
+				d.typeError(k, "boolean", v)
 			}
 		case "defaults":
 			if m, ok := d.table(k, v); ok {

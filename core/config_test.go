@@ -56,6 +56,7 @@ func TestConfigDefault(t *testing.T) {
 			FreshMounts:    []string{},
 			Unshare:        []string{},
 		},
+		MaxPluginBytes: 256 << 20,
 	}
 	if got := withoutSource(c); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", got, want)
