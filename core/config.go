@@ -43,6 +43,15 @@ type Config struct {
 	// holds at most that many of max_instances; others wait for a slot
 	// within their deadline. At least 1. Default 4.
 	MaxStartsPerTarget int `toml:"max_starts_per_target"`
+	// MaxPluginBytes bounds a plugin executable's size: each is copied
+	// into memory at start (see core/executable.go), and a larger file is
+	// refused without copying. At least 1. Default 256 MiB.
+	MaxPluginBytes int64 `toml:"max_plugin_bytes"`
+	// FailOnPluginError makes New fail when any configured plugin fails
+	// to load (a missing or oversized executable, a wrong sha256, a bad
+	// option, a type it does not serve, ...). By default such a plugin is
+	// recorded as failed, with its error, and the others serve.
+	FailOnPluginError bool `toml:"fail_on_plugin_error"`
 	// Defaults apply to every plugin unless its [[plugin]] entry overrides
 	// them. Every field of Defaults must be set (DefaultConfig sets them all).
 	Defaults PluginSettings `toml:"defaults"`
@@ -171,6 +180,7 @@ func cfgBuiltin() *Config {
 
 			AllowHostChanges: []string{},
 		},
+		MaxPluginBytes: DefaultMaxPluginBytes,
 	}
 }
 
@@ -322,6 +332,9 @@ func (c *Config) Validate() error {
 	}
 	if k := root.child("max_starts_per_target"); c.MaxStartsPerTarget < 1 {
 		v.fail(k, "", "must be at least 1, got %d", c.MaxStartsPerTarget)
+	}
+	if k := root.child("max_plugin_bytes"); c.MaxPluginBytes < 1 {
+		v.fail(k, "", "must be at least 1, got %d", c.MaxPluginBytes)
 	}
 	v.settings(root.child("defaults"), &c.Defaults, false)
 
@@ -630,6 +643,18 @@ func (d *cfgDecoder) config(raw map[string]any, c *Config) {
 			d.decodeInt(k, v, &c.MaxInstances)
 		case "max_starts_per_target":
 			d.decodeInt(k, v, &c.MaxStartsPerTarget)
+		case "max_plugin_bytes":
+			if n, ok := v.(int64); ok {
+				c.MaxPluginBytes = n
+			} else {
+				d.typeError(k, "integer", v)
+			}
+		case "fail_on_plugin_error":
+			if b, ok := v.(bool); ok {
+				c.FailOnPluginError = b
+			} else {
+				d.typeError(k, "boolean", v)
+			}
 		case "defaults":
 			if m, ok := d.table(k, v); ok {
 				for _, n := range d.keys(k, m) {

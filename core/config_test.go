@@ -59,6 +59,7 @@ func TestConfigDefault(t *testing.T) {
 
 			AllowHostChanges: []string{},
 		},
+		MaxPluginBytes: 256 << 20,
 	}
 	if got := withoutSource(c); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", got, want)

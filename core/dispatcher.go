@@ -53,13 +53,23 @@ type TypeInfo struct {
 
 // PluginInfo describes one configured plugin.
 type PluginInfo struct {
-	Name    string     `json:"name"`
-	Builtin bool       `json:"builtin"`
-	Path    string     `json:"path,omitempty"`
-	SHA256  string     `json:"sha256"`
-	Mode    string     `json:"mode"`
-	Types   []TypeInfo `json:"types"`
+	Name    string `json:"name"`
+	Builtin bool   `json:"builtin"`
+	Path    string `json:"path,omitempty"`
+	SHA256  string `json:"sha256"`
+	Mode    string `json:"mode"`
+	// Status is PluginOK, or PluginFailed when the plugin could not be
+	// loaded; Error then says why, and Types is empty.
+	Status string     `json:"status"`
+	Error  string     `json:"error,omitempty"`
+	Types  []TypeInfo `json:"types"`
 }
+
+// The values of PluginInfo.Status.
+const (
+	PluginOK     = "ok"
+	PluginFailed = "failed"
+)
 
 // Dispatcher runs requests inside targets' namespaces through plugins.
 // It is safe for concurrent use. Close it to kill every plugin process.
@@ -68,6 +78,7 @@ type Dispatcher struct {
 	log     hclog.Logger
 	plugins []*pluginEntry
 	types   map[string]*pluginEntry
+	failed  map[string]*pluginEntry // types configured for plugins that failed to load
 	selfNS  nsSet
 	runDir  string   // this core's directory under runtime_dir
 	runLock *os.File // flock held while the core lives
@@ -78,8 +89,15 @@ type Dispatcher struct {
 }
 
 // New starts a dispatcher: it validates the configuration, seals each
-// plugin's executable, asks every plugin which message types it serves and
-// builds the type registry. Nothing runs in any target until Dispatch.
+// plugin's executable, checks its options, asks it which message types it
+// serves and builds the type registry. Nothing runs in any target until
+// Dispatch.
+//
+// A plugin that fails to load is recorded as failed, with its error
+// (Plugins shows it, a request of one of its types fails with ENOPKG
+// naming it), logged once, and the others serve; with
+// fail_on_plugin_error New fails instead. A bad configuration is New's
+// error either way.
 func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
@@ -91,7 +109,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
-	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
+	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,
@@ -108,57 +126,18 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 			d.Close()
 		}
 	}()
-	builtins := make(map[string]*sdk.Plugin)
+	l := &loader{d: d, cfg: cfg, self: opts.Executable, builtins: make(map[string]*sdk.Plugin)}
 	for _, b := range opts.Builtins {
-		builtins[b.Name] = b
+		l.builtins[b.Name] = b
 	}
-	confs := pluginConfigs(cfg.Plugins, opts.Builtins)
-	self := opts.Executable
-	var selfExe *sealedExecutable
-	for i := range confs {
-		pc := &confs[i]
-		e, err := d.newEntry(cfg, pc)
-		if err != nil {
-			return nil, err
-		}
+	for _, pc := range pluginConfigs(cfg.Plugins, opts.Builtins) {
+		e := &pluginEntry{name: pc.Name, path: pc.Path}
 		d.plugins = append(d.plugins, e)
-		var served *pluginpb.DescribeResponse
-		if pc.Path == "" {
-			b := builtins[pc.Name]
-			if b == nil {
-				return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(builtins), ", "))
-			}
-			if selfExe == nil {
-				if self == "" {
-					if self, err = os.Executable(); err != nil {
-						return nil, err
-					}
-				}
-				if selfExe, err = sealExecutable("builtin", self, ""); err != nil {
-					return nil, err
-				}
-			}
-			e.builtin, e.exe, e.path = true, selfExe, self
-			srv, err := sdk.NewServer(b, nil, nil)
-			if err != nil {
+		if err := l.load(e, &pc); err != nil {
+			if cfg.FailOnPluginError {
 				return nil, err
 			}
-			served, _ = srv.Describe(context.Background(), nil)
-		} else {
-			if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256)); err != nil {
-				return nil, err
-			}
-			if served, err = d.describeExternal(e); err != nil {
-				return nil, err
-			}
-		}
-		e.frames = served.Frames
-		for _, m := range served.FreshMounts {
-			e.freshProc = e.freshProc || m == "proc"
-			e.freshSys = e.freshSys || m == "sys"
-		}
-		if err := d.register(e, pc.Types, served.Types); err != nil {
-			return nil, err
+			d.recordFailure(e, l.knownTypes(&pc), err)
 		}
 	}
 	return d, nil
@@ -221,7 +200,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	}
 	e := d.types[req.Type]
 	if e == nil {
-		return nil, errorf(syscall.EOPNOTSUPP, "unknown message type %q (known: %s)", req.Type, strings.Join(sortedKeys(d.types), ", "))
+		return nil, d.unknownType(req.Type)
 	}
 	payload := req.Payload
 	if len(payload) == 0 {
@@ -327,7 +306,7 @@ func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) erro
 	for _, typ := range types {
 		e := d.types[typ]
 		if e == nil {
-			return errorf(syscall.EOPNOTSUPP, "unknown message type %q", typ)
+			return d.unknownType(typ)
 		}
 		add(e)
 	}
@@ -402,9 +381,13 @@ func (d *Dispatcher) Types() []TypeInfo {
 func (d *Dispatcher) Plugins() []PluginInfo {
 	var out []PluginInfo
 	for _, e := range d.plugins {
-		info := PluginInfo{Name: e.name, Builtin: e.builtin, Mode: e.settings.Mode, Types: e.types}
-		if e.exe != nil {
-			info.SHA256 = e.exe.sha256
+		info := PluginInfo{Name: e.name, Builtin: e.builtin, Mode: e.settings.Mode, Status: PluginOK, Types: e.types}
+		if e.err != nil {
+			info.Status, info.Error = PluginFailed, e.reason()
+		}
+		info.SHA256 = e.sha256
+		if info.Types == nil {
+			info.Types = []TypeInfo{}
 		}
 		if !e.builtin {
 			info.Path = e.path

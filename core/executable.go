@@ -23,18 +23,33 @@ type sealedExecutable struct {
 	sha256 string
 }
 
+// DefaultMaxPluginBytes is the default of max_plugin_bytes: far above any
+// real plugin (a Go plugin is some 10-30 MiB), far below what a sparse or
+// runaway file would cost every core start in memory.
+const DefaultMaxPluginBytes = 256 << 20
+
 // sealExecutable copies path into a sealed memfd. When want is not empty,
-// the copy's sha256 must equal it.
-func sealExecutable(name, path, want string) (*sealedExecutable, error) {
-	src, err := os.Open(path)
+// the copy's sha256 must equal it. The file must be a regular, executable
+// file of at most max bytes: it is opened without blocking (a FIFO or a
+// device at path cannot stall the core) and its type and size are checked
+// on the opened descriptor, before anything is read.
+func sealExecutable(name, path, want string, max int64) (*sealedExecutable, error) {
+	srcFD, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", name, err)
+		return nil, fmt.Errorf("plugin %s: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
 	}
+	src := os.NewFile(uintptr(srcFD), path)
 	defer src.Close()
-	if st, err := src.Stat(); err != nil {
+	st, err := src.Stat()
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
-	} else if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-		return nil, fmt.Errorf("plugin %s: %s is not an executable file", name, path)
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("plugin %s: %s is not a regular file (%s)", name, path, fileKind(st.Mode()))
+	case st.Mode().Perm()&0o111 == 0:
+		return nil, fmt.Errorf("plugin %s: %s is not executable (mode %v)", name, path, st.Mode().Perm())
+	case st.Size() > max:
+		return nil, fmt.Errorf("plugin %s: %s is %d bytes, more than max_plugin_bytes (%d)", name, path, st.Size(), max)
 	}
 	fd, err := unix.MemfdCreate("nsplug-"+name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if err == unix.EINVAL { // kernels before 6.3 do not know MFD_EXEC
@@ -52,7 +67,13 @@ func sealExecutable(name, path, want string) (*sealedExecutable, error) {
 	}
 	mem := os.NewFile(uintptr(high), "memfd:nsplug-"+name)
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(mem, h), src); err != nil {
+	// The file may grow between fstat and the copy: copy at most one
+	// byte more than allowed, to tell.
+	n, err := io.Copy(io.MultiWriter(mem, h), io.LimitReader(src, max+1))
+	if err == nil && n > max {
+		err = fmt.Errorf("it grew beyond max_plugin_bytes (%d)", max)
+	}
+	if err != nil {
 		mem.Close()
 		return nil, fmt.Errorf("plugin %s: copying %s: %w", name, path, err)
 	}
@@ -67,6 +88,23 @@ func sealExecutable(name, path, want string) (*sealedExecutable, error) {
 		return nil, fmt.Errorf("plugin %s: sha256 of %s is %s, the configuration wants %s", name, path, sum, want)
 	}
 	return &sealedExecutable{file: mem, sha256: sum}, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m.IsDir():
+		return "a directory"
+	}
+	return "mode " + m.String()
 }
 
 // path names the copy for execve in a child of this process.

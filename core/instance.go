@@ -41,13 +41,31 @@ type instance struct {
 }
 
 // launch says what to start: which plugin, in which namespaces of which
-// target (nil: none, on the host), with which settings.
+// target, with which settings; or, with describe, the plugin alone, to
+// learn what it serves.
 type launch struct {
 	plugin *pluginEntry
 	target *target
 	join   uintptr
 	creds  *Credentials
+	// describe starts the plugin in no target but in a throwaway set of
+	// fresh namespaces (user, mnt, pid, net, ipc, uts, cgroup) whose
+	// root is host uid describeUID, so that it has no privilege on the
+	// host, chrooted into an empty directory, without fresh mounts.
+	describe bool
 }
+
+// describeUID is the host uid and gid a plugin describes itself as: the
+// overflow id, "nobody", which owns no file a plugin could need.
+const describeUID = 65534
+
+// describeRoot is the empty directory a describing plugin is chrooted
+// into: a subdirectory of its socket directory (fd 4 of the nsexec
+// contract), reached through the fd so that the path walk does not cross
+// the root-only runtime_dir, which host uid describeUID may not search.
+var describeRoot = fmt.Sprintf("/proc/self/fd/%d/%s", nsexec.SockDirFD, describeRootName)
+
+const describeRootName = "root"
 
 // spec is how an instance's process is started: the nsexec bootstrap for
 // the launch's namespaces and credentials, and the host ids that own its
@@ -62,6 +80,10 @@ func (l launch) spec() (*spec, error) {
 	p := l.plugin
 	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys}
 	owner := [2]int{-1, -1}
+	if l.describe {
+		boot = nsexec.Bootstrap{UID: -1, GID: -1, Root: describeRoot}
+		return &spec{launch: l, boot: boot, owner: [2]int{describeUID, describeUID}}, nil
+	}
 	if l.join&syscall.CLONE_NEWUSER != 0 {
 		id, err := l.target.userIdentity(l.creds)
 		if err != nil {
@@ -106,7 +128,21 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		Pdeathsig: syscall.SIGKILL, // die with the core
 		Setpgid:   true,            // a terminal's ^C goes to the core, which then stops its plugins
 	}
-	nr := &nsRunner{name: p.name, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, exited: make(chan struct{})}
+	if sp.describe {
+		// Fresh namespaces, made by clone: nothing of the host's but
+		// the file system, which the chroot to an empty directory
+		// (the nsexec constructor's, before Go starts) takes away.
+		attr := cmd.SysProcAttr
+		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET |
+			syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS | syscall.CLONE_NEWCGROUP
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: describeUID, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: describeUID, Size: 1}}
+		attr.GidMappingsEnableSetgroups = false
+		// Mapping an id does not change the process's: become the
+		// namespace's root (host describeUID) before exec.
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
+	nr := &nsRunner{name: p.name, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, emptyRoot: sp.describe, exited: make(chan struct{})}
 	if sp.target != nil && sp.join != 0 {
 		nr.pidfd = sp.target.pidfd
 	}
@@ -152,6 +188,9 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		}
 		client.Kill()
 		where := "on the host"
+		if l.describe {
+			where = "to describe it (unprivileged, in fresh namespaces)"
+		}
 		if l.target != nil {
 			where = fmt.Sprintf("in target pid %d", l.target.pid)
 		}

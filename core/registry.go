@@ -18,6 +18,8 @@ type pluginEntry struct {
 	builtin      bool
 	path         string
 	exe          *sealedExecutable
+	sha256       string // of exe; kept when a failed plugin's exe is closed
+	err          error  // why it failed to load; nil when it serves
 	settings     PluginSettings
 	join         uintptr // namespaces it may join; all by default
 	unshare      uintptr
@@ -64,20 +66,21 @@ func builtinNamed(builtins []*sdk.Plugin, name string) bool {
 	return false
 }
 
-func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, error) {
+// setUp fills in e's settings from the configuration.
+func (d *Dispatcher) setUp(cfg *Config, pc *PluginConfig, e *pluginEntry) error {
 	s := cfg.Settings(pc)
-	e := &pluginEntry{name: pc.Name, path: pc.Path, settings: s, join: nsexec.AllNamespaces}
+	e.settings, e.join = s, nsexec.AllNamespaces
 	var err error
 	if len(s.Namespaces) > 0 {
 		if e.join, err = nsexec.ParseNamespaces(s.Namespaces); err != nil {
-			return nil, fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
+			return fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
 		}
 	}
 	if e.unshare, err = nsexec.ParseNamespaces(s.Unshare); err != nil {
-		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+		return fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
 	}
 	if err := (nsexec.Bootstrap{Unshare: e.unshare}).Validate(); err != nil {
-		return nil, fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
+		return fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
 	}
 	for _, m := range s.FreshMounts {
 		switch m {
@@ -89,20 +92,22 @@ func (d *Dispatcher) newEntry(cfg *Config, pc *PluginConfig) (*pluginEntry, erro
 	}
 	opts, err := json.Marshal(pc.Options)
 	if err != nil {
-		return nil, fmt.Errorf("plugin %s: options: %w", pc.Name, err)
+		return fmt.Errorf("plugin %s: options: %w", pc.Name, err)
 	}
 	if len(pc.Options) == 0 {
 		opts = nil
 	}
 	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel,
 		AllowHostChanges: s.AllowHostChanges})
-	return e, nil
+	return nil
 }
 
-// describeExternal starts an external plugin once, on the host and in no
-// target, to learn what it serves.
+// describeExternal starts an external plugin once, in no target, to learn
+// what it serves (and have it check its options). It gets nothing
+// serving does not: it starts the way every instance does, but in a
+// throwaway set of fresh namespaces, unprivileged (see launch.describe).
 func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeResponse, error) {
-	inst, err := d.startInstance(context.Background(), launch{plugin: e})
+	inst, err := d.startInstance(context.Background(), launch{plugin: e, describe: true})
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +123,7 @@ func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeRespons
 
 // register adds a plugin's message types to the registry. allowed, from
 // the configuration, restricts them; naming a type the plugin does not
-// serve is an error.
+// serve is an error. On error nothing is registered.
 func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
 	byName := make(map[string]*pluginpb.MessageType)
 	for _, t := range served {
@@ -131,14 +136,21 @@ func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*plugin
 	if len(names) == 0 {
 		names = sortedKeys(byName)
 	}
+	seen := make(map[string]bool)
 	for _, n := range names {
-		t := byName[n]
-		if t == nil {
+		if seen[n] {
+			return fmt.Errorf("plugin %s: the configuration names message type %q twice", e.name, n)
+		}
+		seen[n] = true
+		if byName[n] == nil {
 			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
 		}
 		if other := d.types[n]; other != nil {
-			return fmt.Errorf("message type %q is served by both plugin %s and plugin %s", n, other.name, e.name)
+			return fmt.Errorf("plugin %s: message type %q is served by both plugin %s and plugin %s", e.name, n, other.name, e.name)
 		}
+	}
+	for _, n := range names {
+		t := byName[n]
 		d.types[n] = e
 		e.types = append(e.types, TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: e.name,
 			Changes: t.Changes, MayChange: t.MayChange})

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -53,6 +54,9 @@ type nsRunner struct {
 	boot    nsexec.Bootstrap
 	pidfd   *os.File // target's; nil when no namespace is joined
 	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
+	// emptyRoot makes an empty directory in sockDir, for a describing
+	// plugin's chroot (see describeRoot).
+	emptyRoot bool
 
 	stdout, stderr io.ReadCloser
 	status         chan string // the bootstrap's failure message, "" if none
@@ -84,6 +88,12 @@ var _ runner.Runner = (*nsRunner)(nil)
 func (r *nsRunner) Start(ctx context.Context) error {
 	if r.owner[0] >= 0 {
 		if err := os.Chown(r.sockDir, r.owner[0], r.owner[1]); err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
+	}
+	if r.emptyRoot {
+		// Root's, 0555: the plugin can enter it and write nothing.
+		if err := os.Mkdir(filepath.Join(r.sockDir, describeRootName), 0o555); err != nil {
 			return fmt.Errorf("socket directory: %w", err)
 		}
 	}

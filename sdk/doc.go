@@ -32,8 +32,9 @@
 // Env.CheckPath.
 //
 // A handler logs through Env.Log (the core's log, under the plugin's name,
-// with the request id and target pid), reads its configuration with
-// Env.DecodeOptions, and returns when its context is done: request_timeout
+// with the request id and target pid), reads the plugin's options with
+// OptionsFrom (checked once, at load, by Plugin.Configure; see
+// TypedOptions), and returns when its context is done: request_timeout
 // and the caller's cancellation end it, and the instance is then killed.
 // One message is at most MaxMessageBytes.
 //

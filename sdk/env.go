@@ -64,6 +64,8 @@ type Env struct {
 	joined []string // nil outside a core
 	mu     sync.Mutex
 	files  []*os.File
+
+	options any // what Plugin.Configure made of the options; see OptionsFrom
 }
 
 // Joined lists the namespaces of the target the handler joined ("net",
@@ -157,15 +159,6 @@ func WithEnv(ctx context.Context, env *Env) context.Context {
 		env.Log = hclog.NewNullLogger()
 	}
 	return context.WithValue(ctx, envKey{}, env)
-}
-
-// DecodeOptions decodes the plugin's options (see PluginConfig.Options)
-// strictly into v. Missing options leave v unchanged.
-func (e *Env) DecodeOptions(v any) error {
-	if len(e.config.Options) == 0 {
-		return nil
-	}
-	return DecodeStrict(e.config.Options, v)
 }
 
 // SetAllowedRoots restricts CheckPath, for handler tests.

@@ -33,6 +33,14 @@ type Plugin struct {
 	// read /proc of a target that may have none asks for "proc" here and
 	// finds it in Env.Proc.
 	FreshMounts []string
+	// Configure checks the plugin's options (its [plugin.options] table
+	// as a JSON object; nil when there is none) and returns the value
+	// its handlers read with OptionsFrom. It runs once per process,
+	// before anything is served, and when the core loads the plugin: a
+	// bad option makes the plugin fail to load, with the configuration
+	// file and line of the option (return an OptionError naming it).
+	// Build it with TypedOptions. Nil: the plugin takes no options.
+	Configure func(options json.RawMessage) (any, error)
 }
 
 // Server is the in-namespace half of the wire protocol: it serves the
@@ -47,11 +55,14 @@ type Server struct {
 	describe *pluginpb.DescribeResponse
 	log      hclog.Logger
 	config   *PluginConfig
+	options  any // what Plugin.Configure made of config.Options
 	fresh    nsexec.State
 	joined   []string
 }
 
-// NewServer checks the plugin's handlers and returns its server.
+// NewServer checks the plugin's handlers and options and returns its
+// server. An error from the plugin's Configure hook wraps an
+// *OptionError.
 func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, error) {
 	if p.Name == "" {
 		return nil, fmt.Errorf("sdk: plugin has no name")
@@ -92,6 +103,11 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 		s.describe.Types = append(s.describe.Types, d)
 	}
 	sort.Slice(s.describe.Types, func(i, j int) bool { return s.describe.Types[i].Name < s.describe.Types[j].Name })
+	opts, err := configure(p, config.Options)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: plugin %s: %w", p.Name, err)
+	}
+	s.options = opts
 	return s, nil
 }
 
@@ -150,6 +166,7 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		Proc:      s.fresh.Proc,
 		Sys:       s.fresh.Sys,
 		config:    s.config,
+		options:   s.options,
 		joined:    s.joined,
 	}
 	defer func() {

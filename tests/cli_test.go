@@ -9,8 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 )
 
@@ -170,5 +173,52 @@ func TestCLIPayloadFromStdin(t *testing.T) {
 	out, err := cmd.Output()
 	if err != nil || !strings.Contains(string(out), `"from-stdin"`) {
 		t.Errorf("payload on stdin: %v: %s", err, out)
+	}
+}
+
+// nsplug plugins with a broken plugin in the configuration shows it as
+// failed, with its error, and the others as ok, and exits 0: the core
+// serves. A FIFO as a plugin's path does not make it hang.
+func TestCLIPluginsShowsFailedPlugins(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := cliConfig(t, fmt.Sprintf("[[plugin]]\nname = \"fifo\"\npath = %q\n[[plugin]]\nname = \"procfs\"\n[plugin.options]\nmax_read_bytes = -1\n", fifo))
+	start := time.Now()
+	stdout, stderr, code := runCLI(t, "plugins", "--config", conf)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("nsplug plugins took %v", took)
+	}
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"fifo  ", "failed: " + fifo + " is not a regular file (a FIFO)", "nsplug.toml:8: key \"plugin.options.max_read_bytes\"", "ids.user"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout does not mention %q:\n%s", want, stdout)
+		}
+	}
+	stdout, _, code = runCLI(t, "plugins", "--json", "--config", conf)
+	var out struct{ Plugins []core.PluginInfo }
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil || code != 0 {
+		t.Fatalf("plugins --json: exit %d, %v\n%s", code, err, stdout)
+	}
+	status := make(map[string]string)
+	for _, p := range out.Plugins {
+		status[p.Name] = p.Status + ": " + p.Error
+	}
+	if !strings.HasPrefix(status["fifo"], "failed: ") || !strings.HasPrefix(status["procfs"], "failed: ") || status["ids"] != "ok: " {
+		t.Errorf("plugins --json: %v", status)
+	}
+	// A call to a healthy plugin is served; one to the failed plugin's
+	// type names why it failed.
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	if _, stderr, code := runCLI(t, "call", "--config", conf, "--pid", strconv.Itoa(target.PID()), "ids.user", `{"id":0}`); code != 0 {
+		t.Errorf("ids.user: exit %d: %s", code, stderr)
+	}
+	_, stderr, code = runCLI(t, "call", "--log-level", "off", "--config", conf, "--pid", strconv.Itoa(target.PID()), "procfs.read", `{"path":"/proc/uptime"}`)
+	if code != 1 || !strings.Contains(stderr, "ENOPKG") || !strings.Contains(stderr, "nsplug.toml:8") {
+		t.Errorf("procfs.read: exit %d: %s", code, stderr)
 	}
 }

@@ -258,7 +258,7 @@ func TestNetinfoExample(t *testing.T) {
 	}
 }
 
-// Configured [plugin.options] reach the plugin (Env.DecodeOptions); the
+// Configured [plugin.options] reach the plugin (sdk.OptionsFrom); the
 // command line serves it like any plugin, against a FROM-scratch target.
 func TestNetinfoExampleConfiguration(t *testing.T) {
 	bin := sdktest.Build(t, "../examples/netinfo")
@@ -274,11 +274,12 @@ func TestNetinfoExampleConfiguration(t *testing.T) {
 	// types restricts what is registered.
 	wantErrno(t, call(t, d, target.PID(), "netinfo.route", `{}`, nil), syscall.EOPNOTSUPP, "netinfo.route")
 
-	// Bad options are every request's EINVAL, not a crash. (One core at
-	// a time: the leak check of one counts the plugins of the other.)
+	// Bad options fail the plugin's load (checked where it describes
+	// itself), naming the option's line. (One core at a time: the leak
+	// check of one counts the plugins of the other.)
 	d.Close()
 	d2, _ := newDispatcher(t, exPluginTOML(bin, sum)+"[plugin.options]\nexclude = 3\n")
-	wantErrno(t, call(t, d2, target.PID(), "netinfo.interfaces", `{}`, nil), syscall.EINVAL, "options")
+	wantErrno(t, call(t, d2, target.PID(), "netinfo.interfaces", `{}`, nil), syscall.EOPNOTSUPP, "plugin netinfo", "failed to load", "test.toml:7:", "exclude")
 
 	// nsplug call and nsplug plugins with the plugin in a config file.
 	conf := cliConfig(t, exPluginTOML(bin, sum))

@@ -38,23 +38,59 @@ func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
 // leaves no process, fd, socket file or goroutine behind.
 func newDispatcher(t *testing.T, toml string) (*core.Dispatcher, string) {
 	t.Helper()
+	d, runDir, err := newCore(t, toml, time.Minute, nil)
+	if err != nil {
+		t.Fatalf("core.New: %v", err)
+	}
+	return d, runDir
+}
+
+// newCore starts a core from TOML (runtime_dir is set to a fresh
+// temporary directory) in a goroutine and fails the test if New does not
+// return within limit, instead of hanging with it. unblock, when not
+// nil, runs on timeout to release whatever New is stuck on. When the
+// test ends, it checks that closing the core leaves no process, fd,
+// socket file or goroutine behind.
+func newCore(t *testing.T, toml string, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
+	t.Helper()
 	runDir := t.TempDir()
 	before := snapshot(t)
 	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
-	if err != nil {
-		t.Fatalf("core.New: %v", err)
+	type result struct {
+		d   *core.Dispatcher
+		err error
 	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("Close: %v", err)
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+		done <- result{d, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(limit):
+		if unblock != nil {
+			unblock()
 		}
-		before.assertNoLeaks(t, runDir)
-	})
-	return d, runDir
+		r = <-done
+		if r.d != nil {
+			r.d.Close()
+		}
+		t.Fatalf("core.New did not return within %v (it took %v)", limit, time.Since(start))
+	}
+	if r.d != nil {
+		t.Cleanup(func() {
+			if err := r.d.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			before.assertNoLeaks(t, runDir)
+		})
+	}
+	return r.d, runDir, r.err
 }
 
 // resources is what a core may leak.

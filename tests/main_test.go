@@ -105,6 +105,14 @@ type errnoReq struct {
 
 type empty struct{}
 
+// probeOptions are the probe's [plugin.options].
+type probeOptions struct {
+	// StartDelayMS makes every start of the plugin (its describe
+	// included) wait before serving, so that a test can look at the
+	// process from the host meanwhile.
+	StartDelayMS int `json:"start_delay_ms"`
+}
+
 type openReq struct {
 	Paths []string `json:"paths"`
 	Fail  bool     `json:"fail"`
@@ -113,6 +121,13 @@ type openReq struct {
 func probePlugin(name string) *sdk.Plugin {
 	return &sdk.Plugin{
 		Name: name,
+		Configure: sdk.TypedOptions(probeOptions{}, func(o *probeOptions) error {
+			if o.StartDelayMS < 0 {
+				return sdk.OptionErrorf("start_delay_ms", "must not be negative")
+			}
+			time.Sleep(time.Duration(o.StartDelayMS) * time.Millisecond)
+			return nil
+		}),
 		Handlers: []sdk.Handler{
 			sdk.Handle(name+".whoami", "report what the handler process sees", func(ctx context.Context, _ empty) (whoami, error) {
 				host, _ := os.Hostname()

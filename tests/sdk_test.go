@@ -55,13 +55,15 @@ func sdkConfig(t *testing.T, name, bin, extra string) *core.Config {
 }
 
 // A plugin built for another version of the plugin protocol is refused
-// when the core starts, with an error naming the plugin and both
-// versions, and nothing of it is left running.
+// when the core starts (with fail_on_plugin_error), with an error naming
+// the plugin and both versions, and nothing of it is left running.
 func TestProtocolVersionMismatch(t *testing.T) {
 	for _, v := range []int{0, 2} { // built against an older sdk, a newer one
 		t.Run(fmt.Sprintf("plugin speaks %d", v), func(t *testing.T) {
 			bin := sdkBuild(t, "./testdata/oldproto", "-ldflags", fmt.Sprintf("-X main.protocolVersion=%d", v))
-			d, err := core.New(sdkConfig(t, "oldproto", bin, ""), core.Options{})
+			cfg := sdkConfig(t, "oldproto", bin, "")
+			cfg.FailOnPluginError = true // by default it is only recorded as failed
+			d, err := core.New(cfg, core.Options{})
 			if err == nil {
 				d.Close()
 				t.Fatalf("core.New accepted a plugin speaking protocol version %d", v)
@@ -270,13 +272,10 @@ func TestSdktestCall(t *testing.T) {
 		Greeting string `json:"greeting"`
 		Path     string `json:"path"`
 	}
-	p := &sdk.Plugin{Name: "envy", Handlers: []sdk.Handler{
+	p := &sdk.Plugin{Name: "envy", Configure: sdk.TypedOptions(opts{}, nil), Handlers: []sdk.Handler{
 		sdk.Handle("envy.check", "", func(ctx context.Context, r req) (resp, error) {
 			env := sdk.EnvFrom(ctx)
-			var o opts
-			if err := env.DecodeOptions(&o); err != nil {
-				return resp{}, sdk.Errorf(syscall.EINVAL, "options: %v", err)
-			}
+			o := sdk.OptionsFrom[opts](ctx)
 			path, err := env.CheckPath(r.Path)
 			if err != nil {
 				return resp{}, err

@@ -456,16 +456,16 @@ allow_host_sysctls = ["vm/overcommit_memory"]
 	sysctlRoundTrip(t, d, shared.PID(), "kernel.msgmax", "kernel/msgmax", "-i", 4321)
 	d.Close() // one core at a time: each checks at Close that no plugin is left
 
-	// Bad options are reported, not ignored.
+	// Bad options fail the plugin's load, naming the option's line.
 	d, _ = newDispatcher(t, `
 [[plugin]]
 name = "sysctl"
 [plugin.options]
-allow_host_sysctls = ["vm..x"]
 max_list_entries = 5
+allow_host_sysctls = ["vm.swappiness",
+  "vm..x"]
 `)
-	wantErrno(t, call(t, d, pid, "sysctl.set", `{"name":"vm.swappiness","value":"60"}`, nil), syscall.EINVAL, "allow_host_sysctls", "vm..x")
-	wantErrno(t, call(t, d, pid, "sysctl.list", `{"prefix":"net.ipv4"}`, nil), syscall.E2BIG, "more than 5")
+	wantErrno(t, call(t, d, pid, "sysctl.set", `{"name":"vm.swappiness","value":"60"}`, nil), syscall.ENOPKG, "test.toml:8:", "allow_host_sysctls", "vm..x")
 	d.Close()
 	d, _ = newDispatcher(t, `
 [[plugin]]
@@ -473,7 +473,15 @@ name = "sysctl"
 [plugin.options]
 allow_host = ["vm.swappiness"]
 `)
-	wantErrno(t, call(t, d, pid, "sysctl.set", `{"name":"vm.swappiness","value":"60"}`, nil), syscall.EINVAL, "allow_host")
+	wantErrno(t, call(t, d, pid, "sysctl.list", `{}`, nil), syscall.ENOPKG, "test.toml:6:", "allow_host", "unknown option")
+	d.Close()
+	d, _ = newDispatcher(t, `
+[[plugin]]
+name = "sysctl"
+[plugin.options]
+max_list_entries = 5
+`)
+	wantErrno(t, call(t, d, pid, "sysctl.list", `{"prefix":"net.ipv4"}`, nil), syscall.E2BIG, "more than 5")
 	d.Close()
 
 	// allowed_roots narrow the plugin to /proc/sys subtrees.

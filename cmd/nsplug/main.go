@@ -43,7 +43,9 @@ Usage:
         the payload from stdin. When the handler hands back open files, the
         output is {"response": ..., "files": [...]}.
   nsplug plugins [--config FILE] [--json]
-        List the plugins and the message types each serves.
+        List the plugins, whether each loaded ("ok") or not ("failed", with
+        the error), and the message types each serves. A plugin that failed
+        is not the command's failure (exit 0), unless fail_on_plugin_error.
   nsplug demo
         Start a sandbox target in fresh namespaces and show a tour of requests.
 
@@ -329,6 +331,10 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 		src := "built-in"
 		if !p.Builtin {
 			src = p.Path
+		}
+		if p.Status != core.PluginOK {
+			fmt.Fprintf(tw, "%s\t(%s, %s: %s)\n", p.Name, src, p.Status, p.Error)
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t(%s, %s, sha256 %.12s)\n", p.Name, src, p.Mode, p.SHA256)
 		for _, t := range p.Types {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path"
 	"strings"
@@ -16,7 +17,8 @@ import (
 // /proc or /sys, and no fresh mount is needed.
 func Plugin() *sdk.Plugin {
 	return &sdk.Plugin{
-		Name: "netinfo",
+		Name:      "netinfo",
+		Configure: sdk.TypedOptions(Options{}, checkOptions),
 		Handlers: []sdk.Handler{
 			sdk.Handle("netinfo.interfaces", "list network interfaces: name, index, mtu, flags, addresses", interfaces),
 			sdk.Handle("netinfo.route", "list routes of the main (or local, or every) table", routes),
@@ -31,18 +33,15 @@ type Options struct {
 	Exclude []string `json:"exclude"`
 }
 
-// options reads and checks the plugin's options.
-func options(env *sdk.Env) (*Options, error) {
-	var o Options
-	if err := env.DecodeOptions(&o); err != nil {
-		return nil, sdk.Errorf(syscall.EINVAL, "netinfo: options: %v", err)
-	}
-	for _, p := range o.Exclude {
+// checkOptions validates the options once, when the plugin is loaded (an
+// unknown key or a wrong type the sdk refuses before).
+func checkOptions(o *Options) error {
+	for i, p := range o.Exclude {
 		if _, err := path.Match(p, ""); err != nil {
-			return nil, sdk.Errorf(syscall.EINVAL, "netinfo: options: exclude pattern %q: %v", p, err)
+			return sdk.OptionErrorf(fmt.Sprintf("exclude[%d]", i), "pattern %q: %v", p, err)
 		}
 	}
-	return &o, nil
+	return nil
 }
 
 func (o *Options) excluded(name string) bool {
@@ -84,10 +83,7 @@ type InterfacesResponse struct {
 
 func interfaces(ctx context.Context, req InterfacesRequest) (InterfacesResponse, error) {
 	env := sdk.EnvFrom(ctx)
-	opts, err := options(env)
-	if err != nil {
-		return InterfacesResponse{}, err
-	}
+	opts := sdk.OptionsFrom[Options](ctx)
 	// net.Interfaces asks the kernel over netlink (RTM_GETLINK), in the
 	// network namespace this process joined before Go started.
 	ifs, err := net.Interfaces()

@@ -52,7 +52,8 @@ func TestOptionsExcludeInterfaces(t *testing.T) {
 	if !errors.Is(err, syscall.ENODEV) {
 		t.Errorf("excluded lo by name: %v, want ENODEV", err)
 	}
-	// Bad options are the request's error, EINVAL.
+	// Bad options are refused by the plugin's Configure hook: EINVAL
+	// in-process, where a core would refuse to load the plugin.
 	bad := sdktest.Env{Options: map[string]any{"exclude": []string{"["}}}
 	_, err = sdktest.Call[InterfacesRequest, InterfacesResponse](t, Plugin(), "netinfo.interfaces", InterfacesRequest{}, bad)
 	if !errors.Is(err, syscall.EINVAL) {

@@ -41,10 +41,7 @@ type RouteResponse struct {
 
 func routes(ctx context.Context, req RouteRequest) (RouteResponse, error) {
 	env := sdk.EnvFrom(ctx)
-	opts, err := options(env)
-	if err != nil {
-		return RouteResponse{}, err
-	}
+	opts := sdk.OptionsFrom[Options](ctx)
 	family := syscall.AF_UNSPEC
 	switch req.Family {
 	case "":

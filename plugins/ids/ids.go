@@ -58,6 +58,14 @@ type Options struct {
 func Plugin() *sdk.Plugin {
 	return &sdk.Plugin{
 		Name: "ids",
+		Configure: sdk.TypedOptions(Options{PasswdFile: DefaultPasswdFile, GroupFile: DefaultGroupFile}, func(o *Options) error {
+			for _, f := range []struct{ key, path string }{{"passwd_file", o.PasswdFile}, {"group_file", o.GroupFile}} {
+				if err := sdk.CheckPathSyntax(f.path); err != nil {
+					return sdk.OptionErrorf(f.key, "%s", sdk.AsError(err).Message)
+				}
+			}
+			return nil
+		}),
 		Handlers: []sdk.Handler{
 			sdk.Handle("ids.user", "look a user up by name or uid in the target's /etc/passwd", lookupUser),
 			sdk.Handle("ids.group", "look a group up by name or gid in the target's /etc/group", lookupGroup),
@@ -88,13 +96,10 @@ type Group struct {
 	Members []string `json:"members"`
 }
 
+// options are the options Configure validated (never an error now that
+// they are checked at load).
 func options(ctx context.Context) (*sdk.Env, Options, error) {
-	env := sdk.EnvFrom(ctx)
-	opts := Options{PasswdFile: DefaultPasswdFile, GroupFile: DefaultGroupFile}
-	if err := env.DecodeOptions(&opts); err != nil {
-		return nil, opts, sdk.Errorf(unix.EINVAL, "ids options: %v", err)
-	}
-	return env, opts, nil
+	return sdk.EnvFrom(ctx), sdk.OptionsFrom[Options](ctx), nil
 }
 
 // check validates a query: exactly one of name and id, the name a valid

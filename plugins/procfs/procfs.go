@@ -29,15 +29,24 @@ import (
 // DefaultMaxReadBytes bounds one read unless options.max_read_bytes says otherwise.
 const DefaultMaxReadBytes = 1 << 20
 
-// Options are the plugin's [plugin.options].
+// Options are the plugin's [plugin.options], checked when it is loaded.
 type Options struct {
 	MaxReadBytes int64 `json:"max_read_bytes"`
+}
+
+func checkOptions(o *Options) error {
+	if o.MaxReadBytes <= 0 || o.MaxReadBytes > sdk.MaxMessageBytes/2 {
+		// Base64 makes the response a third larger than the data.
+		return sdk.OptionErrorf("max_read_bytes", "must be between 1 and %d, got %d", sdk.MaxMessageBytes/2, o.MaxReadBytes)
+	}
+	return nil
 }
 
 // Plugin returns the procfs plugin.
 func Plugin() *sdk.Plugin {
 	return &sdk.Plugin{
-		Name: "procfs",
+		Name:      "procfs",
+		Configure: sdk.TypedOptions(Options{MaxReadBytes: DefaultMaxReadBytes}, checkOptions),
 		Handlers: []sdk.Handler{
 			sdk.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
 			sdk.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
@@ -155,19 +164,8 @@ func fileType(mode uint32) string {
 	return "unknown"
 }
 
-func maxRead(ctx context.Context) (int64, error) {
-	opts := Options{MaxReadBytes: DefaultMaxReadBytes}
-	if err := sdk.EnvFrom(ctx).DecodeOptions(&opts); err != nil {
-		return 0, sdk.Errorf(syscall.EINVAL, "procfs options: %v", err)
-	}
-	return opts.MaxReadBytes, nil
-}
-
 func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
-	limit, err := maxRead(ctx)
-	if err != nil {
-		return ReadResponse{}, err
-	}
+	limit := sdk.OptionsFrom[Options](ctx).MaxReadBytes
 	if req.Offset < 0 || req.Len < 0 {
 		return ReadResponse{}, sdk.Errorf(syscall.EINVAL, "offset and len must not be negative")
 	}

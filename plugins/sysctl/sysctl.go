@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -53,6 +54,7 @@ func Plugin() *sdk.Plugin {
 	return &sdk.Plugin{
 		Name:        "sysctl",
 		FreshMounts: []string{"proc"},
+		Configure:   sdk.TypedOptions(Options{MaxListEntries: DefaultMaxListEntries}, checkOptions),
 		Handlers: []sdk.Handler{
 			sdk.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
 			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(owningNamespaces()...),
@@ -105,15 +107,23 @@ type ListResponse struct {
 	Entries []ListEntry `json:"entries"`
 }
 
+// checkOptions validates the options once, when the plugin is loaded.
+func checkOptions(o *Options) error {
+	for i, a := range o.AllowHostSysctls {
+		if _, err := parseName("allow_host_sysctls entry", a); err != nil {
+			return sdk.OptionErrorf("allow_host_sysctls["+strconv.Itoa(i)+"]", "%s", sdk.AsError(err).Message)
+		}
+	}
+	if o.MaxListEntries <= 0 {
+		return sdk.OptionErrorf("max_list_entries", "must be positive, got %d", o.MaxListEntries)
+	}
+	return nil
+}
+
+// options are the options checkOptions validated (never an error now
+// that they are checked at load).
 func options(ctx context.Context) (Options, error) {
-	opts := Options{MaxListEntries: DefaultMaxListEntries}
-	if err := sdk.EnvFrom(ctx).DecodeOptions(&opts); err != nil {
-		return opts, sdk.Errorf(syscall.EINVAL, "sysctl options: %v", err)
-	}
-	if opts.MaxListEntries <= 0 {
-		return opts, sdk.Errorf(syscall.EINVAL, "sysctl options: max_list_entries must be positive")
-	}
-	return opts, nil
+	return sdk.OptionsFrom[Options](ctx), nil
 }
 
 // procRoot is the fresh procfs the core mounted for this plugin.

@@ -59,7 +59,10 @@ import (
 type Env struct {
 	// Options stand for the plugin's [plugin.options] table: any value
 	// that encodes to a JSON object (a map, a struct, json.RawMessage).
-	// The handler reads them with sdk.Env.DecodeOptions. Nil: no options.
+	// The plugin's Configure hook checks them first (a bad option is the
+	// call's EINVAL error, as it would make the core refuse to load the
+	// plugin); handlers read the result with sdk.OptionsFrom. Nil: no
+	// options.
 	Options any
 	// AllowedRoots restrict sdk.Env.CheckPath as allowed_roots does.
 	// Nil allows every path; an empty, non-nil slice allows none.
@@ -176,6 +179,9 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 		log = TestLogger(t, p.Name, config.LogLevel)
 	}
 	server, err := sdk.NewServer(p, config, log)
+	if _, bad := sdk.ParseOptionError(err); bad {
+		return nil, nil, sdk.Errorf(syscall.EINVAL, "%v", err)
+	}
 	if err != nil {
 		t.Fatalf("sdktest: %v", err)
 	}

@@ -149,6 +149,12 @@ func NewHarness(t testing.TB, cfg Config) *Harness {
 	if err != nil {
 		t.Fatalf("sdktest: core.New: %v", err)
 	}
+	for _, p := range d.Plugins() {
+		if p.Status != core.PluginOK {
+			d.Close()
+			t.Fatalf("sdktest: plugin %s failed to load: %s", p.Name, p.Error)
+		}
+	}
 	h.core = d
 	t.Cleanup(h.close)
 	return h

@@ -1,0 +1,205 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/pluginpb"
+)
+
+// loader loads the configured plugins one by one for New. A plugin that
+// fails to load does not stop the others (see Dispatcher.recordFailure).
+type loader struct {
+	d        *Dispatcher
+	cfg      *Config
+	builtins map[string]*sdk.Plugin
+	self     string            // the executable serving the built-ins
+	selfExe  *sealedExecutable // its sealed copy, made once for all of them
+	selfErr  error
+}
+
+// load seals a plugin's executable, checks its options, learns what it
+// serves and registers its types.
+func (l *loader) load(e *pluginEntry, pc *PluginConfig) error {
+	e.builtin = pc.Path == ""
+	if err := l.d.setUp(l.cfg, pc, e); err != nil {
+		return err
+	}
+	var served *pluginpb.DescribeResponse
+	var err error
+	if e.builtin {
+		served, err = l.describeBuiltin(e, pc)
+	} else {
+		if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256), l.cfg.MaxPluginBytes); err != nil {
+			return err
+		}
+		e.sha256 = e.exe.sha256
+		served, err = l.d.describeExternal(e)
+	}
+	if err != nil {
+		if oe, ok := sdk.ParseOptionError(err); ok {
+			return l.cfg.optionError(pc.Name, oe) // names the plugin
+		}
+		return err
+	}
+	e.frames = served.Frames
+	for _, m := range served.FreshMounts {
+		e.freshProc = e.freshProc || m == "proc"
+		e.freshSys = e.freshSys || m == "sys"
+	}
+	return l.d.register(e, pc.Types, served.Types)
+}
+
+// describeBuiltin describes a built-in in this process, running its
+// Configure hook on the configured options as its instances will.
+func (l *loader) describeBuiltin(e *pluginEntry, pc *PluginConfig) (*pluginpb.DescribeResponse, error) {
+	b := l.builtins[pc.Name]
+	if b == nil {
+		return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(l.builtins), ", "))
+	}
+	if l.selfExe == nil && l.selfErr == nil {
+		if l.self == "" {
+			l.self, l.selfErr = os.Executable()
+		}
+		if l.selfErr == nil {
+			l.selfExe, l.selfErr = sealExecutable("builtin", l.self, "", l.cfg.MaxPluginBytes)
+		}
+	}
+	if l.selfErr != nil {
+		return nil, l.selfErr
+	}
+	e.exe, e.path, e.sha256 = l.selfExe, l.self, l.selfExe.sha256
+	var config sdk.PluginConfig
+	if err := json.Unmarshal(e.pluginConfig, &config); err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
+	}
+	srv, err := sdk.NewServer(b, &config, nil)
+	if err != nil {
+		return nil, err
+	}
+	return srv.Describe(context.Background(), nil)
+}
+
+// knownTypes are the types a plugin would serve, as far as they are known
+// without loading it: those the configuration lists, or a built-in's.
+func (l *loader) knownTypes(pc *PluginConfig) []string {
+	if len(pc.Types) > 0 || pc.Path != "" || l.builtins[pc.Name] == nil {
+		return pc.Types
+	}
+	var names []string
+	for _, h := range l.builtins[pc.Name].Handlers {
+		names = append(names, h.Describe().Name)
+	}
+	return names
+}
+
+// recordFailure marks e as failed to load: it serves nothing, and a
+// request of one of its types (see knownTypes) fails naming err.
+func (d *Dispatcher) recordFailure(e *pluginEntry, types []string, err error) {
+	e.err, e.types = err, nil
+	for n, owner := range d.types {
+		if owner == e {
+			delete(d.types, n)
+		}
+	}
+	for _, n := range types {
+		if d.failed[n] == nil {
+			d.failed[n] = e
+		}
+	}
+	if e.exe != nil && !e.builtin {
+		e.exe.close() // its memory is of no use now
+	}
+	e.exe = nil
+	d.log.Error("plugin failed to load; the others serve", "plugin", e.name, "error", e.reason())
+}
+
+// reason is why e failed to load, on one line, without the plugin's name
+// for a prefix (every message that shows it names the plugin).
+func (e *pluginEntry) reason() string {
+	msg := strings.TrimPrefix(e.err.Error(), "plugin "+e.name+": ")
+	return strings.Join(strings.Fields(strings.ReplaceAll(msg, ":\n", ": ")), " ")
+}
+
+// unknownType is the error for a request of a type no loaded plugin
+// serves: ENOPKG when the type is configured for a plugin that failed to
+// load, else EOPNOTSUPP, mentioning any plugin that failed (it might
+// have served the type).
+func (d *Dispatcher) unknownType(typ string) error {
+	if e := d.failed[typ]; e != nil {
+		return errorf(syscall.ENOPKG, "message type %q: plugin %s failed to load: %s", typ, e.name, e.reason())
+	}
+	msg := fmt.Sprintf("unknown message type %q (known: %s)", typ, strings.Join(sortedKeys(d.types), ", "))
+	typesKnown := make(map[*pluginEntry]bool)
+	for _, e := range d.failed {
+		typesKnown[e] = true
+	}
+	var failed []string
+	for _, e := range d.plugins {
+		switch {
+		case e.err == nil || typesKnown[e]:
+		case strings.HasPrefix(typ, e.name+"."):
+			// Types are named after their plugin, by convention.
+			return errorf(syscall.EOPNOTSUPP, "%s; plugin %s, which may serve it, failed to load: %s", msg, e.name, e.reason())
+		default:
+			failed = append(failed, e.name)
+		}
+	}
+	if len(failed) > 0 {
+		msg += fmt.Sprintf("; plugins that failed to load, and may serve it: %s (nsplug plugins shows why)", strings.Join(failed, ", "))
+	}
+	return errorf(syscall.EOPNOTSUPP, "%s", msg)
+}
+
+// optionError places a plugin's option error in the configuration: the
+// file and line of the option it names (of the options table, or the
+// plugin's entry, when the key is not found).
+func (c *Config) optionError(plugin string, oe *sdk.OptionError) error {
+	index := -1
+	for i := range c.Plugins {
+		if c.Plugins[i].Name == plugin {
+			index = i
+		}
+	}
+	if index < 0 {
+		// No [[plugin]] entry: the option cannot be in the file.
+		return errors.New(c.src.prefix(0) + oe.Error())
+	}
+	pk := cfgKey{}.child("plugin").elem(index)
+	pk.plugin = &cfgPluginRef{index: index, name: plugin, canon: pk.canon}
+	if c.src != nil && (index >= len(c.src.plugins) || c.src.plugins[index] != plugin) {
+		pk.plugin.stale = true
+	}
+	k := pk.child("options")
+	at := ""
+	for _, seg := range optionKeySegments(oe.Key) {
+		if n, err := strconv.Atoi(strings.Trim(seg, "[]")); err == nil && strings.HasPrefix(seg, "[") {
+			k = k.elem(n)
+		} else {
+			k = k.child(seg)
+		}
+		if c.src.line(k.canon, k.plugin) > 0 {
+			at = k.canon
+		}
+	}
+	if at == "" {
+		at = pk.child("options").canon
+	}
+	return c.src.keyError(k, at, oe.Msg)
+}
+
+var optionKeySegment = regexp.MustCompile(`\[\d+\]|[^.\[]+`)
+
+// optionKeySegments splits an OptionError key, "a.b[2].c", into "a", "b",
+// "[2]" and "c".
+func optionKeySegments(key string) []string {
+	return optionKeySegment.FindAllString(key, -1)
+}

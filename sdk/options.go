@@ -1,0 +1,174 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// A plugin's options are checked once, when it is loaded, not on every
+// request: Plugin.Configure decodes and validates the [plugin.options]
+// table and makes of it the value its handlers read (OptionsFrom). The
+// core runs the hook at load (in-process for a built-in, in the process
+// that describes an external plugin) and, on failure, reports the
+// configuration file and the line of the option named by the error.
+
+// OptionError is an invalid option: the key it names (dotted for a nested
+// one, "max_read_bytes" or "limits.depth"; empty for the table as a whole)
+// and what is wrong with it. Plugin.Configure returns one so that the core
+// can point at the option's line.
+type OptionError struct {
+	Key string
+	Msg string
+}
+
+// Error reads `invalid option "max_read_bytes": must not be negative`
+// (`invalid options: ...` without a key). A core that receives the text
+// from a plugin process finds the key again with ParseOptionError.
+func (e *OptionError) Error() string {
+	if e.Key == "" {
+		return optionsPrefix + e.Msg
+	}
+	return optionPrefix + strconv.Quote(e.Key) + ": " + e.Msg
+}
+
+const (
+	optionPrefix  = "invalid option "
+	optionsPrefix = "invalid options: "
+)
+
+// OptionErrorf returns the OptionError of key with a formatted message.
+func OptionErrorf(key, format string, args ...any) *OptionError {
+	return &OptionError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ParseOptionError finds the OptionError an error carries: in its chain,
+// or, for an error that crossed a process boundary as text, in its
+// message (as OptionError.Error wrote it).
+func ParseOptionError(err error) (*OptionError, bool) {
+	var oe *OptionError
+	if err == nil {
+		return nil, false
+	}
+	if errors.As(err, &oe) {
+		return oe, true
+	}
+	msg := err.Error()
+	if i := strings.Index(msg, optionPrefix+`"`); i >= 0 {
+		rest := msg[i+len(optionPrefix):]
+		if q, qerr := strconv.QuotedPrefix(rest); qerr == nil && strings.HasPrefix(rest[len(q):], ": ") {
+			key, _ := strconv.Unquote(q)
+			return &OptionError{Key: key, Msg: rest[len(q)+2:]}, true
+		}
+	}
+	if i := strings.Index(msg, optionsPrefix); i >= 0 {
+		return &OptionError{Msg: msg[i+len(optionsPrefix):]}, true
+	}
+	return nil, false
+}
+
+// TypedOptions returns a Plugin.Configure hook for options of type T (a
+// struct with json tags). The table is decoded strictly onto a copy of
+// defaults: a key T has no field for is an error naming it and the keys
+// T knows, as is a value of the wrong type. check, when not nil, then
+// validates the result (return an OptionError naming the key). Handlers
+// read the result with OptionsFrom[T].
+func TypedOptions[T any](defaults T, check func(*T) error) func(json.RawMessage) (any, error) {
+	return func(raw json.RawMessage) (any, error) {
+		v := defaults
+		if len(raw) > 0 && string(raw) != "null" {
+			var keys map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &keys); err != nil {
+				return nil, &OptionError{Msg: "not a JSON object: " + err.Error()}
+			}
+			known := jsonFields(reflect.TypeOf(v))
+			for _, k := range slices.Sorted(maps.Keys(keys)) {
+				if !known[k] {
+					return nil, OptionErrorf(k, "unknown option (this plugin takes %s)", describeKeys(known))
+				}
+			}
+			if err := DecodeStrict(raw, &v); err != nil {
+				var te *json.UnmarshalTypeError
+				if errors.As(err, &te) && te.Field != "" {
+					return nil, OptionErrorf(te.Field, "expected %s, got %s", te.Type, te.Value)
+				}
+				return nil, &OptionError{Msg: err.Error()}
+			}
+		}
+		if check != nil {
+			if err := check(&v); err != nil {
+				return nil, err
+			}
+		}
+		return v, nil
+	}
+}
+
+// OptionsFrom returns the options of the plugin serving ctx's request, as
+// its TypedOptions[T] hook made them. Outside a request it returns the
+// zero T.
+func OptionsFrom[T any](ctx context.Context) T {
+	v, _ := EnvFrom(ctx).options.(T)
+	return v
+}
+
+// configure runs a plugin's Configure hook on its options. A plugin
+// without one takes no options. Every error is an *OptionError.
+func configure(p *Plugin, raw json.RawMessage) (any, error) {
+	if p.Configure == nil {
+		if len(raw) == 0 || string(raw) == "null" || string(raw) == "{}" {
+			return nil, nil
+		}
+		return nil, &OptionError{Msg: "plugin " + p.Name + " takes no options"}
+	}
+	v, err := p.Configure(raw)
+	if err != nil {
+		var oe *OptionError
+		if errors.As(err, &oe) {
+			return nil, oe
+		}
+		return nil, &OptionError{Msg: err.Error()}
+	}
+	return v, nil
+}
+
+// jsonFields lists the JSON names of struct type t's fields, those of
+// untagged embedded structs included (empty for a type that is not a
+// struct).
+func jsonFields(t reflect.Type) map[string]bool {
+	names := make(map[string]bool)
+	addJSONFields(t, names)
+	return names
+}
+
+func addJSONFields(t reflect.Type, names map[string]bool) {
+	if t == nil || t.Kind() != reflect.Struct {
+		return
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch {
+		case f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct:
+			addJSONFields(f.Type, names)
+		case !f.IsExported() || tag == "-":
+		case tag == "":
+			names[f.Name] = true
+		default:
+			names[tag] = true
+		}
+	}
+}
+
+func describeKeys(known map[string]bool) string {
+	if len(known) == 0 {
+		return "none"
+	}
+	return strings.Join(slices.Sorted(maps.Keys(known)), ", ")
+}
