@@ -275,6 +275,10 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 	if t, err = d.targets.pin(req.PID); err != nil {
 		return nil, 0, "", err
 	}
+	if err := t.checkStartTime(req.StartTime); err != nil {
+		t.release()
+		return nil, 0, "", err
+	}
 	join, key = d.instanceKey(e, t, join)
 	// One caller's handler never serves another's.
 	key += req.Credentials.key()
