@@ -251,7 +251,11 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if err != nil {
 		var ce *Error
 		if errors.As(err, &ce) && broken {
-			d.log.Warn("request failed; instance retired", "type", req.Type, "pid", req.PID, "request_id", id, "error", ce.Message)
+			level := hclog.Warn
+			if ce.Errno == syscall.ECANCELED || ce.Errno == syscall.ETIMEDOUT {
+				level = hclog.Debug // the caller's deadline or cancellation: killed as meant
+			}
+			d.log.Log(level, "request failed; instance retired", "type", req.Type, "pid", req.PID, "request_id", id, "error", ce.Message)
 		}
 		return nil, err
 	}

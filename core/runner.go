@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,6 +58,8 @@ type nsRunner struct {
 	stdout, stderr io.ReadCloser
 	status         chan string // the bootstrap's failure message, "" if none
 	statusMsg      string
+	statusMu       sync.Mutex
+	killed         atomic.Bool // Kill was called while the process lived
 	waitOnce       sync.Once
 	waitErr        error
 	exited         chan struct{}
@@ -145,8 +148,10 @@ func (r *nsRunner) Start(ctx context.Context) error {
 // startError is the bootstrap's own account of a failed start, if it
 // gave one; it waits briefly for the status pipe to close.
 func (r *nsRunner) startError() string {
-	if r.status == nil {
-		return ""
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	if r.status == nil { // not started, or already read
+		return r.statusMsg
 	}
 	select {
 	case msg := <-r.status:
@@ -189,12 +194,34 @@ func (r *nsRunner) Wait(context.Context) error {
 	return r.waitErr
 }
 
+// exitedWithin reports how the process ended if it exited of itself (not
+// killed by Kill) and has been reaped within wait.
+func (r *nsRunner) exitedWithin(wait time.Duration) (error, bool) {
+	select {
+	case <-r.exited:
+	case <-time.After(wait):
+		return nil, false
+	}
+	// Kill may have come as the process was exiting: a status below 128
+	// is the process's own (the waiter exits 128+signal for a killed child).
+	if st := r.cmd.ProcessState; st != nil && st.Exited() && st.ExitCode() < 128 {
+		return r.waitErr, true
+	}
+	return r.waitErr, !r.killed.Load()
+}
+
 // Kill stops the plugin: SIGTERM first, which a forked instance's waiter
 // turns into SIGKILL of its child and a reap (no zombie left in the
 // target), then SIGKILL if it has not gone within a second.
 func (r *nsRunner) Kill(context.Context) error {
 	if r.cmd.Process == nil {
 		return nil
+	}
+	// A process that already exited (reaped or not) was not killed.
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, r.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err == nil && info.Signo != int32(syscall.SIGCHLD) {
+		r.killed.Store(true)
 	}
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
 	select {

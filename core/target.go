@@ -78,6 +78,9 @@ func pinTarget(pid int) (*target, error) {
 		if !alive {
 			return nil, errorf(syscall.ESRCH, "target pid %d exited", pid)
 		}
+		if errors.Is(err, unix.ENOENT) { // a zombie: dead, its namespaces gone
+			return nil, errorf(syscall.ESRCH, "target pid %d has exited (a zombie not yet reaped)", pid)
+		}
 		return nil, errorf(errnoOf(err), "reading namespaces of target pid %d: %v", pid, err)
 	}
 	return t, nil

@@ -38,13 +38,20 @@ func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
 // leaves no process, fd, socket file or goroutine behind.
 func newDispatcher(t *testing.T, toml string) (*core.Dispatcher, string) {
 	t.Helper()
+	return newDispatcherWith(t, toml, core.Options{})
+}
+
+// newDispatcherWith is newDispatcher with options (Builtins are the test's).
+func newDispatcherWith(t *testing.T, toml string, opts core.Options) (*core.Dispatcher, string) {
+	t.Helper()
 	runDir := t.TempDir()
 	before := snapshot(t)
 	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+	opts.Builtins = testBuiltins()
+	d, err := core.New(cfg, opts)
 	if err != nil {
 		t.Fatalf("core.New: %v", err)
 	}

@@ -104,7 +104,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintln(stderr, "nsplug: "+err.Error())
+	fmt.Fprintln(stderr, "nsplug: "+oneLine(err.Error()))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.code == 2 {
@@ -113,6 +113,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return ee.code
 	}
 	return 1
+}
+
+// oneLine joins the lines of an error message (a plugin's may have
+// several): an error is one line on stderr.
+func oneLine(s string) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 // commonFlags are the flags every command shares.
