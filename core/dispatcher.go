@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
@@ -61,8 +59,7 @@ type Dispatcher struct {
 	plugins []*pluginEntry
 	types   map[string]*pluginEntry
 	selfNS  nsSet
-	runDir  string   // this core's directory under runtime_dir
-	runLock *os.File // flock held while the core lives
+	runDir  *runDir
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -92,7 +89,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the core's own namespaces: %w", err)
 	}
-	if err := d.makeRunDir(); err != nil {
+	if d.runDir, err = newRunDir(cfg.RuntimeDir); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -154,43 +151,6 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 		}
 	}
 	return d, nil
-}
-
-// makeRunDir creates this core's directory under runtime_dir, and removes
-// the directories of cores that died without cleaning up (their lock is
-// free). Socket directories of instances live inside it.
-func (d *Dispatcher) makeRunDir() error {
-	root := d.cfg.RuntimeDir
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	if err := os.Chmod(root, 0o700); err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	stale, _ := filepath.Glob(filepath.Join(root, "core-*"))
-	for _, dir := range stale {
-		lock, err := os.Open(filepath.Join(dir, "lock"))
-		if err == nil {
-			if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-				os.RemoveAll(dir)
-			}
-			lock.Close()
-		}
-	}
-	dir, err := os.MkdirTemp(root, "core-"+strconv.Itoa(os.Getpid())+"-")
-	if err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
-	if err == nil {
-		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return fmt.Errorf("runtime_dir lock: %w", err)
-	}
-	d.runDir, d.runLock = dir, lock
-	return nil
 }
 
 // Dispatch runs one request in the target's namespaces and returns the
@@ -414,8 +374,7 @@ func (d *Dispatcher) Plugins() []PluginInfo {
 	return out
 }
 
-// Close kills and reaps every plugin process and removes the core's
-// runtime directory. Requests in flight fail. It is safe to call twice.
+// Close kills and reaps every plugin process. Requests in flight fail. It is safe to call twice.
 func (d *Dispatcher) Close() error {
 	if d.closed.Swap(true) {
 		return nil
@@ -428,10 +387,6 @@ func (d *Dispatcher) Close() error {
 			seen[e.exe] = true
 			e.exe.close()
 		}
-	}
-	if d.runDir != "" {
-		os.RemoveAll(d.runDir)
-		d.runLock.Close()
 	}
 	return nil
 }

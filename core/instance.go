@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -123,6 +124,11 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	if err != nil {
 		return nil, err
 	}
+	dir, err := d.runDir.enter()
+	if err != nil {
+		return nil, errorf(syscall.EIO, "starting plugin %s: %v", p.name, err)
+	}
+	defer d.runDir.leave()
 	var nr *nsRunner
 	log := &clientLog{Logger: d.log}
 	log.quiet.Store(true) // a failed start is the caller's error
@@ -133,9 +139,11 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     p.settings.StartTimeout.Duration,
 		SkipHostEnv:      true,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: d.runDir},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes)),
+			// Replaces go-plugin's dialer (the last one given wins).
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return nr.dial(ctx) })},
 		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
 			// The socket is bound relative to the cwd nsexec leaves in sockDir.
 			nr = d.newRunner(sp, sockDir, append(spec.Env, "PLUGIN_UNIX_SOCKET_DIR=."))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -46,14 +47,17 @@ func onSpawnerThread(fn func()) {
 // nsRunner is the go-plugin runner.Runner that starts a plugin executable
 // with an nsexec bootstrap, so that it runs inside the target's namespaces.
 type nsRunner struct {
-	name    string
-	cmd     *exec.Cmd
-	sockDir string   // host directory the plugin binds its socket in
-	dirPath *os.File // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
-	frames  *frameConn
-	boot    nsexec.Bootstrap
-	pidfd   *os.File // target's; nil when no namespace is joined
-	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
+	name     string
+	cmd      *exec.Cmd
+	sockDir  string     // host directory the plugin binds its socket in
+	sockName string     // the socket's name in it, once announced
+	dirPath  *os.File   // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
+	dirMu    sync.Mutex // guards dirPath (closed once reaped), sockName and dialed
+	dialed   bool
+	frames   *frameConn
+	boot     nsexec.Bootstrap
+	pidfd    *os.File // target's; nil when no namespace is joined
+	owner    [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
 
 	stdout, stderr io.ReadCloser
 	status         chan string // the bootstrap's failure message, "" if none
@@ -177,9 +181,12 @@ func (r *nsRunner) ID() string {
 func (r *nsRunner) Wait(context.Context) error {
 	r.waitOnce.Do(func() {
 		r.waitErr = r.cmd.Wait()
+		r.dirMu.Lock()
 		if r.dirPath != nil {
 			r.dirPath.Close()
+			r.dirPath = nil
 		}
+		r.dirMu.Unlock()
 		if r.frames != nil {
 			r.frames.close()
 		}
@@ -241,8 +248,43 @@ func (r *nsRunner) PluginToHost(network, addr string) (string, string, error) {
 	if network != "unix" || name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
 		return "", "", fmt.Errorf("plugin %s announced an unexpected address %s:%s", r.name, network, addr)
 	}
-	// A sun_path holds 107 bytes; runtime_dir may be longer than that.
-	return "unix", fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), name), nil
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	if r.dirPath == nil {
+		return "", "", fmt.Errorf("plugin %s exited", r.name)
+	}
+	r.sockName = name
+	return "unix", r.sockPath(), nil
+}
+
+// sockPath is the plugin's socket as the core reaches it: a sun_path holds
+// 107 bytes, and runtime_dir may be longer than that. Called with dirMu held.
+func (r *nsRunner) sockPath() string {
+	return fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), r.sockName)
+}
+
+// dial connects to the plugin's socket, then removes the socket and its
+// directory: the connection lives on, and a core killed while it serves
+// leaves nothing on disk. gRPC dials once per instance (go-plugin's
+// streams keep the channel from going idle); were the connection lost,
+// a new dial would fail, as the instance has.
+func (r *nsRunner) dial(ctx context.Context) (net.Conn, error) {
+	if r == nil {
+		return nil, fmt.Errorf("no plugin socket announced")
+	}
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	if r.sockName == "" || r.dialed || r.dirPath == nil {
+		return nil, fmt.Errorf("plugin %s: its socket is gone", r.name)
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", r.sockPath())
+	if err != nil {
+		return nil, err
+	}
+	r.dialed = true
+	unix.Unlinkat(int(r.dirPath.Fd()), r.sockName, 0)
+	os.Remove(r.sockDir)
+	return conn, nil
 }
 
 func (r *nsRunner) HostToPlugin(network, addr string) (string, string, error) {
