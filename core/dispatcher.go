@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
@@ -80,8 +78,7 @@ type Dispatcher struct {
 	types   map[string]*pluginEntry
 	failed  map[string]*pluginEntry // types configured for plugins that failed to load
 	selfNS  nsSet
-	runDir  string   // this core's directory under runtime_dir
-	runLock *os.File // flock held while the core lives
+	runDir  *runDir
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -118,7 +115,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the core's own namespaces: %w", err)
 	}
-	if err := d.makeRunDir(); err != nil {
+	if d.runDir, err = newRunDir(cfg.RuntimeDir); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -141,43 +138,6 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 		}
 	}
 	return d, nil
-}
-
-// makeRunDir creates this core's directory under runtime_dir, and removes
-// the directories of cores that died without cleaning up (their lock is
-// free). Socket directories of instances live inside it.
-func (d *Dispatcher) makeRunDir() error {
-	root := d.cfg.RuntimeDir
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	if err := os.Chmod(root, 0o700); err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	stale, _ := filepath.Glob(filepath.Join(root, "core-*"))
-	for _, dir := range stale {
-		lock, err := os.Open(filepath.Join(dir, "lock"))
-		if err == nil {
-			if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-				os.RemoveAll(dir)
-			}
-			lock.Close()
-		}
-	}
-	dir, err := os.MkdirTemp(root, "core-"+strconv.Itoa(os.Getpid())+"-")
-	if err != nil {
-		return fmt.Errorf("runtime_dir: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
-	if err == nil {
-		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return fmt.Errorf("runtime_dir lock: %w", err)
-	}
-	d.runDir, d.runLock = dir, lock
-	return nil
 }
 
 // Dispatch runs one request in the target's namespaces and returns the
@@ -238,7 +198,11 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if err != nil {
 		var ce *Error
 		if errors.As(err, &ce) && broken {
-			d.log.Warn("request failed; instance retired", "type", req.Type, "pid", req.PID, "request_id", id, "error", ce.Message)
+			level := hclog.Warn
+			if ce.Errno == syscall.ECANCELED || ce.Errno == syscall.ETIMEDOUT {
+				level = hclog.Debug // the caller's deadline or cancellation: killed as meant
+			}
+			d.log.Log(level, "request failed; instance retired", "type", req.Type, "pid", req.PID, "request_id", id, "error", ce.Message)
 		}
 		return nil, err
 	}
@@ -260,6 +224,10 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 		return nil, 0, "", err
 	}
 	if t, err = d.targets.pin(req.PID); err != nil {
+		return nil, 0, "", err
+	}
+	if err := t.checkStartTime(req.StartTime); err != nil {
+		t.release()
 		return nil, 0, "", err
 	}
 	join, key = d.instanceKey(e, t, join)
@@ -397,8 +365,7 @@ func (d *Dispatcher) Plugins() []PluginInfo {
 	return out
 }
 
-// Close kills and reaps every plugin process and removes the core's
-// runtime directory. Requests in flight fail. It is safe to call twice.
+// Close kills and reaps every plugin process. Requests in flight fail. It is safe to call twice.
 func (d *Dispatcher) Close() error {
 	if d.closed.Swap(true) {
 		return nil
@@ -411,10 +378,6 @@ func (d *Dispatcher) Close() error {
 			seen[e.exe] = true
 			e.exe.close()
 		}
-	}
-	if d.runDir != "" {
-		os.RemoveAll(d.runDir)
-		d.runLock.Close()
 	}
 	return nil
 }

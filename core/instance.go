@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +31,7 @@ type instance struct {
 	client  *plugin.Client
 	handler pluginpb.HandlerClient
 	runner  *nsRunner
+	log     *clientLog
 	pid     int // host pid of the process the core started
 
 	// Guarded by pool.mu.
@@ -156,17 +160,26 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	if err != nil {
 		return nil, err
 	}
+	dir, err := d.runDir.enter()
+	if err != nil {
+		return nil, errorf(syscall.EIO, "starting plugin %s: %v", p.name, err)
+	}
+	defer d.runDir.leave()
 	var nr *nsRunner
+	log := &clientLog{Logger: d.log}
+	log.quiet.Store(true) // a failed start is the caller's error
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.PluginSets(nil),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		Logger:           d.log, // go-plugin names plugin output after the runner (the plugin)
+		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     p.settings.StartTimeout.Duration,
 		SkipHostEnv:      true,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: d.runDir},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes)),
+			// Replaces go-plugin's dialer (the last one given wins).
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return nr.dial(ctx) })},
 		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
 			// The socket is bound relative to the cwd nsexec leaves in sockDir.
 			nr = d.newRunner(sp, sockDir, append(spec.Env, "PLUGIN_UNIX_SOCKET_DIR=."))
@@ -176,16 +189,22 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	client := plugin.NewClient(cfg)
 	fail := func(err error) (*instance, error) {
 		msg := err.Error()
-		if nr != nil {
-			if s := nr.startError(); s != "" {
-				msg = s
-			}
-		}
 		// go-plugin's words for a protocol mismatch name its own
 		// versions; say which nsplug protocol each side speaks.
 		if m := protocolMismatch.FindStringSubmatch(msg); m != nil {
 			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (sdk.ProtocolVersion): rebuild it against a matching sdk (%s)", m[1], sdk.ProtocolVersion, msg)
 		}
+		msg = strings.ReplaceAll(msg, noHandshake, "it wrote no handshake line on stdout")
+		if nr != nil {
+			if s := nr.startError(); s != "" {
+				msg = s
+			} else if status, exited := nr.exitedWithin(100 * time.Millisecond); exited && status != nil {
+				msg = fmt.Sprintf("it exited (%v): %s", status, msg)
+			}
+		}
+		// One line: the error is the account of the failure (and what
+		// `nsplug call` prints), the log has go-plugin's at debug level.
+		msg = strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " ")
 		client.Kill()
 		where := "on the host"
 		if l.describe {
@@ -204,10 +223,38 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	if err != nil {
 		return fail(err)
 	}
-	inst := &instance{plugin: p, client: client, handler: raw.(pluginpb.HandlerClient), runner: nr, gone: make(chan struct{})}
+	inst := &instance{plugin: p, client: client, handler: raw.(pluginpb.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
 	inst.pid, _ = strconv.Atoi(nr.ID())
+	log.quiet.Store(false) // from now on an exit the core did not ask for is news
 	return inst, nil
 }
+
+// clientLog is the logger go-plugin gets for one instance. go-plugin logs
+// a process that died of a signal at ERROR, any other exit at INFO, and
+// warns when it has to kill one; while quiet (the process is starting,
+// or the core has decided to end it: a cancelled or timed-out request,
+// an idle or evicted instance, Close), those lines are debug lines: a
+// kill the core means is no error, and a failed start is reported to the
+// caller. The plugin's own log lines (Named) keep their level.
+type clientLog struct {
+	hclog.Logger
+	quiet atomic.Bool
+}
+
+func (l *clientLog) Log(level hclog.Level, msg string, args ...any) {
+	if l.quiet.Load() && level > hclog.Debug {
+		level = hclog.Debug
+	}
+	l.Logger.Log(level, msg, args...)
+}
+
+func (l *clientLog) Info(msg string, args ...any)  { l.Log(hclog.Info, msg, args...) }
+func (l *clientLog) Warn(msg string, args ...any)  { l.Log(hclog.Warn, msg, args...) }
+func (l *clientLog) Error(msg string, args ...any) { l.Log(hclog.Error, msg, args...) }
+
+// noHandshake is how go-plugin says a plugin's stdout ended before the
+// handshake line.
+const noHandshake = "Unrecognized remote plugin message: \nFailed to read any lines from plugin's stdout"
 
 // protocolMismatch matches go-plugin's error for a plugin that offers no
 // protocol version the core speaks.
@@ -258,6 +305,11 @@ func (inst *instance) describe(ctx context.Context) (*pluginpb.DescribeResponse,
 // instance is asked to exit; a broken one is killed at once (go-plugin
 // would give a hung handler two seconds first).
 func (inst *instance) kill(abrupt bool) {
+	select {
+	case <-inst.runner.exited: // of itself: go-plugin said so as it saw fit
+	default:
+		inst.log.quiet.Store(true) // meant, not an error
+	}
 	if abrupt {
 		inst.runner.Kill(context.Background())
 	}

@@ -36,13 +36,8 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 	}
 	var startErr error
 	defer func() { d.pool.started(ctx, slot, startErr); d.pool.unreserve() }()
-	sockDir, err := os.MkdirTemp(d.runDir, "oneshot-")
+	r, err := d.startOneshot(ctx, sp)
 	if err != nil {
-		return nil, errorf(syscall.EIO, "oneshot: %v", err)
-	}
-	defer os.RemoveAll(sockDir)
-	r := d.newRunner(sp, sockDir, []string{sdk.EnvOneshot + "=1", sdk.Handshake.MagicCookieKey + "=" + sdk.Handshake.MagicCookieValue})
-	if err := r.Start(ctx); err != nil {
 		startErr = errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
 		return nil, startErr
 	}
@@ -82,6 +77,24 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.Ha
 		return nil, errorf(syscall.EIO, "plugin %s announced %d files and sent %d", l.plugin.name, resp.Files, len(files))
 	}
 	return &Response{Payload: json.RawMessage(resp.Payload), Files: files}, nil
+}
+
+// startOneshot starts a oneshot process. It binds no socket, but the
+// bootstrap contract gives it a socket directory (fd 4): the directory is
+// removed as soon as the process holds it.
+func (d *Dispatcher) startOneshot(ctx context.Context, sp *spec) (*nsRunner, error) {
+	dir, err := d.runDir.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer d.runDir.leave()
+	sockDir, err := os.MkdirTemp(dir, "oneshot-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sockDir)
+	r := d.newRunner(sp, sockDir, []string{sdk.EnvOneshot + "=1", sdk.Handshake.MagicCookieKey + "=" + sdk.Handshake.MagicCookieValue})
+	return r, r.Start(ctx)
 }
 
 // relayLog re-logs a plugin's hclog JSON lines (plain lines at debug).

@@ -12,9 +12,15 @@ import (
 
 // Request is one piece of work to do inside a target's namespaces.
 type Request struct {
-	PID     int             // the target process, as the core sees it
-	Type    string          // message type, e.g. "procfs.read"
-	Payload json.RawMessage // a JSON object; empty means {}
+	PID int // the target process, as the core sees it
+	// StartTime, when set, names the target for good: the request is for
+	// the process of PID that started then (see StartTime), and fails
+	// with ESRCH if PID now belongs to another process, as it does once
+	// the process meant has died and the kernel reused its pid. Without
+	// it, a PID taken earlier reaches whatever process has it now.
+	StartTime *uint64
+	Type      string          // message type, e.g. "procfs.read"
+	Payload   json.RawMessage // a JSON object; empty means {}
 	// Namespaces narrows the namespaces joined ("net", "mnt", ...). Nil
 	// means the plugin's configured set, itself by default every
 	// namespace of the target that differs from the core's own. A

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,14 +48,17 @@ func onSpawnerThread(fn func()) {
 // nsRunner is the go-plugin runner.Runner that starts a plugin executable
 // with an nsexec bootstrap, so that it runs inside the target's namespaces.
 type nsRunner struct {
-	name    string
-	cmd     *exec.Cmd
-	sockDir string   // host directory the plugin binds its socket in
-	dirPath *os.File // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
-	frames  *frameConn
-	boot    nsexec.Bootstrap
-	pidfd   *os.File // target's; nil when no namespace is joined
-	owner   [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
+	name     string
+	cmd      *exec.Cmd
+	sockDir  string     // host directory the plugin binds its socket in
+	sockName string     // the socket's name in it, once announced
+	dirPath  *os.File   // O_PATH handle of sockDir: connect through /proc/self/fd/N/, whatever sockDir's length
+	dirMu    sync.Mutex // guards dirPath (closed once reaped), sockName and dialed
+	dialed   bool
+	frames   *frameConn
+	boot     nsexec.Bootstrap
+	pidfd    *os.File // target's; nil when no namespace is joined
+	owner    [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
 	// emptyRoot makes an empty directory in sockDir, for a describing
 	// plugin's chroot (see describeRoot).
 	emptyRoot bool
@@ -61,6 +66,8 @@ type nsRunner struct {
 	stdout, stderr io.ReadCloser
 	status         chan string // the bootstrap's failure message, "" if none
 	statusMsg      string
+	statusMu       sync.Mutex
+	killed         atomic.Bool // Kill was called while the process lived
 	waitOnce       sync.Once
 	waitErr        error
 	exited         chan struct{}
@@ -155,8 +162,10 @@ func (r *nsRunner) Start(ctx context.Context) error {
 // startError is the bootstrap's own account of a failed start, if it
 // gave one; it waits briefly for the status pipe to close.
 func (r *nsRunner) startError() string {
-	if r.status == nil {
-		return ""
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	if r.status == nil { // not started, or already read
+		return r.statusMsg
 	}
 	select {
 	case msg := <-r.status:
@@ -182,9 +191,12 @@ func (r *nsRunner) ID() string {
 func (r *nsRunner) Wait(context.Context) error {
 	r.waitOnce.Do(func() {
 		r.waitErr = r.cmd.Wait()
+		r.dirMu.Lock()
 		if r.dirPath != nil {
 			r.dirPath.Close()
+			r.dirPath = nil
 		}
+		r.dirMu.Unlock()
 		if r.frames != nil {
 			r.frames.close()
 		}
@@ -199,12 +211,34 @@ func (r *nsRunner) Wait(context.Context) error {
 	return r.waitErr
 }
 
+// exitedWithin reports how the process ended if it exited of itself (not
+// killed by Kill) and has been reaped within wait.
+func (r *nsRunner) exitedWithin(wait time.Duration) (error, bool) {
+	select {
+	case <-r.exited:
+	case <-time.After(wait):
+		return nil, false
+	}
+	// Kill may have come as the process was exiting: a status below 128
+	// is the process's own (the waiter exits 128+signal for a killed child).
+	if st := r.cmd.ProcessState; st != nil && st.Exited() && st.ExitCode() < 128 {
+		return r.waitErr, true
+	}
+	return r.waitErr, !r.killed.Load()
+}
+
 // Kill stops the plugin: SIGTERM first, which a forked instance's waiter
 // turns into SIGKILL of its child and a reap (no zombie left in the
 // target), then SIGKILL if it has not gone within a second.
 func (r *nsRunner) Kill(context.Context) error {
 	if r.cmd.Process == nil {
 		return nil
+	}
+	// A process that already exited (reaped or not) was not killed.
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, r.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err == nil && info.Signo != int32(syscall.SIGCHLD) {
+		r.killed.Store(true)
 	}
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -224,8 +258,43 @@ func (r *nsRunner) PluginToHost(network, addr string) (string, string, error) {
 	if network != "unix" || name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
 		return "", "", fmt.Errorf("plugin %s announced an unexpected address %s:%s", r.name, network, addr)
 	}
-	// A sun_path holds 107 bytes; runtime_dir may be longer than that.
-	return "unix", fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), name), nil
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	if r.dirPath == nil {
+		return "", "", fmt.Errorf("plugin %s exited", r.name)
+	}
+	r.sockName = name
+	return "unix", r.sockPath(), nil
+}
+
+// sockPath is the plugin's socket as the core reaches it: a sun_path holds
+// 107 bytes, and runtime_dir may be longer than that. Called with dirMu held.
+func (r *nsRunner) sockPath() string {
+	return fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), r.sockName)
+}
+
+// dial connects to the plugin's socket, then removes the socket and its
+// directory: the connection lives on, and a core killed while it serves
+// leaves nothing on disk. gRPC dials once per instance (go-plugin's
+// streams keep the channel from going idle); were the connection lost,
+// a new dial would fail, as the instance has.
+func (r *nsRunner) dial(ctx context.Context) (net.Conn, error) {
+	if r == nil {
+		return nil, fmt.Errorf("no plugin socket announced")
+	}
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	if r.sockName == "" || r.dialed || r.dirPath == nil {
+		return nil, fmt.Errorf("plugin %s: its socket is gone", r.name)
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", r.sockPath())
+	if err != nil {
+		return nil, err
+	}
+	r.dialed = true
+	unix.Unlinkat(int(r.dirPath.Fd()), r.sockName, 0)
+	os.Remove(r.sockDir)
+	return conn, nil
 }
 
 func (r *nsRunner) HostToPlugin(network, addr string) (string, string, error) {

@@ -2,6 +2,7 @@ package core
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -42,12 +43,13 @@ func readNSSet(pid string) (nsSet, error) {
 // the process it was opened for, and its namespaces were read while it
 // was alive.
 type target struct {
-	pid    int
-	pidfd  *os.File
-	ns     nsSet
-	readAt time.Time
-	refs   atomic.Int32 // the cache's reference and each request's
-	keys   sync.Map     // instance keys computed for it (see instanceKey)
+	pid       int
+	pidfd     *os.File
+	startTime uint64 // of the process the pidfd pins (see StartTime)
+	ns        nsSet
+	readAt    time.Time
+	refs      atomic.Int32 // the cache's reference and each request's
+	keys      sync.Map     // instance keys computed for it (see instanceKey)
 }
 
 // pinTarget opens a pidfd for pid and reads its namespaces. A dead or
@@ -65,7 +67,10 @@ func pinTarget(pid int) (*target, error) {
 	}
 	t := &target{pid: pid, pidfd: os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid)), readAt: time.Now()}
 	t.refs.Store(1)
-	t.ns, err = readNSSet(strconv.Itoa(pid))
+	t.startTime, err = readStartTime(pid)
+	if err == nil {
+		t.ns, err = readNSSet(strconv.Itoa(pid))
+	}
 	// Only now is it known that /proc/PID above was this process: had it
 	// died and its PID been reused meanwhile, the pidfd would say so.
 	if alive := t.alive(); !alive || err != nil {
@@ -73,9 +78,77 @@ func pinTarget(pid int) (*target, error) {
 		if !alive {
 			return nil, errorf(syscall.ESRCH, "target pid %d exited", pid)
 		}
+		if errors.Is(err, unix.ENOENT) { // a zombie: dead, its namespaces gone
+			return nil, errorf(syscall.ESRCH, "target pid %d has exited (a zombie not yet reaped)", pid)
+		}
 		return nil, errorf(errnoOf(err), "reading namespaces of target pid %d: %v", pid, err)
 	}
 	return t, nil
+}
+
+// StartTime is when process pid started: field 22 of /proc/PID/stat,
+// in clock ticks after boot, as this process's /proc shows it. A pid and
+// its start time name one process for good: a pid the kernel reuses
+// belongs to a process that started later. Request.StartTime takes it
+// (`nsplug id` prints PID:STARTTIME). A missing pid is an ESRCH error.
+func StartTime(pid int) (uint64, error) {
+	if pid <= 0 {
+		return 0, errorf(syscall.EINVAL, "invalid target pid %d", pid)
+	}
+	st, err := readStartTime(pid)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+			return 0, errorf(syscall.ESRCH, "target pid %d does not exist", pid)
+		}
+		return 0, errorf(errnoOf(err), "target pid %d: %v", pid, err)
+	}
+	return st, nil
+}
+
+func readStartTime(pid int) (uint64, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/stat"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	st, err := parseStartTime(data)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v", path, err)
+	}
+	return st, nil
+}
+
+// parseStartTime reads field 22 of a /proc/PID/stat line. Field 2, the
+// command name in parentheses, is the process's to choose and may hold
+// spaces and parentheses itself; no later field holds a ')', so the
+// fields are counted from the last one.
+func parseStartTime(stat []byte) (uint64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(string(stat[i+1:])) // f[0] is field 3, the state
+	const field = 22
+	if len(f) < field-2 {
+		return 0, fmt.Errorf("%d fields after the command name, want at least %d", len(f), field-2)
+	}
+	st, err := strconv.ParseUint(f[field-3], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("start time: %v", err)
+	}
+	return st, nil
+}
+
+// checkStartTime refuses a request for the process of t.pid that started
+// at want when the pinned process started at another time: the process
+// the caller meant is gone and its pid belongs to another one now. The
+// value compared was read while the pidfd pinned the process, so a warm
+// request costs no /proc read.
+func (t *target) checkStartTime(want *uint64) error {
+	if want == nil || *want == t.startTime {
+		return nil
+	}
+	return errorf(syscall.ESRCH, "target %d:%d is gone: pid %d now names a process started at %d", t.pid, *want, t.pid, t.startTime)
 }
 
 func (t *target) alive() bool {

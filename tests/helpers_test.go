@@ -38,7 +38,13 @@ func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
 // leaves no process, fd, socket file or goroutine behind.
 func newDispatcher(t *testing.T, toml string) (*core.Dispatcher, string) {
 	t.Helper()
-	d, runDir, err := newCore(t, toml, time.Minute, nil)
+	return newDispatcherWith(t, toml, core.Options{})
+}
+
+// newDispatcherWith is newDispatcher with options (Builtins are the test's).
+func newDispatcherWith(t *testing.T, toml string, opts core.Options) (*core.Dispatcher, string) {
+	t.Helper()
+	d, runDir, err := newCore(t, toml, opts, time.Minute, nil)
 	if err != nil {
 		t.Fatalf("core.New: %v", err)
 	}
@@ -50,8 +56,8 @@ func newDispatcher(t *testing.T, toml string) (*core.Dispatcher, string) {
 // return within limit, instead of hanging with it. unblock, when not
 // nil, runs on timeout to release whatever New is stuck on. When the
 // test ends, it checks that closing the core leaves no process, fd,
-// socket file or goroutine behind.
-func newCore(t *testing.T, toml string, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
+// socket file or goroutine behind. opts.Builtins are the test's.
+func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
 	t.Helper()
 	runDir := t.TempDir()
 	before := snapshot(t)
@@ -59,6 +65,7 @@ func newCore(t *testing.T, toml string, limit time.Duration, unblock func()) (*c
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	opts.Builtins = testBuiltins()
 	type result struct {
 		d   *core.Dispatcher
 		err error
@@ -66,7 +73,7 @@ func newCore(t *testing.T, toml string, limit time.Duration, unblock func()) (*c
 	done := make(chan result, 1)
 	start := time.Now()
 	go func() {
-		d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+		d, err := core.New(cfg, opts)
 		done <- result{d, err}
 	}()
 	var r result

@@ -62,12 +62,19 @@ func testBuiltins() []*sdk.Plugin {
 
 // envTestCore turns the test binary into a stand-alone core that serves one
 // request in a target and then waits to be killed (for the parent-death
-// test). Its value is the target pid; it prints the serving pid.
-const envTestCore = "NSPLUG_TEST_CORE"
+// test). Its value is the target pid; it prints the serving pid (0 when
+// no instance is kept). envTestThen names a message type it then sends,
+// to be killed in the middle of it; envTestTOML is added to its
+// configuration.
+const (
+	envTestCore = "NSPLUG_TEST_CORE"
+	envTestThen = "NSPLUG_TEST_THEN"
+	envTestTOML = "NSPLUG_TEST_TOML"
+)
 
 func runTestCore() {
 	pid, _ := strconv.Atoi(os.Getenv(envTestCore))
-	cfg, err := core.ParseConfig([]byte("runtime_dir = \""+os.Getenv("NSPLUG_TEST_RUNDIR")+"\"\n"), "test")
+	cfg, err := core.ParseConfig([]byte("runtime_dir = \""+os.Getenv("NSPLUG_TEST_RUNDIR")+"\"\n"+os.Getenv(envTestTOML)), "test")
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)
@@ -81,7 +88,14 @@ func runTestCore() {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
-	fmt.Println(d.Instances()[0].PID)
+	serving := 0
+	if in := d.Instances(); len(in) > 0 {
+		serving = in[0].PID
+	}
+	fmt.Println(serving)
+	if typ := os.Getenv(envTestThen); typ != "" {
+		d.Dispatch(context.Background(), core.Request{PID: pid, Type: typ})
+	}
 	// Wait to be killed.
 	for {
 		time.Sleep(time.Hour)

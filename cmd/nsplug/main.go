@@ -1,6 +1,7 @@
 // Command nsplug runs nsplug handlers inside a process's namespaces.
 //
-//	nsplug call [--config FILE] --pid PID [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
+//	nsplug call [--config FILE] --pid PID[:STARTTIME] [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
+//	nsplug id --pid PID
 //	nsplug plugins [--config FILE] [--json]
 //	nsplug demo
 //
@@ -33,15 +34,22 @@ import (
 const usage = `nsplug runs handlers inside the namespaces of a process.
 
 Usage:
-  nsplug call [--config FILE] --pid PID [--ns LIST] [--as UID:GID[:G1,G2..]]
-              [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
+  nsplug call [--config FILE] --pid PID[:STARTTIME] [--ns LIST]
+              [--as UID:GID[:G1,G2..]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
         Run one request in the namespaces of PID and print the JSON response.
+        PID:STARTTIME (as 'nsplug id' prints it) names the process for good:
+        if it has exited and its pid was reused, the call fails with ESRCH
+        instead of entering the process that has the pid now.
         LIST narrows the namespaces joined (e.g. "net,uts"); by default every
         namespace of PID that differs from nsplug's own is joined. --as, --root
         and --cwd make the handler act with those credentials (as the target
         sees them) instead of as the target's root. PAYLOAD_JSON "-" reads
         the payload from stdin. When the handler hands back open files, the
         output is {"response": ..., "files": [...]}.
+  nsplug id --pid PID
+        Print PID:STARTTIME, the identity of the process PID is now: its pid
+        and its start time (field 22 of /proc/PID/stat, clock ticks after
+        boot).
   nsplug plugins [--config FILE] [--json]
         List the plugins, whether each loaded ("ok") or not ("failed", with
         the error), and the message types each serves. A plugin that failed
@@ -79,6 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "call":
 		err = cmdCall(args[1:], stdout, stderr)
+	case "id":
+		err = cmdID(args[1:], stdout)
 	case "plugins":
 		err = cmdPlugins(args[1:], stdout, stderr)
 	case "demo":
@@ -87,12 +97,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		err = usageErr("unknown command %q (want call, plugins or demo)", args[0])
+		err = usageErr("unknown command %q (want call, id, plugins or demo)", args[0])
 	}
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "nsplug: "+err.Error())
+	if errors.Is(err, errHelp) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintln(stderr, "nsplug: "+oneLine(err.Error()))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.code == 2 {
@@ -101,6 +115,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return ee.code
 	}
 	return 1
+}
+
+// oneLine joins the lines of an error message (a plugin's may have
+// several): an error is one line on stderr.
+func oneLine(s string) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 // commonFlags are the flags every command shares.
@@ -114,12 +140,18 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log `level` on stderr: trace, debug, info, warn, error")
 }
 
+// errHelp is a command's --help: the usage goes to stdout.
+var errHelp = errors.New("help requested")
+
 // parse parses flags and positional arguments in any order.
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, errHelp
+			}
 			return nil, usageErr("%s: %v", fs.Name(), err)
 		}
 		args = fs.Args()
@@ -152,7 +184,7 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("call", flag.ContinueOnError)
 	var c commonFlags
 	c.register(fs)
-	pid := fs.Int("pid", 0, "target `PID`")
+	pid := fs.String("pid", "", "target `PID[:STARTTIME]`")
 	nsList := fs.String("ns", "", "comma-separated namespaces to join (default: all that differ)")
 	as := fs.String("as", "", "act as `UID:GID[:G1,G2,...]` (ids as the target sees them)")
 	root := fs.String("root", "", "act with this root `DIR` (a path in the target)")
@@ -161,13 +193,16 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *pid == 0 {
+	if *pid == "" {
 		return usageErr("call: --pid is required")
 	}
 	if len(pos) < 1 || len(pos) > 2 {
 		return usageErr("call: want TYPE [PAYLOAD_JSON]")
 	}
-	req := core.Request{PID: *pid, Type: pos[0]}
+	req := core.Request{Type: pos[0]}
+	if req.PID, req.StartTime, err = parseTarget(*pid); err != nil {
+		return err
+	}
 	if len(pos) == 2 {
 		req.Payload = json.RawMessage(pos[1])
 		if pos[1] == "-" { // the payload on stdin, for large or generated ones
@@ -213,6 +248,51 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	}()
 	out, _ := json.Marshal(map[string]any{"response": resp.Payload, "files": describeFiles(resp.Files)})
 	return printJSON(stdout, out)
+}
+
+// parseTarget reads PID or PID:STARTTIME.
+func parseTarget(s string) (int, *uint64, error) {
+	p, st, hasStart := strings.Cut(s, ":")
+	pid, err := strconv.ParseUint(p, 10, 31)
+	if err != nil || pid == 0 {
+		return 0, nil, usageErr("--pid %q: %q is not a pid (want PID or PID:STARTTIME)", s, p)
+	}
+	if !hasStart {
+		return int(pid), nil, nil
+	}
+	start, err := strconv.ParseUint(st, 10, 64)
+	if err != nil {
+		return 0, nil, usageErr("--pid %q: %q is not a start time (want PID:STARTTIME, as 'nsplug id' prints it)", s, st)
+	}
+	return int(pid), &start, nil
+}
+
+func cmdID(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("id", flag.ContinueOnError)
+	pid := fs.String("pid", "", "`PID` of the process to name")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageErr("id: unexpected argument %q", pos[0])
+	}
+	if *pid == "" {
+		return usageErr("id: --pid is required")
+	}
+	n, start, err := parseTarget(*pid)
+	if err != nil {
+		return err
+	}
+	if start != nil {
+		return usageErr("id: --pid %q: want a bare PID", *pid)
+	}
+	st, err := core.StartTime(n)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%d:%d\n", n, st)
+	return err
 }
 
 // parseAs reads UID:GID[:G1,G2,...]; an empty string is root.

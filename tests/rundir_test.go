@@ -1,0 +1,111 @@
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/sandbox"
+)
+
+// assertEmptyDir fails the test for anything in dir.
+func assertEmptyDir(t *testing.T, dir string) {
+	t.Helper()
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && p != dir {
+			t.Errorf("left in runtime_dir: %s (%v)", p, info.Mode())
+		}
+		return nil
+	})
+}
+
+// waitHandler waits until a process other than the target runs in the
+// target's pid namespace (the handler), and returns its pid.
+func waitHandler(t *testing.T, target int) int {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, p := range processesInPIDNamespaceOf(t, target) {
+			if p != target {
+				return p
+			}
+		}
+	}
+	t.Fatal("no handler started in the target")
+	return 0
+}
+
+// A core SIGKILLed in the middle of a request (warm or oneshot) leaves
+// nothing in runtime_dir: no socket, no directory, without another core
+// starting to clean up.
+func TestKilledCoreLeavesNoRuntimeFiles(t *testing.T) {
+	for _, mode := range []string{"pooled", "oneshot"} {
+		t.Run(mode, func(t *testing.T) {
+			target := newTarget(t, sandbox.Options{MountProc: true})
+			runDir := t.TempDir()
+			self, _ := os.Executable()
+			cmd := exec.Command(self)
+			cmd.Env = append(os.Environ(), envTestCore+"="+strconv.Itoa(target.PID()), "NSPLUG_TEST_RUNDIR="+runDir,
+				envTestThen+"=probe.hang", envTestTOML+"=[[plugin]]\nname = \"probe\"\nmode = \""+mode+"\"\nrequest_timeout = \"1h\"\n")
+			out, _ := cmd.StdoutPipe()
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Wait()
+			defer cmd.Process.Kill()
+			if line, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+				t.Fatalf("test core said %q (%v)", line, err)
+			}
+			h := waitHandler(t, target.PID())
+			time.Sleep(200 * time.Millisecond) // well into probe.hang
+			cmd.Process.Kill()
+			cmd.Wait()
+			waitGone(t, h, 5*time.Second)
+			assertEmptyDir(t, runDir)
+		})
+	}
+}
+
+// The same for the command, SIGKILLed while a handler blocks opening a
+// FIFO in the target that has no writer.
+func TestKilledCLILeavesNoRuntimeFiles(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/x": ""}})
+	if err := unix.Mkfifo(fmt.Sprintf("/proc/%d/root/mnt/fifo", target.PID()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := cliConfig(t, "")
+	cmd := exec.Command(nsplugBin, "call", "--config", conf, "--pid", strconv.Itoa(target.PID()), "fs.open", `{"path":"/mnt/fifo"}`)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	// openat2 is system call 437 on every architecture.
+	h := 0
+	for deadline := time.Now().Add(10 * time.Second); h == 0; time.Sleep(10 * time.Millisecond) {
+		for _, p := range processesInPIDNamespaceOf(t, target.PID()) {
+			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", p))
+			for _, task := range tasks {
+				if sc, _ := os.ReadFile(task); p != target.PID() && strings.HasPrefix(string(sc), "437 ") {
+					h = p
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no handler blocked opening the FIFO")
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitGone(t, h, 5*time.Second)
+	assertEmptyDir(t, filepath.Join(filepath.Dir(conf), "run"))
+}
