@@ -3,7 +3,9 @@ package sdk
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,6 +59,27 @@ func AsError(err error) *Error {
 	var errno syscall.Errno
 	errors.As(err, &errno)
 	return &Error{Errno: errno, Message: err.Error()}
+}
+
+// wireText is s as a protobuf string field can carry it (it must be
+// UTF-8): a message naming a path that is not UTF-8 ("open /a\xffb: ...")
+// keeps every other byte, and shows each byte that is not UTF-8 as \xNN,
+// as %q would, instead of failing the whole response.
+func wireText(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // ErrnoName returns the symbolic name of an errno ("ENOENT"), or

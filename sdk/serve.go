@@ -174,7 +174,7 @@ func (s *Server) sendFiles(id string, files []*os.File) error {
 }
 
 func errorResponse(e *Error) *pluginpb.HandleResponse {
-	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: e.Message}}
+	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: wireText(e.Message)}}
 }
 
 // Serve runs the plugin until the core closes it. It does not return.
