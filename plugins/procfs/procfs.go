@@ -71,7 +71,8 @@ type StatResponse struct {
 	Ctime int64    `json:"ctime_ns"`
 }
 
-// ReadRequest reads Len bytes at Offset; Len 0 reads to the end.
+// ReadRequest reads Len bytes at Offset; Len 0 reads to the end. Offset 0
+// reads with read(2), so a FIFO or another file that cannot seek works.
 type ReadRequest struct {
 	Path   sdk.Name `json:"path"`
 	Offset int64    `json:"offset"`
@@ -188,7 +189,12 @@ func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
 	// Start small: most procfs files are a few bytes, and zeroing a large
 	// buffer per request was a third of a warm read's cost.
 	buf := make([]byte, 0, min(n, 512))
-	r := io.LimitReader(io.NewSectionReader(f, req.Offset, n), n)
+	// Offset 0 reads with read(2): a FIFO, a socket or a character
+	// device cannot seek, and pread(2) of one is ESPIPE.
+	var r io.Reader = io.LimitReader(f, n)
+	if req.Offset > 0 {
+		r = io.NewSectionReader(f, req.Offset, n)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
