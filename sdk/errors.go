@@ -3,6 +3,7 @@ package sdk
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"unicode/utf8"
@@ -27,11 +28,13 @@ type Error struct {
 // Error returns the message followed by the errno's name in
 // parentheses: "open /etc/x: no such file or directory (ENOENT)".
 func (e *Error) Error() string {
-	if e.Errno == 0 {
-		return e.Message
+	if e.Errno == 0 || strings.HasSuffix(e.Message, errnoSuffix(e.Errno)) {
+		return e.Message // it already names its errno (a message built from Error())
 	}
-	return e.Message + " (" + ErrnoName(e.Errno) + ")"
+	return e.Message + errnoSuffix(e.Errno)
 }
+
+func errnoSuffix(e syscall.Errno) string { return " (" + ErrnoName(e) + ")" }
 
 // Unwrap exposes the errno to errors.Is and errors.As.
 func (e *Error) Unwrap() error {
@@ -42,7 +45,22 @@ func (e *Error) Unwrap() error {
 }
 
 // Errorf returns an Error with the given errno and a formatted message.
+// An error among args that ends in that same errno's name ("... (EIO)",
+// as an *Error prints) is formatted without it, so that wrapping an error
+// never prints its errno twice: Errorf(EIO, "plugin x: %v", err) reads
+// "plugin x: malformed response (EIO)".
 func Errorf(errno syscall.Errno, format string, args ...any) *Error {
+	copied := false
+	for i, a := range args {
+		if err, ok := a.(error); ok && err != nil && errno != 0 {
+			if text := err.Error(); strings.HasSuffix(text, errnoSuffix(errno)) {
+				if !copied { // the caller's slice, when it passed args...
+					args, copied = slices.Clone(args), true
+				}
+				args[i] = strings.TrimSuffix(text, errnoSuffix(errno))
+			}
+		}
+	}
 	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
 }
 
