@@ -2,7 +2,9 @@ package sdk
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -170,5 +172,34 @@ func TestJSONFieldsMatchEncodingJSON(t *testing.T) {
 		if (jsonErr == nil) != (strictErr == nil) {
 			t.Errorf("field %q: encoding/json says %v, DecodeStrict %v", n, jsonErr, strictErr)
 		}
+	}
+}
+
+// plainWord agrees with plainByte on every byte in every position, and on
+// random words.
+func TestPlainWord(t *testing.T) {
+	check := func(b []byte) {
+		want := true
+		for _, c := range b {
+			want = want && plainByte[c]
+		}
+		if got := plainWord(binary.LittleEndian.Uint64(b)); got != want {
+			t.Fatalf("plainWord(%q) = %v", b, got)
+		}
+	}
+	for c := range 256 {
+		for pos := range 8 {
+			b := []byte("abcdefgh")
+			b[pos] = byte(c)
+			check(b)
+			b[(pos+1)%8] = 0x1f
+			check(b)
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	b := make([]byte, 8)
+	for range 200000 {
+		binary.LittleEndian.PutUint64(b, r.Uint64()&0x7f7f7f7f7f7f7f7f|0x2020202020202020*uint64(r.IntN(2)))
+		check(b)
 	}
 }
