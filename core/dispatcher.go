@@ -404,8 +404,13 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
-				if f := strings.Fields(string(kids)); len(f) == 1 {
-					info.PID, _ = strconv.Atoi(f[0])
+				// The waiter's other child, the root keeper, is gone
+				// once the instance serves, or a zombie for a moment.
+				for _, f := range strings.Fields(string(kids)) {
+					if stat, err := os.ReadFile("/proc/" + f + "/stat"); err == nil && !bytes.Contains(stat, []byte(") Z ")) {
+						info.PID, _ = strconv.Atoi(f)
+						break
+					}
 				}
 			}
 		}

@@ -2,7 +2,6 @@ package core
 
 import (
 	"errors"
-	"fmt"
 	"syscall"
 
 	"github.com/nsplug/nsplug/sdk"
@@ -15,8 +14,10 @@ import (
 // errors.Is(err, syscall.ENOENT) works.
 type Error = sdk.Error
 
+// errorf is sdk.Errorf: one rule for messages, so that no error prints
+// its errno twice.
 func errorf(errno syscall.Errno, format string, args ...any) *Error {
-	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
+	return sdk.Errorf(errno, format, args...)
 }
 
 func errnoOf(err error) syscall.Errno {

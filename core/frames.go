@@ -47,6 +47,7 @@ type frameSlot struct {
 	waiting bool          // a caller registered before the answer came
 	arrived chan struct{} // closed once body/files are complete
 	body    []byte
+	size    int // bytes of the response received, kept or not
 	files   []*os.File
 }
 
@@ -216,8 +217,9 @@ func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
 			closeFiles(files) // its caller gave up
 			return
 		}
-		if len(s.body)+len(body) > sdk.MaxMessageBytes {
-			s.body = nil // too large: it will fail to decode
+		s.size += len(body)
+		if s.size > sdk.MaxMessageBytes {
+			s.body = nil // too large: counted, no longer kept
 		} else {
 			s.body = append(s.body, body...)
 		}
@@ -357,8 +359,12 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 		return nil, nil, err
 	}
 	c.mu.Lock()
-	body, files, dead := s.body, s.files, c.dead && s.body == nil
+	body, size, files, dead := s.body, s.size, s.files, c.dead && s.body == nil
 	c.mu.Unlock()
+	if size > sdk.MaxMessageBytes {
+		closeFiles(files)
+		return nil, nil, sdk.TooLarge("response", size)
+	}
 	if dead {
 		return nil, nil, errChannelClosed
 	}

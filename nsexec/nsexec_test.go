@@ -389,7 +389,12 @@ func (c *child) serving() int {
 	if !c.boot.Forks() {
 		return pid
 	}
+	// The root keeper (a child of the waiter too) exits once the child
+	// has entered the target's root; the waiter reaps it soon after.
 	kids := childrenOf(pid)
+	for deadline := time.Now().Add(timeout); len(kids) > 1 && time.Now().Before(deadline); kids = childrenOf(pid) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if len(kids) != 1 {
 		c.t.Fatalf("waiter %d has children %v, want exactly one", pid, kids)
 	}
@@ -948,7 +953,13 @@ func TestParentDeath(t *testing.T) {
 			}
 			started, pid = kids[0], kids[0]
 			if b.Forks() {
-				if kids = childrenOf(started); len(kids) != 1 {
+				// The root keeper exits after EnterRoot; the waiter
+				// reaps it soon after.
+				kids = childrenOf(started)
+				for deadline := time.Now().Add(timeout); len(kids) > 1 && time.Now().Before(deadline); kids = childrenOf(started) {
+					time.Sleep(5 * time.Millisecond)
+				}
+				if len(kids) != 1 {
 					t.Fatalf("waiter has children %v, want one", kids)
 				}
 				pid = kids[0]

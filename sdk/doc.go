@@ -21,8 +21,10 @@
 //	func greet(ctx context.Context, req GreetRequest) (GreetResponse, error) { ... }
 //
 // Requests and responses are JSON objects decoded into and encoded from the
-// handler's types; unknown request fields are rejected with EINVAL. A handler
-// error keeps its errno (see Error and Errorf): the caller of the core gets
+// handler's types, strictly (DecodeStrict): unknown, case-folded and
+// duplicate fields are rejected with EINVAL. Paths and other names the
+// kernel treats as bytes are Name: a plain JSON string when they are UTF-8,
+// {"base64": "..."} when not. A handler error keeps its errno (see Error and Errorf): the caller of the core gets
 // ENOENT, EACCES, ... intact.
 //
 // What a handler may assume about the target: nothing. Its root may be an

@@ -3,7 +3,10 @@ package sdk
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,11 +28,13 @@ type Error struct {
 // Error returns the message followed by the errno's name in
 // parentheses: "open /etc/x: no such file or directory (ENOENT)".
 func (e *Error) Error() string {
-	if e.Errno == 0 {
-		return e.Message
+	if e.Errno == 0 || strings.HasSuffix(e.Message, errnoSuffix(e.Errno)) {
+		return e.Message // it already names its errno (a message built from Error())
 	}
-	return e.Message + " (" + ErrnoName(e.Errno) + ")"
+	return e.Message + errnoSuffix(e.Errno)
 }
+
+func errnoSuffix(e syscall.Errno) string { return " (" + ErrnoName(e) + ")" }
 
 // Unwrap exposes the errno to errors.Is and errors.As.
 func (e *Error) Unwrap() error {
@@ -40,7 +45,22 @@ func (e *Error) Unwrap() error {
 }
 
 // Errorf returns an Error with the given errno and a formatted message.
+// An error among args that ends in that same errno's name ("... (EIO)",
+// as an *Error prints) is formatted without it, so that wrapping an error
+// never prints its errno twice: Errorf(EIO, "plugin x: %v", err) reads
+// "plugin x: malformed response (EIO)".
 func Errorf(errno syscall.Errno, format string, args ...any) *Error {
+	copied := false
+	for i, a := range args {
+		if err, ok := a.(error); ok && err != nil && errno != 0 {
+			if text := err.Error(); strings.HasSuffix(text, errnoSuffix(errno)) {
+				if !copied { // the caller's slice, when it passed args...
+					args, copied = slices.Clone(args), true
+				}
+				args[i] = strings.TrimSuffix(text, errnoSuffix(errno))
+			}
+		}
+	}
 	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
 }
 
@@ -57,6 +77,27 @@ func AsError(err error) *Error {
 	var errno syscall.Errno
 	errors.As(err, &errno)
 	return &Error{Errno: errno, Message: err.Error()}
+}
+
+// wireText is s as a protobuf string field can carry it (it must be
+// UTF-8): a message naming a path that is not UTF-8 ("open /a\xffb: ...")
+// keeps every other byte, and shows each byte that is not UTF-8 as \xNN,
+// as %q would, instead of failing the whole response.
+func wireText(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // ErrnoName returns the symbolic name of an errno ("ENOENT"), or

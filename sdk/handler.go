@@ -1,7 +1,6 @@
 package sdk
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,9 +28,10 @@ type TypedHandler[Req, Resp any] struct {
 }
 
 // Handle makes the handler of message type name ("<plugin>.<verb>") from
-// fn. The payload is decoded strictly into Req (unknown fields are an
-// EINVAL error naming them) and Resp is encoded as JSON. The payload
-// contract starts at version 1; see WithVersion.
+// fn. The payload is decoded strictly into Req (see DecodeStrict: an
+// unknown, case-folded or duplicate field is an EINVAL error naming it)
+// and Resp is encoded as JSON. Declare paths and names as Name. The
+// payload contract starts at version 1; see WithVersion.
 func Handle[Req, Resp any](name, description string, fn func(ctx context.Context, req Req) (Resp, error)) *TypedHandler[Req, Resp] {
 	return &TypedHandler[Req, Resp]{
 		desc: &pluginpb.MessageType{Name: name, Version: 1, Description: description},
@@ -93,27 +93,6 @@ func (h *TypedHandler[Req, Resp]) Serve(ctx context.Context, payload []byte) ([]
 		return nil, Errorf(syscall.EIO, "%s: encoding response: %v", h.desc.Name, err)
 	}
 	return out, nil
-}
-
-// DecodeStrict decodes one JSON object into v, rejecting unknown fields
-// and trailing data. An empty payload decodes as {}.
-func DecodeStrict(payload []byte, v any) error {
-	payload = bytes.TrimSpace(payload)
-	if len(payload) == 0 {
-		payload = []byte("{}")
-	}
-	if payload[0] != '{' {
-		return fmt.Errorf("payload must be a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return fmt.Errorf("trailing data after the JSON object")
-	}
-	return nil
 }
 
 // CheckMessageType validates what a handler describes: its name (see

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"syscall"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -26,8 +27,15 @@ var Handshake = plugin.HandshakeConfig{
 	MagicCookieValue: "d7c0b5a4-handler",
 }
 
-// MaxMessageBytes bounds one gRPC message in either direction.
+// MaxMessageBytes bounds one message (a request or a response, on gRPC or
+// the frame channel) in either direction.
 const MaxMessageBytes = 64 << 20
+
+// TooLarge is the EIO error for a message of n bytes, over MaxMessageBytes:
+// "response of 70000000 bytes exceeds the 64 MiB limit of one message".
+func TooLarge(what string, n int) *Error {
+	return Errorf(syscall.EIO, "%s of %d bytes exceeds the %d MiB limit of one message (sdk.MaxMessageBytes); page large data", what, n, MaxMessageBytes>>20)
+}
 
 // GRPCPlugin is the go-plugin glue for the Handler service. The core uses
 // it with Impl unset, a plugin with Impl set.

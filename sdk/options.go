@@ -87,9 +87,12 @@ func TypedOptions[T any](defaults T, check func(*T) error) func(json.RawMessage)
 			if err := json.Unmarshal(raw, &keys); err != nil {
 				return nil, &OptionError{Msg: "not a JSON object: " + err.Error()}
 			}
-			known := jsonFields(reflect.TypeOf(v))
+			known := map[string]reflect.Type{}
+			if t := reflect.TypeOf(v); t != nil && t.Kind() == reflect.Struct {
+				known = jsonFields(t)
+			}
 			for _, k := range slices.Sorted(maps.Keys(keys)) {
-				if !known[k] {
+				if _, ok := known[k]; !ok {
 					return nil, OptionErrorf(k, "unknown option (this plugin takes %s)", describeKeys(known))
 				}
 			}
@@ -138,35 +141,7 @@ func configure(p *Plugin, raw json.RawMessage) (any, error) {
 	return v, nil
 }
 
-// jsonFields lists the JSON names of struct type t's fields, those of
-// untagged embedded structs included (empty for a type that is not a
-// struct).
-func jsonFields(t reflect.Type) map[string]bool {
-	names := make(map[string]bool)
-	addJSONFields(t, names)
-	return names
-}
-
-func addJSONFields(t reflect.Type, names map[string]bool) {
-	if t == nil || t.Kind() != reflect.Struct {
-		return
-	}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		switch {
-		case f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct:
-			addJSONFields(f.Type, names)
-		case !f.IsExported() || tag == "-":
-		case tag == "":
-			names[f.Name] = true
-		default:
-			names[tag] = true
-		}
-	}
-}
-
-func describeKeys(known map[string]bool) string {
+func describeKeys(known map[string]reflect.Type) string {
 	if len(known) == 0 {
 		return "none"
 	}

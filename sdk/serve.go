@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
@@ -189,7 +190,15 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		closeAll(files)
 		return errorResponse(AsError(err)), nil
 	}
-	return &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files))}, files
+	resp = &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files)), RequestId: req.RequestId}
+	// The core refuses a message over the limit: say so here, where the
+	// instance can go on serving, rather than send it (the margin covers
+	// the request id and the field headers).
+	if len(out) > MaxMessageBytes-1024 && proto.Size(resp) > MaxMessageBytes {
+		closeAll(files)
+		return errorResponse(Errorf(syscall.EIO, "%s: %v", req.Type, TooLarge("response", proto.Size(resp)))), nil
+	}
+	return resp, files
 }
 
 // sendFiles hands the files of a gRPC response to the core in a FrameFiles
@@ -210,7 +219,7 @@ func (s *Server) sendFiles(id string, files []*os.File) error {
 }
 
 func errorResponse(e *Error) *pluginpb.HandleResponse {
-	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: e.Message}}
+	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: wireText(e.Message)}}
 }
 
 // Serve runs the plugin until the core closes it. It does not return.

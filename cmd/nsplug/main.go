@@ -10,6 +10,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -373,13 +374,16 @@ func openFlags(fl int) string {
 	return strings.Join(names, "|")
 }
 
+// printJSON indents a response as it is: its bytes, key order and
+// numbers unchanged (decoding it into an any and encoding that again
+// would round numbers beyond 2^53 and replace bytes that are not UTF-8).
 func printJSON(w io.Writer, raw json.RawMessage) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
+	var out bytes.Buffer
+	if err := json.Indent(&out, raw, "", "  "); err != nil {
 		return fmt.Errorf("plugin returned invalid JSON: %v", err)
 	}
-	out, _ := json.MarshalIndent(v, "", "  ")
-	_, err := fmt.Fprintf(w, "%s\n", out)
+	out.WriteByte('\n')
+	_, err := w.Write(out.Bytes())
 	return err
 }
 

@@ -21,10 +21,10 @@ type ChownRequest struct {
 // required; -1 leaves that id unchanged. They are ids as the handler sees
 // them: the target's when its user namespace is joined.
 type ChownEntry struct {
-	Path     string `json:"path"`
-	UID      *int64 `json:"uid"`
-	GID      *int64 `json:"gid"`
-	Nofollow bool   `json:"nofollow"`
+	Path     sdk.Name `json:"path"`
+	UID      *int64   `json:"uid"`
+	GID      *int64   `json:"gid"`
+	Nofollow bool     `json:"nofollow"`
 }
 
 // checkID accepts -1 and the ids a kernel can hold (0 to 2^32-2; 2^32-1
@@ -49,7 +49,7 @@ func chown(ctx context.Context, req ChownRequest) (Empty, error) {
 		return Empty{}, sdk.Errorf(unix.E2BIG, "%d entries; at most %d per request", len(req.Entries), MaxChownEntries)
 	}
 	for i, e := range req.Entries {
-		if _, err := env.CheckPath(e.Path); err != nil {
+		if _, err := env.CheckPath(string(e.Path)); err != nil {
 			se := sdk.AsError(err)
 			return Empty{}, sdk.Errorf(se.Errno, "entry %d: %s", i, se.Message)
 		}
@@ -74,7 +74,7 @@ func chown(ctx context.Context, req ChownRequest) (Empty, error) {
 }
 
 func chownOne(env *sdk.Env, e ChownEntry) error {
-	n, err := resolve(env, e.Path, e.Nofollow)
+	n, err := resolve(env, string(e.Path), e.Nofollow)
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 
 // OpenRequest opens a file inside the target with openat2(2) semantics.
 type OpenRequest struct {
-	Path string `json:"path"`
+	Path sdk.Name `json:"path"`
 	// Flags by name: rdonly (default), wronly, rdwr, append, creat, excl,
 	// trunc, nofollow, directory, nonblock, noatime, path, tmpfile, sync,
 	// dsync, noctty. The descriptor is always close-on-exec.
@@ -73,7 +73,7 @@ func parseFlags(what string, names []string, table map[string]uint64) (uint64, e
 // process with seccomp's ADDFD).
 func open(ctx context.Context, req OpenRequest) (OpenResponse, error) {
 	env := sdk.EnvFrom(ctx)
-	path, err := env.CheckPath(req.Path)
+	path, err := env.CheckPath(string(req.Path))
 	if err != nil {
 		return OpenResponse{}, err
 	}

@@ -3,7 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
-	"sort"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -25,9 +25,9 @@ const sizeRetries = 3
 
 // GetxattrRequest names one attribute of a path.
 type GetxattrRequest struct {
-	Path     string `json:"path"`
-	Name     string `json:"name"`
-	Nofollow bool   `json:"nofollow"`
+	Path     sdk.Name `json:"path"`
+	Name     sdk.Name `json:"name"`
+	Nofollow bool     `json:"nofollow"`
 }
 
 // GetxattrResponse carries the value (base64 in JSON).
@@ -38,8 +38,8 @@ type GetxattrResponse struct {
 // SetxattrRequest sets one attribute. Flags are "create" (fail with EEXIST
 // if it exists) and "replace" (fail with ENODATA if it does not).
 type SetxattrRequest struct {
-	Path     string   `json:"path"`
-	Name     string   `json:"name"`
+	Path     sdk.Name `json:"path"`
+	Name     sdk.Name `json:"name"`
 	Value    []byte   `json:"value"`
 	Flags    []string `json:"flags"`
 	Nofollow bool     `json:"nofollow"`
@@ -47,21 +47,21 @@ type SetxattrRequest struct {
 
 // ListxattrRequest names a path.
 type ListxattrRequest struct {
-	Path     string `json:"path"`
-	Nofollow bool   `json:"nofollow"`
+	Path     sdk.Name `json:"path"`
+	Nofollow bool     `json:"nofollow"`
 }
 
 // ListxattrResponse lists attribute names, sorted. Names the caller may
 // not see (trusted.* without CAP_SYS_ADMIN) are left out by the kernel.
 type ListxattrResponse struct {
-	Names []string `json:"names"`
+	Names []sdk.Name `json:"names"`
 }
 
 // RemovexattrRequest names one attribute of a path.
 type RemovexattrRequest struct {
-	Path     string `json:"path"`
-	Name     string `json:"name"`
-	Nofollow bool   `json:"nofollow"`
+	Path     sdk.Name `json:"path"`
+	Name     sdk.Name `json:"name"`
+	Nofollow bool     `json:"nofollow"`
 }
 
 // checkName applies the kernel's checks on a name before any system call,
@@ -86,19 +86,19 @@ func fail(op string, n *node, attr string, err error) error {
 }
 
 func getxattr(ctx context.Context, req GetxattrRequest) (GetxattrResponse, error) {
-	if err := checkName(req.Name); err != nil {
+	if err := checkName(string(req.Name)); err != nil {
 		return GetxattrResponse{}, err
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), req.Path, req.Nofollow)
+	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return GetxattrResponse{}, err
 	}
 	defer n.close()
 	value, err := readSized(XattrSizeMax, func(buf []byte) (int, error) {
-		return getxattrAt(n.dir, n.name, req.Name, buf)
+		return getxattrAt(n.dir, n.name, string(req.Name), buf)
 	})
 	if err != nil {
-		return GetxattrResponse{}, fail("getxattr", n, req.Name, err)
+		return GetxattrResponse{}, fail("getxattr", n, string(req.Name), err)
 	}
 	return GetxattrResponse{Value: value}, nil
 }
@@ -141,7 +141,7 @@ func readSized(limit int, read func(buf []byte) (int, error)) ([]byte, error) {
 }
 
 func setxattr(ctx context.Context, req SetxattrRequest) (Empty, error) {
-	if err := checkName(req.Name); err != nil {
+	if err := checkName(string(req.Name)); err != nil {
 		return Empty{}, err
 	}
 	if len(req.Value) > XattrSizeMax {
@@ -158,19 +158,19 @@ func setxattr(ctx context.Context, req SetxattrRequest) (Empty, error) {
 			return Empty{}, sdk.Errorf(unix.EINVAL, "unknown flag %q (want create or replace)", f)
 		}
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), req.Path, req.Nofollow)
+	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return Empty{}, err
 	}
 	defer n.close()
-	if err := setxattrAt(n.dir, n.name, req.Name, req.Value, flags); err != nil {
-		return Empty{}, fail("setxattr", n, req.Name, err)
+	if err := setxattrAt(n.dir, n.name, string(req.Name), req.Value, flags); err != nil {
+		return Empty{}, fail("setxattr", n, string(req.Name), err)
 	}
 	return Empty{}, nil
 }
 
 func listxattr(ctx context.Context, req ListxattrRequest) (ListxattrResponse, error) {
-	n, err := resolve(sdk.EnvFrom(ctx), req.Path, req.Nofollow)
+	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return ListxattrResponse{}, err
 	}
@@ -181,27 +181,27 @@ func listxattr(ctx context.Context, req ListxattrRequest) (ListxattrResponse, er
 	if err != nil {
 		return ListxattrResponse{}, fail("listxattr", n, "", err)
 	}
-	names := []string{}
+	names := []sdk.Name{}
 	for _, name := range strings.Split(string(list), "\x00") {
 		if name != "" {
-			names = append(names, name)
+			names = append(names, sdk.Name(name))
 		}
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	return ListxattrResponse{Names: names}, nil
 }
 
 func removexattr(ctx context.Context, req RemovexattrRequest) (Empty, error) {
-	if err := checkName(req.Name); err != nil {
+	if err := checkName(string(req.Name)); err != nil {
 		return Empty{}, err
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), req.Path, req.Nofollow)
+	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return Empty{}, err
 	}
 	defer n.close()
-	if err := removexattrAt(n.dir, n.name, req.Name); err != nil {
-		return Empty{}, fail("removexattr", n, req.Name, err)
+	if err := removexattrAt(n.dir, n.name, string(req.Name)); err != nil {
+		return Empty{}, fail("removexattr", n, string(req.Name), err)
 	}
 	return Empty{}, nil
 }

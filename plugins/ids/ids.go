@@ -75,25 +75,26 @@ func Plugin() *sdk.Plugin {
 
 // Query names an entry by name or by id: exactly one of the two.
 type Query struct {
-	Name *string `json:"name"`
-	ID   *int64  `json:"id"`
+	Name *sdk.Name `json:"name"`
+	ID   *int64    `json:"id"`
 }
 
-// User is an /etc/passwd entry.
+// User is an /etc/passwd entry. Its text fields are the file's bytes
+// (sdk.Name: {"base64": "..."} when they are not UTF-8).
 type User struct {
-	Name  string `json:"name"`
-	ID    uint32 `json:"id"`
-	GID   uint32 `json:"gid"`
-	Gecos string `json:"gecos"`
-	Home  string `json:"home"`
-	Shell string `json:"shell"`
+	Name  sdk.Name `json:"name"`
+	ID    uint32   `json:"id"`
+	GID   uint32   `json:"gid"`
+	Gecos sdk.Name `json:"gecos"`
+	Home  sdk.Name `json:"home"`
+	Shell sdk.Name `json:"shell"`
 }
 
 // Group is an /etc/group entry.
 type Group struct {
-	Name    string   `json:"name"`
-	ID      uint32   `json:"id"`
-	Members []string `json:"members"`
+	Name    sdk.Name   `json:"name"`
+	ID      uint32     `json:"id"`
+	Members []sdk.Name `json:"members"`
 }
 
 // options are the options Configure validated (never an error now that
@@ -110,7 +111,7 @@ func (q Query) check(kind string) error {
 		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id, not both", kind)
 	case q.Name == nil && q.ID == nil:
 		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id", kind)
-	case q.Name != nil && (*q.Name == "" || strings.ContainsAny(*q.Name, ":\n\x00")):
+	case q.Name != nil && (*q.Name == "" || strings.ContainsAny(string(*q.Name), ":\n\x00")):
 		return sdk.Errorf(unix.EINVAL, "%s name %q is not a valid name", kind, *q.Name)
 	case q.ID != nil && (*q.ID < 0 || *q.ID > 1<<32-2):
 		return sdk.Errorf(unix.EINVAL, "%s id %d is out of range (0 to %d)", kind, *q.ID, int64(1<<32-2))
@@ -127,7 +128,7 @@ func (q Query) String() string {
 
 func (q Query) matches(name string, id uint32) bool {
 	if q.Name != nil {
-		return name == *q.Name
+		return name == string(*q.Name)
 	}
 	return int64(id) == *q.ID
 }
@@ -151,7 +152,7 @@ func lookupUser(ctx context.Context, q Query) (User, error) {
 		if !ok1 || !ok2 || !q.matches(f[0], uid) {
 			return false
 		}
-		found = &User{Name: f[0], ID: uid, GID: gid, Gecos: f[4], Home: f[5], Shell: f[6]}
+		found = &User{Name: sdk.Name(f[0]), ID: uid, GID: gid, Gecos: sdk.Name(f[4]), Home: sdk.Name(f[5]), Shell: sdk.Name(f[6])}
 		return true
 	})
 	if err != nil {
@@ -181,10 +182,10 @@ func lookupGroup(ctx context.Context, q Query) (Group, error) {
 		if !ok || !q.matches(f[0], gid) {
 			return false
 		}
-		g := &Group{Name: f[0], ID: gid, Members: []string{}}
+		g := &Group{Name: sdk.Name(f[0]), ID: gid, Members: []sdk.Name{}}
 		for _, m := range strings.Split(f[3], ",") {
 			if m = strings.TrimSpace(m); m != "" {
-				g.Members = append(g.Members, m)
+				g.Members = append(g.Members, sdk.Name(m))
 			}
 		}
 		found = g

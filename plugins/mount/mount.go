@@ -49,11 +49,11 @@ func Plugin() *sdk.Plugin {
 // flags, as for mount(2): remount, bind, move, a propagation type, or else
 // a new file system.
 type Entry struct {
-	Source string `json:"source"`
-	Target string `json:"target"`
-	FSType string `json:"fstype"`
-	Flags  []Flag `json:"flags"`
-	Data   string `json:"data"`
+	Source sdk.Name `json:"source"`
+	Target sdk.Name `json:"target"`
+	FSType string   `json:"fstype"` // letters, digits, '.', '_', '-'
+	Flags  []Flag   `json:"flags"`
+	Data   sdk.Name `json:"data"` // may name paths (overlay's lowerdir=...)
 }
 
 // MountRequest is a batch of mounts.
@@ -63,8 +63,8 @@ type MountRequest struct {
 
 // MountResult is the mount an entry made or changed.
 type MountResult struct {
-	Target  string `json:"target"`
-	MountID int    `json:"mount_id"`
+	Target  sdk.Name `json:"target"`
+	MountID int      `json:"mount_id"`
 }
 
 // MountResponse lists the results in entry order.
@@ -74,8 +74,8 @@ type MountResponse struct {
 
 // Unmount is one unmount.
 type Unmount struct {
-	Target string `json:"target"`
-	Flags  []Flag `json:"flags"`
+	Target sdk.Name `json:"target"`
+	Flags  []Flag   `json:"flags"`
 }
 
 // UmountRequest is a list of unmounts, done in order.
@@ -85,7 +85,7 @@ type UmountRequest struct {
 
 // UmountResponse lists the targets unmounted.
 type UmountResponse struct {
-	Unmounted []string `json:"unmounted"`
+	Unmounted []sdk.Name `json:"unmounted"`
 }
 
 // InfoRequest asks for the mount table; Raw adds mountinfo's text.
@@ -96,23 +96,23 @@ type InfoRequest struct {
 // InfoResponse is the mount table in mountinfo order.
 type InfoResponse struct {
 	Mounts []MountInfo `json:"mounts"`
-	Raw    string      `json:"raw,omitempty"`
+	Raw    sdk.Name    `json:"raw,omitempty"` // bytes: it holds the mount points
 }
 
 // InodeRequest names paths, typically mount points.
 type InodeRequest struct {
-	Paths []string `json:"paths"`
+	Paths []sdk.Name `json:"paths"`
 }
 
 // Inode describes what a path resolves to: for a mount point, the root
 // of the topmost mount there.
 type Inode struct {
-	Path      string `json:"path"`
-	Inode     uint64 `json:"inode"`
-	Major     uint32 `json:"major"`
-	Minor     uint32 `json:"minor"`
-	MountID   int    `json:"mount_id"`
-	MountRoot bool   `json:"mount_root"` // the path is a mount point
+	Path      sdk.Name `json:"path"`
+	Inode     uint64   `json:"inode"`
+	Major     uint32   `json:"major"`
+	Minor     uint32   `json:"minor"`
+	MountID   int      `json:"mount_id"`
+	MountRoot bool     `json:"mount_root"` // the path is a mount point
 }
 
 // InodeResponse lists the paths in request order.
@@ -165,7 +165,7 @@ func mountBatch(ctx context.Context, req MountRequest) (MountResponse, error) {
 			return MountResponse{}, sdk.Errorf(errnoOf(err), "%s", msg)
 		}
 		undos = append(undos, u)
-		resp.Mounts = append(resp.Mounts, MountResult{Target: s.e.Target, MountID: id})
+		resp.Mounts = append(resp.Mounts, MountResult{Target: sdk.Name(s.e.Target), MountID: id})
 		env.Log.Info("mounted", "entry", s.String(), "mount_id", id)
 	}
 	for _, u := range undos {
@@ -211,16 +211,16 @@ func umountBatch(ctx context.Context, req UmountRequest) (UmountResponse, error)
 		if bits[i], err = parseUmountFlags(u.Flags); err != nil {
 			return UmountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.umount: %s: %v", what, err)
 		}
-		if _, err := env.CheckPath(u.Target); err != nil {
+		if _, err := env.CheckPath(string(u.Target)); err != nil {
 			e := sdk.AsError(err)
 			return UmountResponse{}, sdk.Errorf(e.Errno, "mount.umount: %s: %s", what, e.Message)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	resp := UmountResponse{Unmounted: []string{}}
+	resp := UmountResponse{Unmounted: []sdk.Name{}}
 	for i, u := range req.Unmounts {
-		err := unmountOne(u.Target, bits[i])
+		err := unmountOne(string(u.Target), bits[i])
 		if err != nil {
 			msg := fmt.Sprintf("mount.umount: entry %d of %d (%q, flags %s) failed: %s", i, len(req.Unmounts), u.Target, flagList(u.Flags), sdk.AsError(err).Message)
 			if i > 0 {
@@ -262,7 +262,7 @@ func info(ctx context.Context, req InfoRequest) (InfoResponse, error) {
 	}
 	resp := InfoResponse{Mounts: mounts}
 	if req.Raw {
-		resp.Raw = raw
+		resp.Raw = sdk.Name(raw)
 	}
 	return resp, nil
 }
@@ -276,7 +276,8 @@ func inode(ctx context.Context, req InodeRequest) (InodeResponse, error) {
 		return InodeResponse{}, sdk.Errorf(syscall.EINVAL, "mount.inode: %d paths, at most %d", len(req.Paths), MaxPaths)
 	}
 	resp := InodeResponse{Inodes: make([]Inode, 0, len(req.Paths))}
-	for i, p := range req.Paths {
+	for i, name := range req.Paths {
+		p := string(name)
 		if _, err := env.CheckPath(p); err != nil {
 			e := sdk.AsError(err)
 			return InodeResponse{}, sdk.Errorf(e.Errno, "mount.inode: path %d: %s", i, e.Message)
@@ -292,7 +293,7 @@ func inode(ctx context.Context, req InodeRequest) (InodeResponse, error) {
 			return InodeResponse{}, sdk.Errorf(errnoOf(err), "mount.inode: path %d %q: statx: %v", i, p, err)
 		}
 		resp.Inodes = append(resp.Inodes, Inode{
-			Path: p, Inode: stx.Ino, Major: stx.Dev_major, Minor: stx.Dev_minor, MountID: int(stx.Mnt_id),
+			Path: name, Inode: stx.Ino, Major: stx.Dev_major, Minor: stx.Dev_minor, MountID: int(stx.Mnt_id),
 			MountRoot: stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0,
 		})
 	}

@@ -8,21 +8,26 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/sdk"
 )
 
 // MountInfo is one line of /proc/PID/mountinfo (see proc_pid_mountinfo(5)).
+// Root, Mountpoint, FSType, Source and SuperOptions are bytes (sdk.Name):
+// the kernel shows names as they are, octal-escaping only space, tab,
+// newline and backslash, which are unescaped here.
 type MountInfo struct {
 	ID           int      `json:"id"`
 	Parent       int      `json:"parent"`
 	Major        uint32   `json:"major"`
 	Minor        uint32   `json:"minor"`
-	Root         string   `json:"root"`
-	Mountpoint   string   `json:"mountpoint"`
+	Root         sdk.Name `json:"root"`
+	Mountpoint   sdk.Name `json:"mountpoint"`
 	Options      string   `json:"options"`  // per-mount: "rw,nosuid,relatime"
 	Optional     []string `json:"optional"` // "shared:1", "master:2", "unbindable", ...
-	FSType       string   `json:"fstype"`
-	Source       string   `json:"source"`
-	SuperOptions string   `json:"super_options"` // per-superblock
+	FSType       sdk.Name `json:"fstype"`
+	Source       sdk.Name `json:"source"`
+	SuperOptions sdk.Name `json:"super_options"` // per-superblock
 }
 
 // maxMountinfo bounds the mount table read (some 40,000 mounts).
@@ -100,15 +105,15 @@ func parseMountinfoLine(line string) (MountInfo, error) {
 	m.Root, m.Mountpoint, m.Options = unescape(f[3]), unescape(f[4]), f[5]
 	m.Optional = append([]string{}, f[6:sep]...)
 	m.FSType, m.Source = unescape(f[sep+1]), unescape(f[sep+2])
-	m.SuperOptions = strings.Join(f[sep+3:], " ")
+	m.SuperOptions = sdk.Name(strings.Join(f[sep+3:], " "))
 	return m, nil
 }
 
 // unescape undoes the kernel's octal escapes (\040 for a space, \011,
 // \012, \134) in a mountinfo field.
-func unescape(s string) string {
+func unescape(s string) sdk.Name {
 	if !strings.Contains(s, `\`) {
-		return s
+		return sdk.Name(s)
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -120,7 +125,7 @@ func unescape(s string) string {
 		}
 		b.WriteByte(s[i])
 	}
-	return b.String()
+	return sdk.Name(b.String())
 }
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }
@@ -181,13 +186,13 @@ func (m *MountInfo) perMountBits() uint64 {
 
 // superReadOnly reports whether the superblock is read-only.
 func (m *MountInfo) superReadOnly() bool {
-	return m.SuperOptions == "ro" || strings.HasPrefix(m.SuperOptions, "ro,")
+	return m.SuperOptions == "ro" || strings.HasPrefix(string(m.SuperOptions), "ro,")
 }
 
 // superOption finds key in the super options: "size=1024k" for "size",
 // "noswap" for "noswap".
 func (m *MountInfo) superOption(key string) (string, bool) {
-	for _, o := range strings.Split(m.SuperOptions, ",") {
+	for _, o := range strings.Split(string(m.SuperOptions), ",") {
 		if o == key || strings.HasPrefix(o, key+"=") {
 			return o, true
 		}

@@ -44,7 +44,7 @@ const superblockBits = unix.MS_SYNCHRONOUS | unix.MS_MANDLOCK | unix.MS_DIRSYNC 
 // step is a validated entry of a batch.
 type step struct {
 	index, of int
-	e         Entry
+	e         entry
 	bits      uint64
 	kind      kind
 	decided   bool // kind is known (the flags parsed)
@@ -72,8 +72,15 @@ func (s *step) what() string {
 	}
 }
 
+// entry is an Entry with its names as the strings system calls take.
+type entry struct {
+	Source, Target, FSType, Data string
+	Flags                        []Flag
+}
+
 // plan validates an entry completely before anything is applied.
-func plan(env *sdk.Env, i, n int, e Entry) (*step, error) {
+func plan(env *sdk.Env, i, n int, in Entry) (*step, error) {
+	e := entry{Source: string(in.Source), Target: string(in.Target), FSType: in.FSType, Data: string(in.Data), Flags: in.Flags}
 	s := &step{index: i, of: n, e: e}
 	bad := func(format string, args ...any) error {
 		return sdk.Errorf(syscall.EINVAL, "mount.mount: %s: %s", s, fmt.Sprintf(format, args...))
@@ -424,7 +431,7 @@ func (s *step) propagate(proc *os.File) (undo, int, error) {
 			f := t
 			if i > 0 {
 				var err error
-				if f, err = openO(m.Mountpoint); err != nil {
+				if f, err = openO(string(m.Mountpoint)); err != nil {
 					problems = append(problems, fmt.Sprintf("%s: %v", m.Mountpoint, err))
 					continue
 				}

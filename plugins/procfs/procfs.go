@@ -57,33 +57,35 @@ func Plugin() *sdk.Plugin {
 	}
 }
 
-// PathRequest names one path.
+// PathRequest names one path. Paths, names and link targets are
+// sdk.Name: bytes, a plain JSON string when UTF-8, {"base64": "..."} when not.
 type PathRequest struct {
-	Path string `json:"path"`
+	Path sdk.Name `json:"path"`
 }
 
 // StatResponse is the lstat of a path.
 type StatResponse struct {
-	Path  string `json:"path"`
-	Type  string `json:"type"` // file, dir, symlink, char, block, fifo, socket
-	Mode  uint32 `json:"mode"` // permission bits and setuid/setgid/sticky
-	Size  int64  `json:"size"`
-	UID   uint32 `json:"uid"`
-	GID   uint32 `json:"gid"`
-	Nlink uint64 `json:"nlink"`
-	Inode uint64 `json:"inode"`
-	Dev   uint64 `json:"dev"`
-	Rdev  uint64 `json:"rdev,omitempty"`
-	Atime int64  `json:"atime_ns"`
-	Mtime int64  `json:"mtime_ns"`
-	Ctime int64  `json:"ctime_ns"`
+	Path  sdk.Name `json:"path"`
+	Type  string   `json:"type"` // file, dir, symlink, char, block, fifo, socket
+	Mode  uint32   `json:"mode"` // permission bits and setuid/setgid/sticky
+	Size  int64    `json:"size"`
+	UID   uint32   `json:"uid"`
+	GID   uint32   `json:"gid"`
+	Nlink uint64   `json:"nlink"`
+	Inode uint64   `json:"inode"`
+	Dev   uint64   `json:"dev"`
+	Rdev  uint64   `json:"rdev,omitempty"`
+	Atime int64    `json:"atime_ns"`
+	Mtime int64    `json:"mtime_ns"`
+	Ctime int64    `json:"ctime_ns"`
 }
 
-// ReadRequest reads Len bytes at Offset; Len 0 reads to the end.
+// ReadRequest reads Len bytes at Offset; Len 0 reads to the end. Offset 0
+// reads with read(2), so a FIFO or another file that cannot seek works.
 type ReadRequest struct {
-	Path   string `json:"path"`
-	Offset int64  `json:"offset"`
-	Len    int64  `json:"len"`
+	Path   sdk.Name `json:"path"`
+	Offset int64    `json:"offset"`
+	Len    int64    `json:"len"`
 }
 
 // ReadResponse carries the bytes read (base64 in JSON).
@@ -93,9 +95,9 @@ type ReadResponse struct {
 
 // WriteRequest writes Data at Offset of an existing file.
 type WriteRequest struct {
-	Path   string `json:"path"`
-	Offset int64  `json:"offset"`
-	Data   []byte `json:"data"`
+	Path   sdk.Name `json:"path"`
+	Offset int64    `json:"offset"`
+	Data   []byte   `json:"data"`
 }
 
 // WriteResponse says how many bytes were written.
@@ -105,9 +107,9 @@ type WriteResponse struct {
 
 // DirEntry is one directory entry.
 type DirEntry struct {
-	Name  string `json:"name"`
-	Type  string `json:"type"`
-	Inode uint64 `json:"inode"`
+	Name  sdk.Name `json:"name"`
+	Type  string   `json:"type"`
+	Inode uint64   `json:"inode"`
 }
 
 // ReaddirResponse lists a directory, sorted by name.
@@ -117,14 +119,14 @@ type ReaddirResponse struct {
 
 // ReadlinkResponse is a link's target.
 type ReadlinkResponse struct {
-	Target string `json:"target"`
+	Target sdk.Name `json:"target"`
 }
 
 // open opens path as the target sees it, through the sdk: inside the
 // allowed root it lies in, never through a magic link, and under /proc and
 // /sys beneath the fresh mounts when the plugin has them.
-func open(ctx context.Context, path string, flags int) (*os.File, error) {
-	return sdk.EnvFrom(ctx).Open(path, flags)
+func open(ctx context.Context, path sdk.Name, flags int) (*os.File, error) {
+	return sdk.EnvFrom(ctx).Open(string(path), flags)
 }
 
 func stat(ctx context.Context, req PathRequest) (StatResponse, error) {
@@ -135,7 +137,7 @@ func stat(ctx context.Context, req PathRequest) (StatResponse, error) {
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return StatResponse{}, &os.PathError{Op: "stat", Path: req.Path, Err: err}
+		return StatResponse{}, &os.PathError{Op: "stat", Path: string(req.Path), Err: err}
 	}
 	return StatResponse{
 		Path: req.Path, Type: fileType(st.Mode), Mode: st.Mode & 0o7777, Size: st.Size,
@@ -185,7 +187,12 @@ func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
 	// Start small: most procfs files are a few bytes, and zeroing a large
 	// buffer per request was a third of a warm read's cost.
 	buf := make([]byte, 0, min(n, 512))
-	r := io.LimitReader(io.NewSectionReader(f, req.Offset, n), n)
+	// Offset 0 reads with read(2): a FIFO, a socket or a character
+	// device cannot seek, and pread(2) of one is ESPIPE.
+	var r io.Reader = io.LimitReader(f, n)
+	if req.Offset > 0 {
+		r = io.NewSectionReader(f, req.Offset, n)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -240,7 +247,7 @@ func readdir(ctx context.Context, req PathRequest) (ReaddirResponse, error) {
 	}
 	out := ReaddirResponse{Entries: make([]DirEntry, 0, len(ents))}
 	for _, e := range ents {
-		de := DirEntry{Name: e.Name(), Type: fileType(uint32(fileModeToUnix(e.Type())))}
+		de := DirEntry{Name: sdk.Name(e.Name()), Type: fileType(uint32(fileModeToUnix(e.Type())))}
 		var st unix.Stat_t
 		if unix.Fstatat(int(f.Fd()), e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			de.Inode = st.Ino
@@ -281,7 +288,7 @@ func readlink(ctx context.Context, req PathRequest) (ReadlinkResponse, error) {
 		if errors.Is(err, unix.ENOENT) {
 			err = unix.EINVAL // readlink(2) of a non-link
 		}
-		return ReadlinkResponse{}, &os.PathError{Op: "readlink", Path: req.Path, Err: err}
+		return ReadlinkResponse{}, &os.PathError{Op: "readlink", Path: string(req.Path), Err: err}
 	}
-	return ReadlinkResponse{Target: string(buf[:n])}, nil
+	return ReadlinkResponse{Target: sdk.Name(buf[:n])}, nil
 }
