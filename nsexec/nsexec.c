@@ -31,7 +31,9 @@
  *      still in the host mount namespace, so nothing is attached anywhere
  *      the target could see and no directory is created in its filesystem
  *   5. join mnt (resets root and cwd to the target's), then user, and
- *      unshare what was asked, all still privileged
+ *      unshare what was asked (a mount namespace unshared is made a slave
+ *      of the target's, so nothing mounted in it propagates out), all
+ *      still privileged
  *   6. (mnt joined) park the root: open the target's root (or the
  *      credentials' root), then make the socket directory both root and
  *      cwd, and leave the target's root with a small keeper process that
@@ -70,6 +72,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -452,6 +455,11 @@ __attribute__((constructor)) static void nsexec(void)
 	/* Before the keeper exists: unsharing mnt unshares the fs_struct. */
 	if (b.unshare && unshare((int)b.unshare) < 0)
 		fail("unshare", errno);
+	/* A copy of the target's mount table is still a peer of its shared
+	 * mounts: make every mount a slave, so that the copy still sees the
+	 * target's changes and nothing mounted here propagates out. */
+	if ((b.unshare & CLONE_NEWNS) && mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+		fail("mount(/, MS_REC|MS_SLAVE) after unshare(mnt)", errno);
 
 	/* Stage 6 */
 	if (b.join & CLONE_NEWNS)

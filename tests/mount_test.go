@@ -500,3 +500,35 @@ func TestMountScratch(t *testing.T) {
 	err := call(t, d, pid, "mount.mount", `{"mounts":[{"source":"proc","target":"/mnt/a","fstype":"proc"}]}`, nil)
 	wantErrno(t, err, syscall.EPERM, "entry 0 of 1", "proc")
 }
+
+// With unshare = ["mnt"] the handler mounts in a copy of the target's
+// mount table, and nothing it mounts propagates out, even where the
+// target's mounts are shared: the copy's mounts are slaves.
+func TestUnsharedMountsDoNotPropagate(t *testing.T) {
+	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/placeholder": ""}})
+	pid := target.PID()
+	inTarget(t, pid, "mkdir -p /mnt/shared && mount -t tmpfs shared /mnt/shared && mount --make-shared /mnt/shared && mkdir /mnt/shared/x")
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"mount\"\nunshare = [\"mnt\"]\n")
+	mustCall(t, d, pid, "mount.mount", `{"mounts":[{"source":"leak","target":"/mnt/shared/x","fstype":"tmpfs"}]}`, nil)
+	if m := mntTop(mntTarget(t, pid), "/mnt/shared/x"); m != nil {
+		t.Errorf("a mount made after unshare(mnt) propagated to the target: %+v", *m)
+	}
+	if strings.Contains(mntHost(t), "/mnt/shared/x") {
+		t.Errorf("a mount made after unshare(mnt) reached the host")
+	}
+	// The copy still sees what the target mounts later.
+	inTarget(t, pid, "mkdir -p /mnt/shared/later && mount -t tmpfs later /mnt/shared/later")
+	var info struct {
+		Mounts []struct {
+			Mountpoint string `json:"mountpoint"`
+		}
+	}
+	mustCall(t, d, pid, "mount.info", `{}`, &info)
+	found := false
+	for _, m := range info.Mounts {
+		found = found || m.Mountpoint == "/mnt/shared/later"
+	}
+	if !found {
+		t.Errorf("the handler's copy does not see the target's later mount: %+v", info.Mounts)
+	}
+}
