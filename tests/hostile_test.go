@@ -34,14 +34,16 @@ func TestPlantedFIFOsDoNotStallStarts(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		opts sandbox.Options
+		mode string
 	}{
-		{"rootless", sandbox.Options{Rootless: true, MountProc: true, Hostname: "hostile-rootless", Files: map[string]string{"/mnt/placeholder": ""}}},
-		{"rootful", sandbox.Options{MountProc: true, Hostname: "hostile-rootful", Files: map[string]string{"/mnt/placeholder": ""}}},
+		{"rootless", sandbox.Options{Rootless: true, MountProc: true, Hostname: "hostile-rootless", Files: map[string]string{"/mnt/placeholder": ""}}, "pooled"},
+		{"rootful", sandbox.Options{MountProc: true, Hostname: "hostile-rootful", Files: map[string]string{"/mnt/placeholder": ""}}, "pooled"},
+		{"rootless oneshot", sandbox.Options{Rootless: true, MountProc: true, Hostname: "hostile-oneshot", Files: map[string]string{"/mnt/placeholder": ""}}, "oneshot"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			target := newTarget(t, tc.opts)
 			inTarget(t, target.PID(), plantFIFOs)
-			d, _ := newDispatcher(t, "[defaults]\nstart_timeout = \"3s\"\nrequest_timeout = \"5s\"\n")
+			d, _ := newDispatcher(t, "[defaults]\nstart_timeout = \"3s\"\nrequest_timeout = \"5s\"\nmode = \""+tc.mode+"\"\n")
 			call := func(typ, payload string) json.RawMessage {
 				t.Helper()
 				resp, err := d.Dispatch(context.Background(), core.Request{PID: target.PID(), Type: typ, Payload: json.RawMessage(payload)})
