@@ -1,8 +1,6 @@
 package tests
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,25 +11,18 @@ import (
 // A response over sdk.MaxMessageBytes is an EIO error that names its size
 // and the limit once, with the errno once; the instance keeps serving.
 func TestResponseOverTheLimitNamesIt(t *testing.T) {
-	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/small": "ok"}})
+	target := newTarget(t, sandbox.Options{})
 	pid := target.PID()
-	// 49 MiB of zeros (sparse) are 65 MiB of base64: over the 64 MiB limit.
-	big := filepath.Join(target.Root(), "/mnt/big")
-	if err := os.WriteFile(big, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(big, 49<<20); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\n[plugin.options]\nmax_read_bytes = 52428800\n")
-	err := call(t, d, pid, "procfs.read", `{"path":"/mnt/big"}`, nil)
-	wantErrno(t, err, syscall.EIO, "procfs.read: response of ", " bytes exceeds the 64 MiB limit of one message")
+	d, _ := newDispatcher(t, "")
+	// 49 MiB are 65 MiB of base64: over the 64 MiB limit.
+	err := call(t, d, pid, "probe.big", `{"size":51380224}`, nil)
+	wantErrno(t, err, syscall.EIO, "probe.big: response of ", " bytes exceeds the 64 MiB limit of one message")
 	if err != nil && strings.Count(err.Error(), "(EIO)") != 1 {
 		t.Errorf("the errno is named more than once: %v", err)
 	}
-	served := servingPID(t, d, "procfs")
-	mustCall(t, d, pid, "procfs.read", `{"path":"/mnt/small"}`, nil)
-	if again := servingPID(t, d, "procfs"); again != served {
+	served := servingPID(t, d, "probe")
+	mustCall(t, d, pid, "probe.big", `{"size":10}`, nil)
+	if again := servingPID(t, d, "probe"); again != served {
 		t.Errorf("the instance was replaced (%d, then %d)", served, again)
 	}
 }

@@ -177,6 +177,15 @@ func probePlugin(name string) *sdk.Plugin {
 				}
 				return empty{}, nil
 			}),
+			sdk.Handle(name+".big", "answer with size bytes (as base64)", func(_ context.Context, r struct {
+				Size int `json:"size"`
+			}) (struct {
+				Data []byte `json:"data"`
+			}, error) {
+				return struct {
+					Data []byte `json:"data"`
+				}{make([]byte, r.Size)}, nil
+			}),
 			sdk.Handle(name+".wait", "return when the request is cancelled", func(ctx context.Context, _ empty) (empty, error) {
 				<-ctx.Done()
 				return empty{}, ctx.Err()
