@@ -223,17 +223,27 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 	if err := req.Credentials.validate(); err != nil {
 		return nil, 0, "", err
 	}
-	if t, err = d.targets.pin(req.PID); err != nil {
-		return nil, 0, "", err
-	}
-	if err := t.checkStartTime(req.StartTime); err != nil {
-		t.release()
+	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime}); err != nil {
 		return nil, 0, "", err
 	}
 	join, key = d.instanceKey(e, t, join)
 	// One caller's handler never serves another's.
 	key += req.Credentials.key()
 	return t, join, key, nil
+}
+
+// pin pins the process tg names: ESRCH when it is gone, even if its pid
+// names another process now. The caller releases it.
+func (d *Dispatcher) pin(tg Target) (*target, error) {
+	t, err := d.targets.pin(tg.PID)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.checkStartTime(tg.StartTime); err != nil {
+		t.release()
+		return nil, err
+	}
+	return t, nil
 }
 
 // acquire gets the instance for key from the pool, starting it if need be.
@@ -249,12 +259,14 @@ func (d *Dispatcher) acquire(ctx context.Context, key string, oneshot bool, l la
 }
 
 // Prepare starts, ahead of any request, the warm instances that would
-// serve requests of the given message types for target pid (every pooled
-// plugin when types is empty), so that the first request is a warm one.
-// A daemon calls it when it learns of a new target (a container start,
-// say). Instances of plugins in oneshot mode are not kept, so they are
-// skipped. The instances live as any other: until idle_timeout.
-func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) error {
+// serve requests of the given message types for the target process
+// (every pooled plugin when types is empty), so that the first request is
+// a warm one. A daemon calls it when it learns of a new target (a
+// container start, say); with tg.StartTime set, a target that has exited
+// meanwhile, its pid reused, is ESRCH and nothing is started. Instances
+// of plugins in oneshot mode are not kept, so they are skipped. The
+// instances live as any other: until idle_timeout.
+func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) error {
 	if d.closed.Load() {
 		return errClosed
 	}
@@ -278,14 +290,17 @@ func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) erro
 		}
 		add(e)
 	}
+	// The target is checked once, before anything starts, and pinned for
+	// all of them: as a request without namespaces or credentials would be.
+	t, err := d.pin(tg)
+	if err != nil {
+		return err
+	}
+	defer t.release()
 	var errs []error
 	for _, e := range plugins {
-		t, join, key, err := d.route(e, Request{PID: pid})
-		if err != nil {
-			return err // the target itself is the problem
-		}
+		join, key := d.instanceKey(e, t, e.join)
 		inst, err := d.acquire(ctx, key, false, launch{plugin: e, target: t, join: join})
-		t.release()
 		if err != nil {
 			errs = append(errs, err)
 			continue
