@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
@@ -183,6 +184,12 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
 	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	// Refused here, before any instance is used, as the sdk refuses a
+	// response over the limit: sent, it would only be refused there. (The
+	// margin covers the id, the pid and the field headers.)
+	if len(payload)+len(req.Type) > sdk.MaxMessageBytes-64 && proto.Size(hreq) > sdk.MaxMessageBytes {
+		return nil, errorf(syscall.EIO, "%s: %v", req.Type, sdk.TooLarge("request", proto.Size(hreq)))
+	}
 	if oneshot && e.frames {
 		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
 	}
