@@ -32,6 +32,13 @@ type Options struct {
 	// Executable serves the built-ins. Default: this process's executable,
 	// which must then call ServeBuiltin first thing in main.
 	Executable string
+	// LoadFailureLevel is the level at which New logs, once, each plugin
+	// that fails to load; zero means hclog.Warn. A caller that reports
+	// load failures its own way lowers it: Plugins lists them, and a
+	// request of a failed plugin's type fails naming the failure (nsplug's
+	// CLI logs them at debug, so that a call served by another plugin
+	// prints nothing on stderr).
+	LoadFailureLevel hclog.Level
 }
 
 // TypeInfo describes one registered message type.
@@ -93,9 +100,9 @@ type Dispatcher struct {
 //
 // A plugin that fails to load is recorded as failed, with its error
 // (Plugins shows it, a request of one of its types fails with ENOPKG
-// naming it), logged once, and the others serve; with
-// fail_on_plugin_error New fails instead. A bad configuration is New's
-// error either way.
+// naming it), logged once (at Options.LoadFailureLevel), and the others
+// serve; with fail_on_plugin_error New fails instead. A bad configuration
+// is New's error either way.
 func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
@@ -128,6 +135,10 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	for _, b := range opts.Builtins {
 		l.builtins[b.Name] = b
 	}
+	failLevel := opts.LoadFailureLevel
+	if failLevel == hclog.NoLevel {
+		failLevel = hclog.Warn
+	}
 	for _, pc := range pluginConfigs(cfg.Plugins, opts.Builtins) {
 		e := &pluginEntry{name: pc.Name, path: pc.Path}
 		d.plugins = append(d.plugins, e)
@@ -135,7 +146,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 			if cfg.FailOnPluginError {
 				return nil, err
 			}
-			d.recordFailure(e, l.knownTypes(&pc), err)
+			d.recordFailure(e, l.knownTypes(&pc), err, failLevel)
 		}
 	}
 	return d, nil
