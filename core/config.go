@@ -31,6 +31,8 @@ import (
 // A Config built or modified in Go should be checked with Validate.
 type Config struct {
 	// LogLevel is one of trace, debug, info, warn or error. Default "info".
+	// Plugins log at it; so does the core, unless Options.Logger is given
+	// (its own level then filters the core's lines and the plugins').
 	LogLevel string `toml:"log_level"`
 	// RuntimeDir is the absolute path of the root-only directory under which
 	// each plugin instance gets its socket directory. Default "/run/nsplug".

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
@@ -31,6 +32,13 @@ type Options struct {
 	// Executable serves the built-ins. Default: this process's executable,
 	// which must then call ServeBuiltin first thing in main.
 	Executable string
+	// LoadFailureLevel is the level at which New logs, once, each plugin
+	// that fails to load; zero means hclog.Warn. A caller that reports
+	// load failures its own way lowers it: Plugins lists them, and a
+	// request of a failed plugin's type fails naming the failure (nsplug's
+	// CLI logs them at debug, so that a call served by another plugin
+	// prints nothing on stderr).
+	LoadFailureLevel hclog.Level
 }
 
 // TypeInfo describes one registered message type.
@@ -92,9 +100,9 @@ type Dispatcher struct {
 //
 // A plugin that fails to load is recorded as failed, with its error
 // (Plugins shows it, a request of one of its types fails with ENOPKG
-// naming it), logged once, and the others serve; with
-// fail_on_plugin_error New fails instead. A bad configuration is New's
-// error either way.
+// naming it), logged once (at Options.LoadFailureLevel), and the others
+// serve; with fail_on_plugin_error New fails instead. A bad configuration
+// is New's error either way.
 func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
@@ -127,6 +135,10 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 	for _, b := range opts.Builtins {
 		l.builtins[b.Name] = b
 	}
+	failLevel := opts.LoadFailureLevel
+	if failLevel == hclog.NoLevel {
+		failLevel = hclog.Warn
+	}
 	for _, pc := range pluginConfigs(cfg.Plugins, opts.Builtins) {
 		e := &pluginEntry{name: pc.Name, path: pc.Path}
 		d.plugins = append(d.plugins, e)
@@ -134,7 +146,7 @@ func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
 			if cfg.FailOnPluginError {
 				return nil, err
 			}
-			d.recordFailure(e, l.knownTypes(&pc), err)
+			d.recordFailure(e, l.knownTypes(&pc), err, failLevel)
 		}
 	}
 	return d, nil
@@ -183,6 +195,12 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
 	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	// Refused here, before any instance is used, as the sdk refuses a
+	// response over the limit: sent, it would only be refused there. (The
+	// margin covers the id, the pid and the field headers.)
+	if len(payload)+len(req.Type) > sdk.MaxMessageBytes-64 && proto.Size(hreq) > sdk.MaxMessageBytes {
+		return nil, errorf(syscall.EIO, "%s: %v", req.Type, sdk.TooLarge("request", proto.Size(hreq)))
+	}
 	if oneshot && e.frames {
 		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
 	}
@@ -223,17 +241,27 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 	if err := req.Credentials.validate(); err != nil {
 		return nil, 0, "", err
 	}
-	if t, err = d.targets.pin(req.PID); err != nil {
-		return nil, 0, "", err
-	}
-	if err := t.checkStartTime(req.StartTime); err != nil {
-		t.release()
+	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime}); err != nil {
 		return nil, 0, "", err
 	}
 	join, key = d.instanceKey(e, t, join)
 	// One caller's handler never serves another's.
 	key += req.Credentials.key()
 	return t, join, key, nil
+}
+
+// pin pins the process tg names: ESRCH when it is gone, even if its pid
+// names another process now. The caller releases it.
+func (d *Dispatcher) pin(tg Target) (*target, error) {
+	t, err := d.targets.pin(tg.PID)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.checkStartTime(tg.StartTime); err != nil {
+		t.release()
+		return nil, err
+	}
+	return t, nil
 }
 
 // acquire gets the instance for key from the pool, starting it if need be.
@@ -249,12 +277,14 @@ func (d *Dispatcher) acquire(ctx context.Context, key string, oneshot bool, l la
 }
 
 // Prepare starts, ahead of any request, the warm instances that would
-// serve requests of the given message types for target pid (every pooled
-// plugin when types is empty), so that the first request is a warm one.
-// A daemon calls it when it learns of a new target (a container start,
-// say). Instances of plugins in oneshot mode are not kept, so they are
-// skipped. The instances live as any other: until idle_timeout.
-func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) error {
+// serve requests of the given message types for the target process
+// (every pooled plugin when types is empty), so that the first request is
+// a warm one. A daemon calls it when it learns of a new target (a
+// container start, say); with tg.StartTime set, a target that has exited
+// meanwhile, its pid reused, is ESRCH and nothing is started. Instances
+// of plugins in oneshot mode are not kept, so they are skipped. The
+// instances live as any other: until idle_timeout.
+func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) error {
 	if d.closed.Load() {
 		return errClosed
 	}
@@ -278,14 +308,17 @@ func (d *Dispatcher) Prepare(ctx context.Context, pid int, types ...string) erro
 		}
 		add(e)
 	}
+	// The target is checked once, before anything starts, and pinned for
+	// all of them: as a request without namespaces or credentials would be.
+	t, err := d.pin(tg)
+	if err != nil {
+		return err
+	}
+	defer t.release()
 	var errs []error
 	for _, e := range plugins {
-		t, join, key, err := d.route(e, Request{PID: pid})
-		if err != nil {
-			return err // the target itself is the problem
-		}
+		join, key := d.instanceKey(e, t, e.join)
 		inst, err := d.acquire(ctx, key, false, launch{plugin: e, target: t, join: join})
-		t.release()
 		if err != nil {
 			errs = append(errs, err)
 			continue

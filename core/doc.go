@@ -6,7 +6,8 @@
 // built-in plugins of the binary (Options.Builtins). For each request it
 //
 //   - pins the target with a pidfd (a dead or recycled PID is never
-//     entered; Request.StartTime refuses a PID reused before the request)
+//     entered; Request.StartTime, and Target.StartTime for Prepare,
+//     refuse a PID reused before the request)
 //     and reads which of its namespaces differ from the core's;
 //   - finds the plugin serving the message type and a warm instance of it
 //     for exactly those namespaces and credentials, or starts one: the

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
 )
@@ -102,8 +104,10 @@ func (l *loader) knownTypes(pc *PluginConfig) []string {
 }
 
 // recordFailure marks e as failed to load: it serves nothing, and a
-// request of one of its types (see knownTypes) fails naming err.
-func (d *Dispatcher) recordFailure(e *pluginEntry, types []string, err error) {
+// request of one of its types (see knownTypes) fails naming err. It is
+// logged once, at level: not an error of the dispatcher, which serves the
+// other plugins as configured (fail_on_plugin_error would make it one).
+func (d *Dispatcher) recordFailure(e *pluginEntry, types []string, err error, level hclog.Level) {
 	e.err, e.types = err, nil
 	for n, owner := range d.types {
 		if owner == e {
@@ -119,7 +123,7 @@ func (d *Dispatcher) recordFailure(e *pluginEntry, types []string, err error) {
 		e.exe.close() // its memory is of no use now
 	}
 	e.exe = nil
-	d.log.Error("plugin failed to load; the others serve", "plugin", e.name, "error", e.reason())
+	d.log.Log(level, "plugin failed to load: its types are refused, the other plugins serve", "plugin", e.name, "error", e.reason())
 }
 
 // reason is why e failed to load, on one line, without the plugin's name

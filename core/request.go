@@ -10,6 +10,14 @@ import (
 	"github.com/nsplug/nsplug/sdk"
 )
 
+// Target names a target process: its PID, and, to survive pid reuse, the
+// start time of the process meant (see Request.StartTime, which it
+// mirrors). Prepare takes it.
+type Target struct {
+	PID       int
+	StartTime *uint64 // nil: whatever process has PID now
+}
+
 // Request is one piece of work to do inside a target's namespaces.
 type Request struct {
 	PID int // the target process, as the core sees it

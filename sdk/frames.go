@@ -20,7 +20,7 @@ type frameServer struct {
 	conn *net.UnixConn
 
 	mu      sync.Mutex
-	partial map[string][]byte             // request bodies still arriving
+	partial map[string]*partialRequest    // request bodies still arriving
 	cancels map[string]context.CancelFunc // requests being served
 	closed  chan struct{}                 // closed when the core closes the channel
 }
@@ -37,7 +37,7 @@ func (s *Server) serveFrames(f *os.File, wait bool) error {
 	if err != nil {
 		return err
 	}
-	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string][]byte),
+	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string]*partialRequest),
 		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{})}
 	go fs.run(make([]byte, pluginpb.MaxFrame))
 	if wait {
@@ -65,19 +65,26 @@ func (fs *frameServer) run(buf []byte) {
 		switch kind {
 		case pluginpb.FrameRequestPart:
 			fs.mu.Lock()
-			if len(fs.partial[id])+len(body) <= MaxMessageBytes {
-				fs.partial[id] = append(fs.partial[id], body...)
+			p := fs.partial[id]
+			if p == nil {
+				p = &partialRequest{}
+				fs.partial[id] = p
 			}
+			p.add(body)
 			fs.mu.Unlock()
 		case pluginpb.FrameRequest:
 			fs.mu.Lock()
-			msg := append(fs.partial[id], body...)
+			p := fs.partial[id]
+			if p == nil {
+				p = &partialRequest{}
+			}
+			p.add(body) // a copy: buf goes on to the next reader
 			delete(fs.partial, id)
 			ctx, cancel := context.WithCancel(context.Background())
 			fs.cancels[id] = cancel
 			fs.mu.Unlock()
 			go fs.run(buf)
-			fs.serve(ctx, id, msg)
+			fs.serve(ctx, id, p)
 			return
 		case pluginpb.FrameCancel:
 			fs.mu.Lock()
@@ -89,7 +96,24 @@ func (fs *frameServer) run(buf []byte) {
 	}
 }
 
-func (fs *frameServer) serve(ctx context.Context, id string, msg []byte) {
+// partialRequest is a request whose frames are arriving. Past
+// MaxMessageBytes its bytes are only counted: the request is refused
+// whole, naming its size, rather than decoded from the parts that fitted.
+type partialRequest struct {
+	body []byte
+	size int // bytes received, kept or not
+}
+
+func (p *partialRequest) add(part []byte) {
+	p.size += len(part)
+	if p.size > MaxMessageBytes {
+		p.body = nil
+	} else {
+		p.body = append(p.body, part...)
+	}
+}
+
+func (fs *frameServer) serve(ctx context.Context, id string, p *partialRequest) {
 	defer func() {
 		fs.mu.Lock()
 		if cancel := fs.cancels[id]; cancel != nil {
@@ -101,7 +125,9 @@ func (fs *frameServer) serve(ctx context.Context, id string, msg []byte) {
 	req := &pluginpb.HandleRequest{}
 	var resp *pluginpb.HandleResponse
 	var files []*os.File
-	if err := proto.Unmarshal(msg, req); err != nil {
+	if p.size > MaxMessageBytes {
+		resp = errorResponse(TooLarge("request", p.size))
+	} else if err := proto.Unmarshal(p.body, req); err != nil {
 		resp = errorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
 	} else {
 		resp, files = fs.s.handle(ctx, req)

@@ -268,3 +268,45 @@ func TestCLIStartFailuresAreOneLine(t *testing.T) {
 		})
 	}
 }
+
+// A plugin that fails to load does not make every call noisy: a call
+// served by another plugin prints nothing on stderr, at the default log
+// level; a call of the failed plugin's type prints one line, its own
+// error, naming the load failure. `plugins` lists it, and --log-level
+// debug still shows the load failure as it happened.
+func TestCLIFailedPluginIsQuietUnlessCalled(t *testing.T) {
+	conf := cliConfig(t, fmt.Sprintf(`[[plugin]]
+name = "gone"
+path = "/nonexistent/plugin"
+types = ["gone.read"]
+[[plugin]]
+name = "badsum"
+path = "/bin/true"
+sha256 = %q
+types = ["badsum.x"]
+`, strings.Repeat("0", 64)))
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	pid := strconv.Itoa(target.PID())
+	stdout, stderr, code := runCLI(t, "call", "--config", conf, "--pid", pid, "ids.user", `{"id":0}`)
+	if code != 0 || stderr != "" || !strings.Contains(stdout, `"name"`) {
+		t.Errorf("ids.user: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	for _, c := range []struct{ typ, plugin, why string }{
+		{"gone.read", "gone", "no such file"},
+		{"badsum.x", "badsum", "sha256"},
+	} {
+		stdout, stderr, code := runCLI(t, "call", "--config", conf, "--pid", pid, c.typ, `{}`)
+		if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "nsplug: ") ||
+			!strings.Contains(stderr, "plugin "+c.plugin+" failed to load") || !strings.Contains(stderr, c.why) || !strings.Contains(stderr, "ENOPKG") {
+			t.Errorf("%s: exit %d, stdout %q, want one line naming the load failure on stderr, got %q", c.typ, code, stdout, stderr)
+		}
+	}
+	stdout, stderr, code = runCLI(t, "plugins", "--config", conf)
+	if code != 0 || !strings.Contains(stdout, "failed: open /nonexistent/plugin") || !strings.Contains(stdout, "failed: sha256 of /bin/true") {
+		t.Errorf("plugins: exit %d, stdout:\n%s\nstderr %q", code, stdout, stderr)
+	}
+	_, stderr, code = runCLI(t, "call", "--log-level", "debug", "--config", conf, "--pid", pid, "ids.user", `{"id":0}`)
+	if code != 0 || !strings.Contains(stderr, "[DEBUG] nsplug: plugin failed to load") || !strings.Contains(stderr, "plugin=gone") {
+		t.Errorf("ids.user at debug: exit %d, stderr:\n%s", code, stderr)
+	}
+}

@@ -614,7 +614,7 @@ func TestProcfsReadSizes(t *testing.T) {
 func TestPrepareStartsWarmInstances(t *testing.T) {
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
-	if err := d.Prepare(context.Background(), target.PID(), "probe.whoami"); err != nil {
+	if err := d.Prepare(context.Background(), core.Target{PID: target.PID()}, "probe.whoami"); err != nil {
 		t.Fatal(err)
 	}
 	h := servingPID(t, d, "probe")
@@ -623,14 +623,14 @@ func TestPrepareStartsWarmInstances(t *testing.T) {
 	if got := servingPID(t, d, "probe"); got != h {
 		t.Errorf("the first request started another instance (%d, prepared %d)", got, h)
 	}
-	if err := d.Prepare(context.Background(), target.PID()); err != nil {
+	if err := d.Prepare(context.Background(), core.Target{PID: target.PID()}); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(d.Instances()); n != len(d.Plugins()) {
 		t.Errorf("%d instances for %d plugins after Prepare(pid)", n, len(d.Plugins()))
 	}
-	wantErrno(t, d.Prepare(context.Background(), 1<<30), syscall.ESRCH)
-	wantErrno(t, d.Prepare(context.Background(), target.PID(), "nope.nope"), syscall.EOPNOTSUPP)
+	wantErrno(t, d.Prepare(context.Background(), core.Target{PID: 1 << 30}), syscall.ESRCH)
+	wantErrno(t, d.Prepare(context.Background(), core.Target{PID: target.PID()}, "nope.nope"), syscall.EOPNOTSUPP)
 }
 
 // A plugin with fresh mounts holds them as fds that readlink shows as "/":

@@ -76,6 +76,46 @@ func TestTargetIdentity(t *testing.T) {
 	wantErrno(t, func() error { _, err := core.StartTime(0); return err }(), syscall.EINVAL)
 }
 
+// Prepare takes the same identity: a stale one is ESRCH and starts
+// nothing, as the host sees it (no plugin process appears, in the pid
+// namespace of the process that has the pid now or as the core's child);
+// the live one pre-starts the instance that then serves.
+func TestPrepareRefusesAStaleIdentity(t *testing.T) {
+	a := newTarget(t, sandbox.Options{Hostname: "prep-a"})
+	time.Sleep(20 * time.Millisecond) // start times count clock ticks
+	b := newTarget(t, sandbox.Options{Hostname: "prep-b"})
+	stA, stB := startTime(t, a.PID()), startTime(t, b.PID())
+	d, _ := newDispatcher(t, "")
+	inB := processesInPIDNamespaceOf(t, b.PID())
+	for _, types := range [][]string{{"probe.whoami"}, nil} {
+		err := d.Prepare(context.Background(), core.Target{PID: b.PID(), StartTime: &stA}, types...)
+		wantErrno(t, err, syscall.ESRCH, fmt.Sprintf("%d:%d", b.PID(), stA), "is gone")
+	}
+	if n := len(d.Instances()); n != 0 {
+		t.Errorf("%d instances started for a stale identity: %v", n, d.Instances())
+	}
+	if kids := pluginChildren(); len(kids) != 0 {
+		t.Errorf("plugin processes started for a stale identity: %v", kids)
+	}
+	if now := processesInPIDNamespaceOf(t, b.PID()); len(now) != len(inB) {
+		t.Errorf("processes in the pid namespace of %d: %v, were %v", b.PID(), now, inB)
+	}
+
+	if err := d.Prepare(context.Background(), core.Target{PID: b.PID(), StartTime: &stB}, "probe.whoami"); err != nil {
+		t.Fatal(err)
+	}
+	h := servingPID(t, d, "probe")
+	assertNamespaces(t, h, b.PID(), []string{"mnt", "pid", "net", "ipc", "uts", "cgroup", "time"})
+	resp, err := d.Dispatch(context.Background(), core.Request{PID: b.PID(), StartTime: &stB, Type: "probe.whoami"})
+	var w whoami
+	if err == nil {
+		err = json.Unmarshal(resp, &w)
+	}
+	if err != nil || w.Hostname != "prep-b" || servingPID(t, d, "probe") != h {
+		t.Errorf("after Prepare: %+v, %v; served by %v (prepared %d)", w, err, d.Instances(), h)
+	}
+}
+
 func TestCLITargetIdentity(t *testing.T) {
 	target := newTarget(t, sandbox.Options{Hostname: "cli-ident"})
 	pid := strconv.Itoa(target.PID())

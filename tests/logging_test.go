@@ -81,3 +81,32 @@ func TestCrashedPluginIsAnError(t *testing.T) {
 		t.Errorf("a crash logged as %q", errs)
 	}
 }
+
+// An embedder (a daemon) sees each plugin that fails to load once, as a
+// warning: the dispatcher serves the others as configured, so it is not
+// an error line; Options.LoadFailureLevel moves it, for a caller that
+// reports failures its own way.
+func TestLoadFailureIsLoggedOnceAsAWarning(t *testing.T) {
+	conf := "[[plugin]]\nname = \"gone\"\npath = \"/nonexistent/plugin\"\ntypes = [\"gone.read\"]\n"
+	logs := &exLockedBuffer{}
+	d, _ := newDispatcherWith(t, conf, core.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.Warn, Output: logs})})
+	target := newTarget(t, sandbox.Options{})
+	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
+	if call(t, d, target.PID(), "gone.read", `{}`, nil) == nil {
+		t.Error("gone.read was served")
+	}
+	warns := logLines(logs, "WARN")
+	if len(warns) != 1 || !strings.Contains(warns[0], "plugin failed to load") || !strings.Contains(warns[0], "plugin=gone") || !strings.Contains(warns[0], "no such file") {
+		t.Errorf("want one warning naming the failure, got:\n%s", logs.String())
+	}
+	if errs := logLines(logs, "ERROR"); len(errs) != 0 {
+		t.Errorf("a load failure logged as an error:\n%s", strings.Join(errs, "\n"))
+	}
+	d.Close()
+
+	quiet := &exLockedBuffer{}
+	newDispatcherWith(t, conf, core.Options{LoadFailureLevel: hclog.Debug, Logger: hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.Info, Output: quiet})})
+	if quiet.String() != "" {
+		t.Errorf("LoadFailureLevel debug, logged at info:\n%s", quiet.String())
+	}
+}

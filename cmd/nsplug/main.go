@@ -178,7 +178,10 @@ func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
 		return nil, usageErr("--log-level: unknown level %q", c.logLevel)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: level, Output: stderr})
-	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All()})
+	// A plugin that failed to load is reported where it matters, not as a
+	// log line on every command: plugins lists it, and a call of its type
+	// fails naming the failure, which is then that call's one line.
+	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug})
 }
 
 func cmdCall(args []string, stdout, stderr io.Writer) error {
