@@ -12,7 +12,7 @@
 // decided by the namespaces of the process that opens it, and the handler
 // runs in the target's.
 //
-// sysctl.set only writes sysctls a namespace owns (see namespaceOf), and
+// sysctl.set only writes sysctls a namespace owns (see package sysctlns), and
 // only from a namespace that is not the machine's initial one; anything
 // else would change the host, and needs the name listed in the plugin's
 // allow_host_sysctls option.
@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
 	"github.com/nsplug/nsplug/sdk"
 )
 
@@ -57,7 +58,7 @@ func Plugin() *sdk.Plugin {
 		Configure:   sdk.TypedOptions(Options{MaxListEntries: DefaultMaxListEntries}, checkOptions),
 		Handlers: []sdk.Handler{
 			sdk.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
-			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(owningNamespaces()...),
+			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(sysctlns.Namespaces()...),
 			sdk.Handle("sysctl.list", "list the sysctls under a prefix with their values", list),
 		},
 	}
@@ -261,7 +262,7 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 			return nil
 		}
 	}
-	ns := namespaceOf(canon)
+	ns := sysctlns.Of(canon)
 	if ns == "" {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
 	}
@@ -273,7 +274,7 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 	if env.HostChangesAllowed(ns) {
 		return nil
 	}
-	initial, err := inInitialNamespace(proc, ns)
+	initial, err := sysctlns.InInitial(proc, ns)
 	if err != nil {
 		return err
 	}
@@ -447,4 +448,11 @@ func (w *walker) walk(f *os.File, n name) error {
 		}
 	}
 	return nil
+}
+
+func errnoOf(err error) syscall.Errno {
+	if e := sdk.AsError(err); e.Errno != 0 {
+		return e.Errno
+	}
+	return syscall.EIO
 }
