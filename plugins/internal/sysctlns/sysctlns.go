@@ -134,10 +134,20 @@ func InInitial(proc *os.File, ns string) (bool, error) {
 	if !ok {
 		return false, nil
 	}
+	// No mount crossed on the way: a target could mount over its /proc's
+	// entries of the handler.
+	dir, err := unix.Openat2(int(proc.Fd()), "thread-self/ns", &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
+	}
+	defer unix.Close(dir)
 	// A readlink of the nsfs magic link ("net:[4026531833]") does not
 	// follow it.
 	buf := make([]byte, 64)
-	n, err := unix.Readlinkat(int(proc.Fd()), "thread-self/ns/"+ns, buf)
+	n, err := unix.Readlinkat(dir, ns, buf)
 	if err != nil {
 		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
 	}
