@@ -19,6 +19,9 @@ func TestParseName(t *testing.T) {
 		{"net.ipv4.conf.eth0/100.rp_filter", "net.ipv4.conf.eth0/100.rp_filter", "sys/net/ipv4/conf/eth0.100/rp_filter"},
 		{"net/ipv4/conf/eth0.100/rp_filter", "net.ipv4.conf.eth0/100.rp_filter", "sys/net/ipv4/conf/eth0.100/rp_filter"},
 		{"net.ipv6.conf.br-lan.forwarding", "net.ipv6.conf.br-lan.forwarding", "sys/net/ipv6/conf/br-lan/forwarding"},
+		// Interface names are bytes.
+		{"net.ipv4.conf.a\xffb.rp_filter", "net.ipv4.conf.a\xffb.rp_filter", "sys/net/ipv4/conf/a\xffb/rp_filter"},
+		{"net/ipv4/conf/caf\xc3\xa9.1/rp_filter", "net.ipv4.conf.caf\xc3\xa9/1.rp_filter", "sys/net/ipv4/conf/caf\xc3\xa9.1/rp_filter"},
 	} {
 		n, err := parseName("name", c.in)
 		if err != nil {
@@ -50,6 +53,9 @@ func TestParseNameRejects(t *testing.T) {
 		{"net.ipv4.*", "not allowed"},
 		{"net.ipv4\x00.x", "not allowed"},
 		{"kernel.hostname\n", "not allowed"},
+		{"net.ipv4.conf.a\xff b.x", "not allowed"},
+		{"net.ipv4.conf.\xff\x00.x", "not allowed"},
+		{"net/ipv4/conf/\xff../x", "must sit between"},
 		{"net.ipv4." + strings.Repeat("a", 65), "longer than 64"},
 		{strings.Repeat("a.", 130) + "a", "bytes long"},
 		{"a.b.c.d.e.f.g.h.i.j.k", "components"},
