@@ -271,8 +271,9 @@ func TestCLIPluginsShowWhatTypesChange(t *testing.T) {
 			lines[f[0]] = l
 		}
 	}
-	for typ, want := range map[string]string{"mount.mount": "changes mnt", "fs.chown": "changes mnt", "procfs.write": "changes mnt",
-		"sysctl.set": "may change ipc,net,pid,user,uts", "fs.open": "may change mnt"} {
+	for typ, want := range map[string]string{"mount.mount": "changes mnt", "fs.chown": "changes mnt",
+		"procfs.write": "changes mnt; may change ipc,net,pid,user,uts",
+		"sysctl.set":   "may change ipc,net,pid,user,uts", "fs.open": "may change mnt"} {
 		if !strings.Contains(lines[typ], "  "+want+"  ") {
 			t.Errorf("%s: %q, want %q", typ, lines[typ], want)
 		}
@@ -302,6 +303,7 @@ func TestCLIPluginsShowWhatTypesChange(t *testing.T) {
 		"fs.setxattr":    {{"mnt"}, nil},
 		"fs.removexattr": {{"mnt"}, nil},
 		"sysctl.set":     {nil, {"ipc", "net", "pid", "user", "uts"}},
+		"procfs.write":   {{"mnt"}, {"ipc", "net", "pid", "user", "uts"}},
 		"mount.info":     {nil, nil},
 		"procfs.read":    {nil, nil},
 	} {

@@ -1,6 +1,9 @@
 package tests
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
+	"github.com/nsplug/nsplug/sdk"
 )
 
 type sysctlValue struct {
@@ -498,5 +502,73 @@ allowed_roots = ["/proc/sys/net"]
 	mustCall(t, d, pid, "sysctl.list", `{"prefix":"net.ipv4.route.flush"}`, &l)
 	if len(l.Entries) != 1 || l.Entries[0].Error != "EACCES" {
 		t.Errorf("list of a write-only entry: %+v", l.Entries)
+	}
+}
+
+// sysctl names are bytes: an interface whose name is not UTF-8 is listed
+// under its own name, in the {"base64": ...} form, and can be read and
+// written by that name.
+func TestSysctlNamesAreBytes(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	pid := target.PID()
+	const ifname = "a\xffb"
+	sysctlNsenter(t, pid, "-n", "ip", "link", "add", "name", ifname, "type", "veth", "peer", "name", "p0")
+	if seen := sysctlNsenter(t, pid, "-n", "cat", "/proc/sys/net/ipv4/conf/"+ifname+"/forwarding"); seen != "0" {
+		t.Fatalf("the target's %q forwarding is %q", ifname, seen)
+	}
+	d, _ := newDispatcher(t, "")
+	name := "net.ipv4.conf." + ifname + ".forwarding"
+
+	resp, err := d.Dispatch(context.Background(), core.Request{PID: pid, Type: "sysctl.list", Payload: json.RawMessage(`{"prefix":"net.ipv4.conf"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	encoded, _ := json.Marshal(map[string]string{"base64": base64.StdEncoding.EncodeToString([]byte(name))})
+	if !strings.Contains(string(resp), `"name":`+string(encoded)) {
+		t.Errorf("sysctl.list does not list %q as %s:\n%.2000s", name, encoded, resp)
+	}
+	var l struct {
+		Entries []struct {
+			Name  sdk.Name  `json:"name"`
+			Value *sdk.Name `json:"value"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal(resp, &l); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range l.Entries {
+		found = found || e.Name == sdk.Name(name)
+	}
+	if !found {
+		t.Errorf("%q is not among the entries", name)
+	}
+
+	// Named by its bytes (base64, since they are not UTF-8), in dotted
+	// form and in slash form.
+	var v struct {
+		Name  sdk.Name `json:"name"`
+		Value sdk.Name `json:"value"`
+	}
+	mustCall(t, d, pid, "sysctl.get", `{"name":`+string(encoded)+`}`, &v)
+	if v.Name != sdk.Name(name) || v.Value != "0" {
+		t.Errorf("sysctl.get %q: %+v", name, v)
+	}
+	slash, _ := json.Marshal(map[string]string{"base64": base64.StdEncoding.EncodeToString([]byte("net/ipv4/conf/" + ifname + "/forwarding"))})
+	mustCall(t, d, pid, "sysctl.set", `{"name":`+string(slash)+`,"value":"1"}`, &v)
+	if v.Name != sdk.Name(name) || v.Value != "1" {
+		t.Errorf("sysctl.set %q: %+v", name, v)
+	}
+	if seen := sysctlNsenter(t, pid, "-n", "cat", "/proc/sys/net/ipv4/conf/"+ifname+"/forwarding"); seen != "1" {
+		t.Errorf("the target's %q is %s, want 1", name, seen)
+	}
+
+	// Values are bytes too: a hostname that is not UTF-8.
+	mustCall(t, d, pid, "sysctl.set", `{"name":"kernel.hostname","value":{"base64":"aP8="}}`, &v)
+	if v.Value != "h\xff" {
+		t.Errorf("sysctl.set kernel.hostname: %+v", v)
+	}
+	if seen := sysctlNsenter(t, pid, "-u", "hostname"); seen != "h\xff" {
+		t.Errorf("the target's hostname is %q", seen)
 	}
 }

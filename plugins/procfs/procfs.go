@@ -11,6 +11,9 @@
 // paths, and all paths without fresh mounts, are resolved in the target's
 // own mount namespace. Either way resolution stays inside the allowed root
 // a path names and never follows a magic link (sdk.Env.Open).
+//
+// procfs.write of a file of procfs, sysfs or another kernel filesystem
+// is refused when it would change the host's state: see hostwrite.go.
 package procfs
 
 import (
@@ -19,10 +22,13 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
 	"github.com/nsplug/nsplug/sdk"
 )
 
@@ -32,12 +38,28 @@ const DefaultMaxReadBytes = 1 << 20
 // Options are the plugin's [plugin.options], checked when it is loaded.
 type Options struct {
 	MaxReadBytes int64 `json:"max_read_bytes"`
+	// AllowHostWrites are files of procfs, sysfs and the other kernel
+	// filesystems that procfs.write may write even though the write
+	// changes the host's state (see hostwrite.go): each an absolute path
+	// as if the filesystem were mounted at its usual place
+	// ("/proc/sys/vm/overcommit_memory", "/proc/sysrq-trigger",
+	// "/sys/kernel/mm"), allowing that file and everything beneath it.
+	AllowHostWrites []string `json:"allow_host_writes"`
 }
 
 func checkOptions(o *Options) error {
 	if o.MaxReadBytes <= 0 || o.MaxReadBytes > sdk.MaxMessageBytes/2 {
 		// Base64 makes the response a third larger than the data.
 		return sdk.OptionErrorf("max_read_bytes", "must be between 1 and %d, got %d", sdk.MaxMessageBytes/2, o.MaxReadBytes)
+	}
+	for i, a := range o.AllowHostWrites {
+		key := "allow_host_writes[" + strconv.Itoa(i) + "]"
+		if err := sdk.CheckPathSyntax(a); err != nil {
+			return sdk.OptionErrorf(key, "%s", sdk.AsError(err).Message)
+		}
+		if a != "/" && a != "/proc" && a != "/sys" && !strings.HasPrefix(a, "/proc/") && !strings.HasPrefix(a, "/sys/") {
+			return sdk.OptionErrorf(key, "%q is not under /proc or /sys", a)
+		}
 	}
 	return nil
 }
@@ -50,7 +72,7 @@ func Plugin() *sdk.Plugin {
 		Handlers: []sdk.Handler{
 			sdk.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
 			sdk.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
-			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write).Changes("mnt"),
+			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write).Changes("mnt").MayChange(sysctlns.Namespaces()...),
 			sdk.Handle("procfs.readdir", "list a directory: name, type, inode", readdir),
 			sdk.Handle("procfs.readlink", "read a symbolic link", readlink),
 		},
@@ -221,6 +243,9 @@ func write(ctx context.Context, req WriteRequest) (WriteResponse, error) {
 		return WriteResponse{}, err
 	}
 	defer f.Close()
+	if err := checkHostWrite(ctx, f, req.Path); err != nil {
+		return WriteResponse{}, err
+	}
 	// One write call: /proc/sys files take the value from a single write.
 	// Offset 0 uses write(2): many /proc files refuse pwrite (ESPIPE).
 	var n int

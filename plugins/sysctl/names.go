@@ -28,8 +28,9 @@ type name []string
 // component stands for a literal '.' ("net.ipv4.conf.eth0/100.rp_filter").
 // If it is '/', the name is in slash form: '/' separates and '.' is literal
 // ("net/ipv4/conf/eth0.100/rp_filter"). Components use letters, digits,
-// '_' and '-'; a literal '.' must sit between two other characters, so no
-// component is "." or ".." or starts or ends with a dot.
+// '_', '-' and bytes from 0x80 up (interface names need not be UTF-8, and
+// the name is bytes, sdk.Name); a literal '.' must sit between two other
+// characters, so no component is "." or ".." or starts or ends with a dot.
 //
 // what names the field in error messages ("name", "prefix").
 func parseName(what, s string) (name, error) {
@@ -58,13 +59,13 @@ func parseName(what, s string) (name, error) {
 		for j := 0; j < len(p); j++ {
 			c := p[j]
 			switch {
-			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-', c >= 0x80:
 			case c == lit:
 				if j == 0 || j == len(p)-1 || p[j-1] == lit {
 					return nil, sdk.Errorf(syscall.EINVAL, "%s %q: component %q: a literal %q (written %q) must sit between other characters", what, s, strings.ReplaceAll(p, string(lit), "."), '.', lit)
 				}
 			default:
-				return nil, sdk.Errorf(syscall.EINVAL, "%s %q: character %q is not allowed (letters, digits, '_', '-' and separators only)", what, s, c)
+				return nil, sdk.Errorf(syscall.EINVAL, "%s %q: character %q is not allowed (letters, digits, '_', '-', bytes from 0x80 and separators only)", what, s, c)
 			}
 		}
 		out[i] = strings.ReplaceAll(p, string(lit), ".")

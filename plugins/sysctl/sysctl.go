@@ -12,7 +12,7 @@
 // decided by the namespaces of the process that opens it, and the handler
 // runs in the target's.
 //
-// sysctl.set only writes sysctls a namespace owns (see namespaceOf), and
+// sysctl.set only writes sysctls a namespace owns (see package sysctlns), and
 // only from a namespace that is not the machine's initial one; anything
 // else would change the host, and needs the name listed in the plugin's
 // allow_host_sysctls option.
@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
 	"github.com/nsplug/nsplug/sdk"
 )
 
@@ -57,49 +58,54 @@ func Plugin() *sdk.Plugin {
 		Configure:   sdk.TypedOptions(Options{MaxListEntries: DefaultMaxListEntries}, checkOptions),
 		Handlers: []sdk.Handler{
 			sdk.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
-			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(owningNamespaces()...),
+			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(sysctlns.Namespaces()...),
 			sdk.Handle("sysctl.list", "list the sysctls under a prefix with their values", list),
 		},
 	}
 }
 
+// Names and values are sdk.Name: bytes, a plain JSON string when UTF-8,
+// {"base64": "..."} when not. An interface name may hold any byte but
+// '/', ':', whitespace and NUL, so net.ipv4.conf.<interface>.* names need
+// not be UTF-8, and string values (kernel.hostname) need not be either.
+
 // GetRequest names one sysctl.
 type GetRequest struct {
-	Name string `json:"name"`
+	Name sdk.Name `json:"name"`
 }
 
 // Value is one sysctl and its value, without the trailing newline.
 type Value struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
+	Name  sdk.Name `json:"name"`
+	Value sdk.Name `json:"value"`
 }
 
 // SetRequest writes Value to the sysctl Name.
 type SetRequest struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
+	Name  sdk.Name `json:"name"`
+	Value sdk.Name `json:"value"`
 }
 
 // SetResponse is the value read back after the write; Value is absent
 // when it cannot be read back (a write-only sysctl such as
 // net.ipv4.route.flush).
 type SetResponse struct {
-	Name  string  `json:"name"`
-	Value *string `json:"value,omitempty"`
+	Name  sdk.Name  `json:"name"`
+	Value *sdk.Name `json:"value,omitempty"`
 }
 
 // ListRequest names a subtree; an empty prefix lists everything.
 type ListRequest struct {
-	Prefix string `json:"prefix"`
+	Prefix sdk.Name `json:"prefix"`
 }
 
 // ListEntry is one sysctl of a listing: its value, or, when it cannot be
 // read (a write-only entry, or one whose read fails), the errno name in
 // Error and no value.
 type ListEntry struct {
-	Name  string  `json:"name"`
-	Value *string `json:"value,omitempty"`
-	Error string  `json:"error,omitempty"`
+	Name  sdk.Name  `json:"name"`
+	Value *sdk.Name `json:"value,omitempty"`
+	Error string    `json:"error,omitempty"`
 }
 
 // ListResponse lists sysctls sorted by path.
@@ -154,7 +160,7 @@ func openAt(dir *os.File, rel string, flags int) (*os.File, error) {
 // readValue reads one /proc/sys file. The kernel formats a numeric entry
 // in a single read at offset 0 (a read at any other offset is EOF), so
 // the first read gets a buffer large enough for any of them.
-func readValue(f *os.File) (string, error) {
+func readValue(f *os.File) (sdk.Name, error) {
 	buf := make([]byte, MaxReadLen+1)
 	n := 0
 	for n < len(buf) {
@@ -174,10 +180,10 @@ func readValue(f *os.File) (string, error) {
 	if len(v) > 0 && v[len(v)-1] == '\n' {
 		v = v[:len(v)-1]
 	}
-	return string(v), nil
+	return sdk.Name(v), nil
 }
 
-func readName(proc *os.File, n name) (string, error) {
+func readName(proc *os.File, n name) (sdk.Name, error) {
 	f, err := openAt(proc, n.path(), unix.O_RDONLY)
 	if err != nil {
 		return "", sdk.Errorf(errnoOf(err), "sysctl %s: %s", n, describe(err))
@@ -230,7 +236,7 @@ func checkRoots(ctx context.Context, n name) error {
 }
 
 func get(ctx context.Context, req GetRequest) (Value, error) {
-	n, err := parseName("name", req.Name)
+	n, err := parseName("name", string(req.Name))
 	if err != nil {
 		return Value{}, err
 	}
@@ -245,7 +251,7 @@ func get(ctx context.Context, req GetRequest) (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
-	return Value{Name: n.String(), Value: v}, nil
+	return Value{Name: sdk.Name(n.String()), Value: v}, nil
 }
 
 // allowed decides whether sysctl.set may write n: a namespaced sysctl
@@ -261,7 +267,7 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 			return nil
 		}
 	}
-	ns := namespaceOf(canon)
+	ns := sysctlns.Of(canon)
 	if ns == "" {
 		return sdk.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
 	}
@@ -273,7 +279,7 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 	if env.HostChangesAllowed(ns) {
 		return nil
 	}
-	initial, err := inInitialNamespace(proc, ns)
+	initial, err := sysctlns.InInitial(proc, ns)
 	if err != nil {
 		return err
 	}
@@ -284,14 +290,14 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 }
 
 func set(ctx context.Context, req SetRequest) (SetResponse, error) {
-	n, err := parseName("name", req.Name)
+	n, err := parseName("name", string(req.Name))
 	if err != nil {
 		return SetResponse{}, err
 	}
 	if err := checkRoots(ctx, n); err != nil {
 		return SetResponse{}, err
 	}
-	if err := checkValue(req.Value); err != nil {
+	if err := checkValue(string(req.Value)); err != nil {
 		return SetResponse{}, sdk.Errorf(syscall.EINVAL, "sysctl %s: %s", n, sdk.AsError(err).Message)
 	}
 	opts, err := options(ctx)
@@ -305,11 +311,11 @@ func set(ctx context.Context, req SetRequest) (SetResponse, error) {
 	if err := allowed(ctx, proc, n, opts); err != nil {
 		return SetResponse{}, err
 	}
-	if err := write(proc, n, req.Value); err != nil {
+	if err := write(proc, n, string(req.Value)); err != nil {
 		return SetResponse{}, err
 	}
-	sdk.EnvFrom(ctx).Log.Info("sysctl set", "name", n.String(), "value", req.Value)
-	resp := SetResponse{Name: n.String()}
+	sdk.EnvFrom(ctx).Log.Info("sysctl set", "name", n.String(), "value", string(req.Value))
+	resp := SetResponse{Name: sdk.Name(n.String())}
 	// The write happened: a failed read-back (EACCES for a write-only
 	// entry) leaves the value out rather than failing the request.
 	if v, err := readName(proc, n); err == nil {
@@ -365,7 +371,7 @@ func list(ctx context.Context, req ListRequest) (ListResponse, error) {
 	}
 	var prefix name
 	if req.Prefix != "" {
-		if prefix, err = parseName("prefix", req.Prefix); err != nil {
+		if prefix, err = parseName("prefix", string(req.Prefix)); err != nil {
 			return ListResponse{}, err
 		}
 	}
@@ -379,7 +385,7 @@ func list(ctx context.Context, req ListRequest) (ListResponse, error) {
 	f, err := openAt(proc, rel, unix.O_RDONLY)
 	if errors.Is(err, syscall.EACCES) && len(prefix) > 0 {
 		// A write-only entry named as the prefix: listed like any other.
-		return ListResponse{Entries: []ListEntry{{Name: prefix.String(), Error: sdk.ErrnoName(syscall.EACCES)}}}, nil
+		return ListResponse{Entries: []ListEntry{{Name: sdk.Name(prefix.String()), Error: sdk.ErrnoName(syscall.EACCES)}}}, nil
 	}
 	if err != nil {
 		return ListResponse{}, sdk.Errorf(errnoOf(err), "sysctl prefix %q: %s", prefix.String(), describe(err))
@@ -412,7 +418,7 @@ func (w *walker) walk(f *os.File, n name) error {
 		if len(w.entries) >= w.max {
 			return sdk.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
 		}
-		e := ListEntry{Name: n.String()}
+		e := ListEntry{Name: sdk.Name(n.String())}
 		if v, err := readValue(f); err != nil {
 			e.Error = sdk.ErrnoName(errnoOf(err))
 		} else {
@@ -437,7 +443,7 @@ func (w *walker) walk(f *os.File, n name) error {
 			if len(w.entries) >= w.max {
 				return sdk.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
 			}
-			w.entries = append(w.entries, ListEntry{Name: cn.String(), Error: sdk.ErrnoName(errnoOf(err))})
+			w.entries = append(w.entries, ListEntry{Name: sdk.Name(cn.String()), Error: sdk.ErrnoName(errnoOf(err))})
 			continue
 		}
 		err = w.walk(cf, cn)
@@ -447,4 +453,11 @@ func (w *walker) walk(f *os.File, n name) error {
 		}
 	}
 	return nil
+}
+
+func errnoOf(err error) syscall.Errno {
+	if e := sdk.AsError(err); e.Errno != 0 {
+		return e.Errno
+	}
+	return syscall.EIO
 }

@@ -1,4 +1,7 @@
-package sysctl
+// Package sysctlns knows which namespace owns each sysctl, for the
+// built-in plugins that write /proc/sys (sysctl.set, procfs.write): one
+// table, so both refuse the same host changes.
+package sysctlns
 
 import (
 	"fmt"
@@ -51,9 +54,10 @@ var (
 	}
 )
 
-// namespaceOf returns the namespace that owns sysctl n, or "" for a
-// machine-wide one.
-func namespaceOf(n string) string {
+// Of returns the namespace that owns sysctl n (canonical dotted form, as
+// sysctl(8) prints it: a literal '.' in a component written '/'), or ""
+// for a machine-wide one.
+func Of(n string) string {
 	if n == "kernel.pid_max" && !pidMaxPerNamespace() {
 		return ""
 	}
@@ -68,9 +72,20 @@ func namespaceOf(n string) string {
 	return ""
 }
 
-// owningNamespaces lists the namespaces that own sysctls, sorted: those
-// sysctl.set may change.
-func owningNamespaces() []string {
+// Dotted is the canonical dotted name of the sysctl whose file is
+// components under /proc/sys: '.' joins them, and a literal '.' in a
+// component (a VLAN interface "eth0.100") is written '/'.
+func Dotted(components []string) string {
+	parts := make([]string, len(components))
+	for i, c := range components {
+		parts[i] = strings.ReplaceAll(c, ".", "/")
+	}
+	return strings.Join(parts, ".")
+}
+
+// Namespaces lists the namespaces that own sysctls, sorted: those a write
+// under /proc/sys may change.
+func Namespaces() []string {
 	var out []string
 	for _, m := range []map[string]string{namespacedPrefixes, namespacedNames} {
 		for _, ns := range m {
@@ -109,19 +124,30 @@ var initialInodes = map[string]uint64{
 	"net":  0xEFFFFFF9,
 }
 
-// inInitialNamespace reports whether the handler runs in the machine's
-// initial namespace of kind ns: the target shares it with the host (or the
-// request narrowed the namespaces joined), so a write there is a host
-// write however namespaced the sysctl is.
-func inInitialNamespace(proc *os.File, ns string) (bool, error) {
+// InInitial reports whether the calling thread is in the machine's
+// initial namespace of kind ns: the target shares it with the host (or
+// the request narrowed the namespaces joined), so a write there is a host
+// write however namespaced the sysctl is. proc is a genuine procfs root
+// (the handler's fresh one, or one checked as such).
+func InInitial(proc *os.File, ns string) (bool, error) {
 	want, ok := initialInodes[ns]
 	if !ok {
 		return false, nil
 	}
+	// No mount crossed on the way: a target could mount over its /proc's
+	// entries of the handler.
+	dir, err := unix.Openat2(int(proc.Fd()), "thread-self/ns", &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
+	}
+	defer unix.Close(dir)
 	// A readlink of the nsfs magic link ("net:[4026531833]") does not
 	// follow it.
 	buf := make([]byte, 64)
-	n, err := unix.Readlinkat(int(proc.Fd()), "thread-self/ns/"+ns, buf)
+	n, err := unix.Readlinkat(dir, ns, buf)
 	if err != nil {
 		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
 	}
