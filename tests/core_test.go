@@ -469,7 +469,7 @@ func TestExternalPluginWithChecksum(t *testing.T) {
 			ext = &info
 		}
 	}
-	if ext == nil || ext.Builtin || ext.SHA256 != sum || len(ext.Types) != 7 {
+	if ext == nil || ext.Builtin || ext.SHA256 != sum || len(ext.Types) != 8 {
 		t.Errorf("plugins: %+v", d.Plugins())
 	}
 
