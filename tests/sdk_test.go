@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
@@ -44,10 +45,10 @@ func sdkBuild(t *testing.T, pkg string, flags ...string) string {
 
 // sdkConfig is a configuration with its own runtime_dir and one external
 // plugin, by path and sha256.
-func sdkConfig(t *testing.T, name, bin, extra string) *core.Config {
+func sdkConfig(t *testing.T, name, bin, extra string) *config.Config {
 	t.Helper()
 	text := fmt.Sprintf("runtime_dir = %q\n[[plugin]]\nname = %q\npath = %q\nsha256 = %q\n%s", t.TempDir(), name, bin, sha256File(t, bin), extra)
-	cfg, err := core.ParseConfig([]byte(text), "sdk.toml")
+	cfg, err := config.Parse([]byte(text), "sdk.toml")
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, text)
 	}
