@@ -75,11 +75,11 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*pluginpb.D
 		return nil, l.selfErr
 	}
 	e.exe, e.path, e.sha256 = l.selfExe, l.self, l.selfExe.sha256
-	var config sdk.PluginConfig
-	if err := json.Unmarshal(e.pluginConfig, &config); err != nil {
+	var pcfg sdk.PluginConfig
+	if err := json.Unmarshal(e.pluginConfig, &pcfg); err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
 	}
-	srv, err := sdk.NewServer(b, &config, nil)
+	srv, err := sdk.NewServer(b, &pcfg, nil)
 	if err != nil {
 		return nil, err
 	}
