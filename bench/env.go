@@ -27,6 +27,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
@@ -102,7 +103,7 @@ func (e *Env) onClose(fn func()) {
 // Env's runtime directory and the extra TOML given. It is closed with the
 // Env.
 func (e *Env) Dispatcher(extraTOML string) (*core.Dispatcher, error) {
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("log_level = \"warn\"\nruntime_dir = %q\n%s", e.RunDir, extraTOML)), "bench.toml")
+	cfg, err := config.Parse([]byte(fmt.Sprintf("log_level = \"warn\"\nruntime_dir = %q\n%s", e.RunDir, extraTOML)), "bench.toml")
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
@@ -80,7 +81,7 @@ const (
 // Dispatcher runs requests inside targets' namespaces through plugins.
 // It is safe for concurrent use. Close it to kill every plugin process.
 type Dispatcher struct {
-	cfg     *Config
+	cfg     *config.Config
 	log     hclog.Logger
 	plugins []*pluginEntry
 	types   map[string]*pluginEntry
@@ -103,9 +104,9 @@ type Dispatcher struct {
 // naming it), logged once (at Options.LoadFailureLevel), and the others
 // serve; with fail_on_plugin_error New fails instead. A bad configuration
 // is New's error either way.
-func New(cfg *Config, opts Options) (_ *Dispatcher, err error) {
+func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	if cfg == nil {
-		cfg = DefaultConfig()
+		cfg = config.Default()
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -2,8 +2,8 @@
 // daemon. It runs requests inside other processes' namespaces through
 // plugins, and owns every process it starts for that.
 //
-// A Dispatcher is built from a Config (TOML, see LoadConfig) and the
-// built-in plugins of the binary (Options.Builtins). For each request it
+// A Dispatcher is built from a config.Config (TOML, see package config:
+// config.Load) and the built-in plugins of the binary (Options.Builtins). For each request it
 //
 //   - pins the target with a pidfd (a dead or recycled PID is never
 //     entered; Request.StartTime, and Target.StartTime for Prepare,

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
@@ -35,7 +36,7 @@ func Example() {
 
 	runDir, _ := os.MkdirTemp("", "nsplug-example-")
 	defer os.RemoveAll(runDir)
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\n", runDir)), "example.toml")
+	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\n", runDir)), "example.toml")
 	if err != nil {
 		fmt.Println(err)
 		return

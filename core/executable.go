@@ -23,11 +23,6 @@ type sealedExecutable struct {
 	sha256 string
 }
 
-// DefaultMaxPluginBytes is the default of max_plugin_bytes: far above any
-// real plugin (a Go plugin is some 10-30 MiB), far below what a sparse or
-// runaway file would cost every core start in memory.
-const DefaultMaxPluginBytes = 256 << 20
-
 // sealExecutable copies path into a sealed memfd. When want is not empty,
 // the copy's sha256 must equal it. The file must be a regular, executable
 // file of at most max bytes: it is opened without blocking (a FIFO or a

@@ -3,16 +3,14 @@ package core
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
 )
@@ -21,7 +19,7 @@ import (
 // fails to load does not stop the others (see Dispatcher.recordFailure).
 type loader struct {
 	d        *Dispatcher
-	cfg      *Config
+	cfg      *config.Config
 	builtins map[string]*sdk.Plugin
 	self     string            // the executable serving the built-ins
 	selfExe  *sealedExecutable // its sealed copy, made once for all of them
@@ -30,7 +28,7 @@ type loader struct {
 
 // load seals a plugin's executable, checks its options, learns what it
 // serves and registers its types.
-func (l *loader) load(e *pluginEntry, pc *PluginConfig) error {
+func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 	e.builtin = pc.Path == ""
 	if err := l.d.setUp(l.cfg, pc, e); err != nil {
 		return err
@@ -48,7 +46,7 @@ func (l *loader) load(e *pluginEntry, pc *PluginConfig) error {
 	}
 	if err != nil {
 		if oe, ok := sdk.ParseOptionError(err); ok {
-			return l.cfg.optionError(pc.Name, oe) // names the plugin
+			return l.cfg.OptionError(pc.Name, oe.Key, oe.Msg) // names the plugin
 		}
 		return err
 	}
@@ -62,7 +60,7 @@ func (l *loader) load(e *pluginEntry, pc *PluginConfig) error {
 
 // describeBuiltin describes a built-in in this process, running its
 // Configure hook on the configured options as its instances will.
-func (l *loader) describeBuiltin(e *pluginEntry, pc *PluginConfig) (*pluginpb.DescribeResponse, error) {
+func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*pluginpb.DescribeResponse, error) {
 	b := l.builtins[pc.Name]
 	if b == nil {
 		return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(l.builtins), ", "))
@@ -79,11 +77,11 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *PluginConfig) (*pluginpb.De
 		return nil, l.selfErr
 	}
 	e.exe, e.path, e.sha256 = l.selfExe, l.self, l.selfExe.sha256
-	var config sdk.PluginConfig
-	if err := json.Unmarshal(e.pluginConfig, &config); err != nil {
+	var pcfg sdk.PluginConfig
+	if err := json.Unmarshal(e.pluginConfig, &pcfg); err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
 	}
-	srv, err := sdk.NewServer(b, &config, nil)
+	srv, err := sdk.NewServer(b, &pcfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +90,7 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *PluginConfig) (*pluginpb.De
 
 // knownTypes are the types a plugin would serve, as far as they are known
 // without loading it: those the configuration lists, or a built-in's.
-func (l *loader) knownTypes(pc *PluginConfig) []string {
+func (l *loader) knownTypes(pc *config.Plugin) []string {
 	if len(pc.Types) > 0 || pc.Path != "" || l.builtins[pc.Name] == nil {
 		return pc.Types
 	}
@@ -161,49 +159,4 @@ func (d *Dispatcher) unknownType(typ string) error {
 		msg += fmt.Sprintf("; plugins that failed to load, and may serve it: %s (nsplug plugins shows why)", strings.Join(failed, ", "))
 	}
 	return errorf(syscall.EOPNOTSUPP, "%s", msg)
-}
-
-// optionError places a plugin's option error in the configuration: the
-// file and line of the option it names (of the options table, or the
-// plugin's entry, when the key is not found).
-func (c *Config) optionError(plugin string, oe *sdk.OptionError) error {
-	index := -1
-	for i := range c.Plugins {
-		if c.Plugins[i].Name == plugin {
-			index = i
-		}
-	}
-	if index < 0 {
-		// No [[plugin]] entry: the option cannot be in the file.
-		return errors.New(c.src.prefix(0) + oe.Error())
-	}
-	pk := cfgKey{}.child("plugin").elem(index)
-	pk.plugin = &cfgPluginRef{index: index, name: plugin, canon: pk.canon}
-	if c.src != nil && (index >= len(c.src.plugins) || c.src.plugins[index] != plugin) {
-		pk.plugin.stale = true
-	}
-	k := pk.child("options")
-	at := ""
-	for _, seg := range optionKeySegments(oe.Key) {
-		if n, err := strconv.Atoi(strings.Trim(seg, "[]")); err == nil && strings.HasPrefix(seg, "[") {
-			k = k.elem(n)
-		} else {
-			k = k.child(seg)
-		}
-		if c.src.line(k.canon, k.plugin) > 0 {
-			at = k.canon
-		}
-	}
-	if at == "" {
-		at = pk.child("options").canon
-	}
-	return c.src.keyError(k, at, oe.Msg)
-}
-
-var optionKeySegment = regexp.MustCompile(`\[\d+\]|[^.\[]+`)
-
-// optionKeySegments splits an OptionError key, "a.b[2].c", into "a", "b",
-// "[2]" and "c".
-func optionKeySegments(key string) []string {
-	return optionKeySegment.FindAllString(key, -1)
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/sdk/pluginpb"
@@ -20,7 +21,7 @@ type pluginEntry struct {
 	exe          *sealedExecutable
 	sha256       string // of exe; kept when a failed plugin's exe is closed
 	err          error  // why it failed to load; nil when it serves
-	settings     PluginSettings
+	settings     config.Settings
 	join         uintptr // namespaces it may join; all by default
 	unshare      uintptr
 	freshProc    bool
@@ -33,17 +34,17 @@ type pluginEntry struct {
 // pluginConfigs is the list of plugins to load: every built-in (with
 // defaults, or with the settings of the entry of its name) unless an entry
 // disables it, then the configured third-party plugins, in file order.
-func pluginConfigs(entries []PluginConfig, builtins []*sdk.Plugin) []PluginConfig {
-	byName := make(map[string]*PluginConfig)
+func pluginConfigs(entries []config.Plugin, builtins []*sdk.Plugin) []config.Plugin {
+	byName := make(map[string]*config.Plugin)
 	for i := range entries {
 		byName[entries[i].Name] = &entries[i]
 	}
-	var out []PluginConfig
+	var out []config.Plugin
 	for _, b := range builtins {
 		pc := byName[b.Name]
 		switch {
 		case pc == nil:
-			out = append(out, PluginConfig{Name: b.Name})
+			out = append(out, config.Plugin{Name: b.Name})
 		case pc.Path == "" && !pc.Disabled:
 			out = append(out, *pc)
 		}
@@ -66,22 +67,16 @@ func builtinNamed(builtins []*sdk.Plugin, name string) bool {
 	return false
 }
 
-// setUp fills in e's settings from the configuration.
-func (d *Dispatcher) setUp(cfg *Config, pc *PluginConfig, e *pluginEntry) error {
+// setUp fills in e's settings from the configuration, which
+// config.Validate has checked: the namespace names parse, and the preamble
+// can unshare what unshare lists.
+func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry) error {
 	s := cfg.Settings(pc)
 	e.settings, e.join = s, nsexec.AllNamespaces
-	var err error
 	if len(s.Namespaces) > 0 {
-		if e.join, err = nsexec.ParseNamespaces(s.Namespaces); err != nil {
-			return fmt.Errorf("plugin %s: namespaces: %w", pc.Name, err)
-		}
+		e.join, _ = nsexec.ParseNamespaces(s.Namespaces)
 	}
-	if e.unshare, err = nsexec.ParseNamespaces(s.Unshare); err != nil {
-		return fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
-	}
-	if err := (nsexec.Bootstrap{Unshare: e.unshare}).Validate(); err != nil {
-		return fmt.Errorf("plugin %s: unshare: %w", pc.Name, err)
-	}
+	e.unshare, _ = nsexec.ParseNamespaces(s.Unshare)
 	for _, m := range s.FreshMounts {
 		switch m {
 		case "proc":
@@ -136,12 +131,7 @@ func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*plugin
 	if len(names) == 0 {
 		names = sortedKeys(byName)
 	}
-	seen := make(map[string]bool)
 	for _, n := range names {
-		if seen[n] {
-			return fmt.Errorf("plugin %s: the configuration names message type %q twice", e.name, n)
-		}
-		seen[n] = true
 		if byName[n] == nil {
 			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
 		}

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 )
@@ -477,14 +478,14 @@ func TestExternalPluginWithChecksum(t *testing.T) {
 	// plugin does not serve, naming both (fail_on_plugin_error makes
 	// them New's error; see load_test.go for the default).
 	bad := strings.Repeat("0", 64)
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n[[plugin]]\nname = \"extprobe\"\npath = %q\nsha256 = %q\n", t.TempDir(), self, bad)), "t")
+	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n[[plugin]]\nname = \"extprobe\"\npath = %q\nsha256 = %q\n", t.TempDir(), self, bad)), "t")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := core.New(cfg, core.Options{}); err == nil || !strings.Contains(err.Error(), sum) || !strings.Contains(err.Error(), bad) {
 		t.Errorf("wrong sha256: %v", err)
 	}
-	cfg, _ = core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n[[plugin]]\nname = \"extprobe\"\npath = %q\ntypes = [\"extprobe.fly\"]\n", t.TempDir(), self)), "t")
+	cfg, _ = config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n[[plugin]]\nname = \"extprobe\"\npath = %q\ntypes = [\"extprobe.fly\"]\n", t.TempDir(), self)), "t")
 	if _, err := core.New(cfg, core.Options{}); err == nil || !strings.Contains(err.Error(), "extprobe.fly") || !strings.Contains(err.Error(), "plugin extprobe") {
 		t.Errorf("unserved type: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/sdk/sdktest"
@@ -353,7 +354,7 @@ func TestPluginLogsReachTheCoresLogger(t *testing.T) {
 			logger := hclog.New(&hclog.LoggerOptions{Name: "host", Level: hclog.Trace, Output: &logs})
 			runDir := t.TempDir()
 			before := snapshot(t)
-			cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\nlog_level = %q\n%s", runDir, level, exPluginTOML(bin, sum))), "logs.toml")
+			cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\nlog_level = %q\n%s", runDir, level, exPluginTOML(bin, sum))), "logs.toml")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 )
@@ -61,7 +62,7 @@ func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, 
 	t.Helper()
 	runDir := t.TempDir()
 	before := snapshot(t)
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
+	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 )
@@ -152,7 +153,7 @@ path = %[1]q
 	wantErrno(t, call(t, d, target.PID(), "other.x", `{}`, nil), syscall.EOPNOTSUPP, "failed to load", "badsum", "noplugin")
 
 	// The operator's choice: any plugin error fails start-up.
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n%s", t.TempDir(), conf)), "test.toml")
+	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\nfail_on_plugin_error = true\n%s", t.TempDir(), conf)), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sdk"
@@ -74,7 +75,7 @@ const (
 
 func runTestCore() {
 	pid, _ := strconv.Atoi(os.Getenv(envTestCore))
-	cfg, err := core.ParseConfig([]byte("runtime_dir = \""+os.Getenv("NSPLUG_TEST_RUNDIR")+"\"\n"+os.Getenv(envTestTOML)), "test")
+	cfg, err := config.Parse([]byte("runtime_dir = \""+os.Getenv("NSPLUG_TEST_RUNDIR")+"\"\n"+os.Getenv(envTestTOML)), "test")
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)

@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
@@ -44,10 +45,10 @@ func sdkBuild(t *testing.T, pkg string, flags ...string) string {
 
 // sdkConfig is a configuration with its own runtime_dir and one external
 // plugin, by path and sha256.
-func sdkConfig(t *testing.T, name, bin, extra string) *core.Config {
+func sdkConfig(t *testing.T, name, bin, extra string) *config.Config {
 	t.Helper()
 	text := fmt.Sprintf("runtime_dir = %q\n[[plugin]]\nname = %q\npath = %q\nsha256 = %q\n%s", t.TempDir(), name, bin, sha256File(t, bin), extra)
-	cfg, err := core.ParseConfig([]byte(text), "sdk.toml")
+	cfg, err := config.Parse([]byte(text), "sdk.toml")
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, text)
 	}
@@ -185,7 +186,7 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 	}
 }
 
-// Nothing in core/ knows a built-in plugin by name: no import of
+// Nothing in core/ or config/ knows a built-in plugin by name: no import of
 // plugins/, no string naming one or one of its message types, no
 // [[plugin]] entry for one in the embedded default configuration.
 func TestCoreKnowsNoPluginByName(t *testing.T) {
@@ -194,8 +195,10 @@ func TestCoreKnowsNoPluginByName(t *testing.T) {
 		names = append(names, p.Name)
 	}
 	files, err := filepath.Glob("../core/*.go")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("core sources: %v %v", files, err)
+	configFiles, err2 := filepath.Glob("../config/*.go")
+	files = append(files, configFiles...)
+	if err != nil || err2 != nil || len(configFiles) == 0 {
+		t.Fatalf("core and config sources: %v %v %v", files, err, err2)
 	}
 	fset := token.NewFileSet()
 	for _, file := range files {
@@ -225,12 +228,12 @@ func TestCoreKnowsNoPluginByName(t *testing.T) {
 			return true
 		})
 	}
-	toml, err := os.ReadFile("../core/default.toml")
+	toml, err := os.ReadFile("../config/default.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if regexp.MustCompile(`(?m)^\s*\[\[plugin\]\]`).Match(toml) {
-		t.Errorf("core/default.toml has a [[plugin]] entry")
+		t.Errorf("config/default.toml has a [[plugin]] entry")
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
@@ -58,7 +59,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(runDir)
-	cfg, err := core.ParseConfig([]byte(fmt.Sprintf(demoConfig, runDir)), "demo")
+	cfg, err := config.Parse([]byte(fmt.Sprintf(demoConfig, runDir)), "demo")
 	if err != nil {
 		return err
 	}

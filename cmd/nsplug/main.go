@@ -27,6 +27,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sdk"
@@ -166,10 +167,10 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // open loads the configuration and starts a dispatcher with the built-ins.
 func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
-	cfg := core.DefaultConfig()
+	cfg := config.Default()
 	if c.config != "" {
 		var err error
-		if cfg, err = core.LoadConfig(c.config); err != nil {
+		if cfg, err = config.Load(c.config); err != nil {
 			return nil, err
 		}
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/sdk"
@@ -133,7 +134,7 @@ func NewHarness(t testing.TB, cfg Config) *Harness {
 		b.WriteString(strings.TrimRight(cfg.PluginTOML, "\n") + "\n")
 	}
 	h.text = b.String()
-	conf, err := core.ParseConfig([]byte(h.text), "sdktest.toml")
+	conf, err := config.Parse([]byte(h.text), "sdktest.toml")
 	if err != nil {
 		t.Fatalf("sdktest: configuration:\n%s\n%v", numbered(h.text), err)
 	}

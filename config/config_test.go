@@ -1,7 +1,8 @@
-package core
+package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/nsplug/nsplug/sdk"
 )
 
 // tomlLines joins lines into a TOML document, so that a test case can count
@@ -40,55 +42,55 @@ func withoutSource(c *Config) *Config {
 	return n
 }
 
+// The defaults are stated once, in default.toml: it decodes and
+// validates, sets every key of the schema but [[plugin]] (so that Default
+// leaves nothing at a Go zero value by omission), and Default hands out
+// independent copies of it.
 func TestConfigDefault(t *testing.T) {
-	c := DefaultConfig()
-	want := &Config{
-		LogLevel:           "info",
-		RuntimeDir:         "/run/nsplug",
-		MaxInstances:       64,
-		MaxStartsPerTarget: 4,
-		Defaults: PluginSettings{
-			Namespaces:     []string{},
-			Mode:           "pooled",
-			IdleTimeout:    Duration{30 * time.Second},
-			RequestTimeout: Duration{10 * time.Second},
-			StartTimeout:   Duration{10 * time.Second},
-			AllowedRoots:   []string{"/"},
-			FreshMounts:    []string{},
-			Unshare:        []string{},
-
-			AllowHostChanges: []string{},
-		},
-		MaxPluginBytes: 256 << 20,
-	}
-	if got := withoutSource(c); !reflect.DeepEqual(got, want) {
-		t.Errorf("DefaultConfig() = %+v, want %+v", got, want)
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Errorf("Default().Validate() = %v", err)
 	}
 	if len(c.Plugins) != 0 {
-		t.Errorf("DefaultConfig has plugins: %+v", c.Plugins)
+		t.Errorf("Default has plugins: %+v", c.Plugins)
 	}
-	if err := c.Validate(); err != nil {
-		t.Errorf("DefaultConfig().Validate() = %v", err)
+	var raw map[string]any
+	md, err := toml.Decode(string(defaultTOML), &raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys func(prefix []string, t reflect.Type) [][]string
+	keys = func(prefix []string, typ reflect.Type) (out [][]string) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name := f.Tag.Get("toml")
+			switch {
+			case !f.IsExported() || name == "plugin":
+			case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]():
+				out = append(out, keys(append(slices.Clip(prefix), name), f.Type)...)
+			default:
+				out = append(out, append(slices.Clip(prefix), name))
+			}
+		}
+		return out
+	}
+	for _, k := range keys(nil, reflect.TypeFor[Config]()) {
+		if !md.IsDefined(k...) {
+			t.Errorf("default.toml does not set %s", toml.Key(k))
+		}
+	}
+	for _, l := range [][]string{c.Defaults.Namespaces, c.Defaults.FreshMounts, c.Defaults.Unshare, c.Defaults.AllowHostChanges} {
+		if l == nil {
+			t.Errorf("a list of [defaults] is nil, not empty: %+v", c.Defaults)
+		}
 	}
 
 	// Each call returns an independent copy.
+	root, mode := c.Defaults.AllowedRoots[0], c.Defaults.Mode
 	c.Defaults.AllowedRoots[0] = "/changed"
-	c.Defaults.Mode = "oneshot"
-	if d := DefaultConfig(); d.Defaults.AllowedRoots[0] != "/" || d.Defaults.Mode != "pooled" {
-		t.Errorf("DefaultConfig shares state between calls: %+v", d.Defaults)
-	}
-}
-
-// default.toml must write out every built-in default: decoded onto an empty
-// Config it gives exactly the built-in values (including the non-nil empty
-// lists), and it has no [[plugin]] entry (the built-ins have no Plugins).
-func TestConfigDefaultFileIsComplete(t *testing.T) {
-	var c Config
-	if err := cfgDecode(&c, cfgDefaultTOML, "default.toml"); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := withoutSource(&c), cfgBuiltin(); !reflect.DeepEqual(got, want) {
-		t.Errorf("default.toml decodes to %+v, want the built-in defaults %+v", got, want)
+	c.Defaults.Mode = "changed"
+	if d := Default(); d.Defaults.AllowedRoots[0] != root || d.Defaults.Mode != mode {
+		t.Errorf("Default shares state between calls: %+v", d.Defaults)
 	}
 }
 
@@ -99,11 +101,11 @@ func TestConfigExampleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := ParseConfig(data, "config.toml.example")
+	c, err := Parse(data, "config.toml.example")
 	if err != nil {
-		t.Fatalf("ParseConfig(config.toml.example): %v", err)
+		t.Fatalf("Parse(config.toml.example): %v", err)
 	}
-	if got, want := withoutSource(c), withoutSource(DefaultConfig()); !reflect.DeepEqual(got, want) {
+	if got, want := withoutSource(c), withoutSource(Default()); !reflect.DeepEqual(got, want) {
 		t.Errorf("config.toml.example = %+v, want the defaults %+v", got, want)
 	}
 
@@ -112,9 +114,9 @@ func TestConfigExampleFile(t *testing.T) {
 	active := regexp.MustCompile(`(?m)^# ((\[\[plugin\]\]|\[plugin\.options\])$|[a-z0-9_]+ = )`)
 	text := active.ReplaceAllString(string(data), "$1")
 	text = strings.ReplaceAll(text, "\n# # ", "\n# ")
-	c, err = ParseConfig([]byte(text), "uncommented config.toml.example")
+	c, err = Parse([]byte(text), "uncommented config.toml.example")
 	if err != nil {
-		t.Fatalf("ParseConfig(uncommented config.toml.example): %v\n%s", err, text)
+		t.Fatalf("Parse(uncommented config.toml.example): %v\n%s", err, text)
 	}
 	if len(c.Plugins) != 5 {
 		t.Fatalf("uncommented example has %d plugins, want 5:\n%s", len(c.Plugins), text)
@@ -133,13 +135,13 @@ func TestConfigExampleFile(t *testing.T) {
 	if third.Path == "" || len(third.SHA256) != 64 || len(third.Types) == 0 || third.Options["interval"] != "5s" {
 		t.Errorf("third-party plugin = %+v", third)
 	}
-	if s := c.Settings(third); s.Mode != "oneshot" || s.RequestTimeout.Duration != 30*time.Second || s.IdleTimeout.Duration != 30*time.Second {
+	if s := c.Settings(third); s.Mode != "oneshot" || s.RequestTimeout.Duration != 30*time.Second || s.IdleTimeout != Default().Defaults.IdleTimeout {
 		t.Errorf("third-party plugin settings = %+v", s)
 	}
 }
 
 func TestConfigParseOverridesDefaults(t *testing.T) {
-	c, err := ParseConfig([]byte(tomlLines(
+	c, err := Parse([]byte(tomlLines(
 		`max_instances = 8`,
 		`[defaults]`,
 		`mode = "oneshot"`,
@@ -160,12 +162,13 @@ func TestConfigParseOverridesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxInstances != 8 || c.LogLevel != "info" || c.RuntimeDir != "/run/nsplug" {
+	def := Default()
+	if c.MaxInstances != 8 || c.LogLevel != def.LogLevel || c.RuntimeDir != def.RuntimeDir {
 		t.Errorf("top level = %d %q %q", c.MaxInstances, c.LogLevel, c.RuntimeDir)
 	}
 	d := c.Defaults
 	if d.Mode != "oneshot" || !slices.Equal(d.Namespaces, []string{"net", "mnt"}) ||
-		d.IdleTimeout.Duration != 30*time.Second || !slices.Equal(d.AllowedRoots, []string{"/"}) {
+		d.IdleTimeout != def.Defaults.IdleTimeout || !slices.Equal(d.AllowedRoots, def.Defaults.AllowedRoots) {
 		t.Errorf("defaults = %+v", d)
 	}
 	p := c.Plugins[0]
@@ -173,7 +176,7 @@ func TestConfigParseOverridesDefaults(t *testing.T) {
 		t.Errorf("explicit namespaces = [] decoded as %#v, want a non-nil empty slice", p.Namespaces)
 	}
 	if p.Mode != "" || p.AllowedRoots != nil || p.IdleTimeout.Duration != 0 {
-		t.Errorf("unset overrides are not zero: %+v", p.PluginSettings)
+		t.Errorf("unset overrides are not zero: %+v", p.Settings)
 	}
 	if p.Options["depth"] != int64(3) || p.Options["nested"].(map[string]any)["Anything"] != "goes" {
 		t.Errorf("options = %#v", p.Options)
@@ -272,7 +275,7 @@ func TestConfigUnknownKeys(t *testing.T) {
 		), []string{`config.toml:2: unknown key "defaults.name"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.toml), "config.toml")
+			_, err := Parse([]byte(tc.toml), "config.toml")
 			checkConfigErr(t, err, tc.want...)
 			if tc.name == "unknown table reported once" && strings.Count(err.Error(), "unknown key") != 1 {
 				t.Errorf("want one error, got\n%v", err)
@@ -375,7 +378,7 @@ func TestConfigWrongTypes(t *testing.T) {
 		), `config.toml:3: key "plugin.mode" in plugin #1 "a": expected string, got datetime`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.toml), "config.toml")
+			_, err := Parse([]byte(tc.toml), "config.toml")
 			checkConfigErr(t, err, tc.want)
 		})
 	}
@@ -409,7 +412,7 @@ func TestConfigSyntaxErrors(t *testing.T) {
 		), `config.toml:2: expected a top-level item to end with a newline`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.toml), "config.toml")
+			_, err := Parse([]byte(tc.toml), "config.toml")
 			checkConfigErr(t, err, tc.want)
 			var pe toml.ParseError
 			if !errors.As(err, &pe) {
@@ -566,12 +569,31 @@ func TestConfigValidation(t *testing.T) {
 			`[[plugin]]`,
 			`name = "a"`,
 			`types = ["procfs.read", "procfs", "Procfs.read",`,
-			`  "a.b.c", "net.if-list", "x_1.y_2"]`,
+			`  "net.if-list", "x_1.y_2", "`+strings.Repeat("t", 63)+`.x", "a..b"]`,
 		), []string{
-			`config.toml:3: key "plugin.types" in plugin #1 "a": invalid message type "procfs" (want <word>.<word>`,
-			`config.toml:3: key "plugin.types" in plugin #1 "a": invalid message type "Procfs.read"`,
-			`config.toml:4: key "plugin.types" in plugin #1 "a": invalid message type "a.b.c"`,
-			`config.toml:4: key "plugin.types" in plugin #1 "a": invalid message type "net.if-list"`,
+			`config.toml:3: key "plugin.types" in plugin #1 "a": message type "procfs": want <plugin>.<verb>`,
+			`config.toml:3: key "plugin.types" in plugin #1 "a": message type "Procfs.read": only a-z, 0-9, '_' and '.' are allowed`,
+			`config.toml:4: key "plugin.types" in plugin #1 "a": message type "net.if-list": only a-z, 0-9, '_' and '.' are allowed`,
+			`config.toml:4: key "plugin.types" in plugin #1 "a": message type "` + strings.Repeat("t", 63) + `.x": want 1 to 64 bytes`,
+			`config.toml:4: key "plugin.types" in plugin #1 "a": message type "a..b": empty part`,
+		}},
+		{"duplicate type", tomlLines(
+			`[[plugin]]`,
+			`name = "a"`,
+			`types = ["a.x",`,
+			`  "a.x"]`,
+		), []string{`config.toml:4: key "plugin.types" in plugin #1 "a": duplicate message type "a.x"`}},
+		{"unshare what cannot be unshared once joined", tomlLines(
+			`[defaults]`,
+			`unshare = ["mnt", "user"]`,
+			`[[plugin]]`,
+			`name = "a"`,
+			`unshare = ["net",`,
+			`  "pid", "time"]`,
+		), []string{
+			`config.toml:2: key "defaults.unshare": cannot unshare user after joining (only mnt, net, ipc, uts, cgroup)`,
+			`config.toml:6: key "plugin.unshare" in plugin #1 "a": cannot unshare pid after joining`,
+			`config.toml:6: key "plugin.unshare" in plugin #1 "a": cannot unshare time after joining`,
 		}},
 		{"options not JSON", tomlLines(
 			`[[plugin]]`,
@@ -592,9 +614,23 @@ func TestConfigValidation(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.toml), "config.toml")
+			_, err := Parse([]byte(tc.toml), "config.toml")
 			checkConfigErr(t, err, tc.want...)
+			if n := strings.Count(err.Error(), "\n") + 1; n != len(tc.want) {
+				t.Errorf("%d problems reported, want %d:\n%v", n, len(tc.want), err)
+			}
 		})
+	}
+}
+
+// The one type name rule is the sdk's: a name a plugin may serve may be
+// configured, and no other.
+func TestConfigTypesFollowTheSDK(t *testing.T) {
+	for _, name := range []string{"net.route.get", "a.b.c", "x_1.y_2", strings.Repeat("t", 61) + ".xy", "procfs", "Procfs.read", "a..b", strings.Repeat("t", 62) + ".xy", ""} {
+		_, err := Parse([]byte(fmt.Sprintf("[[plugin]]\nname = \"a\"\ntypes = [%q]\n", name)), "t.toml")
+		if sdkErr := sdk.CheckTypeName(name); (err == nil) != (sdkErr == nil) {
+			t.Errorf("type %q: config says %v, the sdk %v", name, err, sdkErr)
+		}
 	}
 }
 
@@ -615,8 +651,8 @@ func TestConfigValidateGoBuilt(t *testing.T) {
 	}
 
 	// Zero overrides mean "unset" in a Go-built plugin entry.
-	c := DefaultConfig()
-	c.Plugins = []PluginConfig{{Name: "procfs"}, {Name: "ext", Path: "/opt/ext", SHA256: strings.Repeat("AB", 32)}}
+	c := Default()
+	c.Plugins = []Plugin{{Name: "procfs"}, {Name: "ext", Path: "/opt/ext", SHA256: strings.Repeat("AB", 32)}}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate() = %v", err)
 	}
@@ -634,7 +670,7 @@ func TestConfigValidateGoBuilt(t *testing.T) {
 // Validate keeps file lines for a parsed Config, and drops them for plugins
 // that no longer match the file.
 func TestConfigValidateAfterChanges(t *testing.T) {
-	c, err := ParseConfig([]byte(tomlLines(
+	c, err := Parse([]byte(tomlLines(
 		`[defaults]`,
 		`mode = "oneshot"`,
 		`[[plugin]]`,
@@ -657,7 +693,7 @@ func TestConfigValidateAfterChanges(t *testing.T) {
 }
 
 func TestConfigSettings(t *testing.T) {
-	defaults := PluginSettings{
+	defaults := Settings{
 		Namespaces:     []string{"net"},
 		Mode:           "pooled",
 		IdleTimeout:    Duration{30 * time.Second},
@@ -669,11 +705,11 @@ func TestConfigSettings(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name     string
-		override PluginSettings
-		want     PluginSettings
+		override Settings
+		want     Settings
 	}{
-		{"no overrides", PluginSettings{}, defaults},
-		{"everything overridden", PluginSettings{
+		{"no overrides", Settings{}, defaults},
+		{"everything overridden", Settings{
 			Namespaces:     []string{"mnt", "pid"},
 			Mode:           "oneshot",
 			IdleTimeout:    Duration{time.Minute},
@@ -684,7 +720,7 @@ func TestConfigSettings(t *testing.T) {
 			Unshare:        []string{"mnt"},
 
 			AllowHostChanges: []string{"mnt"},
-		}, PluginSettings{
+		}, Settings{
 			Namespaces:     []string{"mnt", "pid"},
 			Mode:           "oneshot",
 			IdleTimeout:    Duration{time.Minute},
@@ -696,10 +732,10 @@ func TestConfigSettings(t *testing.T) {
 
 			AllowHostChanges: []string{"mnt"},
 		}},
-		{"empty non-nil slices replace", PluginSettings{
+		{"empty non-nil slices replace", Settings{
 			Namespaces:   []string{},
 			AllowedRoots: []string{},
-		}, PluginSettings{
+		}, Settings{
 			Namespaces:     []string{},
 			Mode:           "pooled",
 			IdleTimeout:    Duration{30 * time.Second},
@@ -708,7 +744,7 @@ func TestConfigSettings(t *testing.T) {
 			AllowedRoots:   []string{},
 			FreshMounts:    []string{},
 		}},
-		{"one duration", PluginSettings{RequestTimeout: Duration{time.Minute}}, PluginSettings{
+		{"one duration", Settings{RequestTimeout: Duration{time.Minute}}, Settings{
 			Namespaces:     []string{"net"},
 			Mode:           "pooled",
 			IdleTimeout:    Duration{30 * time.Second},
@@ -720,7 +756,7 @@ func TestConfigSettings(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Config{Defaults: defaults}
-			p := &PluginConfig{Name: "x", PluginSettings: tc.override}
+			p := &Plugin{Name: "x", Settings: tc.override}
 			got := c.Settings(p)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Settings() =\n%#v\nwant\n%#v", got, tc.want)
@@ -745,7 +781,7 @@ func TestConfigSettings(t *testing.T) {
 
 // Settings of a parsed file: [defaults] merged with a [[plugin]]'s flat keys.
 func TestConfigSettingsFromFile(t *testing.T) {
-	c, err := ParseConfig([]byte(tomlLines(
+	c, err := Parse([]byte(tomlLines(
 		`[defaults]`,
 		`namespaces = ["net"]`,
 		`idle_timeout = "1m"`,
@@ -765,7 +801,7 @@ func TestConfigSettingsFromFile(t *testing.T) {
 	if a.Namespaces == nil || len(a.Namespaces) != 0 || a.RequestTimeout.Duration != 2*time.Second || a.IdleTimeout.Duration != time.Minute {
 		t.Errorf("plugin a settings = %+v", a)
 	}
-	if !slices.Equal(b.Namespaces, []string{"net"}) || b.RequestTimeout.Duration != 10*time.Second || b.Mode != "pooled" {
+	if !slices.Equal(b.Namespaces, []string{"net"}) || b.RequestTimeout != Default().Defaults.RequestTimeout || b.Mode != Default().Defaults.Mode {
 		t.Errorf("plugin b settings = %+v", b)
 	}
 	if !slices.Equal(a.AllowHostChanges, []string{"mnt", "net"}) || !slices.Equal(b.AllowHostChanges, []string{"uts"}) {
@@ -778,23 +814,23 @@ func TestConfigLoad(t *testing.T) {
 	if err := os.WriteFile(path, []byte("log_level = \"debug\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := LoadConfig(path)
+	c, err := Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.LogLevel != "debug" || c.MaxInstances != 64 {
+	if c.LogLevel != "debug" || c.MaxInstances != Default().MaxInstances {
 		t.Errorf("LoadConfig = %+v", c)
 	}
 
 	if err := os.WriteFile(path, []byte("\n\nmax_instances = 0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = LoadConfig(path)
+	_, err = Load(path)
 	checkConfigErr(t, err, path+`:3: key "max_instances": must be at least 1, got 0`)
 
-	_, err = LoadConfig(filepath.Join(t.TempDir(), "missing.toml"))
+	_, err = Load(filepath.Join(t.TempDir(), "missing.toml"))
 	if !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("LoadConfig(missing) = %v, want ErrNotExist", err)
+		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
 	}
 }
 
@@ -885,7 +921,7 @@ func parseCanon(t *testing.T, canon string) []string {
 }
 
 func TestConfigScanLines(t *testing.T) {
-	lines := cfgScanLines(configScanDocs[0])
+	lines := scanLines(configScanDocs[0])
 	for canon, want := range map[string]int{
 		`"a"`:                       2,
 		`"b"`:                       3,
@@ -956,7 +992,7 @@ func checkScanAgreesWithToml(t *testing.T, doc string) {
 		known[k.String()] = true
 	}
 	found := map[string]bool{}
-	for canon := range cfgScanLines(doc) {
+	for canon := range scanLines(doc) {
 		found[toml.Key(parseCanon(t, canon)).String()] = true
 	}
 	for k := range known {
@@ -980,7 +1016,7 @@ scanned:
 }
 
 func TestConfigScanLinesAgreesWithToml(t *testing.T) {
-	docs := append(slices.Clone(configScanDocs), string(cfgDefaultTOML))
+	docs := append(slices.Clone(configScanDocs), string(defaultTOML))
 	if example, err := os.ReadFile("../config.toml.example"); err == nil {
 		docs = append(docs, string(example))
 	}
@@ -993,12 +1029,12 @@ func FuzzConfigScanLines(f *testing.F) {
 	for _, doc := range configScanDocs {
 		f.Add(doc)
 	}
-	f.Add(string(cfgDefaultTOML))
+	f.Add(string(defaultTOML))
 	f.Add("a = \"unterminated\n[[")
 	f.Add("[a.\"b")
 	f.Add("a = {b = [1, {c = '''")
 	f.Fuzz(func(t *testing.T, doc string) {
-		lines := cfgScanLines(doc) // must not hang or panic
+		lines := scanLines(doc) // must not hang or panic
 		var raw map[string]any
 		if _, err := toml.Decode(doc, &raw); err != nil {
 			return
@@ -1010,6 +1046,50 @@ func FuzzConfigScanLines(f *testing.F) {
 		}
 		checkScanAgreesWithToml(t, doc)
 		// Decoding valid TOML with arbitrary keys never panics either.
-		_, _ = ParseConfig([]byte(doc), "fuzz.toml")
+		_, _ = Parse([]byte(doc), "fuzz.toml")
 	})
+}
+func TestConfigPluginLoadingKeys(t *testing.T) {
+	c, err := Parse([]byte("max_plugin_bytes = 1024\nfail_on_plugin_error = true\n"), "n.toml")
+	if err != nil || c.MaxPluginBytes != 1024 || !c.FailOnPluginError {
+		t.Fatalf("ParseConfig: %+v, %v", c, err)
+	}
+	_, err = Parse([]byte("log_level = \"info\"\nmax_plugin_bytes = \"1M\"\nfail_on_plugin_error = 1\n"), "n.toml")
+	checkConfigErr(t, err, `n.toml:2: key "max_plugin_bytes": expected integer, got string`,
+		`n.toml:3: key "fail_on_plugin_error": expected boolean, got integer`)
+	_, err = Parse([]byte("\nmax_plugin_bytes = 0\n"), "n.toml")
+	checkConfigErr(t, err, `n.toml:2: key "max_plugin_bytes": must be at least 1, got 0`)
+}
+
+// An option error a plugin reports is placed at its line: the key's, an
+// array element's, else the options table's.
+func TestConfigOptionErrorLines(t *testing.T) {
+	c, err := Parse([]byte(tomlLines(
+		`[[plugin]]`,
+		`name = "a"`,
+		`[[plugin]]`,
+		`name = "b"`,
+		`[plugin.options]`,
+		`x = 1`,
+		`list = ["ok",`,
+		`  "bad"]`,
+		`[plugin.options.sub]`,
+		`depth = 3`,
+	)), "o.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key, want string
+	}{
+		{"x", `o.toml:6: key "plugin.options.x" in plugin #2 "b": m`},
+		{"list[1]", `o.toml:8: key "plugin.options.list" in plugin #2 "b": m`},
+		{"sub.depth", `o.toml:10: key "plugin.options.sub.depth" in plugin #2 "b": m`},
+		{"nosuch", `o.toml:5: key "plugin.options.nosuch" in plugin #2 "b": m`},
+		{"", `o.toml:5: key "plugin.options" in plugin #2 "b": m`},
+	} {
+		if got := c.OptionError("b", tc.key, "m").Error(); got != tc.want {
+			t.Errorf("key %q: %s, want %s", tc.key, got, tc.want)
+		}
+	}
 }

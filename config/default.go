@@ -1,0 +1,66 @@
+package config
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// defaultTOML is the default configuration, and the only statement of the
+// defaults: Default decodes it with the same strict decoder as a file.
+//
+//go:embed default.toml
+var defaultTOML []byte
+
+var defaultConfig = sync.OnceValue(func() *Config {
+	c := new(Config)
+	if err := decode(c, defaultTOML, "default.toml"); err != nil {
+		panic("nsplug: embedded default configuration: " + err.Error())
+	}
+	if err := c.Validate(); err != nil {
+		panic("nsplug: embedded default configuration: " + err.Error())
+	}
+	return c
+})
+
+// Default returns the default configuration: the embedded
+// config/default.toml, decoded with the same strict decoder as Load, with
+// every setting filled in and no [[plugin]] entries, which means that every
+// built-in plugin runs with the defaults. Each call returns a new copy.
+func Default() *Config {
+	c := defaultConfig().clone()
+	c.src = nil // changes made in Go are not in default.toml
+	return c
+}
+
+// Load reads, decodes and validates the TOML configuration file at path.
+// Error messages refer to the file as path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes and validates a TOML configuration. Keys it does not set
+// keep their Default values. name identifies the source in error messages,
+// which look like
+//
+//	config.toml:12: unknown key "plugin.mdoe" in plugin #2 "netstat"
+//	config.toml:7: key "defaults.idle_timeout": invalid duration "3x"
+//
+// All problems found are reported, joined with errors.Join; decoding
+// problems (syntax, unknown keys, wrong types) are reported before, and
+// instead of, validation problems.
+func Parse(data []byte, name string) (*Config, error) {
+	c := Default()
+	if err := decode(c, data, name); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
