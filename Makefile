@@ -57,10 +57,10 @@ proto:
 	@protoc-gen-go-grpc --version | grep -qx 'protoc-gen-go-grpc $(GRPC_GEN)' || \
 		{ echo "make proto: want protoc-gen-go-grpc $(GRPC_GEN) on PATH, have: $$(protoc-gen-go-grpc --version)"; exit 1; }
 	$(GO) build -o bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
-	protoc -I sdk/pluginpb --plugin=protoc-gen-go=bin/protoc-gen-go \
-		--go_out=paths=source_relative:sdk/pluginpb \
-		--go-grpc_out=paths=source_relative:sdk/pluginpb \
-		sdk/pluginpb/plugin.proto
+	protoc -I wire --plugin=protoc-gen-go=bin/protoc-gen-go \
+		--go_out=paths=source_relative:wire \
+		--go-grpc_out=paths=source_relative:wire \
+		wire/plugin.proto
 
 # Benchmarks (root): nsplug against nsenter(1), oneshot, cold and warm
 # instances, a bare go-plugin plugin and the host floor, in one process and

@@ -17,7 +17,7 @@ import (
 	"github.com/nsplug/nsplug/bench/internal/bare"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Case is one measured operation. Prep, when set, runs before every Op and
@@ -285,7 +285,7 @@ func (e *Env) BarePluginCase() (*BareCase, error) {
 			if err != nil {
 				return err
 			}
-			resp, err := raw.(pluginpb.HandlerClient).Handle(ctx, &pluginpb.HandleRequest{Type: "bare.read", Payload: []byte(File)})
+			resp, err := raw.(wire.HandlerClient).Handle(ctx, &wire.HandleRequest{Type: "bare.read", Payload: []byte(File)})
 			if err != nil {
 				return err
 			}

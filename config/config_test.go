@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // tomlLines joins lines into a TOML document, so that a test case can count
@@ -623,13 +623,13 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// The one type name rule is the sdk's: a name a plugin may serve may be
+// The one type name rule is the contract's (wire): a name a plugin may serve may be
 // configured, and no other.
 func TestConfigTypesFollowTheSDK(t *testing.T) {
 	for _, name := range []string{"net.route.get", "a.b.c", "x_1.y_2", strings.Repeat("t", 61) + ".xy", "procfs", "Procfs.read", "a..b", strings.Repeat("t", 62) + ".xy", ""} {
 		_, err := Parse([]byte(fmt.Sprintf("[[plugin]]\nname = \"a\"\ntypes = [%q]\n", name)), "t.toml")
-		if sdkErr := sdk.CheckTypeName(name); (err == nil) != (sdkErr == nil) {
-			t.Errorf("type %q: config says %v, the sdk %v", name, err, sdkErr)
+		if sdkErr := wire.CheckTypeName(name); (err == nil) != (sdkErr == nil) {
+			t.Errorf("type %q: config says %v, wire %v", name, err, sdkErr)
 		}
 	}
 }

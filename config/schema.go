@@ -116,7 +116,7 @@ type Plugin struct {
 	// part of the nsplug binary. Validate lowercases it.
 	SHA256 string `toml:"sha256"`
 	// Types restricts the message types the plugin may serve, each named
-	// as the sdk requires (sdk.CheckTypeName), e.g. "procfs.read", and
+	// as the sdk requires (wire.CheckTypeName), e.g. "procfs.read", and
 	// each at most once. Empty means all types the plugin declares.
 	Types []string `toml:"types"`
 	// Options are free-form plugin options, handed to the plugin as JSON

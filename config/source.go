@@ -114,7 +114,7 @@ func (c *Config) pluginKey(i int, name string) key {
 }
 
 // OptionError places an error that plugin's Configure hook reported about
-// its options (sdk.OptionError: optionKey like "a.b[2].c", or "" for the
+// its options (wire.OptionError: optionKey like "a.b[2].c", or "" for the
 // options as a whole) in the configuration: it names the key and the plugin
 // and, for a parsed Config, the file and the line of the deepest part of
 // the key that is in the file (else of the options table, else of the

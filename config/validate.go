@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 var (
@@ -33,9 +33,9 @@ var namespaces = func() []string {
 	return names
 }()
 
-// checkTypeName is the one rule for message type names, the sdk's: a
+// checkTypeName is the one rule for message type names, the contract's (wire): a
 // type the configuration may name is one a plugin may serve.
-func checkTypeName(name string) error { return sdk.CheckTypeName(name) }
+func checkTypeName(name string) error { return wire.CheckTypeName(name) }
 
 // Validate checks every value of c and reports all problems, joined with
 // errors.Join. Each message names the key, the plugin (by index, counted from

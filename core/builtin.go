@@ -1,34 +1,25 @@
 package core
 
 import (
-	"fmt"
-	"os"
-
-	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
-// EnvBuiltin names the built-in plugin a re-executed binary is to serve.
-const EnvBuiltin = "NSPLUG_BUILTIN"
-
-// ServeBuiltin serves a built-in plugin if this process was started by a
-// core to be one, and then never returns; otherwise it returns at once.
-// A binary whose Dispatcher serves built-ins (Options.Builtins) must call
-// it first thing in main (and in TestMain of its tests): the core starts
-// built-in plugins by re-executing its own binary, as runc's init does.
-func ServeBuiltin(builtins []*sdk.Plugin) {
-	name, ok := os.LookupEnv(EnvBuiltin)
-	if !ok {
-		return
-	}
-	for _, p := range builtins {
-		if p.Name == name {
-			sdk.Serve(p)
-			os.Exit(0)
-		}
-	}
-	msg := fmt.Sprintf("nsplug: no built-in plugin %q in this binary", name)
-	nsexec.ReportFailure(msg)
-	fmt.Fprintln(os.Stderr, msg)
-	os.Exit(1)
+// Builtin is a plugin compiled into this binary. The core starts one by
+// re-executing the binary with wire.EnvBuiltin naming it, so the binary's
+// main must serve it then (plugins/builtin.Main does, for nsplug's
+// built-ins). The core knows a built-in only by this description, in
+// wire's terms: it never links the sdk. plugins/builtin makes them of sdk
+// plugins (builtin.All, builtin.Of).
+type Builtin struct {
+	// Name is what [[plugin]] entries without a path call it, and what
+	// the re-executed binary is told to serve.
+	Name string
+	// Types are the message types it serves whatever its options: the
+	// requests refused with its load error when it fails to load.
+	Types []string
+	// Describe checks the plugin's configuration (its options, with the
+	// plugin's own hook, as each instance will) and says what it serves,
+	// without starting a process. A bad option is a *wire.OptionError,
+	// or an error whose text carries one.
+	Describe func(cfg *wire.PluginConfig) (*wire.DescribeResponse, error)
 }

@@ -18,8 +18,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Options are what an embedder gives New besides the configuration.
@@ -28,10 +27,11 @@ type Options struct {
 	// plugins' logs. Default: stderr at the configured log_level.
 	Logger hclog.Logger
 	// Builtins are the built-in plugins this binary serves, by re-executing
-	// itself (see ServeBuiltin). A [[plugin]] without a path names one.
-	Builtins []*sdk.Plugin
+	// itself (see Builtin; plugins/builtin.All). A [[plugin]] without a
+	// path names one.
+	Builtins []Builtin
 	// Executable serves the built-ins. Default: this process's executable,
-	// which must then call ServeBuiltin first thing in main.
+	// which must then serve them first thing in main (plugins/builtin.Main).
 	Executable string
 	// LoadFailureLevel is the level at which New logs, once, each plugin
 	// that fails to load; zero means hclog.Warn. A caller that reports
@@ -132,9 +132,12 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 			d.Close()
 		}
 	}()
-	l := &loader{d: d, cfg: cfg, self: opts.Executable, builtins: make(map[string]*sdk.Plugin)}
-	for _, b := range opts.Builtins {
-		l.builtins[b.Name] = b
+	l := &loader{d: d, cfg: cfg, self: opts.Executable, builtins: make(map[string]*Builtin)}
+	for i, b := range opts.Builtins {
+		if b.Name == "" || b.Describe == nil {
+			return nil, fmt.Errorf("Options.Builtins[%d]: a built-in needs a Name and a Describe", i)
+		}
+		l.builtins[b.Name] = &opts.Builtins[i]
 	}
 	failLevel := opts.LoadFailureLevel
 	if failLevel == hclog.NoLevel {
@@ -195,12 +198,12 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	}
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
-	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	hreq := &wire.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
 	// Refused here, before any instance is used, as the sdk refuses a
 	// response over the limit: sent, it would only be refused there. (The
 	// margin covers the id, the pid and the field headers.)
-	if len(payload)+len(req.Type) > sdk.MaxMessageBytes-64 && proto.Size(hreq) > sdk.MaxMessageBytes {
-		return nil, errorf(syscall.EIO, "%s: %v", req.Type, sdk.TooLarge("request", proto.Size(hreq)))
+	if len(payload)+len(req.Type) > wire.MaxMessageBytes-64 && proto.Size(hreq) > wire.MaxMessageBytes {
+		return nil, errorf(syscall.EIO, "%s: %v", req.Type, wire.TooLarge("request", proto.Size(hreq)))
 	}
 	if oneshot && e.frames {
 		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)

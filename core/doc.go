@@ -22,9 +22,11 @@
 // Instances are kept per (plugin, namespaces, credentials) in a pool
 // (pool.go) with an idle timeout and a global cap; oneshot mode starts a
 // process per request instead (oneshot.go). Close kills and reaps all of
-// them. A binary that serves built-ins must call ServeBuiltin first thing
-// in main: the core starts them by re-executing it.
+// them. A binary that serves built-ins (Options.Builtins, see Builtin)
+// must serve them first thing in main (plugins/builtin.Main): the core
+// starts them by re-executing it.
 //
-// The wire contract lives in sdk/pluginpb; the in-namespace side in nsexec
-// and sdk.
+// The host side is this package; the contract is package wire (wire/README.md
+// specifies it); the in-namespace side is nsexec and sdk. The core imports
+// wire, never the sdk.
 package core

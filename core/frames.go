@@ -11,13 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // frameConn is the host end of an instance's frame channel (see
-// sdk/pluginpb/frame.go): the fast path for requests, and the only way
-// file descriptors come back. There is no reader goroutine: a caller
+// wire/README.md): where every request of an sdk plugin goes, and the only
+// way file descriptors come back. There is no reader goroutine: a caller
 // waiting for an answer reads the channel itself, handing other requests'
 // frames to their slots, until its own answer is in; then another waiter
 // takes over. That saves a goroutine hand-off per request, a quarter of a
@@ -46,8 +45,7 @@ type frameConn struct {
 type frameSlot struct {
 	waiting bool          // a caller registered before the answer came
 	arrived chan struct{} // closed once body/files are complete
-	body    []byte
-	size    int // bytes of the response received, kept or not
+	msg     wire.Message  // the response's bytes, counted past the limit
 	files   []*os.File
 }
 
@@ -72,8 +70,8 @@ func newFrameConn() (c *frameConn, pluginEnd *os.File, err error) {
 	c = &frameConn{
 		fd:   fds[0],
 		wake: wake,
-		buf:  make([]byte, pluginpb.MaxFrame),
-		oob:  make([]byte, unix.CmsgSpace(sdk.MaxFiles*4)),
+		buf:  make([]byte, wire.MaxFrame),
+		oob:  make([]byte, unix.CmsgSpace(wire.MaxFiles*4)),
 		mail: make(map[string]*frameSlot),
 		turn: make(chan struct{}),
 		done: make(chan struct{}),
@@ -176,15 +174,15 @@ func (c *frameConn) read(ctx context.Context, s *frameSlot) {
 }
 
 // write sends one frame (SOCK_SEQPACKET: atomically, whatever else is
-// being written).
-func (c *frameConn) write(frame []byte) error {
+// being written), with oob as its ancillary data.
+func (c *frameConn) write(frame, oob []byte) error {
 	c.fdmu.RLock()
 	defer c.fdmu.RUnlock()
 	if c.fd < 0 {
 		return errChannelClosed
 	}
 	for {
-		_, err := unix.Write(c.fd, frame)
+		err := unix.Sendmsg(c.fd, frame, oob, nil, 0)
 		switch err {
 		case nil:
 			return nil
@@ -203,7 +201,7 @@ func (c *frameConn) write(frame []byte) error {
 
 // deliver hands one frame to its slot.
 func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
-	kind, id, body, err := pluginpb.ParseFrame(frame)
+	kind, id, body, err := wire.ParseFrame(frame)
 	if err != nil {
 		closeFiles(files)
 		return
@@ -212,24 +210,19 @@ func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
 	defer c.mu.Unlock()
 	s := c.mail[id]
 	switch kind {
-	case pluginpb.FrameResponsePart, pluginpb.FrameResponse:
+	case wire.FrameResponsePart, wire.FrameResponse:
 		if s == nil || !s.waiting || isClosed(s.arrived) {
 			closeFiles(files) // its caller gave up
 			return
 		}
-		s.size += len(body)
-		if s.size > sdk.MaxMessageBytes {
-			s.body = nil // too large: counted, no longer kept
-		} else {
-			s.body = append(s.body, body...)
-		}
-		if kind == pluginpb.FrameResponse {
+		s.msg.Add(body)
+		if kind == wire.FrameResponse {
 			s.files = files
 			close(s.arrived)
 		} else {
 			closeFiles(files)
 		}
-	case pluginpb.FrameFiles: // for a response that goes through gRPC
+	case wire.FrameFiles: // for a response that goes through gRPC
 		s = c.slot(id)
 		if isClosed(s.arrived) {
 			closeFiles(files)
@@ -304,7 +297,7 @@ var errStopped = errors.New("request cancelled; the handler stopped")
 var errChannelClosed = errorf(syscall.EPIPE, "the plugin's frame channel is closed")
 
 // roundTrip sends req on the frame channel and waits for its response.
-func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, []*os.File, error) {
+func (c *frameConn) roundTrip(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File, error) {
 	id := req.RequestId
 	msg, err := proto.Marshal(req)
 	if err != nil {
@@ -323,26 +316,14 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 		delete(c.mail, id)
 		c.mu.Unlock()
 	}()
-	parts := pluginpb.Split(msg)
-	frame := make([]byte, 0, 2+len(id)+len(parts[0]))
-	for i, p := range parts {
-		kind := pluginpb.FrameRequestPart
-		if i == len(parts)-1 {
-			kind = pluginpb.FrameRequest
-		}
-		if frame, err = pluginpb.AppendFrame(frame[:0], kind, id, p); err != nil {
-			return nil, nil, err
-		}
-		if err := c.write(frame); err != nil {
-			return nil, nil, err
-		}
+	if err := wire.Send(c.write, wire.FrameRequest, id, msg, nil); err != nil {
+		return nil, nil, err
 	}
 	if err := c.await(ctx, s); err != nil {
 		if ctx.Err() != nil {
 			// Ask the handler to stop, and give it cancelGrace to say
 			// it did: then the instance is still fit for requests.
-			cancel, _ := pluginpb.AppendFrame(nil, pluginpb.FrameCancel, id, nil)
-			if c.write(cancel) == nil {
+			if wire.Send(c.write, wire.FrameCancel, id, nil, nil) == nil {
 				grace, done := context.WithTimeout(context.Background(), cancelGrace)
 				if c.await(grace, s) == nil {
 					err = errStopped
@@ -359,17 +340,17 @@ func (c *frameConn) roundTrip(ctx context.Context, req *pluginpb.HandleRequest) 
 		return nil, nil, err
 	}
 	c.mu.Lock()
-	body, size, files, dead := s.body, s.size, s.files, c.dead && s.body == nil
+	m, files, dead := s.msg, s.files, c.dead && s.msg.Body == nil
 	c.mu.Unlock()
-	if size > sdk.MaxMessageBytes {
+	if m.TooLarge() {
 		closeFiles(files)
-		return nil, nil, sdk.TooLarge("response", size)
+		return nil, nil, wire.TooLarge("response", m.Size)
 	}
 	if dead {
 		return nil, nil, errChannelClosed
 	}
-	resp := &pluginpb.HandleResponse{}
-	if err := proto.Unmarshal(body, resp); err != nil || resp.RequestId != id {
+	resp := &wire.HandleResponse{}
+	if err := proto.Unmarshal(m.Body, resp); err != nil || resp.RequestId != id {
 		closeFiles(files)
 		return nil, nil, errorf(syscall.EIO, "malformed response frame for request %s", id)
 	}

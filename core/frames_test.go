@@ -11,11 +11,10 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
-// A plugin that answers with more than sdk.MaxMessageBytes on the frame
+// A plugin that answers with more than wire.MaxMessageBytes on the frame
 // channel gets an error naming the size and the limit, once, and no
 // partial message is ever decoded. Over a plain socketpair: the plugin end
 // is played by the test.
@@ -33,19 +32,19 @@ func TestFrameResponseOverTheLimit(t *testing.T) {
 	defer conn.Close()
 	plugin := conn.(*net.UnixConn)
 
-	resp, _ := proto.Marshal(&pluginpb.HandleResponse{RequestId: "1", Payload: make([]byte, sdk.MaxMessageBytes+1)})
+	resp, _ := proto.Marshal(&wire.HandleResponse{RequestId: "1", Payload: make([]byte, wire.MaxMessageBytes+1)})
 	go func() {
-		buf := make([]byte, pluginpb.MaxFrame)
+		buf := make([]byte, wire.MaxFrame)
 		if _, err := plugin.Read(buf); err != nil { // the request
 			return
 		}
-		parts := pluginpb.Split(resp)
+		parts := wire.Split(resp)
 		for i, p := range parts {
-			kind := pluginpb.FrameResponsePart
+			kind := wire.FrameResponsePart
 			if i == len(parts)-1 {
-				kind = pluginpb.FrameResponse
+				kind = wire.FrameResponse
 			}
-			frame, _ := pluginpb.AppendFrame(nil, kind, "1", p)
+			frame, _ := wire.AppendFrame(nil, kind, "1", p)
 			if _, err := plugin.Write(frame); err != nil {
 				return
 			}
@@ -53,7 +52,7 @@ func TestFrameResponseOverTheLimit(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _, err = c.roundTrip(ctx, &pluginpb.HandleRequest{RequestId: "1", Type: "x.y"})
+	_, _, err = c.roundTrip(ctx, &wire.HandleRequest{RequestId: "1", Type: "x.y"})
 	want := "response of " + strconv.Itoa(len(resp)) + " bytes exceeds the 64 MiB limit"
 	if err == nil || !strings.Contains(err.Error(), want) || strings.Count(err.Error(), "(EIO)") != 1 {
 		t.Fatalf("err %v, want %q and one (EIO)", err, want)

@@ -20,8 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // instance is one running plugin process inside one set of namespaces.
@@ -29,7 +28,7 @@ type instance struct {
 	key     string
 	plugin  *pluginEntry
 	client  *plugin.Client
-	handler pluginpb.HandlerClient
+	handler wire.HandlerClient
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
@@ -124,9 +123,9 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		// mostly wake-ups), and blocking handlers still run side by side
 		// on threads of their own.
 		"GOMAXPROCS=1",
-		sdk.EnvConfig+"="+string(p.pluginConfig))
+		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
-		cmd.Env = append(cmd.Env, EnvBuiltin+"="+p.name)
+		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+p.name)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL, // die with the core
@@ -169,15 +168,15 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	log := &clientLog{Logger: d.log}
 	log.quiet.Store(true) // a failed start is the caller's error
 	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		VersionedPlugins: sdk.PluginSets(nil),
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: wire.PluginSets(nil),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     p.settings.StartTimeout.Duration,
 		SkipHostEnv:      true,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes)),
+			grpc.MaxCallRecvMsgSize(wire.MaxMessageBytes), grpc.MaxCallSendMsgSize(wire.MaxMessageBytes)),
 			// Replaces go-plugin's dialer (the last one given wins).
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return nr.dial(ctx) })},
 		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
@@ -192,7 +191,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		// go-plugin's words for a protocol mismatch name its own
 		// versions; say which nsplug protocol each side speaks.
 		if m := protocolMismatch.FindStringSubmatch(msg); m != nil {
-			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (sdk.ProtocolVersion): rebuild it against a matching sdk (%s)", m[1], sdk.ProtocolVersion, msg)
+			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (wire.ProtocolVersion): rebuild it against a matching sdk, or serve that version too (%s)", m[1], wire.ProtocolVersion, msg)
 		}
 		msg = strings.ReplaceAll(msg, noHandshake, "it wrote no handshake line on stdout")
 		if nr != nil {
@@ -219,11 +218,11 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	if err != nil {
 		return fail(err)
 	}
-	raw, err := proto.Dispense(sdk.PluginKey)
+	raw, err := proto.Dispense(wire.PluginKey)
 	if err != nil {
 		return fail(err)
 	}
-	inst := &instance{plugin: p, client: client, handler: raw.(pluginpb.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
+	inst := &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
 	inst.pid, _ = strconv.Atoi(nr.ID())
 	log.quiet.Store(false) // from now on an exit the core did not ask for is news
 	return inst, nil
@@ -263,8 +262,8 @@ var protocolMismatch = regexp.MustCompile(`incompatible API version with plugin\
 // call sends one request to the instance. Handler errors come back as
 // *Error with their errno; broken reports whether the instance is unfit
 // for further requests.
-func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*Response, bool, error) {
-	var resp *pluginpb.HandleResponse
+func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Response, bool, error) {
+	var resp *wire.HandleResponse
 	var files []*os.File
 	var err error
 	if inst.plugin.frames {
@@ -282,22 +281,22 @@ func (inst *instance) call(ctx context.Context, req *pluginpb.HandleRequest) (*R
 		return nil, false, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 	}
 	out := &Response{Payload: json.RawMessage(resp.Payload), Files: files}
-	if int(resp.Files) != len(files) || resp.Files > sdk.MaxFiles {
-		if !inst.plugin.frames && resp.Files > 0 && resp.Files <= sdk.MaxFiles {
+	if int(resp.Files) != len(files) || resp.Files > wire.MaxFiles {
+		if !inst.plugin.frames && resp.Files > 0 && resp.Files <= wire.MaxFiles {
 			if out.Files, err = inst.runner.frames.takeFiles(ctx, req.RequestId, int(resp.Files)); err != nil {
 				return nil, true, err
 			}
 			return out, false, nil
 		}
 		closeFiles(files)
-		return nil, true, errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), sdk.MaxFiles)
+		return nil, true, errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), wire.MaxFiles)
 	}
 	return out, false, nil
 }
 
 // describe asks the instance which message types it serves.
-func (inst *instance) describe(ctx context.Context) (*pluginpb.DescribeResponse, error) {
-	return inst.handler.Describe(ctx, &pluginpb.DescribeRequest{})
+func (inst *instance) describe(ctx context.Context) (*wire.DescribeResponse, error) {
+	return inst.handler.Describe(ctx, &wire.DescribeRequest{})
 }
 
 // kill stops the process and waits until it is reaped and go-plugin's

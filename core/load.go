@@ -1,7 +1,6 @@
 package core
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,8 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nsplug/nsplug/config"
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // loader loads the configured plugins one by one for New. A plugin that
@@ -20,7 +18,7 @@ import (
 type loader struct {
 	d        *Dispatcher
 	cfg      *config.Config
-	builtins map[string]*sdk.Plugin
+	builtins map[string]*Builtin
 	self     string            // the executable serving the built-ins
 	selfExe  *sealedExecutable // its sealed copy, made once for all of them
 	selfErr  error
@@ -33,7 +31,7 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 	if err := l.d.setUp(l.cfg, pc, e); err != nil {
 		return err
 	}
-	var served *pluginpb.DescribeResponse
+	var served *wire.DescribeResponse
 	var err error
 	if e.builtin {
 		served, err = l.describeBuiltin(e, pc)
@@ -45,7 +43,7 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 		served, err = l.d.describeExternal(e)
 	}
 	if err != nil {
-		if oe, ok := sdk.ParseOptionError(err); ok {
+		if oe, ok := wire.ParseOptionError(err); ok {
 			return l.cfg.OptionError(pc.Name, oe.Key, oe.Msg) // names the plugin
 		}
 		return err
@@ -60,7 +58,7 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 
 // describeBuiltin describes a built-in in this process, running its
 // Configure hook on the configured options as its instances will.
-func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*pluginpb.DescribeResponse, error) {
+func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.DescribeResponse, error) {
 	b := l.builtins[pc.Name]
 	if b == nil {
 		return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(l.builtins), ", "))
@@ -77,15 +75,11 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*pluginpb.D
 		return nil, l.selfErr
 	}
 	e.exe, e.path, e.sha256 = l.selfExe, l.self, l.selfExe.sha256
-	var pcfg sdk.PluginConfig
+	var pcfg wire.PluginConfig
 	if err := json.Unmarshal(e.pluginConfig, &pcfg); err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
 	}
-	srv, err := sdk.NewServer(b, &pcfg, nil)
-	if err != nil {
-		return nil, err
-	}
-	return srv.Describe(context.Background(), nil)
+	return b.Describe(&pcfg)
 }
 
 // knownTypes are the types a plugin would serve, as far as they are known
@@ -94,11 +88,7 @@ func (l *loader) knownTypes(pc *config.Plugin) []string {
 	if len(pc.Types) > 0 || pc.Path != "" || l.builtins[pc.Name] == nil {
 		return pc.Types
 	}
-	var names []string
-	for _, h := range l.builtins[pc.Name].Handlers {
-		names = append(names, h.Describe().Name)
-	}
-	return names
+	return l.builtins[pc.Name].Types
 }
 
 // recordFailure marks e as failed to load: it serves nothing, and a

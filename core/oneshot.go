@@ -12,17 +12,16 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // callOneshot serves one request with a process of its own, without
-// go-plugin: the process is started with sdk.EnvOneshot, reads the request
+// go-plugin: the process is started with wire.EnvOneshot, reads the request
 // from its frame channel, answers, and exits when the core closes the
 // channel. No handshake, no gRPC server or dial: the sysbox-fs model (a
 // process per request) at the cost of little more than an exec. Plugins
 // that do not serve frames get a go-plugin instance per request instead.
-func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *pluginpb.HandleRequest) (*Response, error) {
+func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.HandleRequest) (*Response, error) {
 	sp, err := l.spec()
 	if err != nil {
 		return nil, err
@@ -93,7 +92,7 @@ func (d *Dispatcher) startOneshot(ctx context.Context, sp *spec) (*nsRunner, err
 		return nil, err
 	}
 	defer os.RemoveAll(sockDir)
-	r := d.newRunner(sp, sockDir, []string{sdk.EnvOneshot + "=1", sdk.Handshake.MagicCookieKey + "=" + sdk.Handshake.MagicCookieValue})
+	r := d.newRunner(sp, sockDir, []string{wire.EnvOneshot + "=1", wire.Handshake.MagicCookieKey + "=" + wire.Handshake.MagicCookieValue})
 	return r, r.Start(ctx)
 }
 

@@ -9,8 +9,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // pluginEntry is a configured plugin, ready to start.
@@ -27,14 +26,14 @@ type pluginEntry struct {
 	freshProc    bool
 	freshSys     bool
 	frames       bool   // serves Handle on the frame channel (fast path)
-	pluginConfig []byte // sdk.PluginConfig as JSON
+	pluginConfig []byte // wire.PluginConfig as JSON
 	types        []TypeInfo
 }
 
 // pluginConfigs is the list of plugins to load: every built-in (with
 // defaults, or with the settings of the entry of its name) unless an entry
 // disables it, then the configured third-party plugins, in file order.
-func pluginConfigs(entries []config.Plugin, builtins []*sdk.Plugin) []config.Plugin {
+func pluginConfigs(entries []config.Plugin, builtins []Builtin) []config.Plugin {
 	byName := make(map[string]*config.Plugin)
 	for i := range entries {
 		byName[entries[i].Name] = &entries[i]
@@ -58,7 +57,7 @@ func pluginConfigs(entries []config.Plugin, builtins []*sdk.Plugin) []config.Plu
 	return out
 }
 
-func builtinNamed(builtins []*sdk.Plugin, name string) bool {
+func builtinNamed(builtins []Builtin, name string) bool {
 	for _, b := range builtins {
 		if b.Name == name {
 			return true
@@ -92,7 +91,7 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 	if len(pc.Options) == 0 {
 		opts = nil
 	}
-	e.pluginConfig, _ = json.Marshal(sdk.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel,
+	e.pluginConfig, _ = json.Marshal(wire.PluginConfig{Options: opts, AllowedRoots: s.AllowedRoots, LogLevel: cfg.LogLevel,
 		AllowHostChanges: s.AllowHostChanges})
 	return nil
 }
@@ -101,7 +100,7 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 // what it serves (and have it check its options). It gets nothing
 // serving does not: it starts the way every instance does, but in a
 // throwaway set of fresh namespaces, unprivileged (see launch.describe).
-func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeResponse, error) {
+func (d *Dispatcher) describeExternal(e *pluginEntry) (*wire.DescribeResponse, error) {
 	inst, err := d.startInstance(context.Background(), launch{plugin: e, describe: true})
 	if err != nil {
 		return nil, err
@@ -119,10 +118,10 @@ func (d *Dispatcher) describeExternal(e *pluginEntry) (*pluginpb.DescribeRespons
 // register adds a plugin's message types to the registry. allowed, from
 // the configuration, restricts them; naming a type the plugin does not
 // serve is an error. On error nothing is registered.
-func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*pluginpb.MessageType) error {
-	byName := make(map[string]*pluginpb.MessageType)
+func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*wire.MessageType) error {
+	byName := make(map[string]*wire.MessageType)
 	for _, t := range served {
-		if err := sdk.CheckMessageType(t); err != nil {
+		if err := wire.CheckMessageType(t); err != nil {
 			return fmt.Errorf("plugin %s: %w", e.name, err)
 		}
 		byName[t.Name] = t

@@ -7,7 +7,7 @@ import (
 	"syscall"
 
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Target names a target process: its PID, and, to survive pid reuse, the
@@ -86,7 +86,7 @@ func (c *Credentials) validate() error {
 		if p == "" {
 			continue
 		}
-		if err := sdk.CheckPathSyntax(p); err != nil {
+		if err := wire.CheckPathSyntax(p); err != nil {
 			return errorf(syscall.EINVAL, "credentials: root/cwd: %v", err)
 		}
 	}

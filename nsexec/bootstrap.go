@@ -1,5 +1,8 @@
 package nsexec
 
+// #include "nsexec.h"
+import "C"
+
 import (
 	"fmt"
 	"os"
@@ -9,18 +12,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The bootstrap contract with nsexec.c (see nsexec.h).
+// The bootstrap contract with nsexec.c, taken from nsexec.h (its one
+// definition) through cgo.
 const (
-	EnvName   = "_NSPLUG_NSEXEC"
-	EnvRoot   = "_NSPLUG_NSEXEC_ROOT" // chroot before the uid changes
-	EnvCwd    = "_NSPLUG_NSEXEC_CWD"  // for the Go side: the cwd once the socket is bound
-	PidFD     = 3
-	SockDirFD = 4
-	StatusFD  = 5
-	FilesFD   = 6
+	PidFD     = C.NSEXEC_PIDFD      // a pidfd of the target
+	SockDirFD = C.NSEXEC_SOCKDIR_FD // the instance's socket directory
+	StatusFD  = C.NSEXEC_STATUS_FD  // the status pipe: one line on failure
+	FramesFD  = C.NSEXEC_FRAMES_FD  // the frame channel (wire/README.md)
 
-	freshProc = 1
-	freshSys  = 2
+	freshProc = C.NSEXEC_FRESH_PROC
+	freshSys  = C.NSEXEC_FRESH_SYS
+
+	EnvName = C.NSEXEC_ENV      // the bootstrap itself
+	EnvRoot = C.NSEXEC_ROOT_ENV // the root to chroot to before the uid changes
+
+	// EnvCwd is the Go side's alone (the constructor never reads it):
+	// the cwd once the socket is bound.
+	EnvCwd = "_NSPLUG_NSEXEC_CWD"
 )
 
 // Namespace names a namespace kind as /proc/PID/ns does.
@@ -94,8 +102,8 @@ type Bootstrap struct {
 	Root, Cwd string
 }
 
-// MaxGroups bounds Bootstrap.Groups (NSEXEC_MAX_GROUPS).
-const MaxGroups = 64
+// MaxGroups bounds Bootstrap.Groups.
+const MaxGroups = C.NSEXEC_MAX_GROUPS
 
 // Validate rejects bootstraps the constructor cannot carry out.
 func (b Bootstrap) Validate() error {
@@ -154,11 +162,11 @@ func (b Bootstrap) env() string {
 // Apply arranges for cmd to run the bootstrap: it sets the environment
 // and the fds the constructor expects. cmd must not use ExtraFiles.
 // pidfd pins the target; sockDir is the directory the plugin binds its
-// socket in; files is the plugin's end of the socket for handing fds back.
+// socket in; frames is the plugin's end of the frame channel.
 // The returned status pipe's read end yields the constructor's error
 // message, if any; the caller closes the write end once the process
 // started.
-func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir, files *os.File) (statusR, statusW *os.File, err error) {
+func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir, frames *os.File) (statusR, statusW *os.File, err error) {
 	if err := b.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -176,6 +184,6 @@ func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir, files *os.File) (statusR
 	if b.Cwd != "" {
 		cmd.Env = append(cmd.Env, EnvCwd+"="+b.Cwd)
 	}
-	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW, files}
+	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW, frames}
 	return statusR, statusW, nil
 }

@@ -14,8 +14,9 @@
  *         socket by a relative name, and the sdk leaves it before serving
  *   fd 5  a status pipe: on failure one line of text is written to it and
  *         the process exits with status 1
- *   fd 6  a socket on which the plugin hands file descriptors back to the
- *         core (gRPC cannot carry them)
+ *   fd 6  the frame channel: a SOCK_SEQPACKET socket to the core that
+ *         carries requests, responses, cancellation and the file
+ *         descriptors a handler hands back (wire/README.md)
  *
  * Stages, in order:
  *   1. read the bootstrap, close every fd but 0-6, mark the process
@@ -92,8 +93,6 @@ int nsexec_proc_fd = -1;
 int nsexec_sys_fd = -1;
 /* Our end of the socketpair to the root keeper (park_root). */
 static int keeper_fd = -1;
-
-#define NSEXEC_MAX_GROUPS 64
 
 struct bootstrap {
 	unsigned long join;	/* CLONE_NEW* flags to join */

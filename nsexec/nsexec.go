@@ -47,9 +47,10 @@ type State struct {
 	// Cwd is where the process is to work once it has bound its socket
 	// (the credentials' cwd); "/" by default.
 	Cwd string
-	// Files is the socket on which to hand file descriptors back to the
-	// core (SCM_RIGHTS); nil when the core gave none.
-	Files *os.File
+	// Frames is the frame channel to the core (fd 6; wire/README.md):
+	// requests arrive and responses and handed-back files leave on it;
+	// nil when the core gave none.
+	Frames *os.File
 }
 
 var (
@@ -64,8 +65,8 @@ func init() {
 	self.Active = true
 	self.Joined = uintptr(C.joined())
 	status = os.NewFile(StatusFD, "nsexec-status")
-	if _, err := unix.FcntlInt(FilesFD, unix.F_SETFD, unix.FD_CLOEXEC); err == nil {
-		self.Files = os.NewFile(FilesFD, "nsexec-files")
+	if _, err := unix.FcntlInt(FramesFD, unix.F_SETFD, unix.FD_CLOEXEC); err == nil {
+		self.Frames = os.NewFile(FramesFD, "nsexec-frames")
 	}
 	if fd := int(C.proc_fd()); fd >= 0 {
 		self.Proc = os.NewFile(uintptr(fd), "fresh-procfs")

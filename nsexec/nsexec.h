@@ -1,5 +1,8 @@
-/* The bootstrap contract between the core (bootstrap.go) and the
- * constructor in nsexec.c. Keep both sides in step. */
+/* The bootstrap contract between the core and the constructor in nsexec.c:
+ * the single definition of its environment, descriptors and limits. The Go
+ * side (bootstrap.go) takes every constant from here through cgo; what the
+ * fds are for and the order of the stages are in nsexec.c's header, and
+ * wire/README.md ("Bootstrap") is the overview a reader opens first. */
 #ifndef NSPLUG_NSEXEC_H
 #define NSPLUG_NSEXEC_H
 
@@ -10,12 +13,17 @@
 #define NSEXEC_PIDFD 3
 #define NSEXEC_SOCKDIR_FD 4
 #define NSEXEC_STATUS_FD 5
-/* A SOCK_SEQPACKET socket to the core for handing fds back (SCM_RIGHTS). */
-#define NSEXEC_FILES_FD 6
-#define NSEXEC_LAST_FD NSEXEC_FILES_FD
+/* The frame channel: a SOCK_SEQPACKET socket to the core that carries
+ * requests, responses, cancellation and handed-back fds (SCM_RIGHTS); see
+ * wire/README.md. The constructor only keeps it open. */
+#define NSEXEC_FRAMES_FD 6
+#define NSEXEC_LAST_FD NSEXEC_FRAMES_FD
 
 #define NSEXEC_FRESH_PROC 1
 #define NSEXEC_FRESH_SYS 2
+
+/* The most supplementary groups a bootstrap carries. */
+#define NSEXEC_MAX_GROUPS 64
 
 extern int nsexec_active;
 extern unsigned long nsexec_joined;

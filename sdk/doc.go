@@ -45,6 +45,7 @@
 // target (sdktest.NewHarness). sdk/README.md is the author's guide, with
 // what a plugin written in another language must do.
 //
-// The wire contract is pluginpb/plugin.proto; Handshake and GRPCPlugin are
-// shared by the core and plugins.
+// The contract between the core and a plugin is package wire
+// (wire/README.md); the sdk implements the plugin's side of it, and a
+// plugin author needs nothing of it.
 package sdk

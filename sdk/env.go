@@ -2,9 +2,7 @@ package sdk
 
 import (
 	"context"
-	"encoding/json"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,29 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/wire"
 )
-
-// EnvConfig is the environment variable through which the core hands a
-// plugin its settings (PluginConfig as JSON). Only the host can read a
-// plugin's environment: the process is not dumpable.
-const EnvConfig = "NSPLUG_PLUGIN_CONFIG"
-
-// PluginConfig is what the core tells a plugin about its configuration.
-type PluginConfig struct {
-	// Options is the plugin's [plugin.options] table from the TOML
-	// configuration, as JSON.
-	Options json.RawMessage `json:"options,omitempty"`
-	// AllowedRoots restrict the paths requests may name. Nil (JSON null
-	// or absent) allows every path; an empty list allows none.
-	AllowedRoots []string `json:"allowed_roots"`
-	// LogLevel is the level the core logs at.
-	LogLevel string `json:"log_level,omitempty"`
-	// AllowHostChanges are the namespaces whose state the plugin may
-	// change even where its handler shares them with the core, i.e.
-	// change the host's (the allow_host_changes setting; see
-	// Env.RequireJoined).
-	AllowHostChanges []string `json:"allow_host_changes,omitempty"`
-}
 
 // Env is what a handler knows about the request it serves and the
 // process it runs in. Get it with EnvFrom.
@@ -60,7 +37,7 @@ type Env struct {
 	// paths of the target's filesystem, which may be missing or forged.
 	Proc, Sys *os.File
 
-	config *PluginConfig
+	config *wire.PluginConfig
 	joined []string // nil outside a core
 	mu     sync.Mutex
 	files  []*os.File
@@ -90,7 +67,7 @@ func (e *Env) Joined() (names []string, ok bool) {
 // declares with Changes; a handler calls it itself for a namespace that
 // depends on the request (MayChange). Outside a core (an in-process call,
 // as sdktest.Call makes) nothing is known about namespaces and nothing is
-// refused, unless the test says what was joined (Server.SetJoined).
+// refused, unless the test says what was joined (sdktest.Env.Joined).
 func (e *Env) RequireJoined(ns string) error {
 	if _, err := nsexec.ParseNamespaces([]string{ns}); err != nil {
 		return Errorf(syscall.EINVAL, "%s: RequireJoined: %v", e.Type, err)
@@ -110,9 +87,6 @@ func (e *Env) RequireJoined(ns string) error {
 func (e *Env) HostChangesAllowed(ns string) bool {
 	return slices.Contains(e.config.AllowHostChanges, ns)
 }
-
-// MaxFiles bounds the descriptors one response hands back.
-const MaxFiles = 16
 
 // ReturnFile hands f to the caller of the core together with the
 // response: the caller receives a descriptor of the same open file, in its
@@ -147,13 +121,13 @@ func EnvFrom(ctx context.Context) *Env {
 	if e, ok := ctx.Value(envKey{}).(*Env); ok {
 		return e
 	}
-	return &Env{Log: hclog.NewNullLogger(), config: &PluginConfig{}}
+	return &Env{Log: hclog.NewNullLogger(), config: &wire.PluginConfig{}}
 }
 
 // WithEnv returns a context carrying env, for handler tests.
 func WithEnv(ctx context.Context, env *Env) context.Context {
 	if env.config == nil {
-		env.config = &PluginConfig{}
+		env.config = &wire.PluginConfig{}
 	}
 	if env.Log == nil {
 		env.Log = hclog.NewNullLogger()
@@ -184,25 +158,10 @@ func (e *Env) CheckPath(p string) (string, error) {
 	return "", Errorf(syscall.EACCES, "path %q is outside the allowed roots (%s)", p, strings.Join(roots, ", "))
 }
 
-// MaxPathLen bounds request paths (the kernel's PATH_MAX).
-const MaxPathLen = 4096
-
-// CheckPathSyntax is CheckPath without the allowed roots.
-func CheckPathSyntax(p string) error {
-	switch {
-	case p == "":
-		return Errorf(syscall.EINVAL, "path is empty")
-	case len(p) >= MaxPathLen:
-		return Errorf(syscall.ENAMETOOLONG, "path is longer than %d bytes", MaxPathLen-1)
-	case strings.IndexByte(p, 0) >= 0:
-		return Errorf(syscall.EINVAL, "path contains a NUL byte")
-	case !filepath.IsAbs(p):
-		return Errorf(syscall.EINVAL, "path %q is not absolute", p)
-	case filepath.Clean(p) != p:
-		return Errorf(syscall.EINVAL, "path %q is not clean (want %q)", p, filepath.Clean(p))
-	}
-	return nil
-}
+// CheckPathSyntax is CheckPath without the allowed roots (the rule is
+// wire.CheckPathSyntax, which the core applies to Request.Credentials'
+// root and cwd too).
+func CheckPathSyntax(p string) error { return wire.CheckPathSyntax(p) }
 
 // Open opens a path from a request as the target sees it, safely: the path
 // is checked (CheckPath), then resolved with openat2(2) inside the allowed

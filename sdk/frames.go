@@ -10,36 +10,31 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
-// frameServer serves Handle on the frame channel (see pluginpb/frame.go),
-// the fast path the core prefers to gRPC.
+// frameServer serves the frame channel (see wire/README.md), where every
+// request of an sdk plugin arrives.
 type frameServer struct {
-	s    *Server
+	s    *server
 	conn *net.UnixConn
 
 	mu      sync.Mutex
-	partial map[string]*partialRequest    // request bodies still arriving
+	partial map[string]*wire.Message      // request bodies still arriving
 	cancels map[string]context.CancelFunc // requests being served
 	closed  chan struct{}                 // closed when the core closes the channel
 }
 
-// EnvOneshot tells a plugin process it was started for a single request
-// on the frame channel, without go-plugin: it serves until the core closes
-// the channel, then exits.
-const EnvOneshot = "NSPLUG_ONESHOT"
-
 // serveFrames serves the frame channel in the background, or until it
 // closes when wait is set.
-func (s *Server) serveFrames(f *os.File, wait bool) error {
+func (s *server) serveFrames(f *os.File, wait bool) error {
 	c, err := net.FileConn(f)
 	if err != nil {
 		return err
 	}
-	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string]*partialRequest),
+	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string]*wire.Message),
 		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{})}
-	go fs.run(make([]byte, pluginpb.MaxFrame))
+	go fs.run(make([]byte, wire.MaxFrame))
 	if wait {
 		<-fs.closed
 	}
@@ -57,28 +52,28 @@ func (fs *frameServer) run(buf []byte) {
 			close(fs.closed) // the core is gone; go-plugin ends the process
 			return
 		}
-		kind, id, body, err := pluginpb.ParseFrame(buf[:n])
+		kind, id, body, err := wire.ParseFrame(buf[:n])
 		if err != nil {
 			fs.s.log.Error("bad frame from the core", "error", err)
 			continue
 		}
 		switch kind {
-		case pluginpb.FrameRequestPart:
+		case wire.FrameRequestPart:
 			fs.mu.Lock()
 			p := fs.partial[id]
 			if p == nil {
-				p = &partialRequest{}
+				p = &wire.Message{}
 				fs.partial[id] = p
 			}
-			p.add(body)
+			p.Add(body)
 			fs.mu.Unlock()
-		case pluginpb.FrameRequest:
+		case wire.FrameRequest:
 			fs.mu.Lock()
 			p := fs.partial[id]
 			if p == nil {
-				p = &partialRequest{}
+				p = &wire.Message{}
 			}
-			p.add(body) // a copy: buf goes on to the next reader
+			p.Add(body) // a copy: buf goes on to the next reader
 			delete(fs.partial, id)
 			ctx, cancel := context.WithCancel(context.Background())
 			fs.cancels[id] = cancel
@@ -86,7 +81,7 @@ func (fs *frameServer) run(buf []byte) {
 			go fs.run(buf)
 			fs.serve(ctx, id, p)
 			return
-		case pluginpb.FrameCancel:
+		case wire.FrameCancel:
 			fs.mu.Lock()
 			if cancel := fs.cancels[id]; cancel != nil {
 				cancel()
@@ -96,24 +91,7 @@ func (fs *frameServer) run(buf []byte) {
 	}
 }
 
-// partialRequest is a request whose frames are arriving. Past
-// MaxMessageBytes its bytes are only counted: the request is refused
-// whole, naming its size, rather than decoded from the parts that fitted.
-type partialRequest struct {
-	body []byte
-	size int // bytes received, kept or not
-}
-
-func (p *partialRequest) add(part []byte) {
-	p.size += len(part)
-	if p.size > MaxMessageBytes {
-		p.body = nil
-	} else {
-		p.body = append(p.body, part...)
-	}
-}
-
-func (fs *frameServer) serve(ctx context.Context, id string, p *partialRequest) {
+func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
 	defer func() {
 		fs.mu.Lock()
 		if cancel := fs.cancels[id]; cancel != nil {
@@ -122,13 +100,13 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *partialRequest) 
 		}
 		fs.mu.Unlock()
 	}()
-	req := &pluginpb.HandleRequest{}
-	var resp *pluginpb.HandleResponse
+	req := &wire.HandleRequest{}
+	var resp *wire.HandleResponse
 	var files []*os.File
-	if p.size > MaxMessageBytes {
-		resp = errorResponse(TooLarge("request", p.size))
-	} else if err := proto.Unmarshal(p.body, req); err != nil {
-		resp = errorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
+	if p.TooLarge() {
+		resp = wire.ErrorResponse(wire.TooLarge("request", p.Size))
+	} else if err := proto.Unmarshal(p.Body, req); err != nil {
+		resp = wire.ErrorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
 	} else {
 		resp, files = fs.s.handle(ctx, req)
 	}
@@ -136,35 +114,27 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *partialRequest) 
 	resp.RequestId = id
 	out, err := proto.Marshal(resp)
 	if err != nil {
-		out, _ = proto.Marshal(errorResponse(Errorf(syscall.EIO, "encoding response: %v", err)))
+		out, _ = proto.Marshal(wire.ErrorResponse(Errorf(syscall.EIO, "encoding response: %v", err)))
 	}
-	if err := fs.send(pluginpb.FrameResponsePart, pluginpb.FrameResponse, id, out, files); err != nil {
+	if err := fs.send(id, out, files); err != nil {
 		fs.s.log.Error("sending a response", "request_id", id, "error", err)
 	}
 }
 
-// send writes msg as part frames and one final frame carrying files.
-func (fs *frameServer) send(partKind, finalKind byte, id string, msg []byte, files []*os.File) error {
-	parts := pluginpb.Split(msg)
-	frame := make([]byte, 0, 2+len(id)+len(parts[0]))
-	for i, p := range parts {
-		kind, oob := partKind, []byte(nil)
-		if i == len(parts)-1 {
-			kind = finalKind
-			if len(files) > 0 {
-				fds := make([]int, len(files))
-				for j, f := range files {
-					fds[j] = int(f.Fd())
-				}
-				oob = unix.UnixRights(fds...)
-			}
+// send writes a response, its files on the final frame.
+func (fs *frameServer) send(id string, msg []byte, files []*os.File) error {
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for j, f := range files {
+			fds[j] = int(f.Fd())
 		}
-		frame, _ = pluginpb.AppendFrame(frame[:0], kind, id, p)
-		if _, _, err := fs.conn.WriteMsgUnix(frame, oob, nil); err != nil {
-			return err
-		}
+		oob = unix.UnixRights(fds...)
 	}
-	return nil
+	return wire.Send(func(frame, oob []byte) error {
+		_, _, err := fs.conn.WriteMsgUnix(frame, oob, nil)
+		return err
+	}, wire.FrameResponse, id, msg, oob)
 }
 
 func closeAll(files []*os.File) {

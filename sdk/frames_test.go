@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // A request over MaxMessageBytes on the frame channel is refused whole,
@@ -21,7 +21,7 @@ import (
 // server goes on serving. Over a plain socketpair: the core's end is
 // played by the test.
 func TestFrameRequestOverTheLimit(t *testing.T) {
-	srv, err := NewServer(&Plugin{Name: "echo", Handlers: []Handler{Handle("echo.say", "echo", echo)}}, nil, nil)
+	srv, err := newServer(&Plugin{Name: "echo", Handlers: []Handler{Handle("echo.say", "echo", echo)}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,37 +44,37 @@ func TestFrameRequestOverTheLimit(t *testing.T) {
 	conn := c.(*net.UnixConn)
 	conn.SetDeadline(time.Now().Add(60 * time.Second))
 
-	roundTrip := func(id string, req *pluginpb.HandleRequest) *pluginpb.HandleResponse {
+	roundTrip := func(id string, req *wire.HandleRequest) *wire.HandleResponse {
 		t.Helper()
 		msg, _ := proto.Marshal(req)
-		parts := pluginpb.Split(msg)
+		parts := wire.Split(msg)
 		for i, p := range parts {
-			kind := pluginpb.FrameRequestPart
+			kind := wire.FrameRequestPart
 			if i == len(parts)-1 {
-				kind = pluginpb.FrameRequest
+				kind = wire.FrameRequest
 			}
-			frame, _ := pluginpb.AppendFrame(nil, kind, id, p)
+			frame, _ := wire.AppendFrame(nil, kind, id, p)
 			if _, err := conn.Write(frame); err != nil {
 				t.Fatalf("request %s: %v", id, err)
 			}
 		}
 		var body []byte
-		buf := make([]byte, pluginpb.MaxFrame)
+		buf := make([]byte, wire.MaxFrame)
 		for {
 			n, err := conn.Read(buf)
 			if err != nil {
 				t.Fatalf("response to %s: %v", id, err)
 			}
-			kind, got, part, err := pluginpb.ParseFrame(buf[:n])
+			kind, got, part, err := wire.ParseFrame(buf[:n])
 			if err != nil || got != id {
 				t.Fatalf("response to %s: frame %q, %v", id, got, err)
 			}
 			body = append(body, part...)
-			if kind == pluginpb.FrameResponse {
+			if kind == wire.FrameResponse {
 				break
 			}
 		}
-		resp := &pluginpb.HandleResponse{}
+		resp := &wire.HandleResponse{}
 		if err := proto.Unmarshal(body, resp); err != nil {
 			t.Fatalf("response to %s: %v", id, err)
 		}
@@ -85,9 +85,9 @@ func TestFrameRequestOverTheLimit(t *testing.T) {
 	// wrong. The first goes over in its final frame, the second already
 	// in a part frame (the parts after it were once dropped and the
 	// final one appended to what was kept).
-	for i, extra := range []int{1, 3 * pluginpb.MaxFrameBody} {
+	for i, extra := range []int{1, 3 * wire.MaxFrameBody} {
 		id := strconv.Itoa(i + 1)
-		big := &pluginpb.HandleRequest{Type: "echo.say", RequestId: id,
+		big := &wire.HandleRequest{Type: "echo.say", RequestId: id,
 			Payload: []byte(`{"text":"` + strings.Repeat("x", MaxMessageBytes+extra) + `"}`)}
 		size := proto.Size(big)
 		resp := roundTrip(id, big)
@@ -97,7 +97,7 @@ func TestFrameRequestOverTheLimit(t *testing.T) {
 		}
 	}
 	// The next request, on the same channel, is served.
-	resp := roundTrip("3", &pluginpb.HandleRequest{Type: "echo.say", RequestId: "3", Payload: []byte(`{"text":"hi"}`)})
+	resp := roundTrip("3", &wire.HandleRequest{Type: "echo.say", RequestId: "3", Payload: []byte(`{"text":"hi"}`)})
 	if resp.Error != nil || string(resp.Payload) != `{"text":"hi"}` {
 		t.Errorf("after an oversized request: %+v", resp)
 	}

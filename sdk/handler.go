@@ -3,27 +3,25 @@ package sdk
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"slices"
 	"syscall"
 
-	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Handler serves one message type. Make one with Handle.
 type Handler interface {
 	// Describe says what the handler serves.
-	Describe() *pluginpb.MessageType
-	// Serve decodes a JSON payload, runs the handler and encodes its
-	// response. Errors are *Error.
-	Serve(ctx context.Context, payload []byte) ([]byte, error)
+	Describe() *wire.MessageType
+	// Handle handles one request: it decodes the JSON payload, runs the
+	// handler and encodes its response. Errors are *Error.
+	Handle(ctx context.Context, payload []byte) ([]byte, error)
 }
 
 // TypedHandler is a Handler built from a function over request and
 // response structs.
 type TypedHandler[Req, Resp any] struct {
-	desc *pluginpb.MessageType
+	desc *wire.MessageType
 	fn   func(context.Context, Req) (Resp, error)
 }
 
@@ -34,7 +32,7 @@ type TypedHandler[Req, Resp any] struct {
 // payload contract starts at version 1; see WithVersion.
 func Handle[Req, Resp any](name, description string, fn func(ctx context.Context, req Req) (Resp, error)) *TypedHandler[Req, Resp] {
 	return &TypedHandler[Req, Resp]{
-		desc: &pluginpb.MessageType{Name: name, Version: 1, Description: description},
+		desc: &wire.MessageType{Name: name, Version: 1, Description: description},
 		fn:   fn,
 	}
 }
@@ -56,7 +54,7 @@ func (h *TypedHandler[Req, Resp]) WithVersion(v uint32) *TypedHandler[Req, Resp]
 // plugin's allow_host_changes setting names that namespace (see
 // Env.RequireJoined). The declaration travels in Describe: `nsplug
 // plugins` and core.TypeInfo show it. Types that only read declare
-// nothing. NewServer rejects unknown names.
+// nothing. Serve rejects unknown names.
 func (h *TypedHandler[Req, Resp]) Changes(namespaces ...string) *TypedHandler[Req, Resp] {
 	h.desc.Changes = append(h.desc.Changes, namespaces...)
 	return h
@@ -73,13 +71,13 @@ func (h *TypedHandler[Req, Resp]) MayChange(namespaces ...string) *TypedHandler[
 }
 
 // Describe implements Handler.
-func (h *TypedHandler[Req, Resp]) Describe() *pluginpb.MessageType {
-	return &pluginpb.MessageType{Name: h.desc.Name, Version: h.desc.Version, Description: h.desc.Description,
+func (h *TypedHandler[Req, Resp]) Describe() *wire.MessageType {
+	return &wire.MessageType{Name: h.desc.Name, Version: h.desc.Version, Description: h.desc.Description,
 		Changes: slices.Clone(h.desc.Changes), MayChange: slices.Clone(h.desc.MayChange)}
 }
 
-// Serve implements Handler.
-func (h *TypedHandler[Req, Resp]) Serve(ctx context.Context, payload []byte) ([]byte, error) {
+// Handle implements Handler.
+func (h *TypedHandler[Req, Resp]) Handle(ctx context.Context, payload []byte) ([]byte, error) {
 	var req Req
 	if err := DecodeStrict(payload, &req); err != nil {
 		return nil, Errorf(syscall.EINVAL, "%s: malformed payload: %v", h.desc.Name, err)
@@ -93,58 +91,4 @@ func (h *TypedHandler[Req, Resp]) Serve(ctx context.Context, payload []byte) ([]
 		return nil, Errorf(syscall.EIO, "%s: encoding response: %v", h.desc.Name, err)
 	}
 	return out, nil
-}
-
-// CheckMessageType validates what a handler describes: its name (see
-// CheckTypeName) and the namespaces it declares it changes (Changes,
-// MayChange), which must be known (nsexec.Namespaces), listed once, and
-// in only one of the two lists.
-func CheckMessageType(t *pluginpb.MessageType) error {
-	if err := CheckTypeName(t.Name); err != nil {
-		return err
-	}
-	for _, l := range []struct {
-		what  string
-		names []string
-	}{{"changes", t.Changes}, {"may_change", t.MayChange}} {
-		if _, err := nsexec.ParseNamespaces(l.names); err != nil {
-			return fmt.Errorf("message type %s: %s: %w", t.Name, l.what, err)
-		}
-		for i, n := range l.names {
-			if slices.Contains(l.names[:i], n) {
-				return fmt.Errorf("message type %s: %s: namespace %q listed twice", t.Name, l.what, n)
-			}
-		}
-	}
-	for _, n := range t.MayChange {
-		if slices.Contains(t.Changes, n) {
-			return fmt.Errorf("message type %s: namespace %q is in both changes and may_change", t.Name, n)
-		}
-	}
-	return nil
-}
-
-// CheckTypeName validates a message type name: "<plugin>.<verb>", each
-// part lowercase letters, digits and '_', 64 bytes at most.
-func CheckTypeName(name string) error {
-	if len(name) == 0 || len(name) > 64 {
-		return fmt.Errorf("message type %q: want 1 to 64 bytes", name)
-	}
-	dot := 0
-	for i, c := range []byte(name) {
-		switch {
-		case c == '.':
-			if i == 0 || i == len(name)-1 || name[i-1] == '.' {
-				return fmt.Errorf("message type %q: empty part", name)
-			}
-			dot++
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
-		default:
-			return fmt.Errorf("message type %q: only a-z, 0-9, '_' and '.' are allowed", name)
-		}
-	}
-	if dot == 0 {
-		return fmt.Errorf("message type %q: want <plugin>.<verb>", name)
-	}
-	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Names that are not UTF-8: 0xff, the UTF-8-style encoding of the lone
@@ -109,7 +111,7 @@ func TestNameRejects(t *testing.T) {
 
 // The path helpers take names that are not UTF-8 as they are.
 func TestPathHelpersTakeAnyBytes(t *testing.T) {
-	env := &Env{config: &PluginConfig{AllowedRoots: []string{"/data\xff"}}}
+	env := &Env{config: &wire.PluginConfig{AllowedRoots: []string{"/data\xff"}}}
 	for _, p := range []string{"/data\xff", "/data\xff/a\xed\xa0\x80b", "/data\xff/new\nline"} {
 		if got, err := env.CheckPath(p); err != nil || got != p {
 			t.Errorf("CheckPath(%q): %q %v", p, got, err)
@@ -125,7 +127,7 @@ func TestPathHelpersTakeAnyBytes(t *testing.T) {
 
 func TestOpenTakesAnyBytes(t *testing.T) {
 	dir := t.TempDir()
-	env := &Env{config: &PluginConfig{AllowedRoots: []string{dir}}}
+	env := &Env{config: &wire.PluginConfig{AllowedRoots: []string{dir}}}
 	for _, n := range badNames {
 		if strings.Contains(n, "/") {
 			continue

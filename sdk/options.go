@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/nsplug/nsplug/wire"
 )
 
 // A plugin's options are checked once, when it is loaded, not on every
@@ -23,54 +23,11 @@ import (
 // one, "max_read_bytes" or "limits.depth"; empty for the table as a whole)
 // and what is wrong with it. Plugin.Configure returns one so that the core
 // can point at the option's line.
-type OptionError struct {
-	Key string
-	Msg string
-}
-
-// Error reads `invalid option "max_read_bytes": must not be negative`
-// (`invalid options: ...` without a key). A core that receives the text
-// from a plugin process finds the key again with ParseOptionError.
-func (e *OptionError) Error() string {
-	if e.Key == "" {
-		return optionsPrefix + e.Msg
-	}
-	return optionPrefix + strconv.Quote(e.Key) + ": " + e.Msg
-}
-
-const (
-	optionPrefix  = "invalid option "
-	optionsPrefix = "invalid options: "
-)
+type OptionError = wire.OptionError
 
 // OptionErrorf returns the OptionError of key with a formatted message.
 func OptionErrorf(key, format string, args ...any) *OptionError {
-	return &OptionError{Key: key, Msg: fmt.Sprintf(format, args...)}
-}
-
-// ParseOptionError finds the OptionError an error carries: in its chain,
-// or, for an error that crossed a process boundary as text, in its
-// message (as OptionError.Error wrote it).
-func ParseOptionError(err error) (*OptionError, bool) {
-	var oe *OptionError
-	if err == nil {
-		return nil, false
-	}
-	if errors.As(err, &oe) {
-		return oe, true
-	}
-	msg := err.Error()
-	if i := strings.Index(msg, optionPrefix+`"`); i >= 0 {
-		rest := msg[i+len(optionPrefix):]
-		if q, qerr := strconv.QuotedPrefix(rest); qerr == nil && strings.HasPrefix(rest[len(q):], ": ") {
-			key, _ := strconv.Unquote(q)
-			return &OptionError{Key: key, Msg: rest[len(q)+2:]}, true
-		}
-	}
-	if i := strings.Index(msg, optionsPrefix); i >= 0 {
-		return &OptionError{Msg: msg[i+len(optionsPrefix):]}, true
-	}
-	return nil, false
+	return wire.OptionErrorf(key, format, args...)
 }
 
 // TypedOptions returns a Plugin.Configure hook for options of type T (a

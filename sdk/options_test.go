@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+
+	"github.com/nsplug/nsplug/wire"
 )
 
 type testOptions struct {
@@ -52,22 +54,22 @@ func TestTypedOptions(t *testing.T) {
 func TestOptionErrorsAsText(t *testing.T) {
 	for _, oe := range []*OptionError{{Key: "a.b[2]", Msg: "bad: really"}, {Key: `q"uote`, Msg: "x"}, {Msg: "whole table"}} {
 		text := errors.New("sdk: plugin p: " + oe.Error())
-		got, ok := ParseOptionError(text)
+		got, ok := wire.ParseOptionError(text)
 		if !ok || *got != *oe {
 			t.Errorf("%q parsed as %+v %v, want %+v", text, got, ok, oe)
 		}
 	}
-	if _, ok := ParseOptionError(errors.New("exit status 1")); ok {
+	if _, ok := wire.ParseOptionError(errors.New("exit status 1")); ok {
 		t.Error("a plain error parsed as an option error")
 	}
-	if _, ok := ParseOptionError(nil); ok {
+	if _, ok := wire.ParseOptionError(nil); ok {
 		t.Error("nil parsed as an option error")
 	}
-	_, err := NewServer(&Plugin{Name: "p"}, &PluginConfig{Options: json.RawMessage(`{"x":1}`)}, nil)
-	if oe, ok := ParseOptionError(err); !ok || oe.Msg != "plugin p takes no options" {
+	_, err := newServer(&Plugin{Name: "p"}, &wire.PluginConfig{Options: json.RawMessage(`{"x":1}`)}, nil)
+	if oe, ok := wire.ParseOptionError(err); !ok || oe.Msg != "plugin p takes no options" {
 		t.Errorf("options for a plugin without Configure: %v", err)
 	}
-	if _, err := NewServer(&Plugin{Name: "p"}, &PluginConfig{Options: json.RawMessage(`{}`)}, nil); err != nil {
+	if _, err := newServer(&Plugin{Name: "p"}, &wire.PluginConfig{Options: json.RawMessage(`{}`)}, nil); err != nil {
 		t.Errorf("empty options for a plugin without Configure: %v", err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 type echoReq struct {
@@ -43,7 +43,7 @@ func TestTypedHandlerDecodesStrictly(t *testing.T) {
 		{`{"text":"a"} {}`, "", syscall.EINVAL},
 		{`{"text":"missing"}`, "", syscall.ENOENT},
 	} {
-		out, err := h.Serve(context.Background(), []byte(c.payload))
+		out, err := h.Handle(context.Background(), []byte(c.payload))
 		if c.errno != 0 {
 			var e *Error
 			if !errors.As(err, &e) || e.Errno != c.errno {
@@ -125,29 +125,29 @@ func TestServerRejectsBadPlugins(t *testing.T) {
 		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).MayChange("netns")}},
 		{Name: "x", Handlers: []Handler{Handle("a.b", "", echo).Changes("mnt").MayChange("mnt")}},
 	} {
-		if _, err := NewServer(p, nil, nil); err == nil {
+		if _, err := newServer(p, nil, nil); err == nil {
 			t.Errorf("NewServer accepted %+v", p)
 		}
 	}
 }
 
 func TestServerHandle(t *testing.T) {
-	s, err := NewServer(&Plugin{Name: "echo", Handlers: []Handler{
+	s, err := newServer(&Plugin{Name: "echo", Handlers: []Handler{
 		Handle("echo.say", "", echo),
 		Handle("echo.panic", "", func(context.Context, echoReq) (echoResp, error) { panic("boom") }),
 	}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, _ := s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"x"}`)})
+	resp, _ := s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"x"}`)})
 	if resp.Error != nil || string(resp.Payload) != `{"text":"x"}` {
 		t.Errorf("say: %v", resp)
 	}
-	resp, _ = s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.nope"})
+	resp, _ = s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.nope"})
 	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EOPNOTSUPP {
 		t.Errorf("unknown type: %v", resp)
 	}
-	resp, _ = s.Handle(context.Background(), &pluginpb.HandleRequest{Type: "echo.panic"})
+	resp, _ = s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.panic"})
 	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EIO || !strings.Contains(resp.Error.Message, "boom") {
 		t.Errorf("panic: %v", resp)
 	}
@@ -176,16 +176,16 @@ func TestServerRefusesHostChanges(t *testing.T) {
 		Handle("ch.dyn", "", changer).MayChange("net", "uts"),
 		Handle("ch.read", "", echo),
 	}}
-	call := func(config *PluginConfig, joined []string, typ, payload string) *pluginpb.HandleResponse {
-		s, err := NewServer(p, config, nil)
+	call := func(config *wire.PluginConfig, joined []string, typ, payload string) *wire.HandleResponse {
+		s, err := newServer(p, config, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.SetJoined(joined)
-		resp, _ := s.Handle(context.Background(), &pluginpb.HandleRequest{Type: typ, Payload: []byte(payload)})
+		resp, _ := s.Handle(context.Background(), &wire.HandleRequest{Type: typ, Payload: []byte(payload)})
 		return resp
 	}
-	refused := func(resp *pluginpb.HandleResponse, ns string) {
+	refused := func(resp *wire.HandleResponse, ns string) {
 		t.Helper()
 		if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EPERM {
 			t.Fatalf("not refused: %v", resp)
@@ -196,7 +196,7 @@ func TestServerRefusesHostChanges(t *testing.T) {
 			}
 		}
 	}
-	ok := func(resp *pluginpb.HandleResponse) {
+	ok := func(resp *wire.HandleResponse) {
 		t.Helper()
 		if resp.Error != nil {
 			t.Errorf("refused: %v", resp.Error)
@@ -210,19 +210,19 @@ func TestServerRefusesHostChanges(t *testing.T) {
 	}
 	refused(call(nil, []string{}, "ch.mount", `{}`), "mnt") // nothing joined
 	ok(call(nil, []string{"mnt"}, "ch.mount", `{}`))
-	ok(call(&PluginConfig{AllowHostChanges: []string{"mnt"}}, []string{"net"}, "ch.mount", `{}`))
+	ok(call(&wire.PluginConfig{AllowHostChanges: []string{"mnt"}}, []string{"net"}, "ch.mount", `{}`))
 	ok(call(nil, nil, "ch.mount", `{}`)) // outside a core: unknown, not refused
 	ok(call(nil, []string{}, "ch.read", `{}`))
 
 	// Dynamic: the handler asks for the namespace a request changes.
 	refused(call(nil, []string{"uts"}, "ch.dyn", `{"text":"net"}`), "net")
 	ok(call(nil, []string{"uts"}, "ch.dyn", `{"text":"uts"}`))
-	ok(call(&PluginConfig{AllowHostChanges: []string{"net"}}, []string{"uts"}, "ch.dyn", `{"text":"net"}`))
+	ok(call(&wire.PluginConfig{AllowHostChanges: []string{"net"}}, []string{"uts"}, "ch.dyn", `{"text":"net"}`))
 	if resp := call(nil, []string{}, "ch.dyn", `{"text":"nett"}`); resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EINVAL {
 		t.Errorf("unknown namespace: %v", resp)
 	}
 
-	s, _ := NewServer(p, nil, nil)
+	s, _ := newServer(p, nil, nil)
 	d, _ := s.Describe(context.Background(), nil)
 	for _, ty := range d.Types {
 		want := map[string]string{"ch.mount": "[mnt] []", "ch.dyn": "[] [net uts]", "ch.read": "[] []"}[ty.Name]

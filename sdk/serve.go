@@ -16,8 +16,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nsplug/nsplug/internal/inproc"
 	"github.com/nsplug/nsplug/nsexec"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Plugin describes a plugin: its name and its handlers.
@@ -44,41 +45,48 @@ type Plugin struct {
 	Configure func(options json.RawMessage) (any, error)
 }
 
-// Server is the in-namespace half of the wire protocol: it serves the
-// handlers of one Plugin. Serve runs it under go-plugin; tests may call
-// it directly.
-type Server struct {
-	pluginpb.UnimplementedHandlerServer
+// server is the in-namespace half of the wire protocol: it serves the
+// handlers of one Plugin. Serve runs it under go-plugin and on the frame
+// channel; sdktest and the core's built-ins reach it in-process through
+// internal/inproc.
+type server struct {
+	wire.UnimplementedHandlerServer
 
 	name     string
 	handlers map[string]Handler
 	changes  map[string][]string // the namespaces each type declares it changes
-	describe *pluginpb.DescribeResponse
+	describe *wire.DescribeResponse
 	log      hclog.Logger
-	config   *PluginConfig
+	config   *wire.PluginConfig
 	options  any // what Plugin.Configure made of config.Options
 	fresh    nsexec.State
 	joined   []string
 }
 
-// NewServer checks the plugin's handlers and options and returns its
+func init() {
+	inproc.New = func(p any, config *wire.PluginConfig, log hclog.Logger) (inproc.Server, error) {
+		return newServer(p.(*Plugin), config, log)
+	}
+}
+
+// newServer checks the plugin's handlers and options and returns its
 // server. An error from the plugin's Configure hook wraps an
 // *OptionError.
-func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, error) {
+func newServer(p *Plugin, config *wire.PluginConfig, log hclog.Logger) (*server, error) {
 	if p.Name == "" {
 		return nil, fmt.Errorf("sdk: plugin has no name")
 	}
 	if config == nil {
-		config = &PluginConfig{}
+		config = &wire.PluginConfig{}
 	}
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	s := &Server{
+	s := &server{
 		name:     p.Name,
 		handlers: make(map[string]Handler),
 		changes:  make(map[string][]string),
-		describe: &pluginpb.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts, Frames: true},
+		describe: &wire.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts, Frames: true},
 		log:      log,
 		config:   config,
 		fresh:    nsexec.Self(),
@@ -93,7 +101,7 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	}
 	for _, h := range p.Handlers {
 		d := h.Describe()
-		if err := CheckMessageType(d); err != nil {
+		if err := wire.CheckMessageType(d); err != nil {
 			return nil, fmt.Errorf("sdk: plugin %s: %w", p.Name, err)
 		}
 		if _, dup := s.handlers[d.Name]; dup {
@@ -112,52 +120,43 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 	return s, nil
 }
 
-// Describe implements pluginpb.HandlerServer.
-func (s *Server) Describe(context.Context, *pluginpb.DescribeRequest) (*pluginpb.DescribeResponse, error) {
+// Describe implements wire.HandlerServer.
+func (s *server) Describe(context.Context, *wire.DescribeRequest) (*wire.DescribeResponse, error) {
 	return s.describe, nil
 }
 
-// Handle implements pluginpb.HandlerServer. Handler errors travel in the
+// Handle implements wire.HandlerServer. Handler errors travel in the
 // response, with their errno; a panicking handler becomes an EIO error
 // rather than a dead plugin. Files the handler hands back travel on the
 // frame channel (a FrameFiles frame) before this response.
-func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, error) {
+func (s *server) Handle(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, error) {
 	resp, files := s.handle(ctx, req)
 	defer closeAll(files)
 	if len(files) > 0 {
 		if err := s.sendFiles(req.RequestId, files); err != nil {
-			return errorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
+			return wire.ErrorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
 		}
 	}
 	return resp, nil
 }
 
-// SetFreshMounts sets what handlers see as Env.Proc and Env.Sys, for a
-// Server run outside a plugin process (a test; see sdk/sdktest). In a
-// plugin the nsexec preamble provides them.
-func (s *Server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
+// SetFreshMounts implements inproc.Server.
+func (s *server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
 
-// SetJoined sets the namespaces handlers are told were joined
-// (Env.Joined), for a Server run outside a plugin process (a test): with
-// a non-nil list, a type that changes a namespace not in it is refused as
-// it would be in a core (Env.RequireJoined). Nil, the default outside a
-// core, means unknown: nothing is refused.
-func (s *Server) SetJoined(names []string) { s.joined = slices.Clone(names) }
+// SetJoined implements inproc.Server.
+func (s *server) SetJoined(names []string) { s.joined = slices.Clone(names) }
 
-// HandleFiles serves one request as Handle does and also returns the
-// files the handler handed back with Env.ReturnFile, which the caller
-// closes: for a Server run outside a plugin process, where there is no
-// frame channel to send them on.
-func (s *Server) HandleFiles(ctx context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, []*os.File) {
+// HandleFiles implements inproc.Server.
+func (s *server) HandleFiles(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File) {
 	return s.handle(ctx, req)
 }
 
-// handle serves one request, on either path. The caller sends and then
+// handle handles one request, on either path. The caller sends and then
 // closes the files.
-func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp *pluginpb.HandleResponse, files []*os.File) {
+func (s *server) handle(ctx context.Context, req *wire.HandleRequest) (resp *wire.HandleResponse, files []*os.File) {
 	h, ok := s.handlers[req.Type]
 	if !ok {
-		return errorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
+		return wire.ErrorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
 	}
 	env := &Env{
 		RequestID: req.RequestId,
@@ -174,52 +173,46 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		if r := recover(); r != nil {
 			env.Log.Error("handler panicked", "panic", fmt.Sprint(r))
 			closeAll(env.takeFiles())
-			resp, files = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
+			resp, files = wire.ErrorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
 		}
 	}()
 	// A type that changes a namespace it shares with the core would
 	// change the host's: refused before its handler runs.
 	for _, ns := range s.changes[req.Type] {
 		if err := env.RequireJoined(ns); err != nil {
-			return errorResponse(AsError(err)), nil
+			return wire.ErrorResponse(AsError(err)), nil
 		}
 	}
-	out, err := h.Serve(context.WithValue(ctx, envKey{}, env), req.Payload)
+	out, err := h.Handle(context.WithValue(ctx, envKey{}, env), req.Payload)
 	files = env.takeFiles()
 	if err != nil {
 		closeAll(files)
-		return errorResponse(AsError(err)), nil
+		return wire.ErrorResponse(AsError(err)), nil
 	}
-	resp = &pluginpb.HandleResponse{Payload: out, Files: uint32(len(files)), RequestId: req.RequestId}
+	resp = &wire.HandleResponse{Payload: out, Files: uint32(len(files)), RequestId: req.RequestId}
 	// The core refuses a message over the limit: say so here, where the
 	// instance can go on serving, rather than send it (the margin covers
 	// the request id and the field headers).
 	if len(out) > MaxMessageBytes-1024 && proto.Size(resp) > MaxMessageBytes {
 		closeAll(files)
-		return errorResponse(Errorf(syscall.EIO, "%s: %v", req.Type, TooLarge("response", proto.Size(resp)))), nil
+		return wire.ErrorResponse(Errorf(syscall.EIO, "%s: %v", req.Type, wire.TooLarge("response", proto.Size(resp)))), nil
 	}
 	return resp, files
 }
 
 // sendFiles hands the files of a gRPC response to the core in a FrameFiles
 // frame tagged with the request id, before the response announcing them.
-func (s *Server) sendFiles(id string, files []*os.File) error {
-	if s.fresh.Files == nil {
+func (s *server) sendFiles(id string, files []*os.File) error {
+	if s.fresh.Frames == nil {
 		return Errorf(syscall.ENOTSUP, "the core gave this plugin no channel for files")
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	frame, err := pluginpb.AppendFrame(nil, pluginpb.FrameFiles, id, nil)
-	if err != nil {
-		return err
-	}
-	return unix.Sendmsg(int(s.fresh.Files.Fd()), frame, unix.UnixRights(fds...), nil, 0)
-}
-
-func errorResponse(e *Error) *pluginpb.HandleResponse {
-	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(e.Errno), Message: wireText(e.Message)}}
+	return wire.Send(func(frame, oob []byte) error {
+		return unix.Sendmsg(int(s.fresh.Frames.Fd()), frame, oob, nil, 0)
+	}, wire.FrameFiles, id, nil, unix.UnixRights(fds...))
 }
 
 // Serve runs the plugin until the core closes it. It does not return.
@@ -229,12 +222,12 @@ func errorResponse(e *Error) *pluginpb.HandleResponse {
 // directory private to it: go-plugin binds the socket there by a relative
 // name, then Serve leaves the directory before answering anything.
 func Serve(p *Plugin) {
-	config := &PluginConfig{}
-	if raw := os.Getenv(EnvConfig); raw != "" {
+	config := &wire.PluginConfig{}
+	if raw := os.Getenv(wire.EnvConfig); raw != "" {
 		if err := json.Unmarshal([]byte(raw), config); err != nil {
-			fail(fmt.Sprintf("%s: bad %s: %v", p.Name, EnvConfig, err))
+			fail(fmt.Sprintf("%s: bad %s: %v", p.Name, wire.EnvConfig, err))
 		}
-		os.Unsetenv(EnvConfig)
+		os.Unsetenv(wire.EnvConfig)
 	}
 	level := hclog.LevelFromString(config.LogLevel)
 	if level == hclog.NoLevel {
@@ -246,34 +239,34 @@ func Serve(p *Plugin) {
 		Output:     os.Stderr,
 		JSONFormat: true, // go-plugin re-levels JSON lines in the core's log
 	})
-	server, err := NewServer(p, config, log)
+	server, err := newServer(p, config, log)
 	if err != nil {
 		fail(err.Error())
 	}
 	self := nsexec.Self()
-	if os.Getenv(EnvOneshot) != "" {
+	if os.Getenv(wire.EnvOneshot) != "" {
 		// Started for one request on the frame channel, without go-plugin.
-		os.Unsetenv(EnvOneshot)
-		if self.Files == nil {
+		os.Unsetenv(wire.EnvOneshot)
+		if self.Frames == nil {
 			fail("oneshot: no frame channel")
 		}
 		if err := nsexec.EnterRoot(); err != nil {
 			fail(err.Error())
 		}
 		nsexec.CloseStatus()
-		if err := server.serveFrames(self.Files, true); err != nil {
+		if err := server.serveFrames(self.Frames, true); err != nil {
 			fail("frame channel: " + err.Error())
 		}
 		os.Exit(0)
 	}
-	if self.Files != nil {
-		if err := server.serveFrames(self.Files, false); err != nil {
+	if self.Frames != nil {
+		if err := server.serveFrames(self.Frames, false); err != nil {
 			fail("frame channel: " + err.Error())
 		}
 	}
 	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: PluginSets(server),
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: wire.PluginSets(server),
 		Logger:           log,
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			// go-plugin has bound its socket (in the cwd) by now and
@@ -301,7 +294,7 @@ func fail(msg string) {
 // requests log nothing, and hclog's With costs an allocation or three.
 type requestLogger struct {
 	hclog.Logger
-	req  *pluginpb.HandleRequest
+	req  *wire.HandleRequest
 	once sync.Once
 	with hclog.Logger
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // nsplugBin is bin/nsplug built for the command-line tests.
@@ -27,8 +28,8 @@ func TestMain(m *testing.M) {
 	// This test binary is also the plugin executable: the built-ins plus
 	// the probe plugin (as a built-in, or as an external plugin when
 	// started without NSPLUG_BUILTIN), and a stand-alone core.
-	core.ServeBuiltin(testBuiltins())
-	if os.Getenv(sdk.Handshake.MagicCookieKey) == sdk.Handshake.MagicCookieValue {
+	builtin.Serve(testPlugins()...)
+	if os.Getenv(wire.Handshake.MagicCookieKey) == wire.Handshake.MagicCookieValue {
 		sdk.Serve(probePlugin("extprobe"))
 	}
 	if os.Getenv(envTestCore) != "" {
@@ -57,9 +58,12 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-func testBuiltins() []*sdk.Plugin {
-	return append(builtin.All(), probePlugin("probe"))
+// testPlugins are the plugins this test binary serves as built-ins.
+func testPlugins() []*sdk.Plugin {
+	return append(builtin.Plugins(), probePlugin("probe"))
 }
+
+func testBuiltins() []core.Builtin { return builtin.Of(testPlugins()...) }
 
 // envTestCore turns the test binary into a stand-alone core that serves one
 // request in a target and then waits to be killed (for the parent-death

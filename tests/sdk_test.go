@@ -29,6 +29,7 @@ import (
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/sdk/sdktest"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // sdkBuild builds the main package pkg (relative to tests/) with extra
@@ -72,9 +73,9 @@ func TestProtocolVersionMismatch(t *testing.T) {
 			msg := err.Error()
 			t.Logf("core.New: %s", msg)
 			plugin := regexp.MustCompile(fmt.Sprintf(`(?i)plugin\b[^0-9]*\b%d\b`, v))
-			ours := regexp.MustCompile(fmt.Sprintf(`(?i)(client|core|nsplug)[a-z ]*versions?:? *\[?%d\b`, sdk.ProtocolVersion))
+			ours := regexp.MustCompile(fmt.Sprintf(`(?i)(client|core|nsplug)[a-z ]*versions?:? *\[?%d\b`, wire.ProtocolVersion))
 			if !strings.Contains(msg, "oldproto") || !plugin.MatchString(msg) || !ours.MatchString(msg) {
-				t.Errorf("error %q does not name plugin oldproto, its version %d and the core's %d", msg, v, sdk.ProtocolVersion)
+				t.Errorf("error %q does not name plugin oldproto, its version %d and the core's %d", msg, v, wire.ProtocolVersion)
 			}
 			var ce *core.Error
 			if !errors.As(err, &ce) || ce.Errno != syscall.EIO {

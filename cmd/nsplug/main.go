@@ -6,7 +6,7 @@
 //	nsplug demo
 //
 // The same binary serves the built-in plugins: the core starts them by
-// re-executing it (see core.ServeBuiltin).
+// re-executing it (see plugins/builtin.Main).
 package main
 
 import (
@@ -30,7 +30,7 @@ import (
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 const usage = `nsplug runs handlers inside the namespaces of a process.
@@ -211,12 +211,12 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 	if len(pos) == 2 {
 		req.Payload = json.RawMessage(pos[1])
 		if pos[1] == "-" { // the payload on stdin, for large or generated ones
-			data, err := io.ReadAll(io.LimitReader(os.Stdin, sdk.MaxMessageBytes+1))
+			data, err := io.ReadAll(io.LimitReader(os.Stdin, wire.MaxMessageBytes+1))
 			if err != nil {
 				return fmt.Errorf("reading the payload from stdin: %v", err)
 			}
-			if len(data) > sdk.MaxMessageBytes {
-				return fmt.Errorf("the payload on stdin is larger than %d bytes", sdk.MaxMessageBytes)
+			if len(data) > wire.MaxMessageBytes {
+				return fmt.Errorf("the payload on stdin is larger than %d bytes", wire.MaxMessageBytes)
 			}
 			req.Payload = data
 		}
@@ -410,7 +410,7 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	defer d.Close()
 	plugins := d.Plugins()
 	if *asJSON {
-		out, _ := json.MarshalIndent(map[string]any{"protocol_version": sdk.ProtocolVersion, "plugins": plugins}, "", "  ")
+		out, _ := json.MarshalIndent(map[string]any{"protocol_version": wire.ProtocolVersion, "plugins": plugins}, "", "  ")
 		_, err := fmt.Fprintf(stdout, "%s\n", out)
 		return err
 	}

@@ -48,8 +48,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/nsplug/nsplug/internal/inproc"
 	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Env is what an in-process call (Call, CallJSON) gives the handler: the
@@ -104,7 +105,7 @@ var requestSeq atomic.Uint64
 // process and returns the handler's response decoded into Resp.
 //
 // It goes the way of the wire: req is encoded to JSON, the plugin's
-// server (sdk.NewServer, as sdk.Serve uses) looks the type up and decodes
+// server (the one sdk.Serve runs) looks the type up and decodes
 // the payload strictly into the handler's request type, the response is
 // JSON decoded strictly into Resp (an unknown field fails the test: Resp
 // should be the handler's response type, or json.RawMessage or
@@ -163,7 +164,7 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 	if len(env) == 1 {
 		e = env[0]
 	}
-	config := &sdk.PluginConfig{AllowedRoots: e.AllowedRoots, LogLevel: e.LogLevel, AllowHostChanges: e.AllowHostChanges}
+	config := &wire.PluginConfig{AllowedRoots: e.AllowedRoots, LogLevel: e.LogLevel, AllowHostChanges: e.AllowHostChanges}
 	if config.LogLevel == "" {
 		config.LogLevel = "trace"
 	}
@@ -178,8 +179,8 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 	if log == nil {
 		log = TestLogger(t, p.Name, config.LogLevel)
 	}
-	server, err := sdk.NewServer(p, config, log)
-	if _, bad := sdk.ParseOptionError(err); bad {
+	server, err := inproc.New(p, config, log)
+	if _, bad := wire.ParseOptionError(err); bad {
 		return nil, nil, sdk.Errorf(syscall.EINVAL, "%v", err)
 	}
 	if err != nil {
@@ -191,7 +192,7 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	req := &pluginpb.HandleRequest{Type: typ, Payload: []byte(payload), RequestId: e.RequestID, TargetPid: int32(e.TargetPID)}
+	req := &wire.HandleRequest{Type: typ, Payload: []byte(payload), RequestId: e.RequestID, TargetPid: int32(e.TargetPID)}
 	if req.RequestId == "" {
 		req.RequestId = fmt.Sprintf("sdktest-%d", requestSeq.Add(1))
 	}

@@ -2,7 +2,7 @@
 // (bench/bareplugin): go-plugin and gRPC with nothing of nsplug around
 // them — no namespaces, no sdk, no JSON. It measures go-plugin's own floor.
 //
-// It reuses nsplug's generated gRPC service (sdk/pluginpb) only so that the
+// It reuses nsplug's generated gRPC service (wire) only so that the
 // messages on the wire are the same shape as nsplug's; the handler reads
 // the file named by the payload and answers with its bytes.
 package bare
@@ -16,7 +16,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Handshake is shared by the bench (client) and the bare plugin binary.
@@ -33,39 +33,39 @@ const Key = "handler"
 // side leaves it nil.
 type Plugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	Impl pluginpb.HandlerServer
+	Impl wire.HandlerServer
 }
 
 // GRPCServer registers the handler service.
 func (p *Plugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pluginpb.RegisterHandlerServer(s, p.Impl)
+	wire.RegisterHandlerServer(s, p.Impl)
 	return nil
 }
 
-// GRPCClient returns a pluginpb.HandlerClient.
+// GRPCClient returns a wire.HandlerClient.
 func (p *Plugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (interface{}, error) {
-	return pluginpb.NewHandlerClient(c), nil
+	return wire.NewHandlerClient(c), nil
 }
 
 // Plugins is the plugin set of both sides.
-func Plugins(impl pluginpb.HandlerServer) plugin.PluginSet {
+func Plugins(impl wire.HandlerServer) plugin.PluginSet {
 	return plugin.PluginSet{Key: &Plugin{Impl: impl}}
 }
 
 // Server reads the file whose path is the request's payload.
 type Server struct {
-	pluginpb.UnimplementedHandlerServer
+	wire.UnimplementedHandlerServer
 }
 
-// Handle implements pluginpb.HandlerServer.
-func (Server) Handle(_ context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, error) {
+// Handle implements wire.HandlerServer.
+func (Server) Handle(_ context.Context, req *wire.HandleRequest) (*wire.HandleResponse, error) {
 	data, err := os.ReadFile(string(req.Payload))
 	if err != nil {
 		var errno syscall.Errno
 		if !errors.As(err, &errno) {
 			errno = syscall.EIO
 		}
-		return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(errno), Message: err.Error()}}, nil
+		return &wire.HandleResponse{Error: &wire.HandlerError{Errno: int32(errno), Message: err.Error()}}, nil
 	}
-	return &pluginpb.HandleResponse{Payload: data}, nil
+	return &wire.HandleResponse{Payload: data}, nil
 }

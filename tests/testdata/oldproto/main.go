@@ -1,5 +1,5 @@
 // Command oldproto is a test plugin that speaks another version of the
-// nsplug plugin protocol than this tree's sdk: a plugin built against an
+// nsplug plugin protocol (wire.ProtocolVersion) than this tree: a plugin built against an
 // older or newer sdk, as the core would meet it. The version is set at
 // build time:
 //
@@ -16,8 +16,10 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/nsplug/nsplug/internal/inproc"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/wire"
 )
 
 var protocolVersion = "2"
@@ -27,15 +29,15 @@ func main() {
 	if err != nil {
 		panic(err)
 	}
-	server, err := sdk.NewServer(&sdk.Plugin{Name: "oldproto"}, nil, nil)
+	server, err := inproc.New(&sdk.Plugin{Name: "oldproto"}, nil, nil)
 	if err != nil {
 		panic(err)
 	}
-	handshake := sdk.Handshake
+	handshake := wire.Handshake
 	handshake.ProtocolVersion = uint(v)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{v: {sdk.PluginKey: &sdk.GRPCPlugin{Impl: server}}},
+		VersionedPlugins: map[int]plugin.PluginSet{v: {wire.PluginKey: &wire.GRPCPlugin{Impl: server}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			if err := nsexec.EnterRoot(); err != nil {
 				os.Exit(1)

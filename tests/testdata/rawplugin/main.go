@@ -1,6 +1,7 @@
 // Command rawplugin is a test plugin written the way a plugin in another
 // language has to be: it implements the wire contract
-// (sdk/pluginpb/plugin.proto) with a plain gRPC server and does by hand
+// (wire/plugin.proto, specified in wire/README.md) with a plain gRPC
+// server and does by hand
 // what sdk.Serve and go-plugin's server do for a Go plugin: check the
 // magic cookie and the protocol versions, bind a unix socket by a
 // relative name in its cwd (the core's socket directory), leave that
@@ -28,7 +29,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/nsplug/nsplug/sdk/pluginpb"
+	"github.com/nsplug/nsplug/wire"
 )
 
 var controller = "yes"
@@ -55,7 +56,7 @@ func main() {
 	leave()
 
 	srv := grpc.NewServer()
-	pluginpb.RegisterHandlerServer(srv, handler{})
+	wire.RegisterHandlerServer(srv, handler{})
 	if controller == "yes" {
 		srv.RegisterService(&controllerService, struct{}{})
 	}
@@ -86,27 +87,27 @@ func logf(level, msg string, kv ...any) {
 }
 
 type handler struct {
-	pluginpb.UnimplementedHandlerServer
+	wire.UnimplementedHandlerServer
 }
 
-func (handler) Describe(context.Context, *pluginpb.DescribeRequest) (*pluginpb.DescribeResponse, error) {
-	return &pluginpb.DescribeResponse{Plugin: "raw", Types: []*pluginpb.MessageType{
+func (handler) Describe(context.Context, *wire.DescribeRequest) (*wire.DescribeResponse, error) {
+	return &wire.DescribeResponse{Plugin: "raw", Types: []*wire.MessageType{
 		{Name: "raw.fail", Version: 1, Description: "fail with ENOENT"},
 		{Name: "raw.whoami", Version: 1, Description: "report the hostname and pid the handler sees"},
 	}}, nil
 }
 
-func (handler) Handle(_ context.Context, req *pluginpb.HandleRequest) (*pluginpb.HandleResponse, error) {
+func (handler) Handle(_ context.Context, req *wire.HandleRequest) (*wire.HandleResponse, error) {
 	logf("info", "handling", "request_id", req.RequestId, "target_pid", req.TargetPid, "type", req.Type)
 	switch req.Type {
 	case "raw.whoami":
 		host, _ := os.Hostname()
 		out, _ := json.Marshal(map[string]any{"hostname": host, "pid": os.Getpid()})
-		return &pluginpb.HandleResponse{Payload: out}, nil
+		return &wire.HandleResponse{Payload: out}, nil
 	case "raw.fail":
-		return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(syscall.ENOENT), Message: "raw: asked to fail"}}, nil
+		return &wire.HandleResponse{Error: &wire.HandlerError{Errno: int32(syscall.ENOENT), Message: "raw: asked to fail"}}, nil
 	}
-	return &pluginpb.HandleResponse{Error: &pluginpb.Error{Errno: int32(syscall.EOPNOTSUPP), Message: "raw: unknown type " + req.Type}}, nil
+	return &wire.HandleResponse{Error: &wire.HandlerError{Errno: int32(syscall.EOPNOTSUPP), Message: "raw: unknown type " + req.Type}}, nil
 }
 
 // controllerService is go-plugin's plugin.GRPCController service

@@ -1,4 +1,4 @@
-package sdk
+package wire
 
 import (
 	"fmt"
@@ -32,7 +32,7 @@ func TestErrnoIsPrintedOnce(t *testing.T) {
 	if args[0] != inner {
 		t.Errorf("Errorf changed its caller's arguments")
 	}
-	if got := TooLarge("response", 70<<20).Error(); got != "response of 73400320 bytes exceeds the 64 MiB limit of one message (sdk.MaxMessageBytes); page large data (EIO)" {
+	if got := TooLarge("response", 70<<20).Error(); got != "response of 73400320 bytes exceeds the 64 MiB limit of one message (wire.MaxMessageBytes); page large data (EIO)" {
 		t.Errorf("%q", got)
 	}
 }

@@ -1,0 +1,126 @@
+// Package wire is the contract between the nsplug core and its plugins,
+// the one place both sides take it from: the control plane (plugin.proto,
+// the go-plugin handshake and versioned plugin sets), the frame channel
+// that carries every request of an sdk plugin (this file's codec), the
+// environment the core hands a plugin, and the limits and validators both
+// ends apply. README.md in this directory specifies it normatively, byte
+// by byte; nsexec/nsexec.h defines the bootstrap (descriptors, stages).
+//
+// The core (package core) and the sdk both import wire; neither imports
+// the other.
+package wire
+
+import (
+	"errors"
+)
+
+// Frame kinds (README.md, "Frame kinds").
+const (
+	FrameRequestPart  byte = 1
+	FrameRequest      byte = 2
+	FrameResponsePart byte = 3
+	FrameResponse     byte = 4
+	FrameCancel       byte = 5
+	FrameFiles        byte = 6
+)
+
+// MaxFrameBody is the largest body one frame carries; bigger messages are
+// split. It keeps every frame within a socket's default send buffer.
+const MaxFrameBody = 60 << 10
+
+// MaxRequestID is the longest request id: its length is one byte.
+const MaxRequestID = 255
+
+// MaxFrame is the largest frame, header included.
+const MaxFrame = 2 + MaxRequestID + MaxFrameBody
+
+// AppendFrame appends one frame to dst.
+func AppendFrame(dst []byte, kind byte, id string, body []byte) ([]byte, error) {
+	if len(id) > MaxRequestID {
+		return nil, errors.New("frame: request id longer than 255 bytes")
+	}
+	dst = append(dst, kind, byte(len(id)))
+	dst = append(dst, id...)
+	return append(dst, body...), nil
+}
+
+// ParseFrame splits a frame into its kind, request id and body.
+func ParseFrame(frame []byte) (kind byte, id string, body []byte, err error) {
+	if len(frame) < 2 || len(frame) < 2+int(frame[1]) {
+		return 0, "", nil, errors.New("frame: truncated")
+	}
+	n := int(frame[1])
+	return frame[0], string(frame[2 : 2+n]), frame[2+n:], nil
+}
+
+// Split cuts a message into frame bodies of at most MaxFrameBody bytes;
+// the last one is the final frame's (possibly empty).
+func Split(msg []byte) [][]byte {
+	var parts [][]byte
+	for len(msg) > MaxFrameBody {
+		parts = append(parts, msg[:MaxFrameBody])
+		msg = msg[MaxFrameBody:]
+	}
+	return append(parts, msg)
+}
+
+// partKind is the kind of the frames before a final frame of kind final:
+// only requests and responses are split.
+func partKind(final byte) byte {
+	switch final {
+	case FrameRequest:
+		return FrameRequestPart
+	case FrameResponse:
+		return FrameResponsePart
+	}
+	return 0
+}
+
+// Send sends message msg of request id as frames: part frames, then one
+// final frame of kind final (FrameRequest, FrameResponse, or a FrameCancel
+// or FrameFiles with no body), which alone carries oob (an SCM_RIGHTS
+// control message, or nil). write sends one frame, whole (SOCK_SEQPACKET).
+// Both ends send through it.
+func Send(write func(frame, oob []byte) error, final byte, id string, msg, oob []byte) error {
+	parts := Split(msg)
+	if len(parts) > 1 && partKind(final) == 0 {
+		return errors.New("frame: only requests and responses have a body")
+	}
+	frame := make([]byte, 0, 2+len(id)+len(parts[0]))
+	for i, p := range parts {
+		kind, rights := partKind(final), []byte(nil)
+		if i == len(parts)-1 {
+			kind, rights = final, oob
+		}
+		var err error
+		if frame, err = AppendFrame(frame[:0], kind, id, p); err != nil {
+			return err
+		}
+		if err := write(frame, rights); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Message collects the frame bodies of one message as they arrive. Past
+// MaxMessageBytes its bytes are only counted: the message is refused
+// whole, naming its size (TooLarge), rather than decoded from the parts
+// that fitted.
+type Message struct {
+	Body []byte // the bytes so far; nil once too large
+	Size int    // bytes received, kept or not
+}
+
+// Add appends one frame's body (a copy: the caller's buffer is reused).
+func (m *Message) Add(part []byte) {
+	m.Size += len(part)
+	if m.Size > MaxMessageBytes {
+		m.Body = nil
+	} else {
+		m.Body = append(m.Body, part...)
+	}
+}
+
+// TooLarge reports whether the message exceeds MaxMessageBytes.
+func (m *Message) TooLarge() bool { return m.Size > MaxMessageBytes }
