@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/internal/spawner"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/wire"
 )
@@ -120,7 +121,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,
 	// as CNI's ns package warns) may have moved.
-	onSpawnerThread(func() { d.selfNS, err = readNSSet("thread-self") })
+	spawner.Do(func() { d.selfNS, err = readNSSet("thread-self") })
 	if err != nil {
 		return nil, fmt.Errorf("reading the core's own namespaces: %w", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,31 +18,9 @@ import (
 	"github.com/hashicorp/go-plugin/runner"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/internal/spawner"
 	"github.com/nsplug/nsplug/nsexec"
 )
-
-// spawner forks every plugin process from one OS thread that never exits.
-// The parent-death signal fires when the parent *thread* exits, and the Go
-// runtime may retire threads: forking from an arbitrary goroutine would let
-// plugins die at random (golang/go#27505).
-var spawner = struct {
-	once sync.Once
-	reqs chan func()
-}{reqs: make(chan func())}
-
-func onSpawnerThread(fn func()) {
-	spawner.once.Do(func() {
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
-			for f := range spawner.reqs {
-				f()
-			}
-		}()
-	})
-	done := make(chan struct{})
-	spawner.reqs <- func() { fn(); close(done) }
-	<-done
-}
 
 // nsRunner is the go-plugin runner.Runner that starts a plugin executable
 // with an nsexec bootstrap, so that it runs inside the target's namespaces.
@@ -141,7 +118,7 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		frames.close()
 		return err
 	}
-	onSpawnerThread(func() { err = r.cmd.Start() })
+	err = spawner.Start(r.cmd) // see internal/spawner: pdeathsig is per thread
 	statusW.Close()
 	r.frames = frames
 	if err != nil {

@@ -45,7 +45,6 @@ import (
 	"os"
 	"os/exec"
 	"path"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +54,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/internal/spawner"
 	"github.com/nsplug/nsplug/nsexec"
 )
 
@@ -85,9 +85,8 @@ var ErrClosed = errors.New("sandbox: target closed")
 // "container-like" rootful target: every namespace this kernel supports
 // except "user", the default hostname, no extra mounts.
 type Options struct {
-	// Namespaces to create, by name: "user", "mnt", "pid", "net", "ipc",
-	// "uts", "cgroup", "time". nil means all of them except "user" that the
-	// running kernel supports (those present in /proc/self/ns); an explicit
+	// Namespaces to create, by name, as nsexec.Namespaces names them. nil
+	// means all of them except "user" that the running kernel supports (those present in /proc/self/ns); an explicit
 	// list is taken literally and fails if the kernel lacks one. A non-nil
 	// empty list creates no namespace at all.
 	//
@@ -484,11 +483,11 @@ func Start(opts Options) (*Sandbox, error) {
 	}
 
 	cmd := newCmd(!timeNSViaUnshare)
-	err = startOnForkerThread(cmd)
+	err = spawner.Start(cmd)
 	if err != nil && flags&unix.CLONE_NEWTIME != 0 && !timeNSViaUnshare && errors.Is(err, unix.ENOSYS) {
 		// No clone3 (old kernel or a seccomp filter): use the unshare way.
 		cmd = newCmd(false)
-		err = startOnForkerThread(cmd)
+		err = spawner.Start(cmd)
 	}
 	// The target has its own copies now; ours must go so that EOF works.
 	lifeR.Close()
@@ -615,33 +614,4 @@ func (s *Sandbox) Close() error {
 	s.lifeline.Close()
 	s.stderr.Close()
 	return errors.Join(errs...)
-}
-
-// The forker: PR_SET_PDEATHSIG fires when the *thread* that forked the child
-// exits, not the process. Go may retire threads (e.g. one whose goroutine
-// exited while locked), so every target is forked from one goroutine locked
-// to its OS thread for the life of the process.
-var forker struct {
-	once sync.Once
-	reqs chan forkReq
-}
-
-type forkReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startOnForkerThread(cmd *exec.Cmd) error {
-	forker.once.Do(func() {
-		forker.reqs = make(chan forkReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must not die
-			for r := range forker.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	forker.reqs <- forkReq{cmd: cmd, done: done}
-	return <-done
 }

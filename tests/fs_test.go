@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sandbox"
 )
 
@@ -29,7 +30,7 @@ import (
 
 // noUserNS is every namespace but "user": a request narrowed to these acts
 // with the core's credentials in the target's mount namespace.
-var noUserNS = []string{"mnt", "pid", "net", "ipc", "uts", "cgroup", "time"}
+var noUserNS = nsexec.NamespaceNames(nsexec.AllNamespaces &^ unix.CLONE_NEWUSER)
 
 // targetPython is the interpreter run inside container-like targets: they
 // share the host's root file system (not /root, which a rootless target's

@@ -18,10 +18,13 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sandbox"
 )
 
-var allNS = []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time"}
+// allNS is every namespace kind, as nsexec.Namespaces (the one list) has
+// them.
+var allNS = nsexec.NamespaceNames(nsexec.AllNamespaces)
 
 // newTarget starts a sandbox target and closes it with the test.
 func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {

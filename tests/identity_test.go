@@ -105,7 +105,7 @@ func TestPrepareRefusesAStaleIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := servingPID(t, d, "probe")
-	assertNamespaces(t, h, b.PID(), []string{"mnt", "pid", "net", "ipc", "uts", "cgroup", "time"})
+	assertNamespaces(t, h, b.PID(), noUserNS)
 	resp, err := d.Dispatch(context.Background(), core.Request{PID: b.PID(), StartTime: &stB, Type: "probe.whoami"})
 	var w whoami
 	if err == nil {
