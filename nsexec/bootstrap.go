@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/wire"
 )
 
 // The bootstrap contract with nsexec.c, taken from nsexec.h (its one
@@ -31,54 +33,22 @@ const (
 	EnvCwd = "_NSPLUG_NSEXEC_CWD"
 )
 
-// Namespace names a namespace kind as /proc/PID/ns does.
-type Namespace struct {
-	Name string
-	Flag uintptr // CLONE_NEW*
-}
+// The namespace kinds, as /proc/PID/ns names them, are the contract's
+// (wire.Namespaces, their one list): message types declare them, the
+// configuration names them, and the bootstrap joins them by flag.
+type Namespace = wire.Namespace
 
 // Namespaces lists every kind nsplug can join, in /proc/PID/ns naming.
-var Namespaces = []Namespace{
-	{"user", unix.CLONE_NEWUSER},
-	{"mnt", unix.CLONE_NEWNS},
-	{"pid", unix.CLONE_NEWPID},
-	{"net", unix.CLONE_NEWNET},
-	{"ipc", unix.CLONE_NEWIPC},
-	{"uts", unix.CLONE_NEWUTS},
-	{"cgroup", unix.CLONE_NEWCGROUP},
-	{"time", unix.CLONE_NEWTIME},
-}
+var Namespaces = wire.Namespaces
 
 // AllNamespaces has the flag of every kind in Namespaces.
-const AllNamespaces = unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
-	unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP | unix.CLONE_NEWTIME
+const AllNamespaces = wire.AllNamespaces
 
 // ParseNamespaces turns names ("net", "mnt", ...) into CLONE_NEW* flags.
-func ParseNamespaces(names []string) (uintptr, error) {
-	var flags uintptr
-next:
-	for _, n := range names {
-		for _, ns := range Namespaces {
-			if ns.Name == n {
-				flags |= ns.Flag
-				continue next
-			}
-		}
-		return 0, fmt.Errorf("unknown namespace %q (known: %s)", n, strings.Join(NamespaceNames(AllNamespaces), ","))
-	}
-	return flags, nil
-}
+func ParseNamespaces(names []string) (uintptr, error) { return wire.ParseNamespaces(names) }
 
 // NamespaceNames lists the names of the namespaces set in flags.
-func NamespaceNames(flags uintptr) []string {
-	var names []string
-	for _, ns := range Namespaces {
-		if flags&ns.Flag != 0 {
-			names = append(names, ns.Name)
-		}
-	}
-	return names
-}
+func NamespaceNames(flags uintptr) []string { return wire.NamespaceNames(flags) }
 
 // Bootstrap says what the constructor does in a new process.
 type Bootstrap struct {

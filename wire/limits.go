@@ -6,8 +6,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-
-	"github.com/nsplug/nsplug/nsexec"
 )
 
 // The limits and validators of the contract, defined here once: the core
@@ -59,7 +57,7 @@ func CheckTypeName(name string) error {
 
 // CheckMessageType validates what a plugin describes of a type: its name
 // (CheckTypeName) and the namespaces it declares it changes (changes,
-// may_change), which must be known (nsexec.Namespaces), listed once, and
+// may_change), which must be known (Namespaces), listed once, and
 // in only one of the two lists.
 func CheckMessageType(t *MessageType) error {
 	if err := CheckTypeName(t.Name); err != nil {
@@ -69,7 +67,7 @@ func CheckMessageType(t *MessageType) error {
 		what  string
 		names []string
 	}{{"changes", t.Changes}, {"may_change", t.MayChange}} {
-		if _, err := nsexec.ParseNamespaces(l.names); err != nil {
+		if _, err := ParseNamespaces(l.names); err != nil {
 			return fmt.Errorf("message type %s: %s: %w", t.Name, l.what, err)
 		}
 		for i, n := range l.names {
