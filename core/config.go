@@ -303,7 +303,7 @@ var (
 	cfgLogLevels   = []string{"trace", "debug", "info", "warn", "error"}
 	cfgModes       = []string{"pooled", "oneshot"}
 	cfgNamespaces  = []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time"}
-	cfgFreshMounts = []string{"proc", "sys"}
+	cfgFreshMounts = []string{"proc", "sys", "cgroup"}
 
 	cfgPluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 	cfgMsgTypeRE    = regexp.MustCompile(`^[a-z0-9_]+\.[a-z0-9_]+$`)

@@ -182,7 +182,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	}
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
-	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	hreq := &pluginpb.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID), TargetNsPid: int32(t.nsPID)}
 	if oneshot && e.frames {
 		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
 	}

@@ -25,6 +25,7 @@ type pluginEntry struct {
 	unshare      uintptr
 	freshProc    bool
 	freshSys     bool
+	freshCgroup  bool
 	frames       bool   // serves Handle on the frame channel (fast path)
 	pluginConfig []byte // sdk.PluginConfig as JSON
 	types        []TypeInfo
@@ -88,6 +89,8 @@ func (d *Dispatcher) setUp(cfg *Config, pc *PluginConfig, e *pluginEntry) error 
 			e.freshProc = true
 		case "sys":
 			e.freshSys = true
+		case "cgroup":
+			e.freshCgroup = true
 		}
 	}
 	opts, err := json.Marshal(pc.Options)
