@@ -347,3 +347,46 @@ func TestHandlerPanicStackIsLogged(t *testing.T) {
 	}
 }
 
+// Which log level wins in the CLI: --log-level when given, over the
+// configuration's log_level, for nsplug's lines and its plugins' alike;
+// absent, the file's log_level; neither, warn (a served call prints
+// nothing).
+func TestCLILogLevelPrecedence(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	pid := strconv.Itoa(target.PID())
+	debugConf := cliConfig(t, "log_level = \"debug\"\n")
+	warnConf := cliConfig(t, "log_level = \"warn\"\n")
+	for _, c := range []struct {
+		name        string
+		args        []string
+		debug       bool // nsplug's own debug lines
+		pluginDebug bool // the plugin's own debug lines (it logs at the level too)
+	}{
+		{"neither", []string{"--config", cliConfig(t, "")}, false, false},
+		{"no file", nil, false, false},
+		{"config only", []string{"--config", debugConf}, true, true},
+		{"flag over config", []string{"--config", debugConf, "--log-level", "error"}, false, false},
+		{"flag raises the config's", []string{"--config", warnConf, "--log-level", "debug"}, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append(append([]string{"call"}, c.args...), "--pid", pid, "procfs.read", `{"path":"/proc/sys/kernel/hostname"}`)
+			_, stderr, code := runCLI(t, args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var debug, pluginDebug bool
+			for _, l := range strings.Split(stderr, "\n") {
+				if strings.Contains(l, "[DEBUG]") {
+					debug = true
+					pluginDebug = pluginDebug || strings.Contains(l, "nsplug.procfs")
+				}
+			}
+			if debug != c.debug || pluginDebug != c.pluginDebug {
+				t.Errorf("debug lines %v (plugin's %v), want %v (%v):\n%s", debug, pluginDebug, c.debug, c.pluginDebug, stderr)
+			}
+			if !c.debug && stderr != "" {
+				t.Errorf("a served call at a level above debug printed:\n%s", stderr)
+			}
+		})
+	}
+}
