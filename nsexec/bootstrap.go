@@ -19,8 +19,9 @@ const (
 	StatusFD  = 5
 	FilesFD   = 6
 
-	freshProc = 1
-	freshSys  = 2
+	freshProc   = 1
+	freshSys    = 2
+	freshCgroup = 4
 )
 
 // Namespace names a namespace kind as /proc/PID/ns does.
@@ -80,8 +81,10 @@ type Bootstrap struct {
 	// is joined; -1 keeps the current ones.
 	UID, GID int
 	// FreshProc and FreshSys ask for detached procfs and sysfs mounts
-	// belonging to the target's pid and net namespaces.
-	FreshProc, FreshSys bool
+	// belonging to the target's pid and net namespaces; FreshCgroup for
+	// a detached cgroup2 mount whose root is the root of the target's
+	// cgroup namespace (made after joining it).
+	FreshProc, FreshSys, FreshCgroup bool
 	// Groups are the supplementary groups to take (nil: none, or the
 	// current ones where the user namespace denies setgroups).
 	Groups []uint32
@@ -118,7 +121,7 @@ func (b Bootstrap) Validate() error {
 // mount namespace forks too: the waiter is also the parent of the root
 // keeper (nsexec.c, stage 6).
 func (b Bootstrap) Forks() bool {
-	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME|unix.CLONE_NEWNS) != 0 || b.FreshProc || b.FreshSys
+	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME|unix.CLONE_NEWNS) != 0 || b.FreshProc || b.FreshSys || b.FreshCgroup
 }
 
 func (b Bootstrap) env() string {
@@ -128,6 +131,9 @@ func (b Bootstrap) env() string {
 	}
 	if b.FreshSys {
 		fresh |= freshSys
+	}
+	if b.FreshCgroup {
+		fresh |= freshCgroup
 	}
 	s := fmt.Sprintf("join=%#x,unshare=%#x,fresh=%d", b.Join, b.Unshare, fresh)
 	if b.UID >= 0 {

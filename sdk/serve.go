@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -29,10 +30,10 @@ type Plugin struct {
 	// Handlers serve one message type each (see Handle); a type may
 	// appear once.
 	Handlers []Handler
-	// FreshMounts are fresh mounts ("proc", "sys") every instance of the
-	// plugin needs, whatever the configuration says: a plugin that must
-	// read /proc of a target that may have none asks for "proc" here and
-	// finds it in Env.Proc.
+	// FreshMounts are fresh mounts ("proc", "sys", "cgroup") every
+	// instance of the plugin needs, whatever the configuration says: a
+	// plugin that must read /proc of a target that may have none asks for
+	// "proc" here and finds it in Env.Proc (Env.Sys, Env.Cgroup).
 	FreshMounts []string
 	// Configure checks the plugin's options (its [plugin.options] table
 	// as a JSON object; nil when there is none) and returns the value
@@ -87,8 +88,8 @@ func NewServer(p *Plugin, config *PluginConfig, log hclog.Logger) (*Server, erro
 		s.joined = append([]string{}, nsexec.NamespaceNames(s.fresh.Joined)...)
 	}
 	for _, m := range p.FreshMounts {
-		if m != "proc" && m != "sys" {
-			return nil, fmt.Errorf("sdk: plugin %s: fresh mount %q (want proc or sys)", p.Name, m)
+		if m != "proc" && m != "sys" && m != "cgroup" {
+			return nil, fmt.Errorf("sdk: plugin %s: fresh mount %q (want proc, sys or cgroup)", p.Name, m)
 		}
 	}
 	for _, h := range p.Handlers {
@@ -137,6 +138,10 @@ func (s *Server) Handle(ctx context.Context, req *pluginpb.HandleRequest) (*plug
 // plugin the nsexec preamble provides them.
 func (s *Server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
 
+// SetFreshCgroup sets what handlers see as Env.Cgroup, as SetFreshMounts
+// does for Env.Proc and Env.Sys.
+func (s *Server) SetFreshCgroup(cgroup *os.File) { s.fresh.Cgroup = cgroup }
+
 // SetJoined sets the namespaces handlers are told were joined
 // (Env.Joined), for a Server run outside a plugin process (a test): with
 // a non-nil list, a type that changes a namespace not in it is refused as
@@ -160,19 +165,24 @@ func (s *Server) handle(ctx context.Context, req *pluginpb.HandleRequest) (resp 
 		return errorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
 	}
 	env := &Env{
-		RequestID: req.RequestId,
-		Type:      req.Type,
-		TargetPID: int(req.TargetPid),
-		Log:       &requestLogger{Logger: s.log, req: req},
-		Proc:      s.fresh.Proc,
-		Sys:       s.fresh.Sys,
-		config:    s.config,
-		options:   s.options,
-		joined:    s.joined,
+		RequestID:   req.RequestId,
+		Type:        req.Type,
+		TargetPID:   int(req.TargetPid),
+		TargetNSPID: int(req.TargetNsPid),
+		Log:         &requestLogger{Logger: s.log, req: req},
+		Proc:        s.fresh.Proc,
+		Sys:         s.fresh.Sys,
+		Cgroup:      s.fresh.Cgroup,
+		config:      s.config,
+		options:     s.options,
+		joined:      s.joined,
 	}
 	defer func() {
 		if r := recover(); r != nil {
 			env.Log.Error("handler panicked", "panic", fmt.Sprint(r))
+			// Where: the goroutine's stack, the handler's frames in it,
+			// for an author who sets log_level = "debug".
+			env.Log.Debug("handler panic stack", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			closeAll(env.takeFiles())
 			resp, files = errorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
 		}

@@ -58,7 +58,7 @@ func runTests(m *testing.M) int {
 }
 
 func testBuiltins() []*sdk.Plugin {
-	return append(builtin.All(), probePlugin("probe"))
+	return append(builtin.All(), probePlugin("probe"), authorPlugin())
 }
 
 // envTestCore turns the test binary into a stand-alone core that serves one
