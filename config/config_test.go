@@ -476,7 +476,7 @@ func TestConfigValidation(t *testing.T) {
 		{"fresh mounts", tomlLines(
 			`[defaults]`,
 			`fresh_mounts = ["proc", "dev"]`,
-		), []string{`config.toml:2: key "defaults.fresh_mounts": unknown fresh mount "dev" (want "proc" or "sys")`}},
+		), []string{`config.toml:2: key "defaults.fresh_mounts": unknown fresh mount "dev" (want "proc", "sys" or "cgroup")`}},
 		{"unshare", tomlLines(
 			`[[plugin]]`,
 			`name = "a"`,

@@ -86,7 +86,7 @@ type Settings struct {
 	// under which requests may touch files. An empty list allows no path at
 	// all.
 	AllowedRoots []string `toml:"allowed_roots"`
-	// FreshMounts lists pseudo file systems, "proc" and/or "sys", of which
+	// FreshMounts lists pseudo file systems, "proc", "sys" and/or "cgroup", of which
 	// the handler is given a private, freshly mounted instance.
 	FreshMounts []string `toml:"fresh_mounts"`
 	// Unshare lists namespaces the handler unshares after joining the

@@ -18,7 +18,7 @@ import (
 var (
 	logLevels   = []string{"trace", "debug", "info", "warn", "error"}
 	modes       = []string{"pooled", "oneshot"}
-	freshMounts = []string{"proc", "sys"}
+	freshMounts = []string{"proc", "sys", "cgroup"}
 
 	pluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 	sha256RE     = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -199,7 +199,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	}
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)
-	hreq := &wire.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID)}
+	hreq := &wire.HandleRequest{Type: req.Type, Payload: payload, RequestId: id, TargetPid: int32(req.PID), TargetNsPid: int32(t.nsPID)}
 	// Refused here, before any instance is used, as the sdk refuses a
 	// response over the limit: sent, it would only be refused there. (The
 	// margin covers the id, the pid and the field headers.)

@@ -81,7 +81,7 @@ type spec struct {
 
 func (l launch) spec() (*spec, error) {
 	p := l.plugin
-	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys}
+	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys, FreshCgroup: p.freshCgroup}
 	owner := [2]int{-1, -1}
 	if l.describe {
 		boot = nsexec.Bootstrap{UID: -1, GID: -1, Root: describeRoot}
@@ -193,12 +193,13 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		if m := protocolMismatch.FindStringSubmatch(msg); m != nil {
 			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (wire.ProtocolVersion): rebuild it against a matching sdk, or serve that version too (%s)", m[1], wire.ProtocolVersion, msg)
 		}
-		msg = strings.ReplaceAll(msg, noHandshake, "it wrote no handshake line on stdout")
 		if nr != nil {
 			if s := nr.startError(); s != "" {
 				msg = s
-			} else if status, exited := nr.exitedWithin(100 * time.Millisecond); exited && status != nil {
-				msg = fmt.Sprintf("it exited (%v): %s", status, msg)
+			} else if status, exited := nr.exitedWithin(100 * time.Millisecond); exited {
+				msg = handshakeError(msg, p.settings.StartTimeout.Duration, status, true)
+			} else {
+				msg = handshakeError(msg, p.settings.StartTimeout.Duration, nil, false)
 			}
 		}
 		// One line: the error is the account of the failure (and what
@@ -251,9 +252,47 @@ func (l *clientLog) Info(msg string, args ...any)  { l.Log(hclog.Info, msg, args
 func (l *clientLog) Warn(msg string, args ...any)  { l.Log(hclog.Warn, msg, args...) }
 func (l *clientLog) Error(msg string, args ...any) { l.Log(hclog.Error, msg, args...) }
 
-// noHandshake is how go-plugin says a plugin's stdout ended before the
-// handshake line.
-const noHandshake = "Unrecognized remote plugin message: \nFailed to read any lines from plugin's stdout"
+// go-plugin's words for a plugin whose first line on stdout is not a
+// handshake line (the line follows), for one whose stdout ended or that
+// exited before it wrote one, and for one that wrote none in time.
+const (
+	unrecognizedLine = "Unrecognized remote plugin message: "
+	exitedEarly      = "plugin exited before we could connect"
+	startTimedOut    = "timeout while waiting for plugin to start"
+)
+
+// handshakeError says what a plugin did wrong when go-plugin found no
+// handshake line: a plugin that never called sdk.Serve, or printed on
+// stdout before it, gets go-plugin's "Unrecognized remote plugin
+// message", which names neither. status is how the process exited, when
+// it did.
+func handshakeError(msg string, timeout time.Duration, status error, exited bool) string {
+	how := "it exited (exit status 0)"
+	if status != nil {
+		how = fmt.Sprintf("it exited (%v)", status)
+	}
+	switch {
+	case strings.HasPrefix(msg, unrecognizedLine):
+		line, _, _ := strings.Cut(msg[len(unrecognizedLine):], "\n")
+		if line != "" {
+			if len(line) > 80 {
+				line = line[:80] + "..."
+			}
+			return fmt.Sprintf("it printed %q on stdout before its handshake line: a plugin must call sdk.Serve and print nothing on stdout before it", line)
+		}
+		if !exited {
+			return "it closed its stdout before its handshake line (did main call sdk.Serve?)"
+		}
+		return how + " before its handshake line (did main call sdk.Serve?)"
+	case msg == exitedEarly:
+		return how + " before its handshake line (did main call sdk.Serve?)"
+	case msg == startTimedOut && !exited:
+		return fmt.Sprintf("it wrote no handshake line on stdout within its start_timeout of %v (does main call sdk.Serve?)", timeout)
+	case exited && status != nil:
+		return fmt.Sprintf("%s: %s", how, msg)
+	}
+	return msg
+}
 
 // protocolMismatch matches go-plugin's error for a plugin that offers no
 // protocol version the core speaks.

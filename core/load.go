@@ -52,6 +52,7 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 	for _, m := range served.FreshMounts {
 		e.freshProc = e.freshProc || m == "proc"
 		e.freshSys = e.freshSys || m == "sys"
+		e.freshCgroup = e.freshCgroup || m == "cgroup"
 	}
 	return l.d.register(e, pc.Types, served.Types)
 }

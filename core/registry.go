@@ -25,6 +25,7 @@ type pluginEntry struct {
 	unshare      uintptr
 	freshProc    bool
 	freshSys     bool
+	freshCgroup  bool
 	frames       bool   // serves Handle on the frame channel (fast path)
 	pluginConfig []byte // wire.PluginConfig as JSON
 	types        []TypeInfo
@@ -82,6 +83,8 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 			e.freshProc = true
 		case "sys":
 			e.freshSys = true
+		case "cgroup":
+			e.freshCgroup = true
 		}
 	}
 	opts, err := json.Marshal(pc.Options)

@@ -46,6 +46,7 @@ type target struct {
 	pid       int
 	pidfd     *os.File
 	startTime uint64 // of the process the pidfd pins (see StartTime)
+	nsPID     int    // its pid in its own pid namespace (NSpid), 0 if unknown
 	ns        nsSet
 	readAt    time.Time
 	refs      atomic.Int32 // the cache's reference and each request's
@@ -70,6 +71,9 @@ func pinTarget(pid int) (*target, error) {
 	t.startTime, err = readStartTime(pid)
 	if err == nil {
 		t.ns, err = readNSSet(strconv.Itoa(pid))
+	}
+	if err == nil {
+		t.nsPID, err = readNSPID(pid)
 	}
 	// Only now is it known that /proc/PID above was this process: had it
 	// died and its PID been reused meanwhile, the pidfd would say so.
@@ -116,6 +120,33 @@ func readStartTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("%s: %v", path, err)
 	}
 	return st, nil
+}
+
+// readNSPID is pid's number in its own pid namespace: the last field of
+// the NSpid line of /proc/PID/status, which lists the process's pid in
+// every pid namespace from that of our /proc down to its own. A handler
+// that joined the target's pid namespace knows the target by it
+// (sdk.Env.TargetNSPID).
+func readNSPID(pid int) (int, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/status"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			n, err := strconv.Atoi(f[len(f)-1])
+			if err != nil || n <= 0 {
+				return 0, fmt.Errorf("%s: bad NSpid line %q", path, line)
+			}
+			return n, nil
+		}
+	}
+	return 0, nil // a kernel before 4.1: unknown
 }
 
 // parseStartTime reads field 22 of a /proc/PID/stat line. Field 2, the

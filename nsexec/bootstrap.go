@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/wire"
+	"github.com/nsplug/nsplug/wire/ns"
 )
 
 // The bootstrap contract with nsexec.c, taken from nsexec.h (its one
@@ -22,8 +22,9 @@ const (
 	StatusFD  = C.NSEXEC_STATUS_FD  // the status pipe: one line on failure
 	FramesFD  = C.NSEXEC_FRAMES_FD  // the frame channel (wire/README.md)
 
-	freshProc = C.NSEXEC_FRESH_PROC
-	freshSys  = C.NSEXEC_FRESH_SYS
+	freshProc   = C.NSEXEC_FRESH_PROC
+	freshSys    = C.NSEXEC_FRESH_SYS
+	freshCgroup = C.NSEXEC_FRESH_CGROUP
 
 	EnvName = C.NSEXEC_ENV      // the bootstrap itself
 	EnvRoot = C.NSEXEC_ROOT_ENV // the root to chroot to before the uid changes
@@ -34,21 +35,21 @@ const (
 )
 
 // The namespace kinds, as /proc/PID/ns names them, are the contract's
-// (wire.Namespaces, their one list): message types declare them, the
+// (package wire/ns, their one list): message types declare them, the
 // configuration names them, and the bootstrap joins them by flag.
-type Namespace = wire.Namespace
+type Namespace = ns.Namespace
 
 // Namespaces lists every kind nsplug can join, in /proc/PID/ns naming.
-var Namespaces = wire.Namespaces
+var Namespaces = ns.Namespaces
 
 // AllNamespaces has the flag of every kind in Namespaces.
-const AllNamespaces = wire.AllNamespaces
+const AllNamespaces = ns.AllNamespaces
 
 // ParseNamespaces turns names ("net", "mnt", ...) into CLONE_NEW* flags.
-func ParseNamespaces(names []string) (uintptr, error) { return wire.ParseNamespaces(names) }
+func ParseNamespaces(names []string) (uintptr, error) { return ns.ParseNamespaces(names) }
 
 // NamespaceNames lists the names of the namespaces set in flags.
-func NamespaceNames(flags uintptr) []string { return wire.NamespaceNames(flags) }
+func NamespaceNames(flags uintptr) []string { return ns.NamespaceNames(flags) }
 
 // Bootstrap says what the constructor does in a new process.
 type Bootstrap struct {
@@ -58,8 +59,10 @@ type Bootstrap struct {
 	// is joined; -1 keeps the current ones.
 	UID, GID int
 	// FreshProc and FreshSys ask for detached procfs and sysfs mounts
-	// belonging to the target's pid and net namespaces.
-	FreshProc, FreshSys bool
+	// belonging to the target's pid and net namespaces; FreshCgroup for
+	// a detached cgroup2 mount whose root is the root of the target's
+	// cgroup namespace (made after joining it).
+	FreshProc, FreshSys, FreshCgroup bool
 	// Groups are the supplementary groups to take (nil: none, or the
 	// current ones where the user namespace denies setgroups).
 	Groups []uint32
@@ -96,7 +99,7 @@ func (b Bootstrap) Validate() error {
 // mount namespace forks too: the waiter is also the parent of the root
 // keeper (nsexec.c, stage 6).
 func (b Bootstrap) Forks() bool {
-	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME|unix.CLONE_NEWNS) != 0 || b.FreshProc || b.FreshSys
+	return b.Join&(unix.CLONE_NEWPID|unix.CLONE_NEWTIME|unix.CLONE_NEWNS) != 0 || b.FreshProc || b.FreshSys || b.FreshCgroup
 }
 
 func (b Bootstrap) env() string {
@@ -106,6 +109,9 @@ func (b Bootstrap) env() string {
 	}
 	if b.FreshSys {
 		fresh |= freshSys
+	}
+	if b.FreshCgroup {
+		fresh |= freshCgroup
 	}
 	s := fmt.Sprintf("join=%#x,unshare=%#x,fresh=%d", b.Join, b.Unshare, fresh)
 	if b.UID >= 0 {

@@ -28,9 +28,16 @@
  *      stage 6 needs a parent outside the target. The parent stays a
  *      small waiter that forwards signals and mirrors the child's exit, so
  *      the core keeps managing one process.
- *   4. (child) create detached procfs/sysfs mounts with the new mount API:
- *      still in the host mount namespace, so nothing is attached anywhere
- *      the target could see and no directory is created in its filesystem
+ *   4. (child) create detached procfs/sysfs/cgroup2 mounts with the new
+ *      mount API: still in the host mount namespace, so nothing is attached
+ *      anywhere the target could see and no directory is created in its
+ *      filesystem. It comes after stage 2 and 3 because what a mount shows
+ *      is fixed when it is made: procfs the pid namespace of the process
+ *      that makes it (the child's: the joined one), sysfs the network
+ *      namespace, cgroup2 the cgroup namespace, whose root becomes the
+ *      mount's root (the target's cgroup, not the host's whole tree);
+ *      and before stage 5, while still host root: as root of a rootless
+ *      target's user namespace the kernel could refuse them
  *   5. join mnt (resets root and cwd to the target's), then user, and
  *      unshare what was asked (a mount namespace unshared is made a slave
  *      of the target's, so nothing mounted in it propagates out), all
@@ -91,6 +98,7 @@ int nsexec_active;
 unsigned long nsexec_joined;
 int nsexec_proc_fd = -1;
 int nsexec_sys_fd = -1;
+int nsexec_cgroup_fd = -1;
 /* Our end of the socketpair to the root keeper (park_root). */
 static int keeper_fd = -1;
 
@@ -202,21 +210,31 @@ static void join(unsigned long flags, const char *stage)
 		fail(stage, errno);
 }
 
-/* fresh_mount makes a detached mount of fstype (procfs or sysfs) and
- * returns its fd. Nothing is attached to any directory. */
+/* fresh_mount makes a detached mount of fstype (proc, sysfs or cgroup2)
+ * and returns its fd. Nothing is attached to any directory. What it shows
+ * is fixed by the namespaces the process is in when it calls fsopen: the
+ * pid namespace of the caller (procfs), its network namespace (sysfs), its
+ * cgroup namespace, whose root becomes the mount's root (cgroup2). */
 static int fresh_mount(const char *fstype)
 {
+	char stage[64];
 	int fsfd, mfd;
 
 	fsfd = (int)syscall(SYS_fsopen, fstype, FSOPEN_CLOEXEC);
-	if (fsfd < 0)
-		fail(fstype[0] == 'p' ? "fsopen(proc)" : "fsopen(sysfs)", errno);
-	if (syscall(SYS_fsconfig, fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-		fail(fstype[0] == 'p' ? "fsconfig(proc)" : "fsconfig(sysfs)", errno);
+	if (fsfd < 0) {
+		snprintf(stage, sizeof(stage), "fsopen(%s)", fstype);
+		fail(stage, errno);
+	}
+	if (syscall(SYS_fsconfig, fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+		snprintf(stage, sizeof(stage), "fsconfig(%s)", fstype);
+		fail(stage, errno);
+	}
 	mfd = (int)syscall(SYS_fsmount, fsfd, FSMOUNT_CLOEXEC,
 			   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
-	if (mfd < 0)
-		fail(fstype[0] == 'p' ? "fsmount(proc)" : "fsmount(sysfs)", errno);
+	if (mfd < 0) {
+		snprintf(stage, sizeof(stage), "fsmount(%s)", fstype);
+		fail(stage, errno);
+	}
 	close(fsfd);
 	return mfd;
 }
@@ -447,6 +465,8 @@ __attribute__((constructor)) static void nsexec(void)
 		nsexec_proc_fd = fresh_mount("proc");
 	if (b.fresh & NSEXEC_FRESH_SYS)
 		nsexec_sys_fd = fresh_mount("sysfs");
+	if (b.fresh & NSEXEC_FRESH_CGROUP)
+		nsexec_cgroup_fd = fresh_mount("cgroup2");
 
 	/* Stage 5 */
 	join(b.join & CLONE_NEWNS, "setns(pidfd, mnt)");

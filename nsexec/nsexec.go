@@ -19,6 +19,7 @@ static int active(void) { return nsexec_active; }
 static unsigned long joined(void) { return nsexec_joined; }
 static int proc_fd(void) { return nsexec_proc_fd; }
 static int sys_fd(void) { return nsexec_sys_fd; }
+static int cgroup_fd(void) { return nsexec_cgroup_fd; }
 */
 import "C"
 
@@ -44,6 +45,9 @@ type State struct {
 	// this process (nil when not asked for). Resolve paths beneath them
 	// with openat; they belong to the target's pid and network namespaces.
 	Proc, Sys *os.File
+	// Cgroup is a detached fresh cgroup2 mount rooted at the root of the
+	// target's cgroup namespace (nil when not asked for).
+	Cgroup *os.File
 	// Cwd is where the process is to work once it has bound its socket
 	// (the credentials' cwd); "/" by default.
 	Cwd string
@@ -73,6 +77,9 @@ func init() {
 	}
 	if fd := int(C.sys_fd()); fd >= 0 {
 		self.Sys = os.NewFile(uintptr(fd), "fresh-sysfs")
+	}
+	if fd := int(C.cgroup_fd()); fd >= 0 {
+		self.Cgroup = os.NewFile(uintptr(fd), "fresh-cgroup2")
 	}
 	self.Cwd = "/"
 	if cwd := os.Getenv(EnvCwd); cwd != "" {

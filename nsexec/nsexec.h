@@ -21,6 +21,7 @@
 
 #define NSEXEC_FRESH_PROC 1
 #define NSEXEC_FRESH_SYS 2
+#define NSEXEC_FRESH_CGROUP 4
 
 /* The most supplementary groups a bootstrap carries. */
 #define NSEXEC_MAX_GROUPS 64
@@ -29,6 +30,7 @@ extern int nsexec_active;
 extern unsigned long nsexec_joined;
 extern int nsexec_proc_fd;
 extern int nsexec_sys_fd;
+extern int nsexec_cgroup_fd;
 
 /* Moves the process's root from the socket directory, where the constructor
  * parked it, into the target's filesystem (its root, or the credentials'

@@ -2,6 +2,9 @@ package sdk
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -26,6 +29,13 @@ type Env struct {
 	// TargetPID is the target's pid as the core sees it (in the host's
 	// pid namespace, not the target's): for logs and messages.
 	TargetPID int
+	// TargetNSPID is the target's pid as its own pid namespace numbers it
+	// (1 for a container's init): the pid to use in a handler that joined
+	// the target's pid namespace, in a fresh procfs (Proc) or in
+	// cgroup.procs. The core reads it from the NSpid line of
+	// /proc/PID/status when it pins the target; 0 when unknown. When the
+	// target shares the core's pid namespace it equals TargetPID.
+	TargetNSPID int
 	// Log writes to the core's log, under the plugin's name, with the
 	// request id and target pid attached.
 	Log hclog.Logger
@@ -36,6 +46,13 @@ type Env struct {
 	// them (openat2 with RESOLVE_BENEATH); never open /proc or /sys
 	// paths of the target's filesystem, which may be missing or forged.
 	Proc, Sys *os.File
+	// Cgroup is a fresh cgroup2 mount (fresh_mounts = ["cgroup"]),
+	// detached, whose root is the root of the target's cgroup namespace:
+	// the target's own cgroup tree, as the target sees it at
+	// /sys/fs/cgroup, which a fresh sysfs leaves empty. Made after the
+	// target's cgroup namespace was joined; when the target shares the
+	// core's, its root is the core's cgroup namespace root. Nil otherwise.
+	Cgroup *os.File
 
 	config *wire.PluginConfig
 	joined []string // nil outside a core
@@ -168,8 +185,9 @@ func CheckPathSyntax(p string) error { return wire.CheckPathSyntax(p) }
 // root it lies in (RESOLVE_IN_ROOT: no symbolic link can lead out of it)
 // and without following /proc magic links (RESOLVE_NO_MAGICLINKS), which
 // matters when the handler is more privileged than the target's root.
-// Paths under /proc and /sys resolve beneath the fresh mounts when the
-// plugin has them. flags are open(2) flags; O_CLOEXEC is added.
+// Paths under /proc, /sys and /sys/fs/cgroup resolve beneath the fresh
+// mounts when the plugin has them. flags are open(2) flags; O_CLOEXEC is
+// added.
 func (e *Env) Open(path string, flags int) (*os.File, error) {
 	path, err := e.CheckPath(path)
 	if err != nil {
@@ -179,7 +197,7 @@ func (e *Env) Open(path string, flags int) (*os.File, error) {
 	for _, m := range []struct {
 		prefix string
 		mount  *os.File
-	}{{"/proc", e.Proc}, {"/sys", e.Sys}} {
+	}{{"/proc", e.Proc}, {"/sys", e.Sys}, {"/sys/fs/cgroup", e.Cgroup}} { // the longest prefix last
 		if m.mount != nil && (path == m.prefix || strings.HasPrefix(path, m.prefix+"/")) {
 			root, rootPath = int(m.mount.Fd()), m.prefix
 		}
@@ -237,3 +255,101 @@ var rootFD = sync.OnceValues(func() (int, error) {
 
 // processRoot is an O_PATH descriptor of "/", opened once.
 func processRoot() (int, error) { return rootFD() }
+
+// ReadFile reads the whole file a request names, as the target sees it,
+// bounded and without blocking: the read every handler of a target's file
+// needs. The path is checked and resolved as Open resolves it (allowed
+// roots, RESOLVE_IN_ROOT, no magic links, the fresh mounts under /proc,
+// /sys and /sys/fs/cgroup). The file is looked at (O_PATH) before it is
+// opened, so a FIFO or device planted there is never opened, and what is
+// then opened (O_NONBLOCK, O_NOCTTY) is checked again. Errors:
+//
+//   - EISDIR for a directory, EINVAL for anything else that is not a
+//     regular file (FIFO, socket, device), naming the path and its type;
+//   - EFBIG when the file holds more than max bytes, naming the limit
+//     (procfs and sysfs files say they are empty: they are read up to
+//     max+1 bytes to know);
+//   - ELOOP for a /proc magic link or a symbolic link loop, and the
+//     errno of a failed open or read otherwise;
+//   - EINVAL for a max that is not positive.
+func (e *Env) ReadFile(path string, max int64) ([]byte, error) {
+	if max <= 0 {
+		return nil, Errorf(syscall.EINVAL, "ReadFile %s: limit %d is not positive", path, max)
+	}
+	probe, err := e.Open(path, unix.O_PATH)
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	err = checkRegular(probe, path, max)
+	probe.Close()
+	if err != nil {
+		return nil, err
+	}
+	f, err := e.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	defer f.Close()
+	// It may have been swapped since it was looked at.
+	if err := checkRegular(f, path, max); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, Errorf(AsError(err).Errno, "reading %s: %v", path, err)
+	}
+	if int64(len(data)) > max {
+		return nil, Errorf(syscall.EFBIG, "%s is larger than the %d-byte limit", path, max)
+	}
+	return data, nil
+}
+
+// checkRegular refuses what ReadFile must not read.
+func checkRegular(f *os.File, path string, max int64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Errorf(AsError(err).Errno, "stat %s: %v", path, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if st.Size > max {
+			return Errorf(syscall.EFBIG, "%s is %d bytes, larger than the %d-byte limit", path, st.Size, max)
+		}
+		return nil
+	case unix.S_IFDIR:
+		return Errorf(syscall.EISDIR, "%s is a directory, not a regular file", path)
+	}
+	return Errorf(syscall.EINVAL, "%s is not a regular file (%s)", path, fileType(st.Mode))
+}
+
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	}
+	return fmt.Sprintf("mode %#o", mode&unix.S_IFMT)
+}
+
+// openError keeps the errno of a failed open and names the path; an
+// *Error (a path CheckPath refused) passes unchanged.
+func openError(path string, err error) error {
+	var se *Error
+	if errors.As(err, &se) {
+		return se
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	msg := fmt.Sprintf("opening %s: %v", path, err)
+	if errors.Is(err, syscall.ELOOP) {
+		msg += " (a symbolic link loop, or a /proc magic link, which is never followed)"
+	}
+	return Errorf(AsError(err).Errno, "%s", msg)
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -30,10 +31,10 @@ type Plugin struct {
 	// Handlers serve one message type each (see Handle); a type may
 	// appear once.
 	Handlers []Handler
-	// FreshMounts are fresh mounts ("proc", "sys") every instance of the
-	// plugin needs, whatever the configuration says: a plugin that must
-	// read /proc of a target that may have none asks for "proc" here and
-	// finds it in Env.Proc.
+	// FreshMounts are fresh mounts ("proc", "sys", "cgroup") every
+	// instance of the plugin needs, whatever the configuration says: a
+	// plugin that must read /proc of a target that may have none asks for
+	// "proc" here and finds it in Env.Proc (Env.Sys, Env.Cgroup).
 	FreshMounts []string
 	// Configure checks the plugin's options (its [plugin.options] table
 	// as a JSON object; nil when there is none) and returns the value
@@ -95,8 +96,8 @@ func newServer(p *Plugin, config *wire.PluginConfig, log hclog.Logger) (*server,
 		s.joined = append([]string{}, nsexec.NamespaceNames(s.fresh.Joined)...)
 	}
 	for _, m := range p.FreshMounts {
-		if m != "proc" && m != "sys" {
-			return nil, fmt.Errorf("sdk: plugin %s: fresh mount %q (want proc or sys)", p.Name, m)
+		if m != "proc" && m != "sys" && m != "cgroup" {
+			return nil, fmt.Errorf("sdk: plugin %s: fresh mount %q (want proc, sys or cgroup)", p.Name, m)
 		}
 	}
 	for _, h := range p.Handlers {
@@ -143,6 +144,9 @@ func (s *server) Handle(ctx context.Context, req *wire.HandleRequest) (*wire.Han
 // SetFreshMounts implements inproc.Server.
 func (s *server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
 
+// SetFreshCgroup implements inproc.Server.
+func (s *server) SetFreshCgroup(cgroup *os.File) { s.fresh.Cgroup = cgroup }
+
 // SetJoined implements inproc.Server.
 func (s *server) SetJoined(names []string) { s.joined = slices.Clone(names) }
 
@@ -159,19 +163,24 @@ func (s *server) handle(ctx context.Context, req *wire.HandleRequest) (resp *wir
 		return wire.ErrorResponse(Errorf(syscall.EOPNOTSUPP, "plugin %s does not serve message type %q", s.name, req.Type)), nil
 	}
 	env := &Env{
-		RequestID: req.RequestId,
-		Type:      req.Type,
-		TargetPID: int(req.TargetPid),
-		Log:       &requestLogger{Logger: s.log, req: req},
-		Proc:      s.fresh.Proc,
-		Sys:       s.fresh.Sys,
-		config:    s.config,
-		options:   s.options,
-		joined:    s.joined,
+		RequestID:   req.RequestId,
+		Type:        req.Type,
+		TargetPID:   int(req.TargetPid),
+		TargetNSPID: int(req.TargetNsPid),
+		Log:         &requestLogger{Logger: s.log, req: req},
+		Proc:        s.fresh.Proc,
+		Sys:         s.fresh.Sys,
+		Cgroup:      s.fresh.Cgroup,
+		config:      s.config,
+		options:     s.options,
+		joined:      s.joined,
 	}
 	defer func() {
 		if r := recover(); r != nil {
 			env.Log.Error("handler panicked", "panic", fmt.Sprint(r))
+			// Where: the goroutine's stack, the handler's frames in it,
+			// for an author who sets log_level = "debug".
+			env.Log.Debug("handler panic stack", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			closeAll(env.takeFiles())
 			resp, files = wire.ErrorResponse(Errorf(syscall.EIO, "%s: handler panicked: %v", req.Type, r)), nil
 		}

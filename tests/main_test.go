@@ -60,7 +60,7 @@ func runTests(m *testing.M) int {
 
 // testPlugins are the plugins this test binary serves as built-ins.
 func testPlugins() []*sdk.Plugin {
-	return append(builtin.Plugins(), probePlugin("probe"))
+	return append(builtin.Plugins(), probePlugin("probe"), authorPlugin())
 }
 
 func testBuiltins() []core.Builtin { return builtin.Of(testPlugins()...) }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/nsplug/nsplug/wire/ns"
 )
 
 // The limits and validators of the contract, defined here once: the core
@@ -57,7 +59,7 @@ func CheckTypeName(name string) error {
 
 // CheckMessageType validates what a plugin describes of a type: its name
 // (CheckTypeName) and the namespaces it declares it changes (changes,
-// may_change), which must be known (Namespaces), listed once, and
+// may_change), which must be known (ns.Namespaces), listed once, and
 // in only one of the two lists.
 func CheckMessageType(t *MessageType) error {
 	if err := CheckTypeName(t.Name); err != nil {
@@ -67,7 +69,7 @@ func CheckMessageType(t *MessageType) error {
 		what  string
 		names []string
 	}{{"changes", t.Changes}, {"may_change", t.MayChange}} {
-		if _, err := ParseNamespaces(l.names); err != nil {
+		if _, err := ns.ParseNamespaces(l.names); err != nil {
 			return fmt.Errorf("message type %s: %s: %w", t.Name, l.what, err)
 		}
 		for i, n := range l.names {

@@ -74,7 +74,7 @@ type DescribeResponse struct {
 	// The plugin's own name for itself (informational).
 	Plugin string         `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
 	Types  []*MessageType `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
-	// Fresh mounts ("proc", "sys") the plugin needs in every instance, on
+	// Fresh mounts ("proc", "sys", "cgroup") the plugin needs in every instance, on
 	// top of those the configuration asks for (see sdk.Plugin.FreshMounts).
 	FreshMounts []string `protobuf:"bytes,3,rep,name=fresh_mounts,json=freshMounts,proto3" json:"fresh_mounts,omitempty"`
 	// The plugin serves Handle on the frame channel too (see README.md, "The frame channel"); the
@@ -239,7 +239,11 @@ type HandleRequest struct {
 	// Set by the core, for logs.
 	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// The target's pid as the core sees it, for logs.
-	TargetPid     int32 `protobuf:"varint,4,opt,name=target_pid,json=targetPid,proto3" json:"target_pid,omitempty"`
+	TargetPid int32 `protobuf:"varint,4,opt,name=target_pid,json=targetPid,proto3" json:"target_pid,omitempty"`
+	// The target's pid as its own pid namespace numbers it (the last field
+	// of NSpid in /proc/PID/status, read when the core pinned the target):
+	// 1 for the init of a container. 0 when unknown.
+	TargetNsPid   int32 `protobuf:"varint,5,opt,name=target_ns_pid,json=targetNsPid,proto3" json:"target_ns_pid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +302,13 @@ func (x *HandleRequest) GetRequestId() string {
 func (x *HandleRequest) GetTargetPid() int32 {
 	if x != nil {
 		return x.TargetPid
+	}
+	return 0
+}
+
+func (x *HandleRequest) GetTargetNsPid() int32 {
+	if x != nil {
+		return x.TargetNsPid
 	}
 	return 0
 }
@@ -447,14 +458,15 @@ const file_plugin_proto_rawDesc = "" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x18\n" +
 	"\achanges\x18\x04 \x03(\tR\achanges\x12\x1d\n" +
 	"\n" +
-	"may_change\x18\x05 \x03(\tR\tmayChange\"{\n" +
+	"may_change\x18\x05 \x03(\tR\tmayChange\"\x9f\x01\n" +
 	"\rHandleRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12\x1d\n" +
 	"\n" +
-	"target_pid\x18\x04 \x01(\x05R\ttargetPid\"\x95\x01\n" +
+	"target_pid\x18\x04 \x01(\x05R\ttargetPid\x12\"\n" +
+	"\rtarget_ns_pid\x18\x05 \x01(\x05R\vtargetNsPid\"\x95\x01\n" +
 	"\x0eHandleResponse\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\x124\n" +
 	"\x05error\x18\x02 \x01(\v2\x1e.nsplug.plugin.v1.HandlerErrorR\x05error\x12\x14\n" +

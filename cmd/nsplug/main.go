@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
@@ -60,7 +61,10 @@ Usage:
         Start a sandbox target in fresh namespaces and show a tour of requests.
 
 Without --config, the embedded default configuration serves the built-in
-plugins. --log-level (default warn) sets what reaches stderr.
+plugins. --log-level sets what reaches stderr, from nsplug and from its
+plugins alike: given, it overrides the configuration's log_level; absent,
+the configuration file's log_level applies, and without one, warn (so that
+a failed request prints one line).
 `
 
 func main() {
@@ -139,7 +143,19 @@ type commonFlags struct {
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.config, "config", "", "TOML configuration `file` (default: the embedded one)")
-	fs.StringVar(&c.logLevel, "log-level", "warn", "log `level` on stderr: trace, debug, info, warn, error")
+	fs.StringVar(&c.logLevel, "log-level", "", "log `level` on stderr: trace, debug, info, warn, error, off (overrides the config's log_level; default: its log_level, else warn)")
+}
+
+// configLogLevel is the log_level a configuration file sets itself, ""
+// when it sets none (the embedded default's "info" is for embedders).
+func configLogLevel(path string) string {
+	var f struct {
+		LogLevel string `toml:"log_level"`
+	}
+	if _, err := toml.DecodeFile(path, &f); err != nil {
+		return "" // LoadConfig has reported what is wrong with it
+	}
+	return f.LogLevel
 }
 
 // errHelp is a command's --help: the usage goes to stdout.
@@ -174,9 +190,20 @@ func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
 			return nil, err
 		}
 	}
-	level := hclog.LevelFromString(c.logLevel)
+	name := c.logLevel
+	if name == "" && c.config != "" {
+		name = configLogLevel(c.config)
+	}
+	if name == "" {
+		name = "warn"
+	}
+	level := hclog.LevelFromString(name)
 	if level == hclog.NoLevel {
 		return nil, usageErr("--log-level: unknown level %q", c.logLevel)
+	}
+	// Plugins log at the level shown: they drop lines below it.
+	if cfg.LogLevel = level.String(); level == hclog.Off {
+		cfg.LogLevel = "error"
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: level, Output: stderr})
 	// A plugin that failed to load is reported where it matters, not as a

@@ -31,6 +31,8 @@ type Server interface {
 	// SetFreshMounts sets what handlers see as Env.Proc and Env.Sys (in
 	// a plugin process the nsexec preamble provides them).
 	SetFreshMounts(proc, sys *os.File)
+	// SetFreshCgroup sets what handlers see as Env.Cgroup.
+	SetFreshCgroup(cgroup *os.File)
 	// SetJoined sets the namespaces handlers are told were joined
 	// (Env.Joined); nil means unknown, and nothing is refused.
 	SetJoined(names []string)

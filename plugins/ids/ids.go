@@ -9,9 +9,10 @@
 // (docker cp, CVE-2019-14271). Like glibc's "files" source, the first
 // matching line wins.
 //
-// The files are the target's: the handler's root is the target's root, so
-// symbolic links in the target resolve inside it and are followed; /proc
-// magic links are not (RESOLVE_NO_MAGICLINKS), nor is anything but a
+// The files are the target's, read with sdk.Env.ReadFile: the handler's
+// root is the target's root, so symbolic links in the target resolve
+// inside it (inside the allowed root the path lies in) and are followed;
+// /proc magic links are not (RESOLVE_NO_MAGICLINKS), nor is anything but a
 // regular file read (a FIFO would block, a device could have side effects).
 // Files are bounded (MaxFileBytes, MaxLineBytes); blank, comment ("#"),
 // NIS compat ("+"/"-") and malformed lines are skipped.
@@ -22,10 +23,7 @@ package ids
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 	"strings"
 
@@ -249,77 +247,8 @@ func scan(env *sdk.Env, path string, match func(fields []string) bool) error {
 }
 
 // readDB reads a whole database file, which must be a regular file of at
-// most MaxFileBytes. The file is looked at (O_PATH) before it is opened,
-// so a FIFO or device planted there is never opened; what is opened is
-// checked again.
+// most MaxFileBytes: sdk.Env.ReadFile looks at it (O_PATH) before opening
+// it, so a FIFO or device planted there is never opened.
 func readDB(env *sdk.Env, path string) ([]byte, error) {
-	path, err := env.CheckPath(path)
-	if err != nil {
-		return nil, err
-	}
-	how := func(flags uint64) *unix.OpenHow {
-		return &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
-	}
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, how(unix.O_PATH))
-	if err == nil {
-		err = checkRegular(fd, path)
-		unix.Close(fd)
-	}
-	if err != nil {
-		return nil, openError(path, err)
-	}
-	fd, err = unix.Openat2(unix.AT_FDCWD, path, how(unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY))
-	if err != nil {
-		return nil, openError(path, err)
-	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	if err := checkRegular(fd, path); err != nil {
-		return nil, err
-	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
-	if err != nil {
-		return nil, sdk.Errorf(errnoOf(err), "reading %s: %v", path, err)
-	}
-	if len(data) > MaxFileBytes {
-		return nil, sdk.Errorf(unix.EFBIG, "%s is larger than %d bytes", path, MaxFileBytes)
-	}
-	return data, nil
-}
-
-func checkRegular(fd int, path string) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		if st.Size > MaxFileBytes {
-			return sdk.Errorf(unix.EFBIG, "%s is %d bytes, larger than %d", path, st.Size, MaxFileBytes)
-		}
-		return nil
-	case unix.S_IFDIR:
-		return sdk.Errorf(unix.EISDIR, "%s is a directory, not a regular file", path)
-	}
-	return sdk.Errorf(unix.EINVAL, "%s is not a regular file (mode %#o)", path, st.Mode&unix.S_IFMT)
-}
-
-func openError(path string, err error) error {
-	var se *sdk.Error
-	if errors.As(err, &se) {
-		return se
-	}
-	msg := fmt.Sprintf("opening %s: %v", path, err)
-	if errors.Is(err, unix.ELOOP) {
-		msg += " (a symbolic link loop, or a /proc magic link, which is never followed)"
-	}
-	return sdk.Errorf(errnoOf(err), "%s", msg)
-}
-
-func errnoOf(err error) unix.Errno {
-	var errno unix.Errno
-	if errors.As(err, &errno) {
-		return errno
-	}
-	return unix.EIO
+	return env.ReadFile(path, MaxFileBytes)
 }

@@ -80,6 +80,9 @@ type Env struct {
 	// pid (in-process, the handler sees the test process's own
 	// namespaces).
 	TargetPID int
+	// TargetNSPID is what sdk.Env.TargetNSPID says. Default: TargetPID
+	// (in-process, the "target" shares the test's pid namespace).
+	TargetNSPID int
 	// Context is the request's context; cancel it or give it a deadline
 	// to test how a handler stops. Default: context.Background().
 	Context context.Context
@@ -88,6 +91,10 @@ type Env struct {
 	// In-process, an open directory such as /proc of the test process
 	// stands in. Default nil.
 	Proc, Sys *os.File
+	// Cgroup is what the handler sees as sdk.Env.Cgroup (in a plugin, a
+	// fresh cgroup2 mount rooted at the target's cgroup namespace root);
+	// an open cgroup directory stands in. Default nil.
+	Cgroup *os.File
 	// Joined are the namespaces the handler is told the core joined
 	// (sdk.Env.Joined). Nil, the default, means unknown: in-process the
 	// handler acts in the test process's own namespaces, and no type is
@@ -187,6 +194,7 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 		t.Fatalf("sdktest: %v", err)
 	}
 	server.SetFreshMounts(e.Proc, e.Sys)
+	server.SetFreshCgroup(e.Cgroup)
 	server.SetJoined(e.Joined)
 	ctx := e.Context
 	if ctx == nil {
@@ -198,6 +206,9 @@ func CallFiles(t testing.TB, p *sdk.Plugin, typ string, payload string, env ...E
 	}
 	if req.TargetPid == 0 {
 		req.TargetPid = int32(os.Getpid())
+	}
+	if req.TargetNsPid = int32(e.TargetNSPID); req.TargetNsPid == 0 {
+		req.TargetNsPid = req.TargetPid
 	}
 	resp, files := server.HandleFiles(ctx, req)
 	if e := resp.Error; e != nil {

@@ -69,3 +69,27 @@ func TestCallWithFreshMountsAndFiles(t *testing.T) {
 		t.Errorf("handed-back file reads %q", b)
 	}
 }
+
+// Env.TargetNSPID and Env.Cgroup reach the handler in-process as set,
+// TargetNSPID defaulting to the target pid (the test's own namespace).
+func TestCallTargetNSPIDAndCgroup(t *testing.T) {
+	p := &sdk.Plugin{Name: "t", Handlers: []sdk.Handler{
+		sdk.Handle("t.env", "what the env says", func(ctx context.Context, _ struct{}) (map[string]any, error) {
+			env := sdk.EnvFrom(ctx)
+			return map[string]any{"pid": env.TargetPID, "nspid": env.TargetNSPID, "cgroup": env.Cgroup != nil}, nil
+		}),
+	}}
+	got, err := Call[struct{}, map[string]any](t, p, "t.env", struct{}{})
+	if err != nil || got["pid"] != float64(os.Getpid()) || got["nspid"] != float64(os.Getpid()) || got["cgroup"] != false {
+		t.Errorf("defaults: %v %v", got, err)
+	}
+	cg, err := os.Open(t.TempDir()) // stands in for a cgroup directory
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	got, err = Call[struct{}, map[string]any](t, p, "t.env", struct{}{}, Env{TargetPID: 4242, TargetNSPID: 1, Cgroup: cg})
+	if err != nil || got["pid"] != float64(4242) || got["nspid"] != float64(1) || got["cgroup"] != true {
+		t.Errorf("set: %v %v", got, err)
+	}
+}

@@ -1,4 +1,10 @@
-package wire
+// Package ns names the namespace kinds of the contract, as /proc/PID/ns
+// names them: message types declare them (changes, may_change),
+// wire.PluginConfig.AllowHostChanges and the configuration name them, and
+// nsexec joins them by flag. This is their one list. It is a leaf package
+// (no cgo, no gRPC): nsexec and sandbox import it without linking the rest
+// of the contract, and wire imports it without linking the preamble.
+package ns
 
 import (
 	"fmt"
@@ -6,12 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// Namespace kinds are named as /proc/PID/ns names them, in message types
-// (changes, may_change), in PluginConfig.AllowHostChanges and in the
-// configuration. This is their one list; nsexec joins them by flag. (Pure
-// Go: wire links no preamble, so a plugin that does without the sdk's can
-// use it.)
 
 // Namespace names a namespace kind as /proc/PID/ns does.
 type Namespace struct {
