@@ -77,6 +77,12 @@ func (p *Pool) Throughput(callers, targets int, warmup, dur time.Duration) (floa
 	time.Sleep(warmup)
 	n0, t0 := done.Load(), time.Now()
 	time.Sleep(dur)
+	// A window so short that no request completed in it (a loaded
+	// machine, a race build) says nothing: extend it to the first
+	// completion, within reason.
+	for deadline := time.Now().Add(10 * time.Second); done.Load() == n0 && !stop.Load() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	n1, t1 := done.Load(), time.Now()
 	stop.Store(true)
 	wg.Wait()
