@@ -236,7 +236,9 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 			out := logs.String()
 			found := false
 			for _, line := range strings.Split(out, "\n") {
-				// Relayed fields come in no particular order.
+				// Relayed fields come in no particular order; the
+				// last one has no space after it.
+				line += " "
 				if regexp.MustCompile(`\[INFO\] +nsplug\.raw[.a-z]*: handling: `).MatchString(line) &&
 					strings.Contains(line, " request_id=1 ") && strings.Contains(line, " target_pid="+strconv.Itoa(target.PID())+" ") {
 					found = true
