@@ -271,7 +271,7 @@ func (e *Env) BarePluginCase() (*BareCase, error) {
 			cmd := exec.Command(path)
 			client := plugin.NewClient(&plugin.ClientConfig{
 				HandshakeConfig:  bare.Handshake,
-				Plugins:          bare.Plugins(nil),
+				Plugins:          bare.Plugins(bare.Server{}),
 				Cmd:              cmd,
 				AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 				Logger:           log,
@@ -285,7 +285,7 @@ func (e *Env) BarePluginCase() (*BareCase, error) {
 			if err != nil {
 				return err
 			}
-			resp, err := raw.(wire.HandlerClient).Handle(ctx, &wire.HandleRequest{Type: "bare.read", Payload: []byte(File)})
+			resp, err := raw.(*bare.Client).Handle(ctx, &wire.HandleRequest{Type: "bare.read", Payload: []byte(File)})
 			if err != nil {
 				return err
 			}

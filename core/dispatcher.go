@@ -206,18 +206,16 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if len(payload)+len(req.Type) > wire.MaxMessageBytes-64 && proto.Size(hreq) > wire.MaxMessageBytes {
 		return nil, errorf(syscall.EIO, "%s: %v", req.Type, wire.TooLarge("request", proto.Size(hreq)))
 	}
-	if oneshot && e.frames {
-		return d.callOneshot(ctx, launch{plugin: e, target: t, join: join, creds: req.Credentials}, hreq)
+	l := launch{plugin: e, target: t, join: join, creds: req.Credentials}
+	if oneshot {
+		return d.callOneshot(ctx, l, hreq)
 	}
-	inst, err := d.acquire(ctx, key, oneshot, launch{plugin: e, target: t, join: join, creds: req.Credentials})
+	inst, err := d.acquire(ctx, key, l)
 	if err != nil {
 		return nil, err
 	}
 	resp, broken, err := inst.call(ctx, hreq)
 	d.pool.release(inst, broken)
-	if oneshot {
-		<-inst.gone
-	}
 	if err != nil {
 		var ce *Error
 		if errors.As(err, &ce) && broken {
@@ -270,8 +268,8 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 }
 
 // acquire gets the instance for key from the pool, starting it if need be.
-func (d *Dispatcher) acquire(ctx context.Context, key string, oneshot bool, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, l.target.admissionKey(), oneshot, func() (*instance, error) {
+func (d *Dispatcher) acquire(ctx context.Context, key string, l launch) (*instance, error) {
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), false, func() (*instance, error) {
 		inst, err := d.startInstance(ctx, l)
 		if err != nil {
 			return nil, err
@@ -323,7 +321,7 @@ func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) er
 	var errs []error
 	for _, e := range plugins {
 		join, key := d.instanceKey(e, t, e.join)
-		inst, err := d.acquire(ctx, key, false, launch{plugin: e, target: t, join: join})
+		inst, err := d.acquire(ctx, key, launch{plugin: e, target: t, join: join})
 		if err != nil {
 			errs = append(errs, err)
 			continue

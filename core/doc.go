@@ -14,14 +14,17 @@
 //     plugin's sealed executable is exec'd on the host and the nsexec
 //     preamble moves it into the target's namespaces before its Go
 //     runtime starts (runner.go, instance.go);
-//   - sends the request on the instance's frame channel (frames.go) or,
-//     for plugins that do not serve frames, over go-plugin's gRPC, with
-//     the request's deadline; and returns the JSON answer, the files the
-//     handler handed back and errors that keep their errno (*Error).
+//   - sends the request on the instance's frame channel (frames.go, the
+//     data plane; go-plugin's gRPC is only the control plane: handshake,
+//     Describe, shutdown), with the request's deadline and a cancel frame
+//     when it passes; and returns the JSON answer, the files the handler
+//     handed back and errors that keep their errno (*Error), decoded in
+//     one place (instance.call) whatever the mode.
 //
 // Instances are kept per (plugin, namespaces, credentials) in a pool
-// (pool.go) with an idle timeout and a global cap; oneshot mode starts a
-// process per request instead (oneshot.go). Close kills and reaps all of
+// (pool.go) with an idle timeout and a global cap; in oneshot mode each
+// request gets an instance of its own, started without go-plugin, that
+// serves it through the same call and is then ended (oneshot.go). Close kills and reaps all of
 // them. A binary that serves built-ins (Options.Builtins, see Builtin)
 // must serve them first thing in main (plugins/builtin.Main): the core
 // starts them by re-executing it.

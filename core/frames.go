@@ -15,8 +15,8 @@ import (
 )
 
 // frameConn is the host end of an instance's frame channel (see
-// wire/README.md): where every request of an sdk plugin goes, and the only
-// way file descriptors come back. There is no reader goroutine: a caller
+// wire/README.md): the data plane, where every request goes, its
+// cancellation too, and the only way file descriptors come back. There is no reader goroutine: a caller
 // waiting for an answer reads the channel itself, handing other requests'
 // frames to their slots, until its own answer is in; then another waiter
 // takes over. That saves a goroutine hand-off per request, a quarter of a
@@ -222,14 +222,6 @@ func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
 		} else {
 			closeFiles(files)
 		}
-	case wire.FrameFiles: // for a response that goes through gRPC
-		s = c.slot(id)
-		if isClosed(s.arrived) {
-			closeFiles(files)
-			return
-		}
-		s.files = files
-		close(s.arrived)
 	default:
 		closeFiles(files)
 		return
@@ -355,34 +347,6 @@ func (c *frameConn) roundTrip(ctx context.Context, req *wire.HandleRequest) (*wi
 		return nil, nil, errorf(syscall.EIO, "malformed response frame for request %s", id)
 	}
 	return resp, files, nil
-}
-
-// takeFiles waits for the n files of a gRPC response to request id.
-func (c *frameConn) takeFiles(ctx context.Context, id string, n int) ([]*os.File, error) {
-	c.mu.Lock()
-	if c.dead {
-		c.mu.Unlock()
-		return nil, errChannelClosed
-	}
-	s := c.slot(id)
-	s.waiting = true
-	c.mu.Unlock()
-	c.await(ctx, s)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.mail, id)
-	if !isClosed(s.arrived) || s.files == nil {
-		if isClosed(s.arrived) {
-			closeFiles(s.files)
-		}
-		s.waiting = false
-		return nil, errorf(syscall.EIO, "the files of request %s never arrived", id)
-	}
-	if len(s.files) != n {
-		closeFiles(s.files)
-		return nil, errorf(syscall.EIO, "request %s: the plugin announced %d files and sent %d", id, n, len(s.files))
-	}
-	return s.files, nil
 }
 
 // close ends the channel: a reader stops, waiters are woken, files

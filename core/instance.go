@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -24,11 +23,15 @@ import (
 )
 
 // instance is one running plugin process inside one set of namespaces.
+// Every request goes to it on its frame channel (runner.frames, see call);
+// go-plugin's client, when it has one, is its control plane: Describe and
+// shutdown. A oneshot instance has none: started without go-plugin, it
+// serves one request and is ended (see callOneshot).
 type instance struct {
 	key     string
 	plugin  *pluginEntry
-	client  *plugin.Client
-	handler wire.HandlerClient
+	client  *plugin.Client     // nil for a oneshot instance
+	handler wire.HandlerClient // Describe; nil for a oneshot instance
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
@@ -298,18 +301,12 @@ func handshakeError(msg string, timeout time.Duration, status error, exited bool
 // protocol version the core speaks.
 var protocolMismatch = regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+)`)
 
-// call sends one request to the instance. Handler errors come back as
-// *Error with their errno; broken reports whether the instance is unfit
-// for further requests.
+// call sends one request to the instance on its frame channel and
+// decodes the answer: the one call path of every request, pooled or
+// oneshot. Handler errors come back as *Error with their errno; broken
+// reports whether the instance is unfit for further requests.
 func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Response, bool, error) {
-	var resp *wire.HandleResponse
-	var files []*os.File
-	var err error
-	if inst.plugin.frames {
-		resp, files, err = inst.runner.frames.roundTrip(ctx, req)
-	} else {
-		resp, err = inst.handler.Handle(ctx, req)
-	}
+	resp, files, err := inst.runner.frames.roundTrip(ctx, req)
 	if err != nil {
 		// A handler that stopped when told to leaves a healthy instance.
 		broken := err != errStopped
@@ -319,18 +316,11 @@ func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Respo
 		closeFiles(files)
 		return nil, false, &Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 	}
-	out := &Response{Payload: json.RawMessage(resp.Payload), Files: files}
 	if int(resp.Files) != len(files) || resp.Files > wire.MaxFiles {
-		if !inst.plugin.frames && resp.Files > 0 && resp.Files <= wire.MaxFiles {
-			if out.Files, err = inst.runner.frames.takeFiles(ctx, req.RequestId, int(resp.Files)); err != nil {
-				return nil, true, err
-			}
-			return out, false, nil
-		}
 		closeFiles(files)
 		return nil, true, errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), wire.MaxFiles)
 	}
-	return out, false, nil
+	return &Response{Payload: json.RawMessage(resp.Payload), Files: files}, false, nil
 }
 
 // describe asks the instance which message types it serves.
@@ -352,4 +342,22 @@ func (inst *instance) kill(abrupt bool) {
 		inst.runner.Kill(context.Background())
 	}
 	inst.client.Kill()
+}
+
+// end stops an instance started without go-plugin (a oneshot one), as
+// kill stops the others.
+// Closing the frame channel tells the plugin to exit; one that does not
+// within a second is killed. Either way it is reaped before end returns:
+// nothing of it stays in the target.
+func (inst *instance) end(abrupt bool) {
+	inst.runner.frames.shutdown()
+	if abrupt {
+		inst.runner.Kill(context.Background())
+	}
+	select {
+	case <-inst.runner.exited:
+	case <-time.After(time.Second):
+		inst.runner.Kill(context.Background())
+		<-inst.runner.exited
+	}
 }

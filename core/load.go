@@ -48,7 +48,6 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 		}
 		return err
 	}
-	e.frames = served.Frames
 	for _, m := range served.FreshMounts {
 		e.freshProc = e.freshProc || m == "proc"
 		e.freshSys = e.freshSys || m == "sys"

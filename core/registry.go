@@ -26,7 +26,6 @@ type pluginEntry struct {
 	freshProc    bool
 	freshSys     bool
 	freshCgroup  bool
-	frames       bool   // serves Handle on the frame channel (fast path)
 	pluginConfig []byte // wire.PluginConfig as JSON
 	types        []TypeInfo
 }

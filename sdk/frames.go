@@ -13,8 +13,8 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
-// frameServer serves the frame channel (see wire/README.md), where every
-// request of an sdk plugin arrives.
+// frameServer serves the frame channel (see wire/README.md), the data
+// plane: every request arrives here, pooled or oneshot.
 type frameServer struct {
 	s    *server
 	conn *net.UnixConn

@@ -139,15 +139,15 @@ func TestServerHandle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, _ := s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"x"}`)})
+	resp, _ := s.HandleFiles(context.Background(), &wire.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"x"}`)})
 	if resp.Error != nil || string(resp.Payload) != `{"text":"x"}` {
 		t.Errorf("say: %v", resp)
 	}
-	resp, _ = s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.nope"})
+	resp, _ = s.HandleFiles(context.Background(), &wire.HandleRequest{Type: "echo.nope"})
 	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EOPNOTSUPP {
 		t.Errorf("unknown type: %v", resp)
 	}
-	resp, _ = s.Handle(context.Background(), &wire.HandleRequest{Type: "echo.panic"})
+	resp, _ = s.HandleFiles(context.Background(), &wire.HandleRequest{Type: "echo.panic"})
 	if resp.Error == nil || syscall.Errno(resp.Error.Errno) != syscall.EIO || !strings.Contains(resp.Error.Message, "boom") {
 		t.Errorf("panic: %v", resp)
 	}
@@ -182,7 +182,7 @@ func TestServerRefusesHostChanges(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.SetJoined(joined)
-		resp, _ := s.Handle(context.Background(), &wire.HandleRequest{Type: typ, Payload: []byte(payload)})
+		resp, _ := s.HandleFiles(context.Background(), &wire.HandleRequest{Type: typ, Payload: []byte(payload)})
 		return resp
 	}
 	refused := func(resp *wire.HandleResponse, ns string) {

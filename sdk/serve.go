@@ -13,7 +13,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -47,8 +46,9 @@ type Plugin struct {
 }
 
 // server is the in-namespace half of the wire protocol: it serves the
-// handlers of one Plugin. Serve runs it under go-plugin and on the frame
-// channel; sdktest and the core's built-ins reach it in-process through
+// handlers of one Plugin. Serve runs it on the frame channel, every
+// request's one path, with Describe on go-plugin's control plane (none
+// for a oneshot process); sdktest and the core's built-ins reach it in-process through
 // internal/inproc.
 type server struct {
 	wire.UnimplementedHandlerServer
@@ -87,7 +87,7 @@ func newServer(p *Plugin, config *wire.PluginConfig, log hclog.Logger) (*server,
 		name:     p.Name,
 		handlers: make(map[string]Handler),
 		changes:  make(map[string][]string),
-		describe: &wire.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts, Frames: true},
+		describe: &wire.DescribeResponse{Plugin: p.Name, FreshMounts: p.FreshMounts},
 		log:      log,
 		config:   config,
 		fresh:    nsexec.Self(),
@@ -126,21 +126,6 @@ func (s *server) Describe(context.Context, *wire.DescribeRequest) (*wire.Describ
 	return s.describe, nil
 }
 
-// Handle implements wire.HandlerServer. Handler errors travel in the
-// response, with their errno; a panicking handler becomes an EIO error
-// rather than a dead plugin. Files the handler hands back travel on the
-// frame channel (a FrameFiles frame) before this response.
-func (s *server) Handle(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, error) {
-	resp, files := s.handle(ctx, req)
-	defer closeAll(files)
-	if len(files) > 0 {
-		if err := s.sendFiles(req.RequestId, files); err != nil {
-			return wire.ErrorResponse(Errorf(AsError(err).Errno, "%s: handing files back: %v", req.Type, err)), nil
-		}
-	}
-	return resp, nil
-}
-
 // SetFreshMounts implements inproc.Server.
 func (s *server) SetFreshMounts(proc, sys *os.File) { s.fresh.Proc, s.fresh.Sys = proc, sys }
 
@@ -155,8 +140,8 @@ func (s *server) HandleFiles(ctx context.Context, req *wire.HandleRequest) (*wir
 	return s.handle(ctx, req)
 }
 
-// handle handles one request, on either path. The caller sends and then
-// closes the files.
+// handle handles one request, from the frame channel or in-process
+// (HandleFiles). The caller sends and then closes the files.
 func (s *server) handle(ctx context.Context, req *wire.HandleRequest) (resp *wire.HandleResponse, files []*os.File) {
 	h, ok := s.handlers[req.Type]
 	if !ok {
@@ -207,21 +192,6 @@ func (s *server) handle(ctx context.Context, req *wire.HandleRequest) (resp *wir
 		return wire.ErrorResponse(Errorf(syscall.EIO, "%s: %v", req.Type, wire.TooLarge("response", proto.Size(resp)))), nil
 	}
 	return resp, files
-}
-
-// sendFiles hands the files of a gRPC response to the core in a FrameFiles
-// frame tagged with the request id, before the response announcing them.
-func (s *server) sendFiles(id string, files []*os.File) error {
-	if s.fresh.Frames == nil {
-		return Errorf(syscall.ENOTSUP, "the core gave this plugin no channel for files")
-	}
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
-	}
-	return wire.Send(func(frame, oob []byte) error {
-		return unix.Sendmsg(int(s.fresh.Frames.Fd()), frame, oob, nil, 0)
-	}, wire.FrameFiles, id, nil, unix.UnixRights(fds...))
 }
 
 // Serve runs the plugin until the core closes it. It does not return.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // runCLI runs bin/nsplug with args; it returns stdout, stderr and the exit code.
@@ -138,7 +139,7 @@ func TestCLIPlugins(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal([]byte(stdout), &out); err != nil || code != 0 || out.ProtocolVersion != 1 {
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil || code != 0 || out.ProtocolVersion != wire.ProtocolVersion {
 		t.Fatalf("plugins --json: %v %s", err, stdout)
 	}
 	found := false

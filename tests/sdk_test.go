@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -60,7 +61,7 @@ func sdkConfig(t *testing.T, name, bin, extra string) *config.Config {
 // when the core starts (with fail_on_plugin_error), with an error naming
 // the plugin and both versions, and nothing of it is left running.
 func TestProtocolVersionMismatch(t *testing.T) {
-	for _, v := range []int{0, 2} { // built against an older sdk, a newer one
+	for _, v := range []int{wire.ProtocolVersion - 1, wire.ProtocolVersion + 1} { // built against an older sdk, a newer one
 		t.Run(fmt.Sprintf("plugin speaks %d", v), func(t *testing.T) {
 			bin := sdkBuild(t, "./testdata/oldproto", "-ldflags", fmt.Sprintf("-X main.protocolVersion=%d", v))
 			cfg := sdkConfig(t, "oldproto", bin, "")
@@ -106,13 +107,16 @@ func (l *sdkLogs) String() string {
 	return l.buf.String()
 }
 
-// A plugin that implements the wire contract without the sdk or
-// go-plugin's server, as one in another language must (see sdk/README.md,
-// "Other languages"): the handshake line, the socket bound by a relative
-// name in the socket directory, hclog JSON lines on stderr. With the
-// nsexec preamble linked in it runs in the target's namespaces; without
-// the controller service every retirement waits for go-plugin's grace
-// period; without the preamble it runs on the host.
+// A plugin that implements the wire contract without the sdk, the wire
+// codec or go-plugin's server, from wire/README.md, as one in another
+// language must (see sdk/README.md, "Other languages"): the handshake
+// line, the socket bound by a relative name in the socket directory,
+// Describe over gRPC, every request on the frame channel (a response split
+// into part frames, a file handed back, a cancel frame), hclog JSON lines
+// on stderr. With the nsexec preamble linked in it runs in the target's
+// namespaces; without the controller service every retirement waits for
+// go-plugin's grace period; without the preamble it runs on the host; in
+// oneshot mode it serves one request without go-plugin.
 func TestPluginWithoutTheSDK(t *testing.T) {
 	host, _ := os.Hostname()
 	for _, c := range []struct {
@@ -124,13 +128,19 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 		{"preamble and controller", nil, true, false},
 		{"no controller", []string{"-ldflags", "-X main.controller=no"}, true, true},
 		{"no preamble", []string{"-tags", "nopreamble"}, false, false},
+		{"oneshot", nil, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			oneshot := c.name == "oneshot"
 			bin := sdkBuild(t, "./testdata/rawplugin", c.flags...)
 			target := newTarget(t, sandbox.Options{Hostname: "raw-target"})
 			var logs sdkLogs
 			log := hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.Debug, Output: &logs})
-			cfg := sdkConfig(t, "raw", bin, "")
+			extra := ""
+			if oneshot {
+				extra = "mode = \"oneshot\"\n"
+			}
+			cfg := sdkConfig(t, "raw", bin, extra)
 			runDir := cfg.RuntimeDir
 			before := snapshot(t)
 			d, err := core.New(cfg, core.Options{Logger: log})
@@ -142,7 +152,7 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 				before.assertNoLeaks(t, runDir)
 			})
 			types := d.Types()
-			if len(types) != 2 || types[1].Name != "raw.whoami" || types[1].Version != 1 || types[1].Description == "" {
+			if len(types) != 5 || types[4].Name != "raw.whoami" || types[4].Version != 1 || types[4].Description == "" {
 				t.Errorf("described types: %+v", types)
 			}
 
@@ -151,19 +161,71 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 				PID      int    `json:"pid"`
 			}
 			mustCall(t, d, target.PID(), "raw.whoami", `{}`, &w)
-			h := servingPID(t, d, "raw")
-			if c.inTarget {
-				if w.Hostname != "raw-target" || w.PID == h {
-					t.Errorf("handler saw hostname %q, pid %d (host pid %d): not the target's", w.Hostname, w.PID, h)
+			if oneshot {
+				if w.Hostname != "raw-target" {
+					t.Errorf("oneshot handler saw hostname %q: not the target's", w.Hostname)
 				}
-				assertNamespaces(t, h, target.PID(), noUserNS)
+				if n := len(d.Instances()); n != 0 {
+					t.Errorf("oneshot left %d instances", n)
+				}
 			} else {
-				if w.Hostname != host {
-					t.Errorf("without the preamble the handler saw hostname %q, want the host's %q", w.Hostname, host)
+				h := servingPID(t, d, "raw")
+				if c.inTarget {
+					if w.Hostname != "raw-target" || w.PID == h {
+						t.Errorf("handler saw hostname %q, pid %d (host pid %d): not the target's", w.Hostname, w.PID, h)
+					}
+					assertNamespaces(t, h, target.PID(), noUserNS)
+				} else {
+					if w.Hostname != host {
+						t.Errorf("without the preamble the handler saw hostname %q, want the host's %q", w.Hostname, host)
+					}
+					assertNamespaces(t, h, target.PID(), nil)
 				}
-				assertNamespaces(t, h, target.PID(), nil)
 			}
 			wantErrno(t, call(t, d, target.PID(), "raw.fail", `{}`, nil), syscall.ENOENT, "asked to fail")
+
+			// A response of several frames: part frames, then the final one.
+			var big struct{ X string }
+			mustCall(t, d, target.PID(), "raw.big", `{"n": 200000}`, &big)
+			if len(big.X) != 200000 || strings.Trim(big.X, "x") != "" {
+				t.Errorf("raw.big: %d bytes back, want 200000 x", len(big.X))
+			}
+			// A file handed back: the root the handler saw, close-on-exec.
+			resp, err := d.Call(context.Background(), core.Request{PID: target.PID(), Type: "raw.open", Payload: json.RawMessage(`{}`)})
+			if err != nil {
+				t.Fatalf("raw.open: %v", err)
+			}
+			if len(resp.Files) != 1 {
+				t.Fatalf("raw.open: %d files, want 1", len(resp.Files))
+			}
+			root := "/"
+			if c.inTarget {
+				root = fmt.Sprintf("/proc/%d/root/", target.PID())
+			}
+			var got, want syscall.Stat_t
+			if err := syscall.Fstat(int(resp.Files[0].Fd()), &got); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Stat(root, &want); err != nil {
+				t.Fatal(err)
+			}
+			if got.Dev != want.Dev || got.Ino != want.Ino {
+				t.Errorf("raw.open handed back %d:%d, want %s, %d:%d", got.Dev, got.Ino, root, want.Dev, want.Ino)
+			}
+			if flags, err := unix.FcntlInt(resp.Files[0].Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+				t.Errorf("handed-back fd flags %#x, %v: want close-on-exec", flags, err)
+			}
+			resp.Files[0].Close()
+			// A request that times out is cancelled with a cancel frame; a
+			// handler that stops within the grace leaves its instance.
+			serving := d.Instances()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			_, err = d.Call(ctx, core.Request{PID: target.PID(), Type: "raw.sleep", Payload: json.RawMessage(`{}`)})
+			cancel()
+			wantErrno(t, err, syscall.ETIMEDOUT, "timed out")
+			if after := d.Instances(); !oneshot && (len(after) != 1 || len(serving) != 1 || after[0].PID != serving[0].PID) {
+				t.Errorf("instances %v before a cancelled request that stopped, %v after: want the same one", serving, after)
+			}
 
 			start := time.Now()
 			d.Close()
@@ -174,7 +236,9 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 			out := logs.String()
 			found := false
 			for _, line := range strings.Split(out, "\n") {
-				// Relayed fields come in no particular order.
+				// Relayed fields come in no particular order; the
+				// last one has no space after it.
+				line += " "
 				if regexp.MustCompile(`\[INFO\] +nsplug\.raw[.a-z]*: handling: `).MatchString(line) &&
 					strings.Contains(line, " request_id=1 ") && strings.Contains(line, " target_pid="+strconv.Itoa(target.PID())+" ") {
 					found = true
@@ -183,6 +247,59 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 			if !found {
 				t.Errorf("the plugin's JSON log line did not reach the core's log as info with its fields:\n%s", out)
 			}
+		})
+	}
+}
+
+// The plugin written without the sdk takes from package wire only what
+// protoc generated from plugin.proto (the messages and the gRPC service
+// glue), never wire's codec, limits or helpers: its frames are built from
+// wire/README.md alone, so that the spec is checked by code that does not
+// share ours.
+func TestRawPluginUsesOnlyGeneratedWire(t *testing.T) {
+	fset := token.NewFileSet()
+	generated := map[string]bool{}
+	pbs, err := filepath.Glob("../wire/*.pb.go")
+	if err != nil || len(pbs) == 0 {
+		t.Fatalf("no generated files in wire/: %v", err)
+	}
+	for _, path := range pbs {
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, obj := range f.Scope.Objects {
+			if ast.IsExported(name) && obj != nil {
+				generated[name] = true
+			}
+		}
+	}
+	raws, err := filepath.Glob("testdata/rawplugin/*.go")
+	if err != nil || len(raws) == 0 {
+		t.Fatalf("no rawplugin sources: %v", err)
+	}
+	for _, path := range raws {
+		f, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			if p := strings.Trim(imp.Path.Value, `"`); strings.HasPrefix(p, "github.com/nsplug/nsplug/") &&
+				p != "github.com/nsplug/nsplug/wire" && p != "github.com/nsplug/nsplug/nsexec" {
+				t.Errorf("%s imports %s: a plugin without the sdk takes only wire's generated code and the nsexec preamble", path, p)
+			}
+		}
+		f, err = parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok {
+				if x, ok := sel.X.(*ast.Ident); ok && x.Name == "wire" && !generated[sel.Sel.Name] {
+					t.Errorf("%s: wire.%s is not generated from plugin.proto", fset.Position(sel.Pos()), sel.Sel.Name)
+				}
+			}
+			return true
 		})
 	}
 }

@@ -13,10 +13,13 @@ import (
 
 // ProtocolVersion is the version of this contract. go-plugin negotiates it
 // at start: a core and a plugin that share no version refuse each other
-// with an error naming both. It changes when a change is not additive.
-const ProtocolVersion = 1
+// with an error naming both. It changes when a change is not additive; 2
+// made the frame channel the only data plane (protocol 1 also had a gRPC
+// Handle call).
+const ProtocolVersion = 2
 
-// PluginKey is the name under which the Handler service is dispensed.
+// PluginKey is the name under which the Handler service (Describe) is
+// dispensed.
 const PluginKey = "handler"
 
 // Handshake is the go-plugin handshake shared by the core and every plugin.
@@ -28,7 +31,8 @@ var Handshake = plugin.HandshakeConfig{
 	MagicCookieValue: "d7c0b5a4-handler",
 }
 
-// GRPCPlugin is the go-plugin glue for the Handler service. The core uses
+// GRPCPlugin is the go-plugin glue for the Handler service, the control
+// plane's one call (requests go on the frame channel). The core uses
 // it with Impl unset, a plugin with Impl set.
 type GRPCPlugin struct {
 	plugin.NetRPCUnsupportedPlugin

@@ -1,7 +1,8 @@
 // Package wire is the contract between the nsplug core and its plugins,
 // the one place both sides take it from: the control plane (plugin.proto,
 // the go-plugin handshake and versioned plugin sets), the frame channel
-// that carries every request of an sdk plugin (this file's codec), the
+// that carries every request, its cancellation and its files (this file's
+// codec), the
 // environment the core hands a plugin, and the limits and validators both
 // ends apply. README.md in this directory specifies it normatively, byte
 // by byte; nsexec/nsexec.h defines the bootstrap (descriptors, stages).
@@ -14,14 +15,15 @@ import (
 	"errors"
 )
 
-// Frame kinds (README.md, "Frame kinds").
+// Frame kinds (README.md, "Frame kinds"). Kind 6 was protocol 1's
+// FrameFiles, for the files of a response that went through gRPC; it is
+// not to be reused.
 const (
 	FrameRequestPart  byte = 1
 	FrameRequest      byte = 2
 	FrameResponsePart byte = 3
 	FrameResponse     byte = 4
 	FrameCancel       byte = 5
-	FrameFiles        byte = 6
 )
 
 // MaxFrameBody is the largest body one frame carries; bigger messages are
@@ -78,7 +80,7 @@ func partKind(final byte) byte {
 
 // Send sends message msg of request id as frames: part frames, then one
 // final frame of kind final (FrameRequest, FrameResponse, or a FrameCancel
-// or FrameFiles with no body), which alone carries oob (an SCM_RIGHTS
+// with no body), which alone carries oob (an SCM_RIGHTS
 // control message, or nil). write sends one frame, whole (SOCK_SEQPACKET).
 // Both ends send through it.
 func Send(write func(frame, oob []byte) error, final byte, id string, msg, oob []byte) error {

@@ -21,12 +21,12 @@ import (
 // Server serves the handlers of one plugin, as sdk.Serve does in a
 // plugin process.
 type Server interface {
-	// HandlerServer is what go-plugin serves: Describe, and Handle over
-	// gRPC (whose files go on the frame channel).
+	// HandlerServer is what go-plugin serves, the control plane:
+	// Describe.
 	wire.HandlerServer
-	// HandleFiles handles one request as Handle does and also returns
-	// the files the handler handed back, which the caller closes: there
-	// is no frame channel to send them on.
+	// HandleFiles handles one request as the frame channel's server
+	// does and returns the files the handler handed back, which the
+	// caller closes: there is no frame channel to send them on.
 	HandleFiles(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File)
 	// SetFreshMounts sets what handlers see as Env.Proc and Env.Sys (in
 	// a plugin process the nsexec preamble provides them).
