@@ -548,7 +548,7 @@ func TestUnshareAfterJoining(t *testing.T) {
 	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
 	h := servingPID(t, d, "probe")
 	mnt := nsInode(t, h, "mnt")
-	if mnt == nsInode(t, target.PID(), "mnt") || mnt == nsInode(t, os.Getpid(), "mnt") {
+	if mnt == nsInode(t, target.PID(), "mnt") || mnt == ownNSInode(t, "mnt") {
 		t.Errorf("handler's mount namespace %d is not private", mnt)
 	}
 	for _, ns := range []string{"pid", "net", "ipc", "uts", "cgroup"} {

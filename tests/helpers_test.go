@@ -348,6 +348,24 @@ func nsInode(t *testing.T, pid int, ns string) uint64 {
 	return st.Ino
 }
 
+// ownNSInode is the inode of the test process's own namespace ns, as its
+// threads (and the core, which reads them on its spawner thread) have it.
+// Not through /proc/PID, which shows the main thread's: a test goroutine
+// that locks its thread and joins a target's namespace (sysctlDirectErrno)
+// throws the thread away afterwards, but when it ran on the main thread,
+// which never exits, that thread stays in the target's namespace, and so
+// does /proc/PID/ns. Every other thread is the process's own.
+func ownNSInode(t *testing.T, ns string) uint64 {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/"+ns, &st); err != nil {
+		t.Fatalf("stat own ns %s: %v", ns, err)
+	}
+	return st.Ino
+}
+
 // assertNamespaces proves from the host that process pid is in the
 // target's namespaces for every name in joined, and in the test process's
 // own for the rest.
@@ -359,7 +377,7 @@ func assertNamespaces(t *testing.T, pid, target int, joined []string) {
 	}
 	for _, ns := range allNS {
 		got := nsInode(t, pid, ns)
-		want, whose := nsInode(t, os.Getpid(), ns), "the core's"
+		want, whose := ownNSInode(t, ns), "the core's"
 		if in[ns] {
 			want, whose = nsInode(t, target, ns), "the target's"
 		}

@@ -233,7 +233,7 @@ func TestDescribeRunsUnprivileged(t *testing.T) {
 		t.Errorf("describing process's root holds %v, want an empty directory", p.root)
 	}
 	for _, ns := range []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup"} {
-		if p.ns[ns] == nsInode(t, os.Getpid(), ns) {
+		if p.ns[ns] == ownNSInode(t, ns) {
 			t.Errorf("describing process is in the host's %s namespace", ns)
 		}
 	}

@@ -246,7 +246,6 @@ func TestCoreKnowsNoPluginByName(t *testing.T) {
 
 // sdktest.Call runs handlers in-process the way the wire does.
 func TestSdktestCall(t *testing.T) {
-	parallel(t)
 	probe := probePlugin("probe")
 	w, err := sdktest.Call[empty, whoami](t, probe, "probe.whoami", empty{})
 	if err != nil || w.PID != os.Getpid() {
@@ -322,7 +321,6 @@ func TestSdktestCall(t *testing.T) {
 // sdktest.NewHarness runs a built plugin through the core against a
 // target, and when the test ends leaves nothing running.
 func TestSdktestHarness(t *testing.T) {
-	parallel(t)
 	self, _ := os.Executable() // serves the "extprobe" plugin when a core starts it
 	var handler, targetPID int
 	t.Run("harness", func(t *testing.T) {
