@@ -41,6 +41,12 @@ type Options struct {
 	// CLI logs them at debug, so that a call served by another plugin
 	// prints nothing on stderr).
 	LoadFailureLevel hclog.Level
+	// Started, when set, is called with the host pid of every plugin
+	// process the core starts (to serve requests, for one oneshot
+	// request, or to describe a plugin), as soon as it runs. It is for
+	// accounting: a supervisor, or a test checking that no process of
+	// this dispatcher outlives Close. It must not block.
+	Started func(pid int)
 }
 
 // TypeInfo describes one registered message type.
@@ -89,6 +95,7 @@ type Dispatcher struct {
 	failed  map[string]*pluginEntry // types configured for plugins that failed to load
 	selfNS  nsSet
 	runDir  *runDir
+	started func(pid int) // Options.Started
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -116,7 +123,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
-	d := &Dispatcher{cfg: cfg, log: log, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
+	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,

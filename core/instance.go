@@ -148,7 +148,7 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		// namespace's root (host describeUID) before exec.
 		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 	}
-	nr := &nsRunner{name: p.name, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, emptyRoot: sp.describe, exited: make(chan struct{})}
+	nr := &nsRunner{name: p.name, cmd: cmd, sockDir: sockDir, boot: sp.boot, owner: sp.owner, emptyRoot: sp.describe, exited: make(chan struct{}), started: d.started}
 	if sp.target != nil && sp.join != 0 {
 		nr.pidfd = sp.target.pidfd
 	}

@@ -26,6 +26,9 @@ type pool struct {
 	kills    sync.WaitGroup
 	starts   sync.WaitGroup
 	closed   bool
+	// stop ends an instance's process: (*instance).kill. The pool's unit
+	// tests replace it, so that their fake instances need no process.
+	stop func(inst *instance, abrupt bool)
 }
 
 type startCall struct {
@@ -42,6 +45,7 @@ func newPool(max, startsPerTarget int) *pool {
 		live:     make(map[*instance]struct{}),
 		idle:     list.New(),
 		idleElem: make(map[*instance]*list.Element),
+		stop:     (*instance).kill,
 	}
 }
 
@@ -279,7 +283,7 @@ func (p *pool) killLocked(inst *instance) {
 	p.kills.Add(1)
 	go func(abrupt bool) {
 		defer p.kills.Done()
-		inst.kill(abrupt)
+		p.stop(inst, abrupt)
 		close(inst.gone)
 	}(inst.abrupt)
 }

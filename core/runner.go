@@ -50,6 +50,7 @@ type nsRunner struct {
 	exited         chan struct{}
 	mu             sync.Mutex
 	onExit         func()
+	started        func(pid int) // Options.Started, or nil
 }
 
 // setOnExit arranges for fn to run once the process is reaped (at once if
@@ -126,6 +127,9 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		frames.close()
 		r.frames = nil
 		return fmt.Errorf("starting plugin %s: %w", r.name, err)
+	}
+	if r.started != nil {
+		r.started(r.cmd.Process.Pid)
 	}
 	r.status = make(chan string, 1)
 	go func() {

@@ -109,6 +109,7 @@ func authorPanickingHandler(context.Context, empty) (empty, error) {
 // itself sees, from the host through nsenter), the host pid for one that
 // shares the core's pid namespace.
 func TestTargetNSPID(t *testing.T) {
+	parallel(t)
 	inPIDNS := newTarget(t, sandbox.Options{MountProc: true})
 	sharing := newTarget(t, sandbox.Options{Namespaces: []string{"uts"}})
 	d, _ := newDispatcher(t, "")
@@ -138,6 +139,7 @@ func TestTargetNSPID(t *testing.T) {
 // files say they are empty) and in the target's filesystem, bounded, and
 // refusing what is not a regular file without opening it.
 func TestEnvReadFile(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "reader", Files: map[string]string{"/mnt/small": "hello"}})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"author\"\nfresh_mounts = [\"proc\"]\n")
 	pid := target.PID()
@@ -206,6 +208,7 @@ func cgroup2Mount(t *testing.T) (mount, self string) {
 // root of the target's cgroup namespace (not the host's tree), where the
 // target's cgroup lists the target by its pid in its own pid namespace.
 func TestFreshCgroupMount(t *testing.T) {
+	parallel(t)
 	mount, self := cgroup2Mount(t)
 	root := filepath.Join(mount, self, fmt.Sprintf("nsplug-test-%d", os.Getpid()))
 	if err := os.Mkdir(root, 0o755); err != nil {
@@ -291,6 +294,7 @@ func TestFreshCgroupMount(t *testing.T) {
 // told so by the start error, not with go-plugin's "Unrecognized remote
 // plugin message".
 func TestStartErrorSaysWhatIsWrong(t *testing.T) {
+	parallel(t)
 	for _, c := range []struct {
 		mistake string
 		want    []string
@@ -301,8 +305,9 @@ func TestStartErrorSaysWhatIsWrong(t *testing.T) {
 		t.Run(c.mistake, func(t *testing.T) {
 			bin := sdkBuild(t, "./testdata/noserve", "-ldflags", "-X main.mistake="+c.mistake)
 			cfg := sdkConfig(t, "noserve", bin, "")
-			cfg.FailOnPluginError = true
-			d, err := core.New(cfg, core.Options{})
+			cfg.FailOnPluginError = true // by default it is only recorded as failed
+			started := &startedProcs{}
+			d, err := core.New(cfg, core.Options{Started: started.add})
 			if err == nil {
 				d.Close()
 				t.Fatal("core.New accepted the plugin")
@@ -317,8 +322,11 @@ func TestStartErrorSaysWhatIsWrong(t *testing.T) {
 			if strings.Contains(msg, "Unrecognized") || strings.Contains(msg, "\n") {
 				t.Errorf("error %q is go-plugin's, or more than one line", msg)
 			}
-			if kids := pluginChildren(); len(kids) > 0 {
-				t.Errorf("plugin processes left: %v", kids)
+			if started.none() {
+				t.Error("core.New started no plugin process")
+			}
+			if left := started.alive(); len(left) > 0 {
+				t.Errorf("plugin processes left: %v", left)
 			}
 		})
 	}
@@ -327,6 +335,7 @@ func TestStartErrorSaysWhatIsWrong(t *testing.T) {
 // A panicking handler's stack reaches the core's log at debug level,
 // naming the handler's function; the caller gets EIO.
 func TestHandlerPanicStackIsLogged(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	d, logs := newLoggedDispatcher(t, "log_level = \"debug\"\n")
 	wantErrno(t, call(t, d, target.PID(), "author.panic", `{}`, nil), syscall.EIO, "panicked", "nil map")
@@ -353,6 +362,7 @@ func TestHandlerPanicStackIsLogged(t *testing.T) {
 // absent, the file's log_level; neither, warn (a served call prints
 // nothing).
 func TestCLILogLevelPrecedence(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	pid := strconv.Itoa(target.PID())
 	debugConf := cliConfig(t, "log_level = \"debug\"\n")

@@ -27,6 +27,7 @@ import (
 // namespaces (its user namespace is the core's, so that one is not joined)
 // and sees its hostname and pid numbering.
 func TestContainerTargetJoinsEveryNamespace(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "ctr-target", MountProc: true})
 	d, _ := newDispatcher(t, "")
 
@@ -52,6 +53,7 @@ func TestContainerTargetJoinsEveryNamespace(t *testing.T) {
 // A rootless target: its own user namespace maps root to host uid 100000.
 // The handler joins it too, is root inside and uid 100000 outside.
 func TestRootlessTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Hostname: "rootless", MountProc: true})
 	d, _ := newDispatcher(t, "")
 
@@ -72,6 +74,7 @@ func TestRootlessTarget(t *testing.T) {
 // no /sys, in its own user namespace. Files are read from its root; /proc
 // reads work through a fresh procfs the core mounts for the handler.
 func TestScratchTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true, Hostname: "scratch",
 		Files: map[string]string{"/etc/hello.txt": "hello from scratch\n"}})
 	d, _ := newDispatcher(t, `
@@ -130,6 +133,7 @@ name = "probe"
 // socket in the target's filesystem, and it is not readable or ptraceable
 // by root inside the target.
 func TestHandlerProcessIsSealedFromTheTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true})
 	d, runDir := newDispatcher(t, "")
 	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
@@ -220,6 +224,7 @@ func ptraceFromTarget(t *testing.T, target, inner int) syscall.Errno {
 }
 
 func TestWarmInstancesAreReusedPerNamespaceSet(t *testing.T) {
+	parallel(t)
 	a := newTarget(t, sandbox.Options{Hostname: "a"})
 	b := newTarget(t, sandbox.Options{Hostname: "b"})
 	d, _ := newDispatcher(t, "")
@@ -264,6 +269,7 @@ func TestIdleInstancesAreReaped(t *testing.T) {
 }
 
 func TestOneshotModeLeavesNothingRunning(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\n")
 	var w1, w2 whoami
@@ -275,12 +281,13 @@ func TestOneshotModeLeavesNothingRunning(t *testing.T) {
 		t.Errorf("processes in the target's pid namespace after a oneshot request: %v", procs)
 	}
 	mustCall(t, d, target.PID(), "probe.whoami", `{}`, &w2)
-	if kids := pluginChildren(); len(kids) != 0 {
+	if kids := processesOf(d); len(kids) != 0 {
 		t.Errorf("plugin processes after oneshot requests: %v", kids)
 	}
 }
 
 func TestBadInputGetsPreciseErrors(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\nallowed_roots = [\"/proc\", \"/mnt\"]\n[[plugin]]\nname = \"probe\"\n")
 	pid := target.PID()
@@ -351,6 +358,7 @@ func TestCrashingAndHangingPlugins(t *testing.T) {
 }
 
 func TestTargetExitingKillsNothingOfTheCore(t *testing.T) {
+	parallel(t)
 	target, err := sandbox.Start(sandbox.Options{MountProc: true})
 	if err != nil {
 		t.Fatal(err)
@@ -371,6 +379,7 @@ func TestTargetExitingKillsNothingOfTheCore(t *testing.T) {
 }
 
 func TestConcurrentRequests(t *testing.T) {
+	parallel(t)
 	var targets []*sandbox.Sandbox
 	for i := 0; i < 4; i++ {
 		targets = append(targets, newTarget(t, sandbox.Options{Hostname: fmt.Sprintf("t%d", i)}))
@@ -407,6 +416,7 @@ func TestConcurrentRequests(t *testing.T) {
 }
 
 func TestInstanceCapEvictsLeastRecentlyUsed(t *testing.T) {
+	parallel(t)
 	a := newTarget(t, sandbox.Options{Hostname: "a"})
 	b := newTarget(t, sandbox.Options{Hostname: "b"})
 	d, _ := newDispatcher(t, "max_instances = 1\n")
@@ -455,6 +465,7 @@ func TestPluginsDieWithTheCore(t *testing.T) {
 }
 
 func TestExternalPluginWithChecksum(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "ext"})
 	self, _ := os.Executable()
 	sum := sha256File(t, self)
@@ -492,6 +503,7 @@ func TestExternalPluginWithChecksum(t *testing.T) {
 }
 
 func TestWriteReachesTheTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "before"})
 	d, _ := newDispatcher(t, "")
 	host, _ := os.Hostname()
@@ -511,6 +523,7 @@ func TestWriteReachesTheTarget(t *testing.T) {
 }
 
 func TestBuiltinsCanBeOverriddenAndDisabled(t *testing.T) {
+	parallel(t)
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"probe\"\ndisabled = true\n[[plugin]]\nname = \"procfs\"\nmode = \"oneshot\"\n")
 	var names []string
 	for _, p := range d.Plugins() {
@@ -529,12 +542,13 @@ func TestBuiltinsCanBeOverriddenAndDisabled(t *testing.T) {
 // unshare after joining: the handler gets a private mount namespace of its
 // own, made from the target's, that neither the target nor the host shares.
 func TestUnshareAfterJoining(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"probe\"\nunshare = [\"mnt\"]\n")
 	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
 	h := servingPID(t, d, "probe")
 	mnt := nsInode(t, h, "mnt")
-	if mnt == nsInode(t, target.PID(), "mnt") || mnt == nsInode(t, os.Getpid(), "mnt") {
+	if mnt == nsInode(t, target.PID(), "mnt") || mnt == ownNSInode(t, "mnt") {
 		t.Errorf("handler's mount namespace %d is not private", mnt)
 	}
 	for _, ns := range []string{"pid", "net", "ipc", "uts", "cgroup"} {
@@ -547,6 +561,7 @@ func TestUnshareAfterJoining(t *testing.T) {
 // allowed_roots hold against symbolic links: a link inside an allowed
 // root resolves inside it, and magic links are refused.
 func TestAllowedRootsHoldAgainstSymlinks(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/ok": "ok"}})
 	inTarget(t, target.PID(), "ln -s /etc/hostname /mnt/escape && ln -s ../etc/hostname /mnt/up && ln -s /proc/1/root/etc/hostname /mnt/magic")
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\nallowed_roots = [\"/mnt\", \"/proc\"]\n")
@@ -570,6 +585,7 @@ func TestAllowedRootsHoldAgainstSymlinks(t *testing.T) {
 // Oneshot processes (no go-plugin, one request each) fail as precisely as
 // pooled ones and leave nothing behind.
 func TestOneshotFailures(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\nrequest_timeout = \"300ms\"\n")
 	pid := target.PID()
@@ -586,13 +602,14 @@ func TestOneshotFailures(t *testing.T) {
 	if procs := processesInPIDNamespaceOf(t, pid); len(procs) != 1 {
 		t.Errorf("left in the target: %v", procs)
 	}
-	if kids := pluginChildren(); len(kids) != 0 {
+	if kids := processesOf(d); len(kids) != 0 {
 		t.Errorf("plugin processes after oneshot requests: %v", kids)
 	}
 }
 
 // Reads grow their buffer as needed and keep to max_read_bytes.
 func TestProcfsReadSizes(t *testing.T) {
+	parallel(t)
 	big := strings.Repeat("0123456789abcdef", 6000) // 96000 bytes
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/big": big}})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\n[plugin.options]\nmax_read_bytes = 100000\n")
@@ -613,6 +630,7 @@ func TestProcfsReadSizes(t *testing.T) {
 
 // Prepare starts warm instances before the first request.
 func TestPrepareStartsWarmInstances(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
 	if err := d.Prepare(context.Background(), core.Target{PID: target.PID()}, "probe.whoami"); err != nil {
@@ -638,6 +656,7 @@ func TestPrepareStartsWarmInstances(t *testing.T) {
 // they are procfs/sysfs of the target's namespaces, detached from every
 // mount table, not the host's root.
 func TestFreshMountFDsAreNotTheHostRoot(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"procfs\"\nfresh_mounts = [\"proc\", \"sys\"]\n")
 	mustCall(t, d, target.PID(), "procfs.read", `{"path":"/proc/version"}`, nil)

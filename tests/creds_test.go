@@ -32,6 +32,7 @@ func callAs(d *core.Dispatcher, pid int, creds *core.Credentials, typ, payload s
 // A request acting for an unprivileged uid gets EACCES where that uid
 // would; groups and capabilities it holds are honoured.
 func TestCredentialsArePermissionChecked(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true, Files: map[string]string{"/mnt/placeholder": ""}})
 	pid := target.PID()
 	inTarget(t, pid, "echo secret > /mnt/secret && chmod 600 /mnt/secret && "+
@@ -116,6 +117,7 @@ func TestCredentialsArePermissionChecked(t *testing.T) {
 
 // In a target sharing the core's user namespace, credentials are host ids.
 func TestCredentialsInARootfulTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/placeholder": ""}})
 	inTarget(t, target.PID(), "echo secret > /mnt/secret && chmod 600 /mnt/secret")
 	d, _ := newDispatcher(t, "")

@@ -176,6 +176,7 @@ func exPluginRoutes(resp exRoutes, family string) []string {
 // The example plugin, called through the core in three kinds of target
 // with a network namespace of their own, reports what ip(8) sees there.
 func TestNetinfoExample(t *testing.T) {
+	parallel(t)
 	bin := sdktest.Build(t, "../examples/netinfo")
 	sum := sha256File(t, bin)
 	for _, kind := range []struct {
@@ -262,6 +263,7 @@ func TestNetinfoExample(t *testing.T) {
 // Configured [plugin.options] reach the plugin (sdk.OptionsFrom); the
 // command line serves it like any plugin, against a FROM-scratch target.
 func TestNetinfoExampleConfiguration(t *testing.T) {
+	parallel(t)
 	bin := sdktest.Build(t, "../examples/netinfo")
 	sum := sha256File(t, bin)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true})
@@ -343,6 +345,7 @@ func (b *exLockedBuffer) String() string {
 // (core.Options.Logger) under the plugin's name, with the request id and
 // the target pid, at the configured log_level and not below it.
 func TestPluginLogsReachTheCoresLogger(t *testing.T) {
+	parallel(t)
 	bin := sdktest.Build(t, "../examples/netinfo")
 	sum := sha256File(t, bin)
 	target := newTarget(t, sandbox.Options{})
@@ -358,7 +361,7 @@ func TestPluginLogsReachTheCoresLogger(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d, err := core.New(cfg, core.Options{Logger: logger})
+			d, err := core.New(cfg, core.Options{Logger: logger, Started: before.started.add})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,6 +19,7 @@ import (
 // Files opened inside the target come back as real descriptors in the
 // caller's process, close-on-exec, and nothing leaks when requests fail.
 func TestFilesHandedBackToTheCaller(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true,
 		Files: map[string]string{"/a.txt": "alpha", "/b.txt": "bravo"}})
 	d, _ := newDispatcher(t, "")

@@ -119,6 +119,7 @@ func needUserXattrs(t *testing.T, target *sandbox.Sandbox, path string) {
 }
 
 func TestFSXattrRoundTripAndErrnos(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/f": "data", "/mnt/dir/g": "g"}})
 	needUserXattrs(t, target, "mnt/f")
 	d, _ := newDispatcher(t, "")
@@ -228,6 +229,7 @@ func TestFSXattrRoundTripAndErrnos(t *testing.T) {
 
 // A name list longer than XATTR_LIST_MAX is E2BIG, as from listxattr(2).
 func TestFSXattrListTooLarge(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/f": ""}})
 	needUserXattrs(t, target, "mnt/f")
 	d, _ := newDispatcher(t, "")
@@ -258,6 +260,7 @@ func TestFSXattrListTooLarge(t *testing.T) {
 // Symbolic links: followed inside the target unless nofollow; loops are
 // ELOOP; /proc magic links are never followed, even where the kernel would.
 func TestFSXattrSymlinksAndMagicLinks(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/f": "data", "/mnt/sub/g": "g"}})
 	needUserXattrs(t, target, "mnt/f")
 	d, _ := newDispatcher(t, "")
@@ -343,6 +346,7 @@ func TestFSXattrSymlinksAndMagicLinks(t *testing.T) {
 // leaves out "user" (or a plugin configured that way) acts with the core's
 // credentials and can, as sysbox-fs does.
 func TestFSXattrTrustedNeedsTheHostUserNamespace(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true, Files: map[string]string{"/mnt/f": "data"}})
 	needUserXattrs(t, target, "mnt/f")
 	d, _ := newDispatcher(t, "")
@@ -406,6 +410,7 @@ func TestFSXattrTrustedNeedsTheHostUserNamespace(t *testing.T) {
 // The same choice as configuration: the plugin's namespaces leave out
 // "user", so every request may use trusted.*.
 func TestFSXattrTrustedByConfiguration(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Files: map[string]string{"/mnt/f": "data"}})
 	d, _ := newDispatcher(t, "[[plugin]]\nname = \"fs\"\nnamespaces = [\"mnt\", \"pid\", \"net\", \"ipc\", \"uts\", \"cgroup\", \"time\"]\n")
 	pid := target.PID()
@@ -425,6 +430,7 @@ func TestFSXattrTrustedByConfiguration(t *testing.T) {
 
 // A FROM-scratch target: attributes on its tmpfs root, no /proc needed.
 func TestFSXattrScratchTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true, Files: map[string]string{"/etc/app.conf": "x=1\n"}})
 	needUserXattrs(t, target, "etc/app.conf")
 	d, _ := newDispatcher(t, "")
@@ -446,6 +452,7 @@ func TestFSXattrScratchTarget(t *testing.T) {
 // Handlers run concurrently in one warm instance; each request sees its
 // own attribute.
 func TestFSXattrConcurrent(t *testing.T) {
+	parallel(t)
 	files := map[string]string{}
 	for i := range 8 {
 		files[fmt.Sprintf("/mnt/f%d", i)] = ""
@@ -498,6 +505,7 @@ func hostOwner(t *testing.T, path string) (uint32, uint32) {
 }
 
 func TestFSChownRootful(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/a": "a", "/mnt/b": "b", "/mnt/c": "c"}})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -555,6 +563,7 @@ func TestFSChownRootful(t *testing.T) {
 // the host, an id the target has not mapped is EINVAL, and without the
 // user namespace the ids are the host's.
 func TestFSChownRootless(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Files: map[string]string{"/mnt/a": "a", "/mnt/b": "b"}})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -584,6 +593,7 @@ func TestFSChownRootless(t *testing.T) {
 }
 
 func TestFSChownScratchTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true, Files: map[string]string{"/app/bin": "x", "/app/data": "y"}})
 	d, _ := newDispatcher(t, "")
 	mustCall(t, d, target.PID(), "fs.chown", `{"entries":[{"path":"/app","uid":10,"gid":20},{"path":"/app/data","uid":30,"gid":40}]}`, nil)

@@ -15,6 +15,7 @@ import (
 )
 
 func TestFSOpenHandsBackDescriptors(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true, Files: map[string]string{"/mnt/hello": "hello"}})
 	pid := target.PID()
 	inTarget(t, pid, "ln -s /mnt/hello /mnt/abs && ln -s /proc/self/root/mnt/hello /mnt/magic")
@@ -83,6 +84,7 @@ func TestFSOpenHandsBackDescriptors(t *testing.T) {
 }
 
 func TestCLIShowsFilesHandedBack(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/hello": "hello there"}})
 	stdout, stderr, code := runCLI(t, "call", "--config", cliConfig(t, ""), "--pid", strconv.Itoa(target.PID()),
 		"fs.open", `{"path":"/mnt/hello"}`)

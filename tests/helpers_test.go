@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,6 +38,33 @@ func newTarget(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
 	return s
 }
 
+// parallelTests are the names of the tests that called parallel.
+var parallelTests sync.Map
+
+// parallel runs t in parallel with the other parallel tests. It must come
+// first in the test. The leak check of its dispatchers is then scoped to
+// them (see newCore); the process-wide one covers every test at the end of
+// the run (see runTests).
+func parallel(t *testing.T) {
+	parallelTests.Store(t.Name(), true)
+	t.Parallel()
+}
+
+// inParallel reports whether t, or the test it is a subtest of, runs in
+// parallel.
+func inParallel(t *testing.T) bool {
+	for name := t.Name(); ; {
+		if _, ok := parallelTests.Load(name); ok {
+			return true
+		}
+		i := strings.LastIndexByte(name, '/')
+		if i < 0 {
+			return false
+		}
+		name = name[:i]
+	}
+}
+
 // newDispatcher starts a core from TOML (runtime_dir is set to a fresh
 // temporary directory) and checks, when the test ends, that closing it
 // leaves no process, fd, socket file or goroutine behind.
@@ -60,11 +88,15 @@ func newDispatcherWith(t *testing.T, toml string, opts core.Options) (*core.Disp
 // return within limit, instead of hanging with it. unblock, when not
 // nil, runs on timeout to release whatever New is stuck on. When the
 // test ends, it checks that closing the core leaves no process, fd,
-// socket file or goroutine behind. opts.Builtins are the test's.
+// socket file or goroutine behind: process-wide for a serial test; for a
+// parallel one, no process this core started and no fd into its runtime
+// directory (the rest is checked for all tests at the end of the run).
+// opts.Builtins are the test's.
 func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
 	t.Helper()
 	runDir := t.TempDir()
 	before := snapshot(t)
+	opts.Started = before.started.add
 	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -94,7 +126,9 @@ func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, 
 		t.Fatalf("core.New did not return within %v (it took %v)", limit, time.Since(start))
 	}
 	if r.d != nil {
+		startedBy.Store(r.d, before.started)
 		t.Cleanup(func() {
+			defer startedBy.Delete(r.d)
 			if err := r.d.Close(); err != nil {
 				t.Errorf("Close: %v", err)
 			}
@@ -108,10 +142,87 @@ func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, 
 type resources struct {
 	fds        int
 	goroutines int
+	parallel   bool          // check only what is the core's own
+	started    *startedProcs // the core's plugin processes
 }
 
+// startedProcs records the plugin processes a core started (through
+// core.Options.Started), each with its start time, so that a pid reused
+// by another process is not taken for one of them.
+type startedProcs struct {
+	mu    sync.Mutex
+	procs map[int]string // pid: start time in /proc/PID/stat
+}
+
+func (s *startedProcs) add(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.procs == nil {
+		s.procs = make(map[int]string)
+	}
+	s.procs[pid] = procStartTime(pid)
+}
+
+func (s *startedProcs) none() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.procs) == 0
+}
+
+// startedBy holds the startedProcs of each dispatcher newCore made.
+var startedBy sync.Map // *core.Dispatcher: *startedProcs
+
+// processesOf lists the live plugin processes d started, as "pid:exe".
+func processesOf(d *core.Dispatcher) []string {
+	s, _ := startedBy.Load(d)
+	return s.(*startedProcs).alive()
+}
+
+// alive lists the recorded processes that still exist, as "pid:exe".
+func (s *startedProcs) alive() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for pid, start := range s.procs {
+		if st := procStartTime(pid); st != "" && st == start {
+			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+			out = append(out, fmt.Sprintf("%d:%s", pid, exe))
+		}
+	}
+	return out
+}
+
+// procStartTime is field 22 of /proc/PID/stat, "" when there is no PID.
+func procStartTime(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// The command name (field 2) may hold spaces: count from its ")".
+	i := strings.LastIndexByte(string(data), ')')
+	if f := strings.Fields(string(data[i+1:])); i >= 0 && len(f) > 19 {
+		return f[19]
+	}
+	return ""
+}
+
+// fdsInto lists this process's fds whose path lies under dir.
+func fdsInto(dir string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil && (target == dir || strings.HasPrefix(target, dir+"/")) {
+			out = append(out, e.Name()+":"+target)
+		}
+	}
+	return out
+}
+
+// snapshot is taken before a core starts; the core is to be given
+// Options.Started = started.add.
 func snapshot(t *testing.T) resources {
-	return resources{fds: countFDs(t), goroutines: runtime.NumGoroutine()}
+	return resources{fds: countFDs(t), goroutines: runtime.NumGoroutine(), parallel: inParallel(t), started: &startedProcs{}}
 }
 
 func countFDs(t *testing.T) int {
@@ -127,8 +238,14 @@ func countFDs(t *testing.T) int {
 // were, and that the runtime directory holds no socket or directory.
 func (r resources) assertNoLeaks(t *testing.T, runDir string) {
 	t.Helper()
-	if kids := pluginChildren(); len(kids) > 0 {
-		t.Errorf("plugin processes left after Close: %v", kids)
+	// Close has reaped every process it started.
+	if left := r.started.alive(); len(left) > 0 {
+		t.Errorf("plugin processes of this dispatcher left after Close: %v", left)
+	}
+	if !r.parallel {
+		if kids := pluginChildren(); len(kids) > 0 {
+			t.Errorf("plugin processes left after Close: %v", kids)
+		}
 	}
 	filepath.Walk(runDir, func(p string, info os.FileInfo, err error) error {
 		if err == nil && p != runDir {
@@ -138,6 +255,17 @@ func (r resources) assertNoLeaks(t *testing.T, runDir string) {
 	})
 	// Goroutines of closed connections wind down asynchronously.
 	deadline := time.Now().Add(5 * time.Second)
+	for r.parallel {
+		into := fdsInto(runDir)
+		if len(into) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("fds into runtime_dir left after Close: %v", into)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		fds, gs := countFDs(t), runtime.NumGoroutine()
 		if fds <= r.fds && gs <= r.goroutines+2 {
@@ -152,6 +280,36 @@ func (r resources) assertNoLeaks(t *testing.T, runDir string) {
 				t.Errorf("goroutines: %d before, %d after Close\n%s", r.goroutines, gs, buf[:runtime.Stack(buf, true)])
 			}
 			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func countFDsOrZero() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+// leaksAtExit is what the whole run left behind, compared with r (taken
+// before it), or "". It gives goroutines that wind down asynchronously a
+// few seconds.
+func (r resources) leaksAtExit() string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		kids, fds, gs := pluginChildren(), countFDsOrZero(), runtime.NumGoroutine()
+		if len(kids) == 0 && fds <= r.fds && gs <= r.goroutines+2 {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			var fdList []string
+			ents, _ := os.ReadDir("/proc/self/fd")
+			for _, e := range ents {
+				target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+				fdList = append(fdList, e.Name()+":"+target)
+			}
+			buf := make([]byte, 1<<20)
+			return fmt.Sprintf("plugin processes %v; fds: %d before, %d after %v; goroutines: %d before, %d after\n%s",
+				kids, r.fds, fds, fdList, r.goroutines, gs, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -193,6 +351,24 @@ func nsInode(t *testing.T, pid int, ns string) uint64 {
 	return st.Ino
 }
 
+// ownNSInode is the inode of the test process's own namespace ns, as its
+// threads (and the core, which reads them on its spawner thread) have it.
+// Not through /proc/PID, which shows the main thread's: a test goroutine
+// that locks its thread and joins a target's namespace (sysctlDirectErrno)
+// throws the thread away afterwards, but when it ran on the main thread,
+// which never exits, that thread stays in the target's namespace, and so
+// does /proc/PID/ns. Every other thread is the process's own.
+func ownNSInode(t *testing.T, ns string) uint64 {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/"+ns, &st); err != nil {
+		t.Fatalf("stat own ns %s: %v", ns, err)
+	}
+	return st.Ino
+}
+
 // assertNamespaces proves from the host that process pid is in the
 // target's namespaces for every name in joined, and in the test process's
 // own for the rest.
@@ -204,7 +380,7 @@ func assertNamespaces(t *testing.T, pid, target int, joined []string) {
 	}
 	for _, ns := range allNS {
 		got := nsInode(t, pid, ns)
-		want, whose := nsInode(t, os.Getpid(), ns), "the core's"
+		want, whose := ownNSInode(t, ns), "the core's"
 		if in[ns] {
 			want, whose = nsInode(t, target, ns), "the target's"
 		}

@@ -31,6 +31,7 @@ test -p /proc/self/maps
 // its root and enters the target's only when nsplug's code runs. Without
 // that, every start below waits for start_timeout and fails.
 func TestPlantedFIFOsDoNotStallStarts(t *testing.T) {
+	parallel(t)
 	for _, tc := range []struct {
 		name string
 		opts sandbox.Options

@@ -29,6 +29,7 @@ func startTime(t *testing.T, pid int) uint64 {
 // holds once its target died and the pid was reused) is ESRCH, cold and
 // warm, and so is the identity of a process that has exited.
 func TestTargetIdentity(t *testing.T) {
+	parallel(t)
 	a := newTarget(t, sandbox.Options{Hostname: "ident-a"})
 	time.Sleep(20 * time.Millisecond) // start times count clock ticks
 	b := newTarget(t, sandbox.Options{Hostname: "ident-b"})
@@ -81,6 +82,7 @@ func TestTargetIdentity(t *testing.T) {
 // namespace of the process that has the pid now or as the core's child);
 // the live one pre-starts the instance that then serves.
 func TestPrepareRefusesAStaleIdentity(t *testing.T) {
+	parallel(t)
 	a := newTarget(t, sandbox.Options{Hostname: "prep-a"})
 	time.Sleep(20 * time.Millisecond) // start times count clock ticks
 	b := newTarget(t, sandbox.Options{Hostname: "prep-b"})
@@ -94,7 +96,7 @@ func TestPrepareRefusesAStaleIdentity(t *testing.T) {
 	if n := len(d.Instances()); n != 0 {
 		t.Errorf("%d instances started for a stale identity: %v", n, d.Instances())
 	}
-	if kids := pluginChildren(); len(kids) != 0 {
+	if kids := processesOf(d); len(kids) != 0 {
 		t.Errorf("plugin processes started for a stale identity: %v", kids)
 	}
 	if now := processesInPIDNamespaceOf(t, b.PID()); len(now) != len(inB) {
@@ -117,6 +119,7 @@ func TestPrepareRefusesAStaleIdentity(t *testing.T) {
 }
 
 func TestCLITargetIdentity(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "cli-ident"})
 	pid := strconv.Itoa(target.PID())
 	conf := cliConfig(t, "")

@@ -62,6 +62,7 @@ type idsGroupEntry struct {
 }
 
 func TestIDsScratchTarget(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true,
 		Files: map[string]string{"/etc/passwd": idsPasswd, "/etc/group": idsGroup}})
 	d, _ := newDispatcher(t, "")
@@ -146,6 +147,7 @@ func TestIDsScratchTarget(t *testing.T) {
 
 // A FROM-scratch target without the files: ENOENT naming the file.
 func TestIDsScratchTargetWithoutFiles(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true, Files: map[string]string{"/app": "x"}})
 	d, _ := newDispatcher(t, "")
 	wantErrno(t, call(t, d, target.PID(), "ids.user", `{"name":"root"}`, nil), syscall.ENOENT, "/etc/passwd")
@@ -156,6 +158,7 @@ func TestIDsScratchTargetWithoutFiles(t *testing.T) {
 // target only mounts a tmpfs on /mnt): the plugin must agree with the
 // host's /etc/passwd and /etc/group line by line.
 func TestIDsRootfulTargetReadsItsRoot(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
 	for _, db := range []struct{ file, typ string }{{"/etc/passwd", "ids.user"}, {"/etc/group", "ids.group"}} {
@@ -197,6 +200,7 @@ func TestIDsRootfulTargetReadsItsRoot(t *testing.T) {
 // passwd_file and group_file options) in a target whose /mnt the host can
 // rewrite between requests.
 func TestIDsRefusesWhatIsNotAPlainFile(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true,
 		Files: map[string]string{"/mnt/real/passwd": idsPasswd, "/mnt/group": idsGroup}})
 	d, _ := newDispatcher(t, `
@@ -268,6 +272,7 @@ group_file = "/mnt/group"
 // any nsplug package it depends on may import it. (go-plugin links it for
 // its client side, which only the core runs, on the host.)
 func TestIDsPluginDoesNotImportOSUser(t *testing.T) {
+	parallel(t)
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}:{{range .Imports}} {{.}}{{end}}",
 		"github.com/nsplug/nsplug/plugins/ids").Output()
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 // A response over sdk.MaxMessageBytes is an EIO error that names its size
 // and the limit once, with the errno once; the instance keeps serving.
 func TestResponseOverTheLimitNamesIt(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	pid := target.PID()
 	d, _ := newDispatcher(t, "")
@@ -32,6 +33,7 @@ func TestResponseOverTheLimitNamesIt(t *testing.T) {
 // sent, with the EIO error a response over the limit gets, naming its size
 // and the limit once; the warm instance is neither used nor replaced.
 func TestRequestOverTheLimitNamesIt(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/small": "ok"}})
 	pid := target.PID()
 	d, _ := newDispatcher(t, "")

@@ -103,6 +103,7 @@ path = %q
 // says which failed and why, a request of its types names the failure,
 // and fail_on_plugin_error makes it New's error instead.
 func TestBrokenPluginsLeaveTheOthersServing(t *testing.T) {
+	parallel(t)
 	self, _ := os.Executable()
 	conf := fmt.Sprintf(`
 [[plugin]]
@@ -169,6 +170,7 @@ path = %[1]q
 // and a bad one names the file and line of the option: for a built-in (in
 // the core) and for an external plugin (where it describes itself).
 func TestPluginOptionsAreCheckedAtLoad(t *testing.T) {
+	parallel(t)
 	self, _ := os.Executable()
 	d, _, err := newCore(t, fmt.Sprintf(`
 [[plugin]]
@@ -209,6 +211,7 @@ start_delay_ms = "soon"
 // seen from the host, its process is uid 65534, not root, in none of the
 // host's namespaces, with an empty root directory.
 func TestDescribeRunsUnprivileged(t *testing.T) {
+	parallel(t)
 	self, _ := os.Executable()
 	seen := make(chan describeProcess, 1)
 	go func() { seen <- watchDescribe("nsplug-extprobe", 10*time.Second) }()
@@ -230,7 +233,7 @@ func TestDescribeRunsUnprivileged(t *testing.T) {
 		t.Errorf("describing process's root holds %v, want an empty directory", p.root)
 	}
 	for _, ns := range []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup"} {
-		if p.ns[ns] == nsInode(t, os.Getpid(), ns) {
+		if p.ns[ns] == ownNSInode(t, ns) {
 			t.Errorf("describing process is in the host's %s namespace", ns)
 		}
 	}

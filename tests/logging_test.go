@@ -37,6 +37,7 @@ func newLoggedDispatcher(t *testing.T, toml string) (*core.Dispatcher, *exLocked
 // terminated background request's, an idle one, every one at Close) is
 // a debug line at most; a plugin that crashes is still an error.
 func TestDeliberateKillsAreNotErrors(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	d, logs := newLoggedDispatcher(t, "[[plugin]]\nname = \"probe\"\nidle_timeout = \"200ms\"\nrequest_timeout = \"300ms\"\n")
 	req := core.Request{PID: target.PID(), Type: "probe.hang"}
@@ -68,6 +69,7 @@ func TestDeliberateKillsAreNotErrors(t *testing.T) {
 }
 
 func TestCrashedPluginIsAnError(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{})
 	d, logs := newLoggedDispatcher(t, "")
 	if err := call(t, d, target.PID(), "probe.crash", `{}`, nil); err == nil {
@@ -87,6 +89,7 @@ func TestCrashedPluginIsAnError(t *testing.T) {
 // an error line; Options.LoadFailureLevel moves it, for a caller that
 // reports failures its own way.
 func TestLoadFailureIsLoggedOnceAsAWarning(t *testing.T) {
+	parallel(t)
 	conf := "[[plugin]]\nname = \"gone\"\npath = \"/nonexistent/plugin\"\ntypes = [\"gone.read\"]\n"
 	logs := &exLockedBuffer{}
 	d, _ := newDispatcherWith(t, conf, core.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.Warn, Output: logs})})

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -55,7 +56,16 @@ func runTests(m *testing.M) int {
 	}
 	// Make the binaries reachable by a rootless target's host uid.
 	os.Chmod(dir, 0o755)
-	return m.Run()
+	before := resources{fds: countFDsOrZero(), goroutines: runtime.NumGoroutine()}
+	code := m.Run()
+	// Parallel tests check only what is their dispatchers' own; this
+	// checks the rest for every test: no plugin child, fds and
+	// goroutines back where they were.
+	if leaks := before.leaksAtExit(); leaks != "" {
+		fmt.Fprintln(os.Stderr, "FAIL: left after every test:", leaks)
+		return 1
+	}
+	return code
 }
 
 // testPlugins are the plugins this test binary serves as built-ins.

@@ -21,6 +21,7 @@ import (
 // busy handler (README, security model): list its fds and raise its
 // oom_score_adj, though not read where the fds point or its environment.
 func TestMappedRootTargetReachesHandlerProcFiles(t *testing.T) {
+	parallel(t)
 	probe := exec.Command("sh", "-c", `read h
 ls /proc/$h/fd >/dev/null 2>&1 && echo fd-list-allowed
 echo 1000 >/proc/$h/oom_score_adj 2>/dev/null && echo oom-raise-allowed

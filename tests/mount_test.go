@@ -150,6 +150,7 @@ func mntCall(t *testing.T, d *core.Dispatcher, pid int, payload string) mntResul
 // propagation change, the mount table, inodes and unmounts. The target
 // sees each change; the host sees none.
 func TestMountEveryMessageType(t *testing.T) {
+	parallel(t)
 	hostBefore := mntHost(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: mntFiles})
 	d, _ := newDispatcher(t, "")
@@ -284,6 +285,7 @@ func TestMountEveryMessageType(t *testing.T) {
 // A batch is all or nothing: when an entry fails, those before it are
 // undone, in reverse, whatever they were.
 func TestMountBatchRollback(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: mntFiles})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -338,6 +340,7 @@ func TestMountBatchRollback(t *testing.T) {
 // The errno of a failing mount is the one the same syscall gets when made
 // by hand as root in the target.
 func TestMountErrnoMatchesTheSyscall(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: mntFiles})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -384,6 +387,7 @@ func TestMountErrnoMatchesTheSyscall(t *testing.T) {
 // Malformed requests are EINVAL naming the problem; paths go through the
 // allowed roots and may not contain links.
 func TestMountBadRequests(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true, Files: mntFiles})
 	d, _ := newDispatcher(t, `
 [[plugin]]
@@ -430,6 +434,7 @@ allowed_roots = ["/mnt"]
 // namespace its user namespace owns, and cannot unlock what the host
 // locked.
 func TestMountRootless(t *testing.T) {
+	parallel(t)
 	hostBefore := mntHost(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, MountProc: true, Files: mntFiles})
 	d, _ := newDispatcher(t, "")
@@ -465,6 +470,7 @@ func TestMountRootless(t *testing.T) {
 // A FROM-scratch target without /proc: the table comes from the plugin's
 // fresh procfs.
 func TestMountScratch(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true,
 		Files: map[string]string{"/data/x": "x\n", "/mnt/a/.keep": ""}})
 	d, _ := newDispatcher(t, "")
@@ -505,6 +511,7 @@ func TestMountScratch(t *testing.T) {
 // mount table, and nothing it mounts propagates out, even where the
 // target's mounts are shared: the copy's mounts are slaves.
 func TestUnsharedMountsDoNotPropagate(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/placeholder": ""}})
 	pid := target.PID()
 	inTarget(t, pid, "mkdir -p /mnt/shared && mount -t tmpfs shared /mnt/shared && mount --make-shared /mnt/shared && mkdir /mnt/shared/x")

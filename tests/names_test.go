@@ -76,6 +76,7 @@ func oddTarget(t *testing.T, opts sandbox.Options) (*sandbox.Sandbox, string) {
 }
 
 func TestNamesThatAreNotUTF8Procfs(t *testing.T) {
+	parallel(t)
 	target, dir := oddTarget(t, sandbox.Options{})
 	pid := target.PID()
 	d, _ := newDispatcher(t, "")
@@ -171,6 +172,7 @@ func TestNamesThatAreNotUTF8Procfs(t *testing.T) {
 }
 
 func TestNamesThatAreNotUTF8FS(t *testing.T) {
+	parallel(t)
 	target, dir := oddTarget(t, sandbox.Options{})
 	pid := target.PID()
 	needUserXattrs(t, target, "/mnt/names")
@@ -232,6 +234,7 @@ func TestNamesThatAreNotUTF8FS(t *testing.T) {
 }
 
 func TestNamesThatAreNotUTF8Mount(t *testing.T) {
+	parallel(t)
 	target, _ := oddTarget(t, sandbox.Options{})
 	pid := target.PID()
 	d, _ := newDispatcher(t, "")
@@ -296,6 +299,7 @@ func TestNamesThatAreNotUTF8Mount(t *testing.T) {
 }
 
 func TestNamesThatAreNotUTF8IDs(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/passwd": "", "/mnt/group": ""}})
 	pid := target.PID()
 	root := target.Root()
@@ -325,6 +329,7 @@ func TestNamesThatAreNotUTF8IDs(t *testing.T) {
 // The CLI prints a response's bytes as the plugin sent them: the base64
 // form stays, and so do key order and large numbers.
 func TestCLIKeepsTheNameEncoding(t *testing.T) {
+	parallel(t)
 	target, _ := oddTarget(t, sandbox.Options{})
 	cfg := cliConfig(t, "")
 	out, stderr, code := runCLI(t, "call", "--config", cfg, "--pid", fmt.Sprint(target.PID()), "procfs.readlink", `{"path":{"base64":"`+

@@ -50,6 +50,7 @@ func feedFIFO(path string, chunks ...string) <-chan error {
 // procfs.read of a FIFO reads it with read(2) at offset 0: what the writer
 // sends, to EOF or to len. At another offset it is the kernel's ESPIPE.
 func TestProcfsReadsAFIFO(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Files: map[string]string{"/mnt/.keep": ""}})
 	pid := target.PID()
 	fifo := filepath.Join(target.Root(), "/mnt/fifo")

@@ -108,6 +108,7 @@ func TestProcfsWriteFollowsTheSysctlRule(t *testing.T) {
 // A process's file of the target's own procfs, in its own pid namespace,
 // is the target's: written when pid is joined, refused when not.
 func TestProcfsWriteProcessFiles(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	pid := target.PID()
 	d, _ := newDispatcher(t, "")

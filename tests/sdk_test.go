@@ -61,12 +61,14 @@ func sdkConfig(t *testing.T, name, bin, extra string) *config.Config {
 // when the core starts (with fail_on_plugin_error), with an error naming
 // the plugin and both versions, and nothing of it is left running.
 func TestProtocolVersionMismatch(t *testing.T) {
+	parallel(t)
 	for _, v := range []int{wire.ProtocolVersion - 1, wire.ProtocolVersion + 1} { // built against an older sdk, a newer one
 		t.Run(fmt.Sprintf("plugin speaks %d", v), func(t *testing.T) {
 			bin := sdkBuild(t, "./testdata/oldproto", "-ldflags", fmt.Sprintf("-X main.protocolVersion=%d", v))
 			cfg := sdkConfig(t, "oldproto", bin, "")
 			cfg.FailOnPluginError = true // by default it is only recorded as failed
-			d, err := core.New(cfg, core.Options{})
+			started := &startedProcs{}
+			d, err := core.New(cfg, core.Options{Started: started.add})
 			if err == nil {
 				d.Close()
 				t.Fatalf("core.New accepted a plugin speaking protocol version %d", v)
@@ -82,8 +84,11 @@ func TestProtocolVersionMismatch(t *testing.T) {
 			if !errors.As(err, &ce) || ce.Errno != syscall.EIO {
 				t.Errorf("error %T %v, want a *core.Error with EIO", err, err)
 			}
-			if kids := pluginChildren(); len(kids) > 0 {
-				t.Errorf("plugin processes left: %v", kids)
+			if started.none() {
+				t.Error("core.New started no plugin process")
+			}
+			if left := started.alive(); len(left) > 0 {
+				t.Errorf("plugin processes left: %v", left)
 			}
 		})
 	}
@@ -118,6 +123,7 @@ func (l *sdkLogs) String() string {
 // go-plugin's grace period; without the preamble it runs on the host; in
 // oneshot mode it serves one request without go-plugin.
 func TestPluginWithoutTheSDK(t *testing.T) {
+	parallel(t)
 	host, _ := os.Hostname()
 	for _, c := range []struct {
 		name       string
@@ -143,7 +149,7 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 			cfg := sdkConfig(t, "raw", bin, extra)
 			runDir := cfg.RuntimeDir
 			before := snapshot(t)
-			d, err := core.New(cfg, core.Options{Logger: log})
+			d, err := core.New(cfg, core.Options{Logger: log, Started: before.started.add})
 			if err != nil {
 				t.Fatalf("core.New: %v", err)
 			}
@@ -308,6 +314,7 @@ func TestRawPluginUsesOnlyGeneratedWire(t *testing.T) {
 // plugins/, no string naming one or one of its message types, no
 // [[plugin]] entry for one in the embedded default configuration.
 func TestCoreKnowsNoPluginByName(t *testing.T) {
+	parallel(t)
 	var names []string
 	for _, p := range builtin.All() {
 		names = append(names, p.Name)

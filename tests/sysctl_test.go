@@ -159,6 +159,7 @@ func sysctlRoundTrip(t *testing.T, d *core.Dispatcher, pid int, name, path, nsFl
 // A container-like target: net.*, uts and ipc sysctls are read and
 // written as the target sees them, and the host's values stay.
 func TestSysctlRootful(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Hostname: "sysctl-rootful", MountProc: true})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -220,6 +221,7 @@ func kernelAtLeast(t *testing.T, major, minor int) bool {
 // What the kernel refuses is refused with the errno a direct write in the
 // target gets; names, prefixes and listings behave.
 func TestSysctlErrorsAndListing(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -326,6 +328,7 @@ func TestSysctlErrorsAndListing(t *testing.T) {
 // (the hostname through sethostname(2), which /proc/sys refuses to
 // anyone but the host's root).
 func TestSysctlRootless(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Hostname: "sysctl-rootless", MountProc: true})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -362,6 +365,7 @@ allow_host_sysctls = ["vm.overcommit_memory"]
 // A FROM-scratch target has no /proc at all: the plugin's fresh procfs
 // serves it.
 func TestSysctlScratch(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{Rootless: true, Scratch: true, Hostname: "sysctl-scratch"})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -389,6 +393,7 @@ func TestSysctlScratch(t *testing.T) {
 // A target that bind-mounts one /proc/sys file over another in its own
 // mount namespace fools whoever writes through its /proc, not the plugin.
 func TestSysctlBindMountOverProcSysDoesNotRedirect(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	d, _ := newDispatcher(t, "")
 	pid := target.PID()
@@ -419,6 +424,7 @@ func TestSysctlBindMountOverProcSysDoesNotRedirect(t *testing.T) {
 // by name, and so are namespaced ones when the target shares the host's
 // namespace.
 func TestSysctlRefusesHostSysctls(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	// Allowed by name, in slash form.
 	d, _ := newDispatcher(t, `
@@ -509,6 +515,7 @@ allowed_roots = ["/proc/sys/net"]
 // under its own name, in the {"base64": ...} form, and can be read and
 // written by that name.
 func TestSysctlNamesAreBytes(t *testing.T) {
+	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
 	pid := target.PID()
 	const ifname = "a\xffb"

@@ -1,0 +1,511 @@
+package core
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsplug/nsplug/config"
+)
+
+// The pool's unit tests drive acquire, release and close with fake starts:
+// instances without a process, whose kill (pool.stop) is recorded. They
+// synchronise on channels and on the moment a caller first asks its
+// context for Done (see watchCtx), never on sleeps.
+
+// fakePool is a pool whose instances are fakes.
+type fakePool struct {
+	*pool
+	t      *testing.T
+	starts atomic.Int32
+
+	killMu sync.Mutex
+	killed []*instance // in the order the pool killed them
+}
+
+func newFakePool(t *testing.T, max, startsPerTarget int) *fakePool {
+	fp := &fakePool{pool: newPool(max, startsPerTarget), t: t}
+	fp.stop = func(inst *instance, abrupt bool) {
+		fp.killMu.Lock()
+		defer fp.killMu.Unlock()
+		for _, k := range fp.killed {
+			if k == inst {
+				t.Errorf("instance %s killed twice", inst.plugin.name)
+			}
+		}
+		fp.killed = append(fp.killed, inst)
+	}
+	t.Cleanup(func() {
+		closed := make(chan struct{})
+		go func() { fp.close(); close(closed) }()
+		waitFor(t, closed, "close")
+	})
+	return fp
+}
+
+// fakeInstance is an instance with no process, named name, whose idle
+// timeout is idle.
+func fakeInstance(name string, idle time.Duration) *instance {
+	e := &pluginEntry{name: name, settings: config.Settings{IdleTimeout: config.Duration{Duration: idle}}}
+	return &instance{plugin: e, gone: make(chan struct{})}
+}
+
+// start returns a start func that counts itself, then waits for gate
+// (when not nil) and returns inst or err. With neither, no start is
+// expected: it fails.
+func (fp *fakePool) start(inst *instance, err error, gate <-chan struct{}) func() (*instance, error) {
+	if inst == nil && err == nil {
+		err = errorf(syscall.EIO, "unexpected start")
+	}
+	return func() (*instance, error) {
+		fp.starts.Add(1)
+		if gate != nil {
+			<-gate
+		}
+		return inst, err
+	}
+}
+
+func (fp *fakePool) killedNames() []string {
+	fp.killMu.Lock()
+	defer fp.killMu.Unlock()
+	var names []string
+	for _, k := range fp.killed {
+		names = append(names, k.plugin.name)
+	}
+	return names
+}
+
+// acquireNow acquires key on target "T" with a start that returns inst at
+// once, failing the test on error.
+func (fp *fakePool) acquireNow(key string, inst *instance) *instance {
+	fp.t.Helper()
+	got, err := fp.acquire(context.Background(), key, "T", false, fp.start(inst, nil, nil))
+	if err != nil {
+		fp.t.Fatalf("acquire %s: %v", key, err)
+	}
+	return got
+}
+
+// watchCtx is a context that reports, by closing asked, the first time
+// its Done is called: a caller of acquire does so where it blocks (in the
+// select that waits for a shared start or a start slot).
+type watchCtx struct {
+	context.Context
+	once  sync.Once
+	asked chan struct{}
+}
+
+func newWatchCtx(parent context.Context) *watchCtx {
+	return &watchCtx{Context: parent, asked: make(chan struct{})}
+}
+
+func (c *watchCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.asked) })
+	return c.Context.Done()
+}
+
+// waitFor waits for ch to close, failing the test after a while instead of
+// hanging it (the time-out is a safety net, not synchronisation).
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still waiting for %s after 10s", what)
+	}
+}
+
+// result waits for an acquire started by goAcquire, as waitFor does.
+func result(t *testing.T, ch <-chan acquired) acquired {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("acquire has not returned after 10s")
+		return acquired{}
+	}
+}
+
+type acquired struct {
+	inst *instance
+	err  error
+}
+
+// goAcquire runs acquire in a goroutine; its result arrives on the channel.
+func (fp *fakePool) goAcquire(ctx context.Context, key, target string, oneshot bool, start func() (*instance, error)) <-chan acquired {
+	ch := make(chan acquired, 1)
+	go func() {
+		inst, err := fp.acquire(ctx, key, target, oneshot, start)
+		ch <- acquired{inst, err}
+	}()
+	return ch
+}
+
+// startedShared begins a cold start of key that waits for gate, and
+// returns once the start func runs (the start is then registered, so
+// that later callers of key share it).
+func (fp *fakePool) startedShared(key string, inst *instance, gate <-chan struct{}) <-chan acquired {
+	fp.t.Helper()
+	running := make(chan struct{})
+	start := fp.start(inst, nil, gate)
+	ch := fp.goAcquire(context.Background(), key, "T", false, func() (*instance, error) {
+		close(running)
+		return start()
+	})
+	waitFor(fp.t, running, "the start to run")
+	return ch
+}
+
+// wantShared checks that every caller got inst, and that inst counts them
+// all as in flight.
+func (fp *fakePool) wantShared(inst *instance, callers ...<-chan acquired) {
+	fp.t.Helper()
+	for i, ch := range callers {
+		if r := result(fp.t, ch); r.err != nil || r.inst != inst {
+			fp.t.Fatalf("caller %d: %v, %v; want the shared instance", i, r.inst, r.err)
+		}
+	}
+	fp.pool.mu.Lock()
+	defer fp.pool.mu.Unlock()
+	if inst.inflight != len(callers) {
+		fp.t.Errorf("inflight %d, want %d", inst.inflight, len(callers))
+	}
+}
+
+// Concurrent callers of one key share one start: it runs once and every
+// caller gets its instance.
+func TestPoolSharesOneColdStart(t *testing.T) {
+	fp := newFakePool(t, 16, 8) // room for 8 starts, were they not shared
+	inst := fakeInstance("a", time.Hour)
+	gate := make(chan struct{})
+	first := fp.startedShared("k", inst, gate)
+	var waiters []<-chan acquired
+	for range 7 {
+		ctx := newWatchCtx(context.Background())
+		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", false, fp.start(fakeInstance("other", time.Hour), nil, nil)))
+		waitFor(t, ctx.asked, "a caller to block") // it waits for the shared start
+	}
+	close(gate)
+	fp.wantShared(inst, append(waiters, first)...)
+	if n := fp.starts.Load(); n != 1 {
+		t.Errorf("%d starts for 8 concurrent callers of one key, want 1", n)
+	}
+}
+
+// A failed shared start fails every caller waiting for it with its error,
+// and is not remembered: the next caller starts afresh.
+func TestPoolSharedStartFailureFailsAllWaiters(t *testing.T) {
+	fp := newFakePool(t, 4, 1)
+	boom := errorf(syscall.EIO, "starting plugin a: boom")
+	gate := make(chan struct{})
+	running := make(chan struct{})
+	first := fp.goAcquire(context.Background(), "k", "T", false, func() (*instance, error) {
+		close(running)
+		return fp.start(nil, boom, gate)()
+	})
+	waitFor(t, running, "the start to run")
+	var waiters []<-chan acquired
+	for range 5 {
+		ctx := newWatchCtx(context.Background())
+		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", false, fp.start(fakeInstance("other", time.Hour), nil, nil)))
+		waitFor(t, ctx.asked, "a caller to block")
+	}
+	close(gate)
+	for i, ch := range append(waiters, first) {
+		if r := result(t, ch); r.err != boom || r.inst != nil {
+			t.Errorf("caller %d: %v, %v; want the start's error %v", i, r.inst, r.err, boom)
+		}
+	}
+	if n := fp.starts.Load(); n != 1 {
+		t.Errorf("%d starts, want 1", n)
+	}
+	inst := fakeInstance("a", time.Hour)
+	if got := fp.acquireNow("k", inst); got != inst {
+		t.Errorf("after a failed start: %v, want a fresh start", got)
+	}
+}
+
+// max_instances caps live instances: with every instance busy a cold start
+// is EAGAIN; with an idle one, the least recently used idle instance is
+// killed to make room, and the others stay warm.
+func TestPoolCapEvictsLeastRecentlyUsed(t *testing.T) {
+	fp := newFakePool(t, 2, 4)
+	a, b := fakeInstance("a", time.Hour), fakeInstance("b", time.Hour)
+	fp.release(fp.acquireNow("a", a), false)
+	fp.release(fp.acquireNow("b", b), false)
+	// Using a again makes b the least recently used.
+	if got := fp.acquireNow("a", nil); got != a {
+		t.Fatalf("warm a: got %v", got)
+	}
+	fp.release(a, false)
+
+	c := fakeInstance("c", time.Hour)
+	if got := fp.acquireNow("c", c); got != c {
+		t.Fatalf("c: got %v", got)
+	}
+	waitFor(t, b.gone, "b to be killed")
+	if got := fp.killedNames(); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("killed %v to make room, want [b]", got)
+	}
+	if got := fp.acquireNow("a", nil); got != a {
+		t.Fatalf("a after the eviction: got %v, want it still warm", got)
+	}
+	// a and c are busy: no room.
+	_, err := fp.acquire(context.Background(), "d", "T", false, fp.start(fakeInstance("d", time.Hour), nil, nil))
+	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "all 2 plugin instances are busy (max_instances)") {
+		t.Fatalf("cold start with every instance busy: %v, want EAGAIN naming max_instances", err)
+	}
+	if n := fp.starts.Load(); n != 3 {
+		t.Errorf("%d starts, want 3 (a, b, c)", n)
+	}
+	// A start in progress counts against the cap too.
+	fp.release(c, false)
+	gate := make(chan struct{})
+	e := fakeInstance("e", time.Hour)
+	pending := fp.startedShared("e", e, gate) // evicts c, the only idle one
+	waitFor(t, c.gone, "c to be killed")
+	_, err = fp.acquire(context.Background(), "f", "T", false, fp.start(fakeInstance("f", time.Hour), nil, nil))
+	if !errnoIs(err, syscall.EAGAIN) {
+		t.Errorf("cold start while a busy and e starting: %v, want EAGAIN", err)
+	}
+	close(gate)
+	if r := result(t, pending); r.inst != e {
+		t.Fatalf("e: %v", r.err)
+	}
+	if got := fp.killedNames(); strings.Join(got, ",") != "b,c" {
+		t.Errorf("killed %v, want [b c]", got)
+	}
+}
+
+// An idle instance is killed once its idle timeout passes and a later
+// caller starts a new one; one in use, or used again since, is not.
+func TestPoolIdleExpiry(t *testing.T) {
+	fp := newFakePool(t, 4, 4)
+	short := fakeInstance("short", time.Millisecond)
+	fp.release(fp.acquireNow("s", short), false)
+	waitFor(t, short.gone, "short to be killed") // the idle timer killed it
+	again := fakeInstance("short2", time.Hour)
+	if got := fp.acquireNow("s", again); got != again {
+		t.Fatalf("after expiry: got %v, want a new start", got)
+	}
+
+	// A timer that fires for an instance in use, or used after it was
+	// set, leaves it alone.
+	long := fakeInstance("long", time.Hour)
+	fp.acquireNow("l", long)
+	fp.expire(long)
+	fp.release(long, false)
+	fp.expire(long)
+	fp.pool.mu.Lock()
+	killed := long.killed
+	fp.pool.mu.Unlock()
+	if killed {
+		t.Fatal("expire killed an instance in use, or before its idle timeout")
+	}
+}
+
+// close waits for a start in progress; the instance it started is killed
+// (its caller gets it retired, and its request fails on the dead
+// process); callers that shared the start, and every later caller, get
+// ESHUTDOWN.
+func TestPoolCloseWhileStarting(t *testing.T) {
+	fp := newFakePool(t, 4, 4)
+	inst := fakeInstance("a", time.Hour)
+	gate := make(chan struct{})
+	first := fp.startedShared("k", inst, gate)
+	ctx := newWatchCtx(context.Background())
+	sharer := fp.goAcquire(ctx, "k", "T", false, fp.start(nil, nil, nil))
+	waitFor(t, ctx.asked, "a caller to block")
+
+	closed := make(chan struct{})
+	go func() { fp.close(); close(closed) }()
+	for {
+		fp.pool.mu.Lock()
+		c := fp.closed
+		fp.pool.mu.Unlock()
+		if c {
+			break
+		}
+		select {
+		case <-closed:
+			t.Fatal("close returned while a start was in progress")
+		default:
+			runtime.Gosched() // close sets closed first thing
+		}
+	}
+	_, err := fp.acquire(context.Background(), "other", "T", false, fp.start(fakeInstance("x", time.Hour), nil, nil))
+	if !errnoIs(err, syscall.ESHUTDOWN) {
+		t.Errorf("acquire while closing: %v, want ESHUTDOWN", err)
+	}
+	select {
+	case <-closed:
+		t.Fatal("close returned while a start was in progress")
+	default:
+	}
+	close(gate)
+	waitFor(t, closed, "close to return")
+	r := result(t, first)
+	if r.inst != inst || r.err != nil {
+		t.Fatalf("the starting caller: %v, %v", r.inst, r.err)
+	}
+	if !isClosed(inst.gone) {
+		t.Error("close returned before the instance it waited for was killed")
+	}
+	if r := result(t, sharer); !errnoIs(r.err, syscall.ESHUTDOWN) {
+		t.Errorf("caller sharing the start: %v, %v; want ESHUTDOWN", r.inst, r.err)
+	}
+	fp.release(inst, false) // the caller's request ends: nothing more happens
+	if _, err := fp.acquire(context.Background(), "k", "T", false, fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
+		t.Errorf("acquire after close: %v, want ESHUTDOWN", err)
+	}
+	if n := fp.starts.Load(); n != 1 {
+		t.Errorf("%d starts, want 1", n)
+	}
+	if got := fp.killedNames(); len(got) != 1 {
+		t.Errorf("killed %v, want [a] once", got)
+	}
+}
+
+// A caller whose context ends while it waits for a shared start gets
+// ETIMEDOUT; the start goes on for the others.
+func TestPoolWaiterGivesUpWhileStartGoesOn(t *testing.T) {
+	fp := newFakePool(t, 4, 4)
+	inst := fakeInstance("a", time.Hour)
+	gate := make(chan struct{})
+	first := fp.startedShared("k", inst, gate)
+	cctx, cancel := context.WithCancel(context.Background())
+	impatient := newWatchCtx(cctx)
+	quitter := fp.goAcquire(impatient, "k", "T", false, fp.start(nil, nil, nil))
+	patient := newWatchCtx(context.Background())
+	stayer := fp.goAcquire(patient, "k", "T", false, fp.start(nil, nil, nil))
+	waitFor(t, impatient.asked, "a caller to block")
+	waitFor(t, patient.asked, "a caller to block")
+	cancel()
+	if r := result(t, quitter); !errnoIs(r.err, syscall.ETIMEDOUT) || !strings.Contains(r.err.Error(), "waiting for a plugin instance to start") {
+		t.Fatalf("caller whose context ended: %v, %v; want ETIMEDOUT", r.inst, r.err)
+	}
+	close(gate)
+	fp.wantShared(inst, first, stayer) // the caller that gave up holds none
+}
+
+// Oneshot instances are never shared, even with a start of their key in
+// progress, and are killed on release.
+func TestPoolOneshotNeverShared(t *testing.T) {
+	fp := newFakePool(t, 4, 4)
+	both := make(chan struct{}, 2)
+	gate := make(chan struct{})
+	x, y := fakeInstance("x", time.Hour), fakeInstance("y", time.Hour)
+	startOf := func(inst *instance) func() (*instance, error) {
+		return func() (*instance, error) {
+			both <- struct{}{}
+			<-gate // both are starting at once: neither waits for the other
+			return inst, nil
+		}
+	}
+	cx := fp.goAcquire(context.Background(), "k", "T", true, startOf(x))
+	cy := fp.goAcquire(context.Background(), "k", "T", true, startOf(y))
+	for range 2 {
+		select {
+		case <-both:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the two oneshot starts do not run at once")
+		}
+	}
+	close(gate)
+	rx, ry := result(t, cx), result(t, cy)
+	if rx.inst != x || ry.inst != y {
+		t.Fatalf("oneshot callers got %v and %v", rx.inst, ry.inst)
+	}
+	// Not warm: a pooled caller of the same key starts its own.
+	w := fakeInstance("warm", time.Hour)
+	if got := fp.acquireNow("k", w); got != w {
+		t.Errorf("pooled caller of a oneshot key got %v", got)
+	}
+	fp.release(x, false)
+	waitFor(t, x.gone, "x to be killed")
+	fp.release(y, false)
+	waitFor(t, y.gone, "y to be killed")
+	if got := fp.killedNames(); strings.Join(got, ",") != "x,y" {
+		t.Errorf("killed %v, want [x y]", got)
+	}
+}
+
+// A target's start slots (max_starts_per_target) bound its concurrent
+// cold starts across keys, while other targets start as usual; repeated
+// failures make its starts fail at once, without calling start.
+func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
+	fp := newFakePool(t, 10, 2)
+	gate := make(chan struct{})
+	var running []chan struct{}
+	var calls []<-chan acquired
+	for _, key := range []string{"k1", "k2"} {
+		r := make(chan struct{})
+		running = append(running, r)
+		start := fp.start(fakeInstance(key, time.Hour), nil, gate)
+		calls = append(calls, fp.goAcquire(context.Background(), key, "T", false, func() (*instance, error) {
+			close(r)
+			return start()
+		}))
+	}
+	for _, r := range running {
+		waitFor(t, r, "a start to run")
+	}
+	// T's two slots are taken: a third key of T waits for one.
+	cctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx := newWatchCtx(cctx)
+	third := fp.goAcquire(ctx, "k3", "T", false, fp.start(fakeInstance("k3", time.Hour), nil, nil))
+	waitFor(t, ctx.asked, "a caller to block")
+	// Another target is not held up.
+	u := fakeInstance("u", time.Hour)
+	if got, err := fp.acquire(context.Background(), "ku", "U", false, fp.start(u, nil, nil)); got != u || err != nil {
+		t.Fatalf("target U while T's slots are taken: %v, %v", got, err)
+	}
+	cancel()
+	if r := result(t, third); !errnoIs(r.err, syscall.ETIMEDOUT) || !strings.Contains(r.err.Error(), "start slots (max_starts_per_target)") {
+		t.Fatalf("third start of T: %v, %v; want ETIMEDOUT naming max_starts_per_target", r.inst, r.err)
+	}
+	if n := fp.starts.Load(); n != 3 {
+		t.Fatalf("%d starts, want 3: k1, k2 of T and ku of U, not k3", n)
+	}
+	close(gate)
+	for _, ch := range calls {
+		if r := result(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	// The slots are back: k3 starts now.
+	k3 := fakeInstance("k3", time.Hour)
+	if got := fp.acquireNow("k3", k3); got != k3 {
+		t.Fatalf("k3 once T's slots are back: %v", got)
+	}
+
+	// After backoffAfter failed starts, T's starts fail at once.
+	fail := errorf(syscall.EIO, "start timed out")
+	for i := range backoffAfter {
+		if _, err := fp.acquire(context.Background(), "bad", "T", false, fp.start(nil, fail, nil)); err != fail {
+			t.Fatalf("failing start %d: %v", i, err)
+		}
+	}
+	before := fp.starts.Load()
+	_, err := fp.acquire(context.Background(), "bad", "T", false, fp.start(nil, fail, nil))
+	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "start timed out") {
+		t.Fatalf("start after %d failures: %v, want EAGAIN with the last failure", backoffAfter, err)
+	}
+	if fp.starts.Load() != before {
+		t.Error("a start was made during the backoff")
+	}
+	if got := fp.acquireNow("k1", nil); got == nil || got.plugin.name != "k1" {
+		t.Errorf("a warm instance of T during its backoff: %v", got)
+	}
+	if _, err := fp.acquire(context.Background(), "ku2", "U", false, fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
+		t.Errorf("target U during T's backoff: %v", err)
+	}
+}
