@@ -44,7 +44,8 @@ type frameConn struct {
 // frameSlot is where one request's answer lands.
 type frameSlot struct {
 	waiting bool          // a caller registered before the answer came
-	arrived chan struct{} // closed once body/files are complete
+	arrived chan struct{} // closed once body/files are complete, or the channel died
+	final   bool          // the response's last frame came (arrived was not closed by death)
 	msg     wire.Message  // the response's bytes, counted past the limit
 	files   []*os.File
 }
@@ -218,6 +219,7 @@ func (c *frameConn) deliver(frame []byte, files []*os.File, flags int) {
 		s.msg.Add(body)
 		if kind == wire.FrameResponse {
 			s.files = files
+			s.final = true
 			close(s.arrived)
 		} else {
 			closeFiles(files)
@@ -332,7 +334,9 @@ func (c *frameConn) roundTrip(ctx context.Context, req *wire.HandleRequest) (*wi
 		return nil, nil, err
 	}
 	c.mu.Lock()
-	m, files, dead := s.msg, s.files, c.dead && s.msg.Body == nil
+	// A plugin that died part way through a response leaves a fragment:
+	// the channel is closed, not the response malformed.
+	m, files, dead := s.msg, s.files, !s.final
 	c.mu.Unlock()
 	if m.TooLarge() {
 		closeFiles(files)

@@ -356,8 +356,8 @@ func TestFramePeerDiesMidResponse(t *testing.T) {
 	parts := responseParts(t, &wire.HandleResponse{RequestId: "1", Payload: make([]byte, 2*wire.MaxFrameBody)})
 	plugin.send(wire.FrameResponsePart, "1", parts[0])
 	plugin.conn.Close()
-	if got := outcome(t, first); got.err == nil || got.resp != nil || got.files != nil {
-		t.Errorf("request cut short when the plugin died: %v, %v; want an error", got.resp, got.err)
+	if got := outcome(t, first); got.err != errChannelClosed || got.resp != nil || got.files != nil {
+		t.Errorf("request cut short when the plugin died: %v, %v; want %v", got.resp, got.err, errChannelClosed)
 	}
 	if got := outcome(t, second); got.err != errChannelClosed {
 		t.Errorf("request waiting when the plugin died: %v, %v; want %v", got.resp, got.err, errChannelClosed)
