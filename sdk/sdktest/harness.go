@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -288,7 +289,7 @@ func pluginExe(pid int) (string, bool) {
 func (h *Harness) pluginsInTarget() []string {
 	var own []string
 	for _, ns := range h.target.Namespaces() {
-		mine, err1 := nsIno("self", ns)
+		mine, err1 := ownNSIno(ns)
 		theirs, err2 := h.target.NSInode(ns)
 		if err1 == nil && err2 == nil && mine != theirs {
 			own = append(own, ns)
@@ -318,6 +319,16 @@ func (h *Harness) pluginsInTarget() []string {
 		}
 	}
 	return out
+}
+
+// ownNSIno is the test process's own namespace of kind ns, read on a
+// locked thread: /proc/self shows the main thread's, which code that
+// joined a namespace on a locked thread and let it end may have left in a
+// foreign one (a thread that cannot exit stays there).
+func ownNSIno(ns string) (uint64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return nsIno("thread-self", ns)
 }
 
 func nsIno(pid, ns string) (uint64, error) {
