@@ -276,7 +276,7 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 
 // acquire gets the instance for key from the pool, starting it if need be.
 func (d *Dispatcher) acquire(ctx context.Context, key string, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, l.target.admissionKey(), false, func() (*instance, error) {
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), func() (*instance, error) {
 		inst, err := d.startInstance(ctx, l)
 		if err != nil {
 			return nil, err

@@ -52,13 +52,13 @@ func newPool(max, startsPerTarget int) *pool {
 var errClosed = errorf(syscall.ESHUTDOWN, "dispatcher is closed")
 
 // acquire returns an instance for key: warm if there is one, otherwise
-// started by start (concurrent callers of one key share one start). A
-// oneshot instance is never shared and is killed on release. target names
-// the target for start admission.
-func (p *pool) acquire(ctx context.Context, key, target string, oneshot bool, start func() (*instance, error)) (*instance, error) {
+// started by start (concurrent callers of one key share one start).
+// target names the target for start admission. (Oneshot instances do not
+// come here: they take a slot with reserve.)
+func (p *pool) acquire(ctx context.Context, key, target string, start func() (*instance, error)) (*instance, error) {
 	p.mu.Lock()
 	for {
-		for !oneshot {
+		for {
 			if p.closed {
 				p.mu.Unlock()
 				return nil, errClosed
@@ -92,8 +92,8 @@ func (p *pool) acquire(ctx context.Context, key, target string, oneshot bool, st
 			return nil, err
 		}
 		p.mu.Lock()
-		if oneshot || (p.warm[key] == nil && p.starting[key] == nil) {
-			return p.coldStart(ctx, key, oneshot, slot, start)
+		if p.warm[key] == nil && p.starting[key] == nil {
+			return p.coldStart(ctx, key, slot, start)
 		}
 		p.admit.give(slot, nil)
 	}
@@ -101,7 +101,7 @@ func (p *pool) acquire(ctx context.Context, key, target string, oneshot bool, st
 
 // coldStart runs start in a slot the target was admitted to. Called with
 // mu held; returns with it released.
-func (p *pool) coldStart(ctx context.Context, key string, oneshot bool, slot *targetStarts, start func() (*instance, error)) (*instance, error) {
+func (p *pool) coldStart(ctx context.Context, key string, slot *targetStarts, start func() (*instance, error)) (*instance, error) {
 	if p.closed {
 		p.mu.Unlock()
 		p.admit.give(slot, nil)
@@ -116,9 +116,7 @@ func (p *pool) coldStart(ctx context.Context, key string, oneshot bool, slot *ta
 	p.pending++
 	p.starts.Add(1)
 	defer p.starts.Done()
-	if !oneshot {
-		p.starting[key] = call
-	}
+	p.starting[key] = call
 	p.mu.Unlock()
 
 	inst, err := start()
@@ -126,16 +124,14 @@ func (p *pool) coldStart(ctx context.Context, key string, oneshot bool, slot *ta
 
 	p.mu.Lock()
 	p.pending--
-	if !oneshot {
-		delete(p.starting, key)
-	}
+	delete(p.starting, key)
 	call.err = err
 	if err == nil {
 		inst.key = key
 		inst.inflight = 1
 		inst.lastUsed = time.Now()
 		p.live[inst] = struct{}{}
-		if oneshot || p.closed {
+		if p.closed {
 			inst.retired = true
 		} else {
 			p.warm[key] = inst

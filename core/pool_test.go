@@ -85,7 +85,7 @@ func (fp *fakePool) killedNames() []string {
 // once, failing the test on error.
 func (fp *fakePool) acquireNow(key string, inst *instance) *instance {
 	fp.t.Helper()
-	got, err := fp.acquire(context.Background(), key, "T", false, fp.start(inst, nil, nil))
+	got, err := fp.acquire(context.Background(), key, "T", fp.start(inst, nil, nil))
 	if err != nil {
 		fp.t.Fatalf("acquire %s: %v", key, err)
 	}
@@ -139,10 +139,10 @@ type acquired struct {
 }
 
 // goAcquire runs acquire in a goroutine; its result arrives on the channel.
-func (fp *fakePool) goAcquire(ctx context.Context, key, target string, oneshot bool, start func() (*instance, error)) <-chan acquired {
+func (fp *fakePool) goAcquire(ctx context.Context, key, target string, start func() (*instance, error)) <-chan acquired {
 	ch := make(chan acquired, 1)
 	go func() {
-		inst, err := fp.acquire(ctx, key, target, oneshot, start)
+		inst, err := fp.acquire(ctx, key, target, start)
 		ch <- acquired{inst, err}
 	}()
 	return ch
@@ -155,7 +155,7 @@ func (fp *fakePool) startedShared(key string, inst *instance, gate <-chan struct
 	fp.t.Helper()
 	running := make(chan struct{})
 	start := fp.start(inst, nil, gate)
-	ch := fp.goAcquire(context.Background(), key, "T", false, func() (*instance, error) {
+	ch := fp.goAcquire(context.Background(), key, "T", func() (*instance, error) {
 		close(running)
 		return start()
 	})
@@ -189,7 +189,7 @@ func TestPoolSharesOneColdStart(t *testing.T) {
 	var waiters []<-chan acquired
 	for range 7 {
 		ctx := newWatchCtx(context.Background())
-		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", false, fp.start(fakeInstance("other", time.Hour), nil, nil)))
+		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", fp.start(fakeInstance("other", time.Hour), nil, nil)))
 		waitFor(t, ctx.asked, "a caller to block") // it waits for the shared start
 	}
 	close(gate)
@@ -206,7 +206,7 @@ func TestPoolSharedStartFailureFailsAllWaiters(t *testing.T) {
 	boom := errorf(syscall.EIO, "starting plugin a: boom")
 	gate := make(chan struct{})
 	running := make(chan struct{})
-	first := fp.goAcquire(context.Background(), "k", "T", false, func() (*instance, error) {
+	first := fp.goAcquire(context.Background(), "k", "T", func() (*instance, error) {
 		close(running)
 		return fp.start(nil, boom, gate)()
 	})
@@ -214,7 +214,7 @@ func TestPoolSharedStartFailureFailsAllWaiters(t *testing.T) {
 	var waiters []<-chan acquired
 	for range 5 {
 		ctx := newWatchCtx(context.Background())
-		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", false, fp.start(fakeInstance("other", time.Hour), nil, nil)))
+		waiters = append(waiters, fp.goAcquire(ctx, "k", "T", fp.start(fakeInstance("other", time.Hour), nil, nil)))
 		waitFor(t, ctx.asked, "a caller to block")
 	}
 	close(gate)
@@ -258,7 +258,7 @@ func TestPoolCapEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatalf("a after the eviction: got %v, want it still warm", got)
 	}
 	// a and c are busy: no room.
-	_, err := fp.acquire(context.Background(), "d", "T", false, fp.start(fakeInstance("d", time.Hour), nil, nil))
+	_, err := fp.acquire(context.Background(), "d", "T", fp.start(fakeInstance("d", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "all 2 plugin instances are busy (max_instances)") {
 		t.Fatalf("cold start with every instance busy: %v, want EAGAIN naming max_instances", err)
 	}
@@ -271,7 +271,7 @@ func TestPoolCapEvictsLeastRecentlyUsed(t *testing.T) {
 	e := fakeInstance("e", time.Hour)
 	pending := fp.startedShared("e", e, gate) // evicts c, the only idle one
 	waitFor(t, c.gone, "c to be killed")
-	_, err = fp.acquire(context.Background(), "f", "T", false, fp.start(fakeInstance("f", time.Hour), nil, nil))
+	_, err = fp.acquire(context.Background(), "f", "T", fp.start(fakeInstance("f", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.EAGAIN) {
 		t.Errorf("cold start while a busy and e starting: %v, want EAGAIN", err)
 	}
@@ -321,7 +321,7 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 	gate := make(chan struct{})
 	first := fp.startedShared("k", inst, gate)
 	ctx := newWatchCtx(context.Background())
-	sharer := fp.goAcquire(ctx, "k", "T", false, fp.start(nil, nil, nil))
+	sharer := fp.goAcquire(ctx, "k", "T", fp.start(nil, nil, nil))
 	waitFor(t, ctx.asked, "a caller to block")
 
 	closed := make(chan struct{})
@@ -340,7 +340,7 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 			runtime.Gosched() // close sets closed first thing
 		}
 	}
-	_, err := fp.acquire(context.Background(), "other", "T", false, fp.start(fakeInstance("x", time.Hour), nil, nil))
+	_, err := fp.acquire(context.Background(), "other", "T", fp.start(fakeInstance("x", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.ESHUTDOWN) {
 		t.Errorf("acquire while closing: %v, want ESHUTDOWN", err)
 	}
@@ -362,7 +362,7 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 		t.Errorf("caller sharing the start: %v, %v; want ESHUTDOWN", r.inst, r.err)
 	}
 	fp.release(inst, false) // the caller's request ends: nothing more happens
-	if _, err := fp.acquire(context.Background(), "k", "T", false, fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
+	if _, err := fp.acquire(context.Background(), "k", "T", fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
 		t.Errorf("acquire after close: %v, want ESHUTDOWN", err)
 	}
 	if n := fp.starts.Load(); n != 1 {
@@ -382,9 +382,9 @@ func TestPoolWaiterGivesUpWhileStartGoesOn(t *testing.T) {
 	first := fp.startedShared("k", inst, gate)
 	cctx, cancel := context.WithCancel(context.Background())
 	impatient := newWatchCtx(cctx)
-	quitter := fp.goAcquire(impatient, "k", "T", false, fp.start(nil, nil, nil))
+	quitter := fp.goAcquire(impatient, "k", "T", fp.start(nil, nil, nil))
 	patient := newWatchCtx(context.Background())
-	stayer := fp.goAcquire(patient, "k", "T", false, fp.start(nil, nil, nil))
+	stayer := fp.goAcquire(patient, "k", "T", fp.start(nil, nil, nil))
 	waitFor(t, impatient.asked, "a caller to block")
 	waitFor(t, patient.asked, "a caller to block")
 	cancel()
@@ -393,48 +393,6 @@ func TestPoolWaiterGivesUpWhileStartGoesOn(t *testing.T) {
 	}
 	close(gate)
 	fp.wantShared(inst, first, stayer) // the caller that gave up holds none
-}
-
-// Oneshot instances are never shared, even with a start of their key in
-// progress, and are killed on release.
-func TestPoolOneshotNeverShared(t *testing.T) {
-	fp := newFakePool(t, 4, 4)
-	both := make(chan struct{}, 2)
-	gate := make(chan struct{})
-	x, y := fakeInstance("x", time.Hour), fakeInstance("y", time.Hour)
-	startOf := func(inst *instance) func() (*instance, error) {
-		return func() (*instance, error) {
-			both <- struct{}{}
-			<-gate // both are starting at once: neither waits for the other
-			return inst, nil
-		}
-	}
-	cx := fp.goAcquire(context.Background(), "k", "T", true, startOf(x))
-	cy := fp.goAcquire(context.Background(), "k", "T", true, startOf(y))
-	for range 2 {
-		select {
-		case <-both:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the two oneshot starts do not run at once")
-		}
-	}
-	close(gate)
-	rx, ry := result(t, cx), result(t, cy)
-	if rx.inst != x || ry.inst != y {
-		t.Fatalf("oneshot callers got %v and %v", rx.inst, ry.inst)
-	}
-	// Not warm: a pooled caller of the same key starts its own.
-	w := fakeInstance("warm", time.Hour)
-	if got := fp.acquireNow("k", w); got != w {
-		t.Errorf("pooled caller of a oneshot key got %v", got)
-	}
-	fp.release(x, false)
-	waitFor(t, x.gone, "x to be killed")
-	fp.release(y, false)
-	waitFor(t, y.gone, "y to be killed")
-	if got := fp.killedNames(); strings.Join(got, ",") != "x,y" {
-		t.Errorf("killed %v, want [x y]", got)
-	}
 }
 
 // A target's start slots (max_starts_per_target) bound its concurrent
@@ -449,7 +407,7 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 		r := make(chan struct{})
 		running = append(running, r)
 		start := fp.start(fakeInstance(key, time.Hour), nil, gate)
-		calls = append(calls, fp.goAcquire(context.Background(), key, "T", false, func() (*instance, error) {
+		calls = append(calls, fp.goAcquire(context.Background(), key, "T", func() (*instance, error) {
 			close(r)
 			return start()
 		}))
@@ -461,11 +419,11 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	cctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ctx := newWatchCtx(cctx)
-	third := fp.goAcquire(ctx, "k3", "T", false, fp.start(fakeInstance("k3", time.Hour), nil, nil))
+	third := fp.goAcquire(ctx, "k3", "T", fp.start(fakeInstance("k3", time.Hour), nil, nil))
 	waitFor(t, ctx.asked, "a caller to block")
 	// Another target is not held up.
 	u := fakeInstance("u", time.Hour)
-	if got, err := fp.acquire(context.Background(), "ku", "U", false, fp.start(u, nil, nil)); got != u || err != nil {
+	if got, err := fp.acquire(context.Background(), "ku", "U", fp.start(u, nil, nil)); got != u || err != nil {
 		t.Fatalf("target U while T's slots are taken: %v, %v", got, err)
 	}
 	cancel()
@@ -490,12 +448,12 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	// After backoffAfter failed starts, T's starts fail at once.
 	fail := errorf(syscall.EIO, "start timed out")
 	for i := range backoffAfter {
-		if _, err := fp.acquire(context.Background(), "bad", "T", false, fp.start(nil, fail, nil)); err != fail {
+		if _, err := fp.acquire(context.Background(), "bad", "T", fp.start(nil, fail, nil)); err != fail {
 			t.Fatalf("failing start %d: %v", i, err)
 		}
 	}
 	before := fp.starts.Load()
-	_, err := fp.acquire(context.Background(), "bad", "T", false, fp.start(nil, fail, nil))
+	_, err := fp.acquire(context.Background(), "bad", "T", fp.start(nil, fail, nil))
 	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "start timed out") {
 		t.Fatalf("start after %d failures: %v, want EAGAIN with the last failure", backoffAfter, err)
 	}
@@ -505,7 +463,7 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	if got := fp.acquireNow("k1", nil); got == nil || got.plugin.name != "k1" {
 		t.Errorf("a warm instance of T during its backoff: %v", got)
 	}
-	if _, err := fp.acquire(context.Background(), "ku2", "U", false, fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
+	if _, err := fp.acquire(context.Background(), "ku2", "U", fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
 		t.Errorf("target U during T's backoff: %v", err)
 	}
 }
