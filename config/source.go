@@ -146,6 +146,21 @@ func (c *Config) OptionError(plugin, optionKey, msg string) error {
 	return c.src.keyError(k, at, msg)
 }
 
+// PluginKeyError places an error found only when plugin is loaded (its
+// path cannot be run, its sha256 does not match, a type it is said to
+// serve it does not) at pluginKey of its [[plugin]] entry ("path",
+// "sha256", "types", "name"): it names the key and the plugin and, for a
+// parsed Config, the file and the line. A plugin without an entry (a
+// built-in with defaults) gets msg as it is.
+func (c *Config) PluginKeyError(plugin, pluginKey, msg string) error {
+	index := slices.IndexFunc(c.Plugins, func(p Plugin) bool { return p.Name == plugin })
+	if index < 0 {
+		return errors.New(msg)
+	}
+	k := c.pluginKey(index, plugin).child(pluginKey)
+	return c.src.keyError(k, k.canon, msg)
+}
+
 // optionKeySegment splits an option key, "a.b[2].c", into "a", "b", "[2]"
 // and "c".
 var optionKeySegment = regexp.MustCompile(`\[\d+\]|[^.\[]+`)

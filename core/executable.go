@@ -80,7 +80,7 @@ func sealExecutable(name, path, want string, max int64) (*sealedExecutable, erro
 	sum := hex.EncodeToString(h.Sum(nil))
 	if want != "" && sum != want {
 		mem.Close()
-		return nil, fmt.Errorf("plugin %s: sha256 of %s is %s, the configuration wants %s", name, path, sum, want)
+		return nil, checksumError{fmt.Errorf("plugin %s: sha256 of %s is %s, the configuration wants %s", name, path, sum, want)}
 	}
 	return &sealedExecutable{file: mem, sha256: sum}, nil
 }
@@ -108,3 +108,7 @@ func (e *sealedExecutable) path() string {
 }
 
 func (e *sealedExecutable) close() { e.file.Close() }
+
+// checksumError is a sealed copy whose sha256 is not the configured one:
+// a problem of the sha256 key, where others are of the path.
+type checksumError struct{ error }

@@ -2,6 +2,7 @@ package core
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -37,7 +38,11 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 		served, err = l.describeBuiltin(e, pc)
 	} else {
 		if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256), l.cfg.MaxPluginBytes); err != nil {
-			return err
+			key := "path"
+			if errors.As(err, new(checksumError)) {
+				key = "sha256"
+			}
+			return l.keyError(pc, key, err)
 		}
 		e.sha256 = e.exe.sha256
 		served, err = l.d.describeExternal(e)
@@ -53,7 +58,19 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 		e.freshSys = e.freshSys || m == "sys"
 		e.freshCgroup = e.freshCgroup || m == "cgroup"
 	}
-	return l.d.register(e, pc.Types, served.Types)
+	if err := l.d.register(e, pc.Types, served.Types); err != nil {
+		if errors.As(err, new(unservedTypeError)) {
+			return l.keyError(pc, "types", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// keyError places a load failure at the key of pc's entry it is about
+// (the entry already names the plugin).
+func (l *loader) keyError(pc *config.Plugin, key string, err error) error {
+	return l.cfg.PluginKeyError(pc.Name, key, strings.TrimPrefix(err.Error(), "plugin "+pc.Name+": "))
 }
 
 // describeBuiltin describes a built-in in this process, running its
@@ -61,7 +78,7 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.DescribeResponse, error) {
 	b := l.builtins[pc.Name]
 	if b == nil {
-		return nil, fmt.Errorf("plugin %s: no path given and no built-in plugin of that name (built-ins: %s)", pc.Name, strings.Join(sortedKeys(l.builtins), ", "))
+		return nil, l.keyError(pc, "name", fmt.Errorf("no path given and no built-in plugin of that name (built-ins: %s)", strings.Join(sortedKeys(l.builtins), ", ")))
 	}
 	if l.selfExe == nil && l.selfErr == nil {
 		if l.self == "" {

@@ -134,7 +134,7 @@ func (d *Dispatcher) register(e *pluginEntry, allowed []string, served []*wire.M
 	}
 	for _, n := range names {
 		if byName[n] == nil {
-			return fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))
+			return unservedTypeError{fmt.Errorf("plugin %s: the configuration names message type %q, which plugin %s does not serve (it serves: %s)", e.name, n, e.name, strings.Join(sortedKeys(byName), ", "))}
 		}
 		if other := d.types[n]; other != nil {
 			return fmt.Errorf("plugin %s: message type %q is served by both plugin %s and plugin %s", e.name, n, other.name, e.name)
@@ -157,3 +157,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// unservedTypeError is a type the configuration lists that the plugin
+// does not serve: a problem of the entry's types key.
+type unservedTypeError struct{ error }

@@ -191,7 +191,7 @@ func TestCLIPluginsShowsFailedPlugins(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
 	}
-	for _, want := range []string{"fifo  ", "failed: " + fifo + " is not a regular file (a FIFO)", "nsplug.toml:8: key \"plugin.options.max_read_bytes\"", "ids.user"} {
+	for _, want := range []string{"fifo  ", `nsplug.toml:4: key "plugin.path" in plugin #1 "fifo": ` + fifo + " is not a regular file (a FIFO)", "nsplug.toml:8: key \"plugin.options.max_read_bytes\"", "ids.user"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout does not mention %q:\n%s", want, stdout)
 		}
@@ -303,7 +303,7 @@ types = ["badsum.x"]
 		}
 	}
 	stdout, stderr, code = runCLI(t, "plugins", "--config", conf)
-	if code != 0 || !strings.Contains(stdout, "failed: open /nonexistent/plugin") || !strings.Contains(stdout, "failed: sha256 of /bin/true") {
+	if code != 0 || !strings.Contains(stdout, `nsplug.toml:4: key "plugin.path" in plugin #1 "gone": open /nonexistent/plugin`) || !strings.Contains(stdout, `key "plugin.sha256" in plugin #2 "badsum": sha256 of /bin/true`) {
 		t.Errorf("plugins: exit %d, stdout:\n%s\nstderr %q", code, stdout, stderr)
 	}
 	_, stderr, code = runCLI(t, "call", "--log-level", "debug", "--config", conf, "--pid", pid, "ids.user", `{"id":0}`)

@@ -124,6 +124,8 @@ path = "/bin/true"
 [[plugin]]
 name = "extprobe"
 path = %[1]q
+[[plugin]]
+name = "nosuch"
 `, self, strings.Repeat("0", 64))
 	d, _, err := newCore(t, conf, core.Options{}, 30*time.Second, nil)
 	if err != nil {
@@ -133,6 +135,12 @@ path = %[1]q
 	wantFailed(t, d, "gone", "/nonexistent/plugin", "no such file")
 	wantFailed(t, d, "mismatch", `"extprobe.fly"`, "does not serve")
 	wantFailed(t, d, "noplugin", "starting plugin noplugin")
+	// Each failure found at load names the key of the configuration it is
+	// about, with file and line.
+	wantFailed(t, d, "badsum", `test.toml:6: key "plugin.sha256" in plugin #1 "badsum"`)
+	wantFailed(t, d, "gone", `test.toml:9: key "plugin.path" in plugin #2 "gone"`)
+	wantFailed(t, d, "mismatch", `test.toml:14: key "plugin.types" in plugin #3 "mismatch"`)
+	wantFailed(t, d, "nosuch", `test.toml:22: key "plugin.name" in plugin #6 "nosuch"`, "no built-in plugin of that name")
 	for _, name := range []string{"procfs", "extprobe"} {
 		if p := pluginInfo(t, d, name); p.Status != core.PluginOK || p.Error != "" || len(p.Types) == 0 {
 			t.Errorf("plugin %s: %+v", name, p)
@@ -158,7 +166,7 @@ path = %[1]q
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, err := core.New(cfg, core.Options{Builtins: testBuiltins()}); err == nil || !strings.Contains(err.Error(), "plugin badsum") {
+	if d, err := core.New(cfg, core.Options{Builtins: testBuiltins()}); err == nil || !strings.Contains(err.Error(), `in plugin #1 "badsum"`) {
 		if d != nil {
 			d.Close()
 		}
