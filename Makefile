@@ -46,7 +46,8 @@ test-examples:
 		(cd examples/$$e && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; \
 	done
 
-# Regenerate the wire contract's Go code. Needs protoc (Debian:
+# Regenerate the Go code of the wire contract (wire/) and of the node API
+# (api/v1). Needs protoc (Debian:
 # protobuf-compiler) and protoc-gen-go-grpc $(GRPC_GEN) on PATH (go install
 # google.golang.org/grpc/cmd/protoc-gen-go-grpc@v$(GRPC_GEN); Debian's is
 # older and would rewrite plugin_grpc.pb.go in an older style).
@@ -61,6 +62,10 @@ proto:
 		--go_out=paths=source_relative:wire \
 		--go-grpc_out=paths=source_relative:wire \
 		wire/plugin.proto
+	protoc -I api --plugin=protoc-gen-go=bin/protoc-gen-go \
+		--go_out=paths=source_relative:api \
+		--go-grpc_out=paths=source_relative:api \
+		api/v1/nsplug.proto
 
 # Benchmarks (root): nsplug against nsenter(1), oneshot, cold and warm
 # instances, a bare go-plugin plugin and the host floor, in one process and
