@@ -65,7 +65,7 @@ func TestConfigDefault(t *testing.T) {
 			f := typ.Field(i)
 			name := f.Tag.Get("toml")
 			switch {
-			case !f.IsExported() || name == "plugin":
+			case !f.IsExported() || f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct: // [[plugin]], [[server.allow]]
 			case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]():
 				out = append(out, keys(append(slices.Clip(prefix), name), f.Type)...)
 			default:
@@ -111,12 +111,15 @@ func TestConfigExampleFile(t *testing.T) {
 
 	// Uncomment "# key = ...", "# [[plugin]]" and "# [plugin.options]", and
 	// turn "# # text" into "# text".
-	active := regexp.MustCompile(`(?m)^# ((\[\[plugin\]\]|\[plugin\.options\])$|[a-z0-9_]+ = )`)
+	active := regexp.MustCompile(`(?m)^# ((\[\[plugin\]\]|\[plugin\.options\]|\[\[server\.allow\]\])$|[a-z0-9_]+ = )`)
 	text := active.ReplaceAllString(string(data), "$1")
 	text = strings.ReplaceAll(text, "\n# # ", "\n# ")
 	c, err = Parse([]byte(text), "uncommented config.toml.example")
 	if err != nil {
 		t.Fatalf("Parse(uncommented config.toml.example): %v\n%s", err, text)
+	}
+	if r := c.Server.Allow; len(r) != 2 || r[0].Targets != TargetsAny || !r[0].MatchType("procfs.read") || r[0].MatchType("procfs.write") || r[1].Targets != TargetsOwned {
+		t.Errorf("uncommented example's [[server.allow]] = %+v", r)
 	}
 	if len(c.Plugins) != 5 {
 		t.Fatalf("uncommented example has %d plugins, want 5:\n%s", len(c.Plugins), text)

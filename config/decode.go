@@ -162,8 +162,12 @@ func (d *decoder) value(k key, v any, dst reflect.Value) {
 		}
 	case t == reflect.TypeFor[[]string]():
 		d.strings(k, v, dst)
+	case t == reflect.TypeFor[[]uint32]():
+		d.uint32s(k, v, dst)
 	case t.Kind() == reflect.Slice && t.Elem() == pluginType:
 		d.plugins(k, v, dst)
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		d.tables(k, v, dst)
 	case t.Kind() == reflect.Struct:
 		if m, ok := v.(map[string]any); ok {
 			d.table(k, m, dst)
@@ -201,23 +205,69 @@ func (d *decoder) strings(k key, v any, dst reflect.Value) {
 	dst.Set(reflect.ValueOf(out))
 }
 
-// plugins decodes the [[plugin]] entries, which replace any of dst's.
-func (d *decoder) plugins(k key, v any, dst reflect.Value) {
-	var entries []map[string]any
+// uint32s decodes an array of integers that fit in 32 bits (uids, gids).
+func (d *decoder) uint32s(k key, v any, dst reflect.Value) {
+	a, ok := v.([]any)
+	if !ok {
+		d.typeError(k, "array of integers", v)
+		return
+	}
+	out := make([]uint32, len(a))
+	for i, e := range a {
+		n, ok := e.(int64)
+		if !ok {
+			d.fail(k, k.elem(i).canon, "expected array of integers, but item %d is %s", i+1, typeName(e))
+			return
+		}
+		if n < 0 || n > 1<<32-1 {
+			d.fail(k, k.elem(i).canon, "item %d, %d, is out of range (0 to 4294967295)", i+1, n)
+			return
+		}
+		out[i] = uint32(n)
+	}
+	dst.Set(reflect.ValueOf(out))
+}
+
+// entries returns the tables of an array of tables, written [[k]] or
+// k = [{...}, ...]; ok is false (and the error recorded) otherwise.
+func (d *decoder) entries(k key, v any) (entries []map[string]any, ok bool) {
 	switch t := v.(type) {
-	case []map[string]any: // [[plugin]]
-		entries = t
-	case []any: // plugin = [{...}, ...]
+	case []map[string]any: // [[k]]
+		return t, true
+	case []any: // k = [{...}, ...]
 		for _, e := range t {
 			m, ok := e.(map[string]any)
 			if !ok {
 				d.fail(k, "", "expected array of tables, got array containing %s", typeName(e))
-				return
+				return nil, false
 			}
 			entries = append(entries, m)
 		}
+		return entries, true
 	default:
-		d.typeError(k, "array of tables ([[plugin]])", v)
+		d.typeError(k, "array of tables ([["+k.String()+"]])", v)
+		return nil, false
+	}
+}
+
+// tables decodes an array of tables onto a slice of structs, replacing
+// any of dst's entries.
+func (d *decoder) tables(k key, v any, dst reflect.Value) {
+	entries, ok := d.entries(k, v)
+	if !ok {
+		return
+	}
+	out := reflect.MakeSlice(dst.Type(), len(entries), len(entries))
+	for i, m := range entries {
+		d.table(k.elem(i), m, out.Index(i))
+	}
+	dst.Set(out)
+}
+
+// plugins decodes the [[plugin]] entries, which replace any of dst's.
+func (d *decoder) plugins(k key, v any, dst reflect.Value) {
+	entries, ok := d.entries(k, v)
+	if !ok {
 		return
 	}
 	plugins := make([]Plugin, len(entries))

@@ -47,6 +47,8 @@ type Config struct {
 	// with Defaults unless an entry of its name overrides its settings or
 	// disables it; entries with a path add third-party plugins.
 	Plugins []Plugin `toml:"plugin"`
+	// Server holds the node daemon's settings (`nsplug serve`).
+	Server Server `toml:"server"`
 
 	// src remembers where the configuration was parsed from, so that
 	// Validate and OptionError can point at file lines. Nil for a Config
@@ -199,6 +201,11 @@ func (c *Config) clone() *Config {
 		p.Types = slices.Clone(p.Types)
 		p.Options = maps.Clone(p.Options)
 		p.cloneSlices()
+	}
+	n.Server.Allow = slices.Clone(c.Server.Allow)
+	for i := range n.Server.Allow {
+		r := &n.Server.Allow[i]
+		r.UIDs, r.GIDs, r.Types = slices.Clone(r.UIDs), slices.Clone(r.GIDs), slices.Clone(r.Types)
 	}
 	return &n
 }

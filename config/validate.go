@@ -118,6 +118,7 @@ func (c *Config) Validate() error {
 		}
 		v.settings(pk, &p.Settings, true)
 	}
+	v.server(root.child("server"), &c.Server)
 	return errors.Join(v.errs...)
 }
 
