@@ -26,6 +26,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -45,8 +46,10 @@ type Target struct {
 	// The start time of the process meant (field 22 of /proc/PID/stat, as
 	// `nsplug id` prints it). When set, a pid that now names another process
 	// (the one meant died and the kernel reused its pid) is ESRCH. Unset:
-	// whatever process has the pid now.
-	StartTime     *uint64 `protobuf:"varint,2,opt,name=start_time,json=startTime,proto3,oneof" json:"start_time,omitempty"`
+	// whatever process has the pid now. (A wrapper rather than proto3
+	// optional, which older protoc releases, Debian's grpc-tools among them,
+	// refuse.)
+	StartTime     *wrapperspb.UInt64Value `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -88,11 +91,11 @@ func (x *Target) GetPid() int32 {
 	return 0
 }
 
-func (x *Target) GetStartTime() uint64 {
-	if x != nil && x.StartTime != nil {
-		return *x.StartTime
+func (x *Target) GetStartTime() *wrapperspb.UInt64Value {
+	if x != nil {
+		return x.StartTime
 	}
-	return 0
+	return nil
 }
 
 type CallRequest struct {
@@ -1052,12 +1055,11 @@ var File_v1_nsplug_proto protoreflect.FileDescriptor
 
 const file_v1_nsplug_proto_rawDesc = "" +
 	"\n" +
-	"\x0fv1/nsplug.proto\x12\rnsplug.api.v1\x1a\x1egoogle/protobuf/duration.proto\"M\n" +
+	"\x0fv1/nsplug.proto\x12\rnsplug.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"W\n" +
 	"\x06Target\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\"\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12;\n" +
 	"\n" +
-	"start_time\x18\x02 \x01(\x04H\x00R\tstartTime\x88\x01\x01B\r\n" +
-	"\v_start_time\"\xfd\x01\n" +
+	"start_time\x18\x02 \x01(\v2\x1c.google.protobuf.UInt64ValueR\tstartTime\"\xfd\x01\n" +
 	"\vCallRequest\x12-\n" +
 	"\x06target\x18\x01 \x01(\v2\x15.nsplug.api.v1.TargetR\x06target\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
@@ -1144,50 +1146,52 @@ func file_v1_nsplug_proto_rawDescGZIP() []byte {
 
 var file_v1_nsplug_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_v1_nsplug_proto_goTypes = []any{
-	(*Target)(nil),              // 0: nsplug.api.v1.Target
-	(*CallRequest)(nil),         // 1: nsplug.api.v1.CallRequest
-	(*Credentials)(nil),         // 2: nsplug.api.v1.Credentials
-	(*CapabilitySets)(nil),      // 3: nsplug.api.v1.CapabilitySets
-	(*CallResponse)(nil),        // 4: nsplug.api.v1.CallResponse
-	(*Error)(nil),               // 5: nsplug.api.v1.Error
-	(*TypesRequest)(nil),        // 6: nsplug.api.v1.TypesRequest
-	(*TypesResponse)(nil),       // 7: nsplug.api.v1.TypesResponse
-	(*TypeInfo)(nil),            // 8: nsplug.api.v1.TypeInfo
-	(*PluginsRequest)(nil),      // 9: nsplug.api.v1.PluginsRequest
-	(*PluginsResponse)(nil),     // 10: nsplug.api.v1.PluginsResponse
-	(*PluginInfo)(nil),          // 11: nsplug.api.v1.PluginInfo
-	(*InstancesRequest)(nil),    // 12: nsplug.api.v1.InstancesRequest
-	(*InstancesResponse)(nil),   // 13: nsplug.api.v1.InstancesResponse
-	(*InstanceInfo)(nil),        // 14: nsplug.api.v1.InstanceInfo
-	(*PrepareRequest)(nil),      // 15: nsplug.api.v1.PrepareRequest
-	(*PrepareResponse)(nil),     // 16: nsplug.api.v1.PrepareResponse
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
+	(*Target)(nil),                 // 0: nsplug.api.v1.Target
+	(*CallRequest)(nil),            // 1: nsplug.api.v1.CallRequest
+	(*Credentials)(nil),            // 2: nsplug.api.v1.Credentials
+	(*CapabilitySets)(nil),         // 3: nsplug.api.v1.CapabilitySets
+	(*CallResponse)(nil),           // 4: nsplug.api.v1.CallResponse
+	(*Error)(nil),                  // 5: nsplug.api.v1.Error
+	(*TypesRequest)(nil),           // 6: nsplug.api.v1.TypesRequest
+	(*TypesResponse)(nil),          // 7: nsplug.api.v1.TypesResponse
+	(*TypeInfo)(nil),               // 8: nsplug.api.v1.TypeInfo
+	(*PluginsRequest)(nil),         // 9: nsplug.api.v1.PluginsRequest
+	(*PluginsResponse)(nil),        // 10: nsplug.api.v1.PluginsResponse
+	(*PluginInfo)(nil),             // 11: nsplug.api.v1.PluginInfo
+	(*InstancesRequest)(nil),       // 12: nsplug.api.v1.InstancesRequest
+	(*InstancesResponse)(nil),      // 13: nsplug.api.v1.InstancesResponse
+	(*InstanceInfo)(nil),           // 14: nsplug.api.v1.InstanceInfo
+	(*PrepareRequest)(nil),         // 15: nsplug.api.v1.PrepareRequest
+	(*PrepareResponse)(nil),        // 16: nsplug.api.v1.PrepareResponse
+	(*wrapperspb.UInt64Value)(nil), // 17: google.protobuf.UInt64Value
+	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
 }
 var file_v1_nsplug_proto_depIdxs = []int32{
-	0,  // 0: nsplug.api.v1.CallRequest.target:type_name -> nsplug.api.v1.Target
-	2,  // 1: nsplug.api.v1.CallRequest.credentials:type_name -> nsplug.api.v1.Credentials
-	17, // 2: nsplug.api.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 3: nsplug.api.v1.Credentials.capabilities:type_name -> nsplug.api.v1.CapabilitySets
-	8,  // 4: nsplug.api.v1.TypesResponse.types:type_name -> nsplug.api.v1.TypeInfo
-	11, // 5: nsplug.api.v1.PluginsResponse.plugins:type_name -> nsplug.api.v1.PluginInfo
-	8,  // 6: nsplug.api.v1.PluginInfo.types:type_name -> nsplug.api.v1.TypeInfo
-	14, // 7: nsplug.api.v1.InstancesResponse.instances:type_name -> nsplug.api.v1.InstanceInfo
-	0,  // 8: nsplug.api.v1.PrepareRequest.target:type_name -> nsplug.api.v1.Target
-	1,  // 9: nsplug.api.v1.Nsplug.Call:input_type -> nsplug.api.v1.CallRequest
-	6,  // 10: nsplug.api.v1.Nsplug.Types:input_type -> nsplug.api.v1.TypesRequest
-	9,  // 11: nsplug.api.v1.Nsplug.Plugins:input_type -> nsplug.api.v1.PluginsRequest
-	12, // 12: nsplug.api.v1.Nsplug.Instances:input_type -> nsplug.api.v1.InstancesRequest
-	15, // 13: nsplug.api.v1.Nsplug.Prepare:input_type -> nsplug.api.v1.PrepareRequest
-	4,  // 14: nsplug.api.v1.Nsplug.Call:output_type -> nsplug.api.v1.CallResponse
-	7,  // 15: nsplug.api.v1.Nsplug.Types:output_type -> nsplug.api.v1.TypesResponse
-	10, // 16: nsplug.api.v1.Nsplug.Plugins:output_type -> nsplug.api.v1.PluginsResponse
-	13, // 17: nsplug.api.v1.Nsplug.Instances:output_type -> nsplug.api.v1.InstancesResponse
-	16, // 18: nsplug.api.v1.Nsplug.Prepare:output_type -> nsplug.api.v1.PrepareResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	17, // 0: nsplug.api.v1.Target.start_time:type_name -> google.protobuf.UInt64Value
+	0,  // 1: nsplug.api.v1.CallRequest.target:type_name -> nsplug.api.v1.Target
+	2,  // 2: nsplug.api.v1.CallRequest.credentials:type_name -> nsplug.api.v1.Credentials
+	18, // 3: nsplug.api.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 4: nsplug.api.v1.Credentials.capabilities:type_name -> nsplug.api.v1.CapabilitySets
+	8,  // 5: nsplug.api.v1.TypesResponse.types:type_name -> nsplug.api.v1.TypeInfo
+	11, // 6: nsplug.api.v1.PluginsResponse.plugins:type_name -> nsplug.api.v1.PluginInfo
+	8,  // 7: nsplug.api.v1.PluginInfo.types:type_name -> nsplug.api.v1.TypeInfo
+	14, // 8: nsplug.api.v1.InstancesResponse.instances:type_name -> nsplug.api.v1.InstanceInfo
+	0,  // 9: nsplug.api.v1.PrepareRequest.target:type_name -> nsplug.api.v1.Target
+	1,  // 10: nsplug.api.v1.Nsplug.Call:input_type -> nsplug.api.v1.CallRequest
+	6,  // 11: nsplug.api.v1.Nsplug.Types:input_type -> nsplug.api.v1.TypesRequest
+	9,  // 12: nsplug.api.v1.Nsplug.Plugins:input_type -> nsplug.api.v1.PluginsRequest
+	12, // 13: nsplug.api.v1.Nsplug.Instances:input_type -> nsplug.api.v1.InstancesRequest
+	15, // 14: nsplug.api.v1.Nsplug.Prepare:input_type -> nsplug.api.v1.PrepareRequest
+	4,  // 15: nsplug.api.v1.Nsplug.Call:output_type -> nsplug.api.v1.CallResponse
+	7,  // 16: nsplug.api.v1.Nsplug.Types:output_type -> nsplug.api.v1.TypesResponse
+	10, // 17: nsplug.api.v1.Nsplug.Plugins:output_type -> nsplug.api.v1.PluginsResponse
+	13, // 18: nsplug.api.v1.Nsplug.Instances:output_type -> nsplug.api.v1.InstancesResponse
+	16, // 19: nsplug.api.v1.Nsplug.Prepare:output_type -> nsplug.api.v1.PrepareResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_v1_nsplug_proto_init() }
@@ -1195,7 +1199,6 @@ func file_v1_nsplug_proto_init() {
 	if File_v1_nsplug_proto != nil {
 		return
 	}
-	file_v1_nsplug_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
