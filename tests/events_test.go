@@ -45,13 +45,16 @@ func (l *eventLog) find(kind core.EventKind, plugin string, pid int) (core.Event
 // wait waits for an event of kind for plugin (and pid, when not 0).
 func (l *eventLog) wait(t *testing.T, kind core.EventKind, plugin string, pid int) core.Event {
 	t.Helper()
-	var ev core.Event
-	waitFor(t, fmt.Sprintf("a %s event of %s (pid %d); have %s", kind, plugin, pid, l), func() bool {
-		var ok bool
-		ev, ok = l.find(kind, plugin, pid)
-		return ok
-	})
-	return ev
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if ev, ok := l.find(kind, plugin, pid); ok {
+			return ev
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event of %s (pid %d) within 20s; have %s", kind, plugin, pid, l)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (l *eventLog) String() string {
@@ -162,7 +165,7 @@ func TestEventsCrash(t *testing.T) {
 func TestEventsKill(t *testing.T) {
 	parallel(t)
 	target := newTarget(t, sandbox.Options{})
-	d, log := newObservedDispatcher(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"300ms\"\n")
+	d, log := newObservedDispatcher(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"2s\"\n")
 
 	err := call(t, d, target.PID(), "probe.hang", `{}`, nil)
 	wantErrno(t, err, syscall.ETIMEDOUT)
