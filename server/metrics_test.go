@@ -225,3 +225,12 @@ func TestMetricsServeAddresses(t *testing.T) {
 		t.Errorf("path of %d bytes: %v", len(long), err)
 	}
 }
+
+// BenchmarkStartCall is what accounting for one request costs the Call
+// path: in flight, duration and result.
+func BenchmarkStartCall(b *testing.B) {
+	m := NewMetrics(noDispatcher)
+	for b.Loop() {
+		m.StartCall("procfs.read")(nil)
+	}
+}
