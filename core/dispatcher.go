@@ -47,6 +47,13 @@ type Options struct {
 	// accounting: a supervisor, or a test checking that no process of
 	// this dispatcher outlives Close. It must not block.
 	Started func(pid int)
+	// Events, when set, is told of each instance's start (or failed
+	// start) and of how it ended: crashed, killed, evicted, idle,
+	// closed (see Event). It is for observing the pool (a daemon's
+	// metrics); it is called without the core's locks held, from the
+	// requests' goroutines and the pool's, concurrently, and must not
+	// block.
+	Events func(Event)
 }
 
 // TypeInfo describes one registered message type.
@@ -96,6 +103,7 @@ type Dispatcher struct {
 	selfNS  nsSet
 	runDir  *runDir
 	started func(pid int) // Options.Started
+	events  func(Event)   // Options.Events
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -124,6 +132,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
 	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
+	d.events, d.pool.events = opts.Events, opts.Events
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,

@@ -44,6 +44,8 @@ type instance struct {
 	gone     chan struct{} // closed once killed and reaped
 	idle     *time.Timer
 	lastUsed time.Time
+
+	ended atomic.Pointer[instanceEnd] // why it ends, for Options.Events (see ending)
 }
 
 // launch says what to start: which plugin, in which namespaces of which
@@ -156,7 +158,10 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 }
 
 // startInstance starts a plugin process through nsexec and connects to it.
-func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, error) {
+func (d *Dispatcher) startInstance(ctx context.Context, l launch) (inst *instance, err error) {
+	if !l.describe {
+		defer d.startEvent(time.Now(), l.plugin, false, &inst, &err)
+	}
 	p := l.plugin
 	sp, err := l.spec()
 	if err != nil {
@@ -226,7 +231,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 	if err != nil {
 		return fail(err)
 	}
-	inst := &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
+	inst = &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
 	inst.pid, _ = strconv.Atoi(nr.ID())
 	log.quiet.Store(false) // from now on an exit the core did not ask for is news
 	return inst, nil
@@ -310,7 +315,11 @@ func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Respo
 	if err != nil {
 		// A handler that stopped when told to leaves a healthy instance.
 		broken := err != errStopped
-		return nil, broken, inst.runner.callError(ctx, req.Type, err)
+		err = inst.runner.callError(ctx, req.Type, err)
+		if broken {
+			inst.ending(brokenBy(ctx), err)
+		}
+		return nil, broken, err
 	}
 	if e := resp.Error; e != nil {
 		closeFiles(files)
@@ -318,7 +327,9 @@ func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Respo
 	}
 	if int(resp.Files) != len(files) || resp.Files > wire.MaxFiles {
 		closeFiles(files)
-		return nil, true, errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), wire.MaxFiles)
+		err := errorf(syscall.EIO, "plugin %s announced %d files and sent %d (at most %d)", inst.plugin.name, resp.Files, len(files), wire.MaxFiles)
+		inst.ending(InstanceCrashed, err)
+		return nil, true, err
 	}
 	return &Response{Payload: json.RawMessage(resp.Payload), Files: files}, false, nil
 }

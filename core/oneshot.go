@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -36,13 +37,18 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 	}
 	var startErr error
 	defer func() { d.pool.started(ctx, slot, startErr); d.pool.unreserve() }()
+	began := time.Now()
 	inst, err := d.startOneshot(ctx, sp)
 	if err != nil {
 		startErr = errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
+		d.startEvent(began, l.plugin, true, &inst, &startErr)
 		return nil, startErr
 	}
+	d.startEvent(began, l.plugin, true, &inst, &err)
 	resp, broken, err := inst.call(ctx, req)
 	inst.end(broken)
+	inst.ending(InstanceDone, nil)
+	emit(d.events, inst.endEvent(true))
 	if broken {
 		startErr = err
 	}

@@ -29,6 +29,9 @@ type pool struct {
 	// stop ends an instance's process: (*instance).kill. The pool's unit
 	// tests replace it, so that their fake instances need no process.
 	stop func(inst *instance, abrupt bool)
+	// events is Options.Events: told how each instance ended once it is
+	// reaped (see killLocked).
+	events func(Event)
 }
 
 type startCall struct {
@@ -223,6 +226,7 @@ func (p *pool) expire(inst *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if inst.inflight == 0 && !inst.killed && time.Since(inst.lastUsed) >= inst.plugin.settings.IdleTimeout.Duration {
+		inst.ending(InstanceIdle, nil)
 		p.retire(inst)
 		p.killLocked(inst)
 	}
@@ -248,6 +252,7 @@ func (p *pool) evictIdle() bool {
 		return false
 	}
 	inst := e.Value.(*instance)
+	inst.ending(InstanceEvicted, nil)
 	p.retire(inst)
 	p.killLocked(inst)
 	return true
@@ -257,6 +262,7 @@ func (p *pool) evictIdle() bool {
 func (p *pool) exited(inst *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	inst.ending(InstanceCrashed, nil) // unless the core meant it
 	inst.abrupt = true
 	p.retire(inst)
 	if inst.inflight == 0 {
@@ -271,6 +277,7 @@ func (p *pool) killLocked(inst *instance) {
 	if inst.killed {
 		return
 	}
+	inst.ending(InstanceClosed, nil) // a kill with no other reason: Close's
 	inst.killed = true
 	if inst.idle != nil {
 		inst.idle.Stop()
@@ -281,6 +288,7 @@ func (p *pool) killLocked(inst *instance) {
 		defer p.kills.Done()
 		p.stop(inst, abrupt)
 		close(inst.gone)
+		emit(p.events, inst.endEvent(false))
 	}(inst.abrupt)
 }
 
