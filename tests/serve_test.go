@@ -500,3 +500,59 @@ func TestDaemonStaleSocket(t *testing.T) {
 	}
 	os.Remove(sock) // for the cleanup's check of runtime_dir
 }
+
+// Types, Plugins, Instances and Prepare answer what the core's do.
+func TestDaemonDescribesAndPrepares(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d := startDaemon(t, "", "")
+	c := d.client(t)
+	types, err := c.Types(context.Background(), &apiv1.TypesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mount *apiv1.TypeInfo
+	for _, ti := range types.Types {
+		if ti.Name == "mount.mount" {
+			mount = ti
+		}
+	}
+	if mount == nil || mount.Plugin != "mount" || mount.Version == 0 || len(mount.Changes) != 1 || mount.Changes[0] != "mnt" {
+		t.Errorf("mount.mount: %v", mount)
+	}
+	plugins, err := c.Plugins(context.Background(), &apiv1.PluginsRequest{})
+	if err != nil || plugins.ProtocolVersion != wire.ProtocolVersion {
+		t.Fatalf("plugins: %v %v", plugins, err)
+	}
+	for _, p := range plugins.Plugins {
+		if p.Name == "extprobe" && (p.Builtin || p.Status != "ok" || p.Path == "" || len(p.Sha256) != 64) {
+			t.Errorf("extprobe: %v", p)
+		}
+	}
+
+	start, _ := core.StartTime(target.PID())
+	prepare := func(st uint64, types ...string) error {
+		_, err := c.Prepare(context.Background(), &apiv1.PrepareRequest{Target: &apiv1.Target{Pid: int32(target.PID()), StartTime: &st}, Types: types})
+		return err
+	}
+	if err := prepare(start+1, "procfs.read"); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "ESRCH") {
+		t.Errorf("Prepare of a stale identity: %v", err)
+	}
+	if n := len(d.instances(t, c)); n != 0 {
+		t.Errorf("%d instances after a refused Prepare", n)
+	}
+	if err := prepare(start, "procfs.read", "sysctl.get"); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, in := range d.instances(t, c) {
+		got[in.Plugin] = true
+		assertNamespaces(t, int(in.Pid), target.PID(), in.Joined)
+	}
+	if len(got) != 2 || !got["procfs"] || !got["sysctl"] {
+		t.Errorf("instances after Prepare: %v", got)
+	}
+	if err := prepare(start, "procfs.fly"); status.Code(err) != codes.Unimplemented {
+		t.Errorf("Prepare of an unknown type: %v", err)
+	}
+}
