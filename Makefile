@@ -5,7 +5,7 @@ GOFLAGS  ?=
 BENCH    ?= full
 EXAMPLES := netinfo
 
-.PHONY: all build demo test test-short vet fmt proto bench examples test-examples clean
+.PHONY: all build demo serve test test-short vet fmt proto bench examples test-examples clean
 
 all: build
 
@@ -15,6 +15,11 @@ build:
 # A tour against a sandbox target made on the spot: nothing to set up.
 demo: build
 	./$(BIN) demo
+
+# The node daemon, with the embedded default configuration (or
+# `make serve ARGS="--config FILE"`): see README.md, "The node daemon".
+serve: build
+	./$(BIN) serve $(ARGS)
 
 # Unit and integration tests, with the race detector, against real targets
 # in fresh namespaces (needs root).

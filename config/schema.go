@@ -22,7 +22,8 @@ type Config struct {
 	// (its own level then filters the core's lines and the plugins').
 	LogLevel string `toml:"log_level"`
 	// RuntimeDir is the absolute path of the root-only directory under which
-	// each plugin instance gets its socket directory.
+	// each plugin instance gets its socket directory (others may at most
+	// search it, to reach the socket of `nsplug serve` in it).
 	RuntimeDir string `toml:"runtime_dir"`
 	// MaxInstances is the global cap on live plugin processes; at least 1.
 	MaxInstances int `toml:"max_instances"`

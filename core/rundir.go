@@ -27,13 +27,27 @@ type runDir struct {
 	lock  *os.File // flock held on path/lock while it exists
 }
 
-// newRunDir makes runtime_dir (root-only) and removes what cores that
-// died in the middle of a start left in it.
+// newRunDir makes runtime_dir and removes what cores that died in the
+// middle of a start left in it.
+//
+// runtime_dir is the core's own: made 0700, and an existing one must
+// belong to the core's uid. Others may at most search it (0711), never
+// list it, add or remove entries: that is what `nsplug serve` needs to
+// offer its socket in it, and every entry the core makes there is 0700,
+// so a directory others can search but not read gives them nothing but
+// the socket whose name they know.
 func newRunDir(root string) (*runDir, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("runtime_dir: %w", err)
 	}
-	if err := os.Chmod(root, 0o700); err != nil {
+	var st unix.Stat_t
+	if err := unix.Stat(root, &st); err != nil {
+		return nil, fmt.Errorf("runtime_dir: %w", err)
+	}
+	if int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("runtime_dir %s belongs to uid %d, not to the core's uid %d", root, st.Uid, os.Geteuid())
+	}
+	if err := os.Chmod(root, 0o700|os.FileMode(st.Mode)&0o011); err != nil {
 		return nil, fmt.Errorf("runtime_dir: %w", err)
 	}
 	stale, _ := filepath.Glob(filepath.Join(root, "core-*"))

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -21,17 +20,7 @@ import (
 // runCLI runs bin/nsplug with args; it returns stdout, stderr and the exit code.
 func runCLI(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(nsplugBin, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("running nsplug: %v", err)
-	}
-	return out.String(), errb.String(), code
+	return runNsplug(t, nil, nil, args...)
 }
 
 // cliConfig writes a config file with its own runtime_dir.

@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
 )
 
@@ -108,4 +110,48 @@ func TestKilledCLILeavesNoRuntimeFiles(t *testing.T) {
 	cmd.Wait()
 	waitGone(t, h, 5*time.Second)
 	assertEmptyDir(t, filepath.Join(filepath.Dir(conf), "run"))
+}
+
+// runtime_dir keeps at most search permission for others (so that `nsplug
+// serve` can offer its socket in it), never read or write; one that belongs
+// to another user is refused.
+func TestRuntimeDirPermissions(t *testing.T) {
+	parallel(t)
+	newWith := func(dir string) error {
+		cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\n", dir)), "test.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := core.New(cfg, core.Options{Builtins: testBuiltins()})
+		if err == nil {
+			d.Close()
+		}
+		return err
+	}
+	for _, c := range []struct{ before, after os.FileMode }{{0o777, 0o711}, {0o750, 0o710}, {0o711, 0o711}, {0o500, 0o700}} {
+		dir := filepath.Join(t.TempDir(), "run")
+		if err := os.Mkdir(dir, c.before); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, c.before)
+		if err := newWith(dir); err != nil {
+			t.Fatalf("runtime_dir %v: %v", c.before, err)
+		}
+		if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != c.after {
+			t.Errorf("runtime_dir %v became %v, want %v", c.before, fi.Mode().Perm(), c.after)
+		}
+	}
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	if err := newWith(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(fresh); fi.Mode().Perm() != 0o700 {
+		t.Errorf("a new runtime_dir is %v", fi.Mode().Perm())
+	}
+	theirs := filepath.Join(t.TempDir(), "theirs")
+	os.Mkdir(theirs, 0o700)
+	os.Chown(theirs, 1000, 1000)
+	if err := newWith(theirs); err == nil || !strings.Contains(err.Error(), "belongs to uid 1000") {
+		t.Errorf("a runtime_dir of uid 1000: %v", err)
+	}
 }

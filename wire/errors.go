@@ -79,16 +79,16 @@ func AsError(err error) *Error {
 }
 
 // ErrorResponse is the HandleResponse that carries e: its errno, and its
-// message as protobuf can carry it (see wireText).
+// message as protobuf can carry it (see ProtoText).
 func ErrorResponse(e *Error) *HandleResponse {
-	return &HandleResponse{Error: &HandlerError{Errno: int32(e.Errno), Message: wireText(e.Message)}}
+	return &HandleResponse{Error: &HandlerError{Errno: int32(e.Errno), Message: ProtoText(e.Message)}}
 }
 
-// wireText is s as a protobuf string field can carry it (it must be
+// ProtoText is s as a protobuf string field can carry it (it must be
 // UTF-8): a message naming a path that is not UTF-8 ("open /a\xffb: ...")
 // keeps every other byte, and shows each byte that is not UTF-8 as \xNN,
 // as %q would, instead of failing the whole response.
-func wireText(s string) string {
+func ProtoText(s string) string {
 	if utf8.ValidString(s) {
 		return s
 	}

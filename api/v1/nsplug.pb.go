@@ -654,10 +654,13 @@ func (*PluginsRequest) Descriptor() ([]byte, []int) {
 }
 
 type PluginsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Plugins       []*PluginInfo          `protobuf:"bytes,1,rep,name=plugins,proto3" json:"plugins,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Plugins []*PluginInfo          `protobuf:"bytes,1,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	// The version of the private contract (wire/plugin.proto) the daemon
+	// speaks with its plugins.
+	ProtocolVersion uint32 `protobuf:"varint,2,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PluginsResponse) Reset() {
@@ -695,6 +698,13 @@ func (x *PluginsResponse) GetPlugins() []*PluginInfo {
 		return x.Plugins
 	}
 	return nil
+}
+
+func (x *PluginsResponse) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
 }
 
 type PluginInfo struct {
@@ -1098,9 +1108,10 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\achanges\x18\x05 \x03(\tR\achanges\x12\x1d\n" +
 	"\n" +
 	"may_change\x18\x06 \x03(\tR\tmayChange\"\x10\n" +
-	"\x0ePluginsRequest\"F\n" +
+	"\x0ePluginsRequest\"q\n" +
 	"\x0fPluginsResponse\x123\n" +
-	"\aplugins\x18\x01 \x03(\v2\x19.nsplug.api.v1.PluginInfoR\aplugins\"\xd7\x01\n" +
+	"\aplugins\x18\x01 \x03(\v2\x19.nsplug.api.v1.PluginInfoR\aplugins\x12)\n" +
+	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\"\xd7\x01\n" +
 	"\n" +
 	"PluginInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +

@@ -1,8 +1,9 @@
 // Command nsplug runs nsplug handlers inside a process's namespaces.
 //
-//	nsplug call [--config FILE] --pid PID[:STARTTIME] [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
+//	nsplug call [--config FILE | --addr unix:///PATH] --pid PID[:STARTTIME] [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
 //	nsplug id --pid PID
-//	nsplug plugins [--config FILE] [--json]
+//	nsplug plugins [--config FILE | --addr unix:///PATH] [--json]
+//	nsplug serve [--config FILE]
 //	nsplug demo
 //
 // The same binary serves the built-in plugins: the core starts them by
@@ -37,7 +38,7 @@ import (
 const usage = `nsplug runs handlers inside the namespaces of a process.
 
 Usage:
-  nsplug call [--config FILE] --pid PID[:STARTTIME] [--ns LIST]
+  nsplug call [--config FILE | --addr unix:///PATH] --pid PID[:STARTTIME] [--ns LIST]
               [--as UID:GID[:G1,G2..]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
         Run one request in the namespaces of PID and print the JSON response.
         PID:STARTTIME (as 'nsplug id' prints it) names the process for good:
@@ -53,15 +54,20 @@ Usage:
         Print PID:STARTTIME, the identity of the process PID is now: its pid
         and its start time (field 22 of /proc/PID/stat, clock ticks after
         boot).
-  nsplug plugins [--config FILE] [--json]
+  nsplug plugins [--config FILE | --addr unix:///PATH] [--json]
         List the plugins, whether each loaded ("ok") or not ("failed", with
         the error), and the message types each serves. A plugin that failed
         is not the command's failure (exit 0), unless fail_on_plugin_error.
+  nsplug serve [--config FILE]
+        Run the node daemon: the API (api/v1/nsplug.proto) on the [server]
+        socket, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
   nsplug demo
         Start a sandbox target in fresh namespaces and show a tour of requests.
 
 Without --config, the embedded default configuration serves the built-in
-plugins. --log-level sets what reaches stderr, from nsplug and from its
+plugins. With --addr (or NSPLUG_ADDR), call and plugins go through the
+daemon at that socket instead of an in-process core, with the same output
+and exit codes; the daemon's configuration applies. --log-level sets what reaches stderr, from nsplug and from its
 plugins alike: given, it overrides the configuration's log_level; absent,
 the configuration file's log_level applies, and without one, warn (so that
 a failed request prints one line).
@@ -97,13 +103,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdID(args[1:], stdout)
 	case "plugins":
 		err = cmdPlugins(args[1:], stdout, stderr)
+	case "serve":
+		err = cmdServe(args[1:], stderr)
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		err = usageErr("unknown command %q (want call, id, plugins or demo)", args[0])
+		err = usageErr("unknown command %q (want call, id, plugins, serve or demo)", args[0])
 	}
 	if err == nil {
 		return 0
@@ -135,15 +143,51 @@ func oneLine(s string) string {
 	return strings.Join(lines, "; ")
 }
 
-// commonFlags are the flags every command shares.
+// commonFlags are the flags call and plugins share.
 type commonFlags struct {
 	config   string
 	logLevel string
+	addr     string
 }
 
+// envAddr is the daemon's address when --addr is not given.
+const envAddr = "NSPLUG_ADDR"
+
 func (c *commonFlags) register(fs *flag.FlagSet) {
+	c.registerCore(fs)
+	fs.StringVar(&c.addr, "addr", "", "go through the daemon at `unix:///PATH` (default: $"+envAddr+"; empty: an in-process core)")
+}
+
+// registerCore registers the flags of an in-process core.
+func (c *commonFlags) registerCore(fs *flag.FlagSet) {
 	fs.StringVar(&c.config, "config", "", "TOML configuration `file` (default: the embedded one)")
 	fs.StringVar(&c.logLevel, "log-level", "", "log `level` on stderr: trace, debug, info, warn, error, off (overrides the config's log_level; default: its log_level, else warn)")
+}
+
+// daemonAddr is the daemon to go through, --addr or else $NSPLUG_ADDR; ""
+// means an in-process core (--addr "" asks for one whatever the
+// environment says). The flags of an in-process core are then an error:
+// the daemon's own configuration applies.
+func (c *commonFlags) daemonAddr(fs *flag.FlagSet) (string, error) {
+	addr, from := c.addr, "--addr"
+	if !flagGiven(fs, "addr") {
+		addr, from = os.Getenv(envAddr), envAddr
+	}
+	if addr == "" {
+		return "", nil
+	}
+	for _, f := range []string{"config", "log-level"} {
+		if flagGiven(fs, f) {
+			return "", usageErr("%s: --%s is for an in-process core; with %s=%s the daemon's configuration applies (--addr \"\" for an in-process core)", fs.Name(), f, from, addr)
+		}
+	}
+	return addr, nil
+}
+
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 // configLogLevel is the log_level a configuration file sets itself, ""
@@ -183,11 +227,25 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // open loads the configuration and starts a dispatcher with the built-ins.
 func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
+	cfg, log, err := c.load(stderr, "warn")
+	if err != nil {
+		return nil, err
+	}
+	// A plugin that failed to load is reported where it matters, not as a
+	// log line on every command: plugins lists it, and a call of its type
+	// fails naming the failure, which is then that call's one line.
+	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug})
+}
+
+// load reads the configuration (--config, or the embedded one) and makes
+// the logger on stderr: at --log-level, else the file's own log_level, else
+// fallback.
+func (c *commonFlags) load(stderr io.Writer, fallback string) (*config.Config, hclog.Logger, error) {
 	cfg := config.Default()
 	if c.config != "" {
 		var err error
 		if cfg, err = config.Load(c.config); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	name := c.logLevel
@@ -195,21 +253,17 @@ func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
 		name = configLogLevel(c.config)
 	}
 	if name == "" {
-		name = "warn"
+		name = fallback
 	}
 	level := hclog.LevelFromString(name)
 	if level == hclog.NoLevel {
-		return nil, usageErr("--log-level: unknown level %q", c.logLevel)
+		return nil, nil, usageErr("--log-level: unknown level %q", c.logLevel)
 	}
 	// Plugins log at the level shown: they drop lines below it.
 	if cfg.LogLevel = level.String(); level == hclog.Off {
 		cfg.LogLevel = "error"
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: level, Output: stderr})
-	// A plugin that failed to load is reported where it matters, not as a
-	// log line on every command: plugins lists it, and a call of its type
-	// fails naming the failure, which is then that call's one line.
-	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug})
+	return cfg, hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: level, Output: stderr}), nil
 }
 
 func cmdCall(args []string, stdout, stderr io.Writer) error {
@@ -259,25 +313,44 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 		creds.Root, creds.Cwd = *root, *cwd
 		req.Credentials = creds
 	}
-	d, err := c.open(stderr)
+	addr, err := c.daemonAddr(fs)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	resp, err := d.Call(ctx, req)
+	var resp *core.Response
+	if addr != "" {
+		resp, err = callDaemon(ctx, addr, req)
+	} else {
+		resp, err = callInProcess(ctx, &c, stderr, req)
+	}
 	if err != nil {
 		return err
-	}
-	if len(resp.Files) == 0 {
-		return printJSON(stdout, resp.Payload)
 	}
 	defer func() {
 		for _, f := range resp.Files {
 			f.Close()
 		}
 	}()
+	return printResponse(stdout, resp)
+}
+
+func callInProcess(ctx context.Context, c *commonFlags, stderr io.Writer, req core.Request) (*core.Response, error) {
+	d, err := c.open(stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close() // the files handed back stay open: they are this process's
+	return d.Call(ctx, req)
+}
+
+// printResponse prints a response as `call` shows it, from the daemon or
+// from an in-process core alike.
+func printResponse(stdout io.Writer, resp *core.Response) error {
+	if len(resp.Files) == 0 {
+		return printJSON(stdout, resp.Payload)
+	}
 	out, _ := json.Marshal(map[string]any{"response": resp.Payload, "files": describeFiles(resp.Files)})
 	return printJSON(stdout, out)
 }
@@ -430,14 +503,37 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 0 {
 		return usageErr("plugins: unexpected argument %q", pos[0])
 	}
-	d, err := c.open(stderr)
+	addr, err := c.daemonAddr(fs)
 	if err != nil {
 		return err
 	}
+	var plugins []core.PluginInfo
+	version := uint32(wire.ProtocolVersion)
+	if addr != "" {
+		plugins, version, err = pluginsDaemon(addr)
+	} else {
+		plugins, err = pluginsInProcess(&c, stderr)
+	}
+	if err != nil {
+		return err
+	}
+	return printPlugins(stdout, plugins, version, *asJSON)
+}
+
+func pluginsInProcess(c *commonFlags, stderr io.Writer) ([]core.PluginInfo, error) {
+	d, err := c.open(stderr)
+	if err != nil {
+		return nil, err
+	}
 	defer d.Close()
-	plugins := d.Plugins()
-	if *asJSON {
-		out, _ := json.MarshalIndent(map[string]any{"protocol_version": wire.ProtocolVersion, "plugins": plugins}, "", "  ")
+	return d.Plugins(), nil
+}
+
+// printPlugins prints the plugins as `plugins` shows them, from the daemon
+// or from an in-process core alike; version is the wire contract's.
+func printPlugins(stdout io.Writer, plugins []core.PluginInfo, version uint32, asJSON bool) error {
+	if asJSON {
+		out, _ := json.MarshalIndent(map[string]any{"protocol_version": version, "plugins": plugins}, "", "  ")
 		_, err := fmt.Fprintf(stdout, "%s\n", out)
 		return err
 	}

@@ -1,0 +1,32 @@
+package server
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	apiv1 "github.com/nsplug/nsplug/api/v1"
+)
+
+// Dial returns a client of the daemon at addr, "unix:///PATH" (the form
+// of nsplug's --addr and NSPLUG_ADDR). Nothing connects until the first
+// call; a daemon that is not there fails it with Unavailable
+// (ECONNREFUSED or ENOENT through ErrorFromStatus). Close the connection
+// when done.
+func Dial(addr string) (apiv1.NsplugClient, *grpc.ClientConn, error) {
+	path, ok := strings.CutPrefix(addr, "unix://")
+	if !ok || !filepath.IsAbs(path) {
+		return nil, nil, fmt.Errorf("daemon address %q: want unix:///PATH, the absolute path of its socket", addr)
+	}
+	// The socket is local: no transport security to have, and who calls
+	// is the kernel's to tell the daemon.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("daemon address %q: %w", addr, err)
+	}
+	return apiv1.NewNsplugClient(conn), conn, nil
+}

@@ -1,0 +1,294 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	apiv1 "github.com/nsplug/nsplug/api/v1"
+	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/wire"
+)
+
+// maxMessage bounds a gRPC message of the API: a payload or a response
+// of the contract's largest (wire.MaxMessageBytes), with room for the
+// fields around it.
+const maxMessage = wire.MaxMessageBytes + 1<<20
+
+// Server serves the node API (apiv1.NsplugServer) and grpc.health.v1 in
+// front of a core.Dispatcher. Every call carries the kernel's credentials
+// of its connection (see Caller); a call without them is refused.
+//
+// Reload swaps the configuration for new calls at once. When it changes
+// anything the dispatcher is built from (any key outside [server]), new
+// calls go to a new dispatcher, and the old one is closed as soon as its
+// calls in flight have finished: the instances of the old configuration
+// retire with it, and the new one starts its own.
+type Server struct {
+	apiv1.UnimplementedNsplugServer
+	log    hclog.Logger
+	opts   core.Options
+	cfg    atomic.Pointer[config.Config]
+	grpc   *grpc.Server
+	health *health.Server
+
+	reload  sync.Mutex // one Reload at a time, none during or after Shutdown
+	stopped bool       // under reload
+	mu      sync.Mutex
+	gen     *generation    // serves new calls
+	retired sync.WaitGroup // old generations being closed
+}
+
+// generation is one dispatcher and the calls in flight on it.
+type generation struct {
+	d        *core.Dispatcher
+	built    []byte // the configuration it was built from, [server] aside (see pluginKeys)
+	inflight int
+	retired  bool
+}
+
+// New starts the dispatcher of cfg (core.New with opts; Logger defaults
+// to log) and the gRPC service. Nothing listens until Serve.
+func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = log
+	}
+	d, err := core.New(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{log: log, opts: opts, health: health.NewServer(), gen: &generation{d: d, built: pluginKeys(cfg)}}
+	s.cfg.Store(cfg)
+	s.grpc = grpc.NewServer(
+		grpc.Creds(peerCreds{}),
+		grpc.ChainUnaryInterceptor(withCaller),
+		grpc.ChainStreamInterceptor(withCallerStream),
+		grpc.MaxRecvMsgSize(maxMessage),
+		grpc.MaxSendMsgSize(maxMessage),
+		// Stop returns once no handler runs, so that the dispatchers
+		// close after the last call has left them.
+		grpc.WaitForHandlers(true),
+	)
+	apiv1.RegisterNsplugServer(s.grpc, s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	// "" (the daemon) is SERVING from the start; so is the API by name.
+	s.health.SetServingStatus(apiv1.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s, nil
+}
+
+// Config is the configuration in force: the one the last successful
+// Reload installed. Authorization reads it per call.
+func (s *Server) Config() *config.Config { return s.cfg.Load() }
+
+// Serve accepts connections on l (a unix socket listener; see Listen)
+// until Shutdown. It returns nil after Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	if err := s.grpc.Serve(l); err != nil && err != grpc.ErrServerStopped {
+		return err
+	}
+	return nil
+}
+
+// Reload puts cfg in force for new calls. When it changes no key outside
+// [server], the dispatcher and its warm instances stay; otherwise a new
+// dispatcher is built (if that fails, Reload fails and the old
+// configuration stays in force) and the old one retires after its calls in
+// flight. The socket's settings apply at the next start.
+func (s *Server) Reload(cfg *config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s.reload.Lock()
+	defer s.reload.Unlock()
+	if s.stopped {
+		return errors.New("the daemon is shutting down")
+	}
+	old := s.Config()
+	if o, n := old.Server, cfg.Server; o.Socket != n.Socket || o.SocketMode != n.SocketMode || o.SocketGroup != n.SocketGroup {
+		s.log.Warn("reload: socket, socket_mode and socket_group take effect when the daemon restarts", "socket", o.Socket)
+	}
+	built := pluginKeys(cfg)
+	s.mu.Lock()
+	same := built != nil && string(built) == string(s.gen.built)
+	if same {
+		s.cfg.Store(cfg)
+	}
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	d, err := core.New(cfg, s.opts)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	prev := s.gen
+	s.gen = &generation{d: d, built: built}
+	s.cfg.Store(cfg)
+	prev.retired = true
+	idle := prev.inflight == 0
+	if idle {
+		s.retired.Add(1)
+	}
+	s.mu.Unlock()
+	if idle {
+		go s.close(prev)
+	}
+	s.log.Info("reload: new dispatcher; the previous one retires after its calls in flight")
+	return nil
+}
+
+// pluginKeys is what a dispatcher is built from: every key of cfg but
+// [server], as JSON; nil if it cannot be encoded (a reload then always
+// builds a new dispatcher).
+func pluginKeys(cfg *config.Config) []byte {
+	c := *cfg
+	c.Server = config.Server{}
+	data, err := json.Marshal(&c)
+	if err != nil {
+		return nil
+	}
+	return data
+}
+
+// acquire returns the generation that serves a new call; release ends the
+// call.
+func (s *Server) acquire() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen.inflight++
+	return s.gen
+}
+
+func (s *Server) release(g *generation) {
+	s.mu.Lock()
+	g.inflight--
+	last := g.retired && g.inflight == 0
+	if last {
+		s.retired.Add(1)
+	}
+	s.mu.Unlock()
+	if last {
+		go s.close(g)
+	}
+}
+
+func (s *Server) close(g *generation) {
+	defer s.retired.Done()
+	g.d.Close()
+}
+
+// Shutdown stops accepting connections, reports NOT_SERVING to health
+// checks, lets calls in flight finish for up to grace, then ends the rest
+// (their requests are cancelled) and closes every dispatcher, which kills
+// and reaps every plugin process. Serve then returns.
+func (s *Server) Shutdown(grace time.Duration) {
+	s.reload.Lock()
+	defer s.reload.Unlock()
+	s.stopped = true
+	s.health.Shutdown()
+	drained := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(grace):
+		s.log.Warn("shutdown: calls still in flight after shutdown_grace are ended", "shutdown_grace", grace)
+		s.grpc.Stop()
+		<-drained
+	}
+	s.mu.Lock()
+	g := s.gen
+	s.mu.Unlock()
+	g.d.Close()
+	s.retired.Wait()
+}
+
+// authorize decides whether the caller may do what (e.g. "call procfs.read
+// in pid 42"). It is the placeholder of the [[server.allow]] policy: root
+// may do everything, nobody else anything.
+func authorize(c Caller, what string) error {
+	if c.Root() {
+		return nil
+	}
+	return wire.Errorf(syscall.EACCES, "uid %d (gid %d) may not %s: no [[server.allow]] rule admits this caller (only root may call the daemon)", c.UID, c.GID, what)
+}
+
+// caller is the Caller of a call (the interceptor put it there).
+func caller(ctx context.Context) Caller {
+	c, ok := CallerFrom(ctx)
+	if !ok {
+		panic("server: a call without a Caller got past the interceptor")
+	}
+	return c
+}
+
+// Types lists the message types the daemon serves.
+func (s *Server) Types(ctx context.Context, _ *apiv1.TypesRequest) (*apiv1.TypesResponse, error) {
+	if err := authorize(caller(ctx), "list the types"); err != nil {
+		return nil, Status(err)
+	}
+	g := s.acquire()
+	defer s.release(g)
+	return &apiv1.TypesResponse{Types: typeInfos(g.d.Types())}, nil
+}
+
+// Plugins lists the configured plugins with their load status.
+func (s *Server) Plugins(ctx context.Context, _ *apiv1.PluginsRequest) (*apiv1.PluginsResponse, error) {
+	if err := authorize(caller(ctx), "list the plugins"); err != nil {
+		return nil, Status(err)
+	}
+	g := s.acquire()
+	defer s.release(g)
+	out := &apiv1.PluginsResponse{ProtocolVersion: wire.ProtocolVersion}
+	for _, p := range g.d.Plugins() {
+		out.Plugins = append(out.Plugins, pluginInfo(p))
+	}
+	return out, nil
+}
+
+// Instances lists the live plugin processes of the dispatcher serving new
+// calls.
+func (s *Server) Instances(ctx context.Context, _ *apiv1.InstancesRequest) (*apiv1.InstancesResponse, error) {
+	if err := authorize(caller(ctx), "list the instances"); err != nil {
+		return nil, Status(err)
+	}
+	g := s.acquire()
+	defer s.release(g)
+	out := &apiv1.InstancesResponse{}
+	for _, in := range g.d.Instances() {
+		out.Instances = append(out.Instances, instanceInfo(in))
+	}
+	return out, nil
+}
+
+// Prepare starts the warm instances a target's requests would use.
+func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.PrepareResponse, error) {
+	tg := in.GetTarget()
+	if tg.GetPid() <= 0 {
+		return nil, Status(wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", tg.GetPid()))
+	}
+	if err := authorize(caller(ctx), fmt.Sprintf("prepare %v in pid %d", in.Types, tg.Pid)); err != nil {
+		return nil, Status(err)
+	}
+	g := s.acquire()
+	defer s.release(g)
+	if err := g.d.Prepare(ctx, core.Target{PID: int(tg.Pid), StartTime: tg.StartTime}, in.Types...); err != nil {
+		return nil, Status(err)
+	}
+	return &apiv1.PrepareResponse{}, nil
+}
