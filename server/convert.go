@@ -6,6 +6,7 @@ import (
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/wire"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // The API's messages and the core's types, both ways: the daemon answers
@@ -18,7 +19,7 @@ func coreRequest(in *apiv1.CallRequest) (core.Request, error) {
 	if in.GetTarget().GetPid() <= 0 {
 		return core.Request{}, wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", in.GetTarget().GetPid())
 	}
-	req := core.Request{PID: int(in.Target.Pid), StartTime: in.Target.StartTime, Type: in.Type, Payload: in.Payload, Namespaces: in.Namespaces}
+	req := core.Request{PID: int(in.Target.Pid), StartTime: startTime(in.Target), Type: in.Type, Payload: in.Payload, Namespaces: in.Namespaces}
 	if c := in.Credentials; c != nil {
 		req.Credentials = &core.Credentials{UID: c.Uid, GID: c.Gid, Groups: c.Groups, Root: c.Root, Cwd: c.Cwd}
 		if cs := c.Capabilities; cs != nil {
@@ -36,7 +37,7 @@ func coreRequest(in *apiv1.CallRequest) (core.Request, error) {
 // CallRequest is the CallRequest that asks for req (a client's side of
 // coreRequest).
 func CallRequest(req core.Request) *apiv1.CallRequest {
-	out := &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(req.PID), StartTime: req.StartTime}, Type: req.Type,
+	out := &apiv1.CallRequest{Target: apiTarget(req.PID, req.StartTime), Type: req.Type,
 		Payload: req.Payload, Namespaces: req.Namespaces}
 	if c := req.Credentials; c != nil {
 		out.Credentials = &apiv1.Credentials{Uid: c.UID, Gid: c.GID, Groups: c.Groups, Root: c.Root, Cwd: c.Cwd}
@@ -83,4 +84,22 @@ func PluginInfos(resp *apiv1.PluginsResponse) []core.PluginInfo {
 
 func instanceInfo(in core.InstanceInfo) *apiv1.InstanceInfo {
 	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight)}
+}
+
+// startTime is the start time t names, nil when it names none.
+func startTime(t *apiv1.Target) *uint64 {
+	if st := t.GetStartTime(); st != nil {
+		v := st.GetValue()
+		return &v
+	}
+	return nil
+}
+
+// apiTarget is the Target of pid, with its start time when known.
+func apiTarget(pid int, start *uint64) *apiv1.Target {
+	t := &apiv1.Target{Pid: int32(pid)}
+	if start != nil {
+		t.StartTime = wrapperspb.UInt64(*start)
+	}
+	return t
 }

@@ -287,7 +287,7 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 	}
 	g := s.acquire()
 	defer s.release(g)
-	if err := g.d.Prepare(ctx, core.Target{PID: int(tg.Pid), StartTime: tg.StartTime}, in.Types...); err != nil {
+	if err := g.d.Prepare(ctx, core.Target{PID: int(tg.Pid), StartTime: startTime(tg)}, in.Types...); err != nil {
 		return nil, Status(err)
 	}
 	return &apiv1.PrepareResponse{}, nil
