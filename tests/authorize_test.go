@@ -150,4 +150,3 @@ func TestAuthorizeHookRefusalStartsNothing(t *testing.T) {
 		t.Error("the hook saw a process that is not the one meant")
 	}
 }
-
