@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,21 +24,30 @@ import (
 // It is killed and reaped with the test.
 func ownedTarget(t *testing.T, uid uint32) int {
 	t.Helper()
+	return ownedTargetCmd(t, uid).Process.Pid
+}
+
+// ownedTargetCmd is ownedTarget, for a test that ends the process itself.
+func ownedTargetCmd(t *testing.T, uid uint32) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command("unshare", "-U", "-r", "-m", "-u", "sleep", "1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("unshare as uid %d: %v", uid, err)
 	}
+	var once sync.Once
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		once.Do(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
 	})
 	pid := cmd.Process.Pid
 	self := nsInode(t, os.Getpid(), "user")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		if strings.TrimSpace(string(comm)) == "sleep" && nsInode(t, pid, "user") != self {
-			return pid
+			return cmd
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("uid %d's target %d never reached sleep in its own user namespace", uid, pid)
@@ -148,5 +158,35 @@ func TestAuthorizeHookRefusalStartsNothing(t *testing.T) {
 	wantErrno(t, err, syscall.ESRCH, "is gone")
 	if called {
 		t.Error("the hook saw a process that is not the one meant")
+	}
+}
+
+// A target that dies after a first, warm request is never decided on
+// again: once it is reaped, the next request is ESRCH before the hook
+// runs, and nothing starts for it. (A zombie not yet reaped is still the
+// process the hook decided on: its pid cannot change hands before.)
+func TestAuthorizeHookNeverSeesADeadTarget(t *testing.T) {
+	parallel(t)
+	cmd := ownedTargetCmd(t, 4242)
+	target := cmd.Process.Pid
+	d, _ := newDispatcher(t, "")
+	calls := 0
+	hook := func(ti core.TargetInfo) error {
+		calls++
+		return nil
+	}
+	if _, err := d.Dispatch(context.Background(), core.Request{PID: target, Type: "probe.whoami", Authorize: hook}); err != nil || calls != 1 {
+		t.Fatalf("first request: %v, hook called %d times", err, calls)
+	}
+	warm := d.Instances()
+	cmd.Process.Kill()
+	cmd.Wait()
+	_, err := d.Dispatch(context.Background(), core.Request{PID: target, Type: "probe.whoami", Authorize: hook})
+	wantErrno(t, err, syscall.ESRCH)
+	if calls != 1 {
+		t.Errorf("the hook was called for a dead target (%d calls)", calls)
+	}
+	if now := d.Instances(); len(now) > len(warm) {
+		t.Errorf("instances %v after the target died, were %v", now, warm)
 	}
 }
