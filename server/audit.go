@@ -38,9 +38,10 @@ type AuditLog struct {
 	path string
 	log  hclog.Logger
 
-	mu  sync.Mutex
-	f   *os.File // nil while it cannot be opened
-	bad error    // why the last open or write failed; nil after a line is written
+	mu     sync.Mutex
+	f      *os.File // nil while it cannot be opened
+	closed bool
+	bad    error // why the last open or write failed; nil after a line is written
 	// badSpace: bad is a lack of room, which Ready can see has ended.
 	badSpace bool
 }
@@ -49,10 +50,14 @@ type AuditLog struct {
 // several of the largest size (under 8 KiB), for calls in flight at once.
 const AuditReserve = 64 << 10
 
-// NewAuditLog opens the audit log at path. A log that cannot be opened
-// is not an error here: it is logged, read-only calls are served, and
-// calls that change state are refused (Ready) until it opens.
+// NewAuditLog opens the audit log at path (config.Server.AuditLog); for
+// "" (no audit log) it returns nil. A log that cannot be opened is not an
+// error here: it is logged, read-only calls are served, and calls that
+// change state are refused (Ready) until it opens.
 func NewAuditLog(path string, log hclog.Logger) *AuditLog {
+	if path == "" {
+		return nil
+	}
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -117,6 +122,9 @@ func (a *AuditLog) openLocked() error {
 // currentLocked returns the open file, reopening it when it cannot be
 // opened yet or was removed from its path.
 func (a *AuditLog) currentLocked() (*os.File, error) {
+	if a.closed {
+		return nil, wire.Errorf(syscall.EIO, "audit log %s is closed", a.path)
+	}
 	if a.f != nil {
 		var st unix.Stat_t
 		if err := unix.Fstat(int(a.f.Fd()), &st); err == nil && st.Nlink > 0 {
@@ -221,13 +229,16 @@ func (a *AuditLog) writeLocked(f *os.File, line []byte) error {
 	return wire.Errorf(syscall.EIO, "writing audit log %s: only %d of %d bytes written (file system full?); the partial line was removed", a.path, n, len(line))
 }
 
-// Close closes the file.
+// Close closes the file, for good: calls still using the log are then
+// refused or told they were not audited, so a reload that opens another
+// closes this one after the calls using it have ended.
 func (a *AuditLog) Close() error {
 	if a == nil {
 		return nil
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.closed = true
 	if a.f == nil {
 		return nil
 	}

@@ -239,3 +239,27 @@ func TestAuditLogReopensRemovedFile(t *testing.T) {
 		t.Errorf("new file holds %q", data)
 	}
 }
+
+// No path, no log: a nil *AuditLog, whose methods do nothing. A closed
+// log stays closed: it does not reopen its path.
+func TestAuditLogNilAndClosed(t *testing.T) {
+	a := NewAuditLog("", nil)
+	if a != nil || a.Ready() != nil || a.Write(&AuditRecord{}) != nil || a.Close() != nil || a.Path() != "" {
+		t.Errorf("no audit log: %v", a)
+	}
+	path := filepath.Join(t.TempDir(), "audit.log")
+	a = NewAuditLog(path, nil)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	for what, err := range map[string]error{"Ready": a.Ready(), "Write": a.Write(&AuditRecord{Op: "call"})} {
+		var we *wire.Error
+		if !errors.As(err, &we) || we.Errno != syscall.EIO || !strings.Contains(we.Message, "closed") {
+			t.Errorf("%s after Close: %v", what, err)
+		}
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("a closed log reopened its path: %v", err)
+	}
+}
