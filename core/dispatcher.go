@@ -260,7 +260,7 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 	if err := req.Credentials.validate(); err != nil {
 		return nil, 0, "", err
 	}
-	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime}); err != nil {
+	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime, Authorize: req.Authorize}); err != nil {
 		return nil, 0, "", err
 	}
 	join, key = d.instanceKey(e, t, join)
@@ -270,7 +270,8 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 }
 
 // pin pins the process tg names: ESRCH when it is gone, even if its pid
-// names another process now. The caller releases it.
+// names another process now; then tg.Authorize decides on it. The caller
+// releases it.
 func (d *Dispatcher) pin(tg Target) (*target, error) {
 	t, err := d.targets.pin(tg.PID)
 	if err != nil {
@@ -279,6 +280,16 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 	if err := t.checkStartTime(tg.StartTime); err != nil {
 		t.release()
 		return nil, err
+	}
+	if tg.Authorize != nil {
+		if err := tg.Authorize(t.info(&d.selfNS)); err != nil {
+			t.release()
+			var ce *Error
+			if !errors.As(err, &ce) {
+				ce = errorf(syscall.EACCES, "%v", err)
+			}
+			return nil, ce
+		}
 	}
 	return t, nil
 }
@@ -345,6 +356,23 @@ func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) er
 		d.pool.release(inst, false)
 	}
 	return errors.Join(errs...)
+}
+
+// Type describes the registered message type name: its TypeInfo, and the
+// namespaces its plugin may join (its namespaces setting: every kind by
+// default), which a daemon checks before serving a caller other than root.
+// ok is false when no loaded plugin serves the type.
+func (d *Dispatcher) Type(name string) (info TypeInfo, namespaces []string, ok bool) {
+	e := d.types[name]
+	if e == nil {
+		return TypeInfo{}, nil, false
+	}
+	for _, ti := range e.types {
+		if ti.Name == name {
+			info = ti
+		}
+	}
+	return info, nsexec.NamespaceNames(e.join), true
 }
 
 // instanceKey decides which namespaces to join (those of join where the

@@ -8,7 +8,8 @@
 //   - pins the target with a pidfd (a dead or recycled PID is never
 //     entered; Request.StartTime, and Target.StartTime for Prepare,
 //     refuse a PID reused before the request)
-//     and reads which of its namespaces differ from the core's;
+//     and reads which of its namespaces differ from the core's; a daemon's
+//     Request.Authorize hook then decides on the process actually pinned;
 //   - finds the plugin serving the message type and a warm instance of it
 //     for exactly those namespaces and credentials, or starts one: the
 //     plugin's sealed executable is exec'd on the host and the nsexec

@@ -16,6 +16,9 @@ import (
 type Target struct {
 	PID       int
 	StartTime *uint64 // nil: whatever process has PID now
+	// Authorize, when set, is Request.Authorize for Prepare: called
+	// once, for the pinned process, before any instance starts.
+	Authorize func(TargetInfo) error
 }
 
 // Request is one piece of work to do inside a target's namespaces.
@@ -39,6 +42,13 @@ type Request struct {
 	// permissions as the caller's. Nil: root of the target's user
 	// namespace (or the target's own ids where that maps no root).
 	Credentials *Credentials
+	// Authorize, when set, decides on the process the request is pinned
+	// to, once its start time is checked and before any instance is
+	// used or started: a daemon's check of its caller against the target
+	// actually pinned, not against whatever PID named when it looked. Its
+	// error ends the request: an *Error as it is, any other as EACCES.
+	// It must not block.
+	Authorize func(TargetInfo) error
 }
 
 // Credentials are who a request acts for, as the target sees them.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,64 @@ func readNSSet(pid string) (nsSet, error) {
 	return set, nil
 }
 
+// userIndex is the place of "user" in nsexec.Namespaces, and in an nsSet.
+var userIndex = slices.IndexFunc(nsexec.Namespaces, func(ns nsexec.Namespace) bool { return ns.Name == "user" })
+
+// readUserNSOwner returns the uid that created pid's user namespace
+// (NS_GET_OWNER_UID, as this process's user namespace sees it), asking the
+// namespace /proc/PID/ns/user opens, which must be want: read by pinTarget
+// with the rest, before the pidfd confirms that /proc/PID was the pinned
+// process, it is then that process's.
+func readUserNSOwner(pid int, want nsID) (uint32, error) {
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/ns/user", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, err
+	}
+	if (nsID{st.Dev, st.Ino}) != want {
+		return 0, errorf(syscall.EAGAIN, "target pid %d changed its user namespace while being pinned", pid)
+	}
+	return unix.IoctlGetUint32(fd, unix.NS_GET_OWNER_UID)
+}
+
+// TargetInfo is what an authorization hook (Request.Authorize,
+// Target.Authorize) learns of the process a request is pinned to: the
+// process actually pinned, whatever its PID named when the caller looked.
+// A hook must not keep or modify Namespaces.
+type TargetInfo struct {
+	PID       int
+	StartTime uint64 // of the pinned process (see StartTime)
+	// Namespaces are the inodes of the target's namespaces by name
+	// ("user", "mnt", ...), as stat(2) of /proc/PID/ns/NAME shows them; a
+	// kind the kernel lacks is absent.
+	Namespaces map[string]uint64
+	// UserNSOwner is the uid that created the target's user namespace
+	// (NS_GET_OWNER_UID) in the core's user namespace: 0 for the initial
+	// one, the user's own uid for a rootless container.
+	UserNSOwner uint32
+	// HostUserNS reports that the target is in the core's own user
+	// namespace (a host process, or a container without one of its own):
+	// a handler serving it keeps the core's privilege.
+	HostUserNS bool
+}
+
+// info describes t for an authorization hook; self are the core's own
+// namespaces.
+func (t *target) info(self *nsSet) TargetInfo {
+	ti := TargetInfo{PID: t.pid, StartTime: t.startTime, Namespaces: make(map[string]uint64, len(t.ns)),
+		UserNSOwner: t.userOwner, HostUserNS: t.ns[userIndex] == self[userIndex]}
+	for i, ns := range nsexec.Namespaces {
+		if t.ns[i] != (nsID{}) {
+			ti.Namespaces[ns.Name] = t.ns[i].ino
+		}
+	}
+	return ti
+}
+
 // target is a pinned target process: its pidfd tells a recycled PID from
 // the process it was opened for, and its namespaces were read while it
 // was alive.
@@ -48,6 +107,7 @@ type target struct {
 	startTime uint64 // of the process the pidfd pins (see StartTime)
 	nsPID     int    // its pid in its own pid namespace (NSpid), 0 if unknown
 	ns        nsSet
+	userOwner uint32 // the uid owning its user namespace (ns[userIndex])
 	readAt    time.Time
 	refs      atomic.Int32 // the cache's reference and each request's
 	keys      sync.Map     // instance keys computed for it (see instanceKey)
@@ -71,6 +131,9 @@ func pinTarget(pid int) (*target, error) {
 	t.startTime, err = readStartTime(pid)
 	if err == nil {
 		t.ns, err = readNSSet(strconv.Itoa(pid))
+	}
+	if err == nil {
+		t.userOwner, err = readUserNSOwner(pid, t.ns[userIndex])
 	}
 	if err == nil {
 		t.nsPID, err = readNSPID(pid)

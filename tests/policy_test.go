@@ -1,0 +1,117 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/sandbox"
+	"github.com/nsplug/nsplug/server"
+)
+
+// authzGate is a gate with the given rules in front of d.
+func authzGate(d *core.Dispatcher, audit *server.AuditLog, rules ...config.AllowRule) *server.Gate {
+	return &server.Gate{Policy: server.NewPolicy(rules), Audit: audit, Registry: d}
+}
+
+// gateCall is one Call through g as c.
+func gateCall(g *server.Gate, d *core.Dispatcher, c server.Caller, req core.Request) (*core.Response, bool, error) {
+	return g.Call(c, req, func(r core.Request) (*core.Response, error) { return d.Call(context.Background(), r) })
+}
+
+// targets = "owned": an unprivileged user reaches their own rootless
+// container and nothing else, neither another user's nor a host process,
+// nor a container the daemon's root made; their handler joins the
+// container's user namespace even when the request left it out, and runs
+// on the host as their own uid.
+func TestOwnedTargetsOnly(t *testing.T) {
+	parallel(t)
+	mine, theirs := ownedTarget(t, 4242), ownedTarget(t, 4343)
+	rootMade := newTarget(t, sandbox.Options{Rootless: true, HostUID: 4242, HostGID: 4242})
+	host := hostTarget(t)
+	d, _ := newDispatcher(t, "")
+	g := authzGate(d, nil, config.AllowRule{UIDs: []uint32{4242, 4343}, Types: []string{"probe.*"}, Targets: config.TargetsOwned})
+	user := server.Caller{UID: 4242, GID: 4242, PID: int32(os.Getpid())}
+
+	resp, denied, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami", Namespaces: []string{"uts"}})
+	if err != nil || denied {
+		t.Fatalf("own target: %v (denied %v)", err, denied)
+	}
+	var w whoami
+	if err := json.Unmarshal(resp.Payload, &w); err != nil {
+		t.Fatal(err)
+	}
+	if w.UID != 0 {
+		t.Errorf("handler uid %d in the container, want its root", w.UID)
+	}
+	inst := d.Instances()
+	if len(inst) != 1 || !slices.Equal(inst[0].Joined, []string{"user", "uts"}) {
+		t.Fatalf("instances %+v, want one that joined user and uts", inst)
+	}
+	if got, want := nsInode(t, inst[0].PID, "user"), nsInode(t, mine, "user"); got != want {
+		t.Errorf("handler's user namespace %d, the target's %d", got, want)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", inst[0].PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := strings.Fields(statusField(string(status), "Uid")); len(uid) == 0 || uid[0] != "4242" {
+		t.Errorf("handler runs as host uid %s, want 4242", uid)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		pid   int
+		words []string
+	}{
+		{"another user's", theirs, []string{"uid 4242", `targets = "owned"`, "owned by uid 4343"}},
+		{"made by the daemon's root", rootMade.PID(), []string{"owned by uid 0"}},
+		{"a host process", host, []string{"daemon's own user namespace"}},
+	} {
+		before := len(d.Instances())
+		_, denied, err := gateCall(g, d, user, core.Request{PID: tc.pid, Type: "probe.whoami"})
+		wantErrno(t, err, syscall.EACCES, tc.words...)
+		if !denied || len(d.Instances()) != before {
+			t.Errorf("%s: denied %v, instances %v", tc.name, denied, d.Instances())
+		}
+	}
+	// Its owner reaches the other; a type outside the rule reaches none.
+	if _, _, err := gateCall(g, d, server.Caller{UID: 4343, GID: 4343}, core.Request{PID: theirs, Type: "probe.whoami"}); err != nil {
+		t.Errorf("uid 4343 on its own target: %v", err)
+	}
+	_, denied, err = gateCall(g, d, user, core.Request{PID: mine, Type: "procfs.read", Payload: json.RawMessage(`{"path":"/proc/self/status"}`)})
+	wantErrno(t, err, syscall.EACCES, "procfs.read", `"probe.*"`)
+	if !denied {
+		t.Error("type denial not reported as one")
+	}
+	// Root needs no rule.
+	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: host, Type: "probe.whoami"}); err != nil {
+		t.Errorf("root on a host process: %v", err)
+	}
+}
+
+// A plugin configured not to join the user namespace acts with the
+// daemon's privilege: refused to everyone but root, even on an owned target.
+func TestPluginWithoutUserServesRootOnly(t *testing.T) {
+	parallel(t)
+	mine := ownedTarget(t, 4242)
+	d, _ := newDispatcher(t, "[[plugin]]\nname = \"probe\"\nnamespaces = [\"mnt\", \"uts\"]\n")
+	g := authzGate(d, nil, config.AllowRule{UIDs: []uint32{4242}, Types: []string{"*"}, Targets: config.TargetsAny})
+	_, denied, err := gateCall(g, d, server.Caller{UID: 4242, GID: 4242}, core.Request{PID: mine, Type: "probe.whoami"})
+	wantErrno(t, err, syscall.EACCES, "plugin probe", `namespaces = ["mnt", "uts"]`, `without "user"`)
+	if !denied || len(d.Instances()) != 0 {
+		t.Errorf("denied %v, instances %v", denied, d.Instances())
+	}
+	_, err = (&server.Gate{Policy: g.Policy, Registry: d}).Prepare(server.Caller{UID: 4242, GID: 4242}, core.Target{PID: mine}, []string{"probe.whoami"}, nil)
+	wantErrno(t, err, syscall.EACCES, "plugin probe")
+	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: mine, Type: "probe.whoami"}); err != nil {
+		t.Errorf("root: %v", err)
+	}
+}
