@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"syscall"
 
@@ -12,8 +11,10 @@ import (
 )
 
 // Call runs one request in a target's namespaces. Its steps, in order:
-// read the request, authorize the caller, dispatch, and answer; audit and
-// metrics see each outcome here.
+// metrics start counting; the request is read; the Gate authorizes it (by
+// type, then, from the core's hook, on the pinned target), runs it on the
+// dispatcher serving new calls and audits it; files are refused; metrics
+// record the outcome.
 //
 // The request ends with the call: the client's cancellation, its
 // disconnection (gRPC cancels the call's context), its deadline, or the
@@ -21,33 +22,31 @@ import (
 // request_timeout).
 func (s *Server) Call(ctx context.Context, in *apiv1.CallRequest) (*apiv1.CallResponse, error) {
 	c := caller(ctx)
-	req, err := coreRequest(in)
-	if err != nil {
-		return nil, Status(err)
-	}
-	if err := authorize(c, fmt.Sprintf("call %s in pid %d", req.Type, req.PID)); err != nil {
-		return nil, Status(err)
-	}
-	if in.Timeout != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, in.Timeout.AsDuration())
-		defer cancel()
-	}
-	payload, err := s.dispatch(ctx, req)
+	done := s.metrics.StartCall(in.GetType())
+	payload, err := s.call(ctx, c, in)
+	done(err)
 	if err != nil {
 		return nil, Status(err)
 	}
 	return &apiv1.CallResponse{Payload: payload}, nil
 }
 
-// dispatch runs req on the dispatcher serving new calls. A response that
-// holds open files is refused: descriptors cannot travel over gRPC, so
-// they are closed here (none stays in the daemon) and the caller is told
-// how to get them.
-func (s *Server) dispatch(ctx context.Context, req core.Request) ([]byte, error) {
+func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest) ([]byte, error) {
+	req, err := coreRequest(in)
+	if err != nil {
+		return nil, err
+	}
+	if in.Timeout != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, in.Timeout.AsDuration())
+		defer cancel()
+	}
 	g := s.acquire()
 	defer s.release(g)
-	resp, err := g.d.Call(ctx, req)
+	resp, denied, err := s.gate(g).Call(c, req, func(r core.Request) (*core.Response, error) { return g.d.Call(ctx, r) })
+	if denied {
+		s.metrics.Denied("policy")
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -215,3 +215,21 @@ func quoteList(s []string) string {
 	}
 	return strings.Join(q, ", ")
 }
+
+// AdmitListing decides the calls that only describe the daemon: Types and
+// Plugins (what) are for any caller some rule names, Instances (the host
+// pids of every caller's handlers) for root only (rootOnly).
+func (p *Policy) AdmitListing(c Caller, what string, rootOnly bool) error {
+	if c.Root() {
+		return nil
+	}
+	if rootOnly {
+		return wire.Errorf(syscall.EACCES, "%s may not %s: only root may", describe(c), what)
+	}
+	for i := range p.rules {
+		if p.names(&p.rules[i], c) {
+			return nil
+		}
+	}
+	return wire.Errorf(syscall.EACCES, "%s may not %s: no [[server.allow]] rule names uid %d or any of its groups", describe(c), what, c.UID)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -44,6 +43,11 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
+	metrics *Metrics
+	policy  atomic.Pointer[Policy]
+	audit   atomic.Pointer[AuditLog] // nil: no audit_log
+	audits  []*AuditLog              // every one opened, closed at Shutdown (under reload)
+
 	reload  sync.Mutex // one Reload at a time, none during or after Shutdown
 	stopped bool       // under reload
 	mu      sync.Mutex
@@ -65,12 +69,21 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 	if opts.Logger == nil {
 		opts.Logger = log
 	}
+	s := &Server{log: log, health: health.NewServer()}
+	s.metrics = NewMetrics(s.dispatcher)
+	events := s.metrics.CoreEvents()
+	if theirs := opts.Events; theirs != nil {
+		ours := events
+		events = func(e core.Event) { ours(e); theirs(e) }
+	}
+	opts.Events = events
+	s.opts = opts
 	d, err := core.New(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log, opts: opts, health: health.NewServer(), gen: &generation{d: d, built: pluginKeys(cfg)}}
-	s.cfg.Store(cfg)
+	s.gen = &generation{d: d, built: pluginKeys(cfg)}
+	s.setServerConfig(cfg)
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(withCaller),
@@ -86,6 +99,45 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 	// "" (the daemon) is SERVING from the start; so is the API by name.
 	s.health.SetServingStatus(apiv1.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
+}
+
+// setServerConfig puts cfg, its policy and its audit log in force for new
+// calls. An audit log of a path not seen before is opened; the ones
+// replaced stay open for the calls that still hold them, until Shutdown.
+func (s *Server) setServerConfig(cfg *config.Config) {
+	s.policy.Store(NewPolicy(cfg.Server.Allow))
+	var audit *AuditLog
+	if path := cfg.Server.AuditLog; path != "" {
+		for _, a := range s.audits {
+			if a.Path() == path {
+				audit = a
+			}
+		}
+		if audit == nil {
+			audit = NewAuditLog(path, s.log)
+			s.audits = append(s.audits, audit)
+		}
+	}
+	s.audit.Store(audit)
+	s.cfg.Store(cfg)
+}
+
+// dispatcher is the dispatcher serving new calls, for metrics.
+func (s *Server) dispatcher() *core.Dispatcher {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == nil {
+		return nil
+	}
+	return s.gen.d
+}
+
+// Metrics are the daemon's Prometheus metrics (Metrics.Serve serves them).
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// gate is what decides and audits a call on g's dispatcher.
+func (s *Server) gate(g *generation) *Gate {
+	return &Gate{Policy: s.policy.Load(), Audit: s.audit.Load(), Registry: g.d, Log: s.log}
 }
 
 // Config is the configuration in force: the one the last successful
@@ -116,14 +168,14 @@ func (s *Server) Reload(cfg *config.Config) error {
 		return errors.New("the daemon is shutting down")
 	}
 	old := s.Config()
-	if o, n := old.Server, cfg.Server; o.Socket != n.Socket || o.SocketMode != n.SocketMode || o.SocketGroup != n.SocketGroup {
-		s.log.Warn("reload: socket, socket_mode and socket_group take effect when the daemon restarts", "socket", o.Socket)
+	if o, n := old.Server, cfg.Server; o.Socket != n.Socket || o.SocketMode != n.SocketMode || o.SocketGroup != n.SocketGroup || o.MetricsAddress != n.MetricsAddress {
+		s.log.Warn("reload: socket, socket_mode, socket_group and metrics_address take effect when the daemon restarts", "socket", o.Socket)
 	}
 	built := pluginKeys(cfg)
 	s.mu.Lock()
 	same := built != nil && string(built) == string(s.gen.built)
 	if same {
-		s.cfg.Store(cfg)
+		s.setServerConfig(cfg)
 	}
 	s.mu.Unlock()
 	if same {
@@ -136,7 +188,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
 	prev := s.gen
 	s.gen = &generation{d: d, built: built}
-	s.cfg.Store(cfg)
+	s.setServerConfig(cfg)
 	prev.retired = true
 	idle := prev.inflight == 0
 	if idle {
@@ -216,16 +268,9 @@ func (s *Server) Shutdown(grace time.Duration) {
 	s.mu.Unlock()
 	g.d.Close()
 	s.retired.Wait()
-}
-
-// authorize decides whether the caller may do what (e.g. "call procfs.read
-// in pid 42"). It is the placeholder of the [[server.allow]] policy: root
-// may do everything, nobody else anything.
-func authorize(c Caller, what string) error {
-	if c.Root() {
-		return nil
+	for _, a := range s.audits {
+		a.Close()
 	}
-	return wire.Errorf(syscall.EACCES, "uid %d (gid %d) may not %s: no [[server.allow]] rule admits this caller (only root may call the daemon)", c.UID, c.GID, what)
 }
 
 // caller is the Caller of a call (the interceptor put it there).
@@ -239,7 +284,7 @@ func caller(ctx context.Context) Caller {
 
 // Types lists the message types the daemon serves.
 func (s *Server) Types(ctx context.Context, _ *apiv1.TypesRequest) (*apiv1.TypesResponse, error) {
-	if err := authorize(caller(ctx), "list the types"); err != nil {
+	if err := s.policy.Load().AdmitListing(caller(ctx), "list the types", false); err != nil {
 		return nil, Status(err)
 	}
 	g := s.acquire()
@@ -249,7 +294,7 @@ func (s *Server) Types(ctx context.Context, _ *apiv1.TypesRequest) (*apiv1.Types
 
 // Plugins lists the configured plugins with their load status.
 func (s *Server) Plugins(ctx context.Context, _ *apiv1.PluginsRequest) (*apiv1.PluginsResponse, error) {
-	if err := authorize(caller(ctx), "list the plugins"); err != nil {
+	if err := s.policy.Load().AdmitListing(caller(ctx), "list the plugins", false); err != nil {
 		return nil, Status(err)
 	}
 	g := s.acquire()
@@ -264,7 +309,7 @@ func (s *Server) Plugins(ctx context.Context, _ *apiv1.PluginsRequest) (*apiv1.P
 // Instances lists the live plugin processes of the dispatcher serving new
 // calls.
 func (s *Server) Instances(ctx context.Context, _ *apiv1.InstancesRequest) (*apiv1.InstancesResponse, error) {
-	if err := authorize(caller(ctx), "list the instances"); err != nil {
+	if err := s.policy.Load().AdmitListing(caller(ctx), "list the instances", true); err != nil {
 		return nil, Status(err)
 	}
 	g := s.acquire()
@@ -282,12 +327,14 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 	if tg.GetPid() <= 0 {
 		return nil, Status(wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", tg.GetPid()))
 	}
-	if err := authorize(caller(ctx), fmt.Sprintf("prepare %v in pid %d", in.Types, tg.Pid)); err != nil {
-		return nil, Status(err)
-	}
 	g := s.acquire()
 	defer s.release(g)
-	if err := g.d.Prepare(ctx, core.Target{PID: int(tg.Pid), StartTime: startTime(tg)}, in.Types...); err != nil {
+	denied, err := s.gate(g).Prepare(caller(ctx), core.Target{PID: int(tg.Pid), StartTime: startTime(tg)}, in.Types,
+		func(t core.Target, types []string) error { return g.d.Prepare(ctx, t, types...) })
+	if denied {
+		s.metrics.Denied("policy")
+	}
+	if err != nil {
 		return nil, Status(err)
 	}
 	return &apiv1.PrepareResponse{}, nil

@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/core"
@@ -532,7 +533,7 @@ func TestDaemonDescribesAndPrepares(t *testing.T) {
 
 	start, _ := core.StartTime(target.PID())
 	prepare := func(st uint64, types ...string) error {
-		_, err := c.Prepare(context.Background(), &apiv1.PrepareRequest{Target: &apiv1.Target{Pid: int32(target.PID()), StartTime: &st}, Types: types})
+		_, err := c.Prepare(context.Background(), &apiv1.PrepareRequest{Target: &apiv1.Target{Pid: int32(target.PID()), StartTime: wrapperspb.UInt64(st)}, Types: types})
 		return err
 	}
 	if err := prepare(start+1, "procfs.read"); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "ESRCH") {

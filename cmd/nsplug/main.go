@@ -61,6 +61,9 @@ Usage:
   nsplug serve [--config FILE]
         Run the node daemon: the API (api/v1/nsplug.proto) on the [server]
         socket, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+  nsplug health [--addr unix:///PATH] [--timeout DURATION]
+        Ask the daemon's grpc.health.v1 service whether it serves: prints
+        SERVING and exits 0, or exits 1 (for readiness and liveness probes).
   nsplug demo
         Start a sandbox target in fresh namespaces and show a tour of requests.
 
@@ -105,13 +108,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdPlugins(args[1:], stdout, stderr)
 	case "serve":
 		err = cmdServe(args[1:], stderr)
+	case "health":
+		err = cmdHealth(args[1:], stdout)
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		err = usageErr("unknown command %q (want call, id, plugins, serve or demo)", args[0])
+		err = usageErr("unknown command %q (want call, id, plugins, serve, health or demo)", args[0])
 	}
 	if err == nil {
 		return 0

@@ -2,7 +2,15 @@ package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
 	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nsplug/nsplug/config"
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/server"
@@ -41,4 +49,40 @@ func pluginsDaemon(addr string) ([]core.PluginInfo, uint32, error) {
 		return nil, 0, server.ErrorFromStatus(err)
 	}
 	return server.PluginInfos(resp), resp.ProtocolVersion, nil
+}
+
+// cmdHealth asks the daemon's grpc.health.v1 service whether it serves:
+// exit 0 and "SERVING" when it does, 1 otherwise (a probe's contract).
+func cmdHealth(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	addr := fs.String("addr", "", "the daemon at `unix:///PATH` (default: $"+envAddr+", else the default socket)")
+	timeout := fs.Duration("timeout", 5*time.Second, "give up after this `duration`")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageErr("health: unexpected argument %q", pos[0])
+	}
+	if !flagGiven(fs, "addr") {
+		if *addr = os.Getenv(envAddr); *addr == "" {
+			*addr = "unix://" + config.Default().Server.Socket
+		}
+	}
+	_, conn, err := server.Dial(*addr)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return fmt.Errorf("health of %s: %w", *addr, server.ErrorFromStatus(err))
+	}
+	fmt.Fprintln(stdout, resp.Status)
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return &exitError{1, fmt.Errorf("%s is %s", *addr, resp.Status)}
+	}
+	return nil
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -44,6 +46,15 @@ func cmdServe(args []string, stderr io.Writer) error {
 	srv, err := server.New(cfg, log, core.Options{Builtins: builtin.All()})
 	if err != nil {
 		return err
+	}
+	if addr := cfg.Server.MetricsAddress; addr != "" {
+		stop, err := srv.Metrics().Serve(addr)
+		if err != nil {
+			srv.Shutdown(0)
+			return fmt.Errorf("metrics_address: %w", err)
+		}
+		defer stop(context.Background())
+		log.Info("serving metrics", "metrics_address", addr)
 	}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
