@@ -107,6 +107,10 @@ type Dispatcher struct {
 // serves and builds the type registry. Nothing runs in any target until
 // Dispatch.
 //
+// New raises the process's soft fd limit (RLIMIT_NOFILE) to its hard
+// limit: every warm instance and pinned target costs the core fds, and a
+// node with hundreds of targets needs thousands (see raiseFileLimit).
+//
 // A plugin that fails to load is recorded as failed, with its error
 // (Plugins shows it, a request of one of its types fails with ENOPKG
 // naming it), logged once (at Options.LoadFailureLevel), and the others
@@ -122,6 +126,11 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+	}
+	if lim, err := raiseFileLimit(); err != nil {
+		log.Warn("could not raise the fd limit (RLIMIT_NOFILE) to its hard limit", "soft", lim.Cur, "hard", lim.Max, "error", err)
+	} else if lim.Cur < lim.Max {
+		log.Debug("raised the fd limit (RLIMIT_NOFILE) to its hard limit", "soft", lim.Cur, "hard", lim.Max)
 	}
 	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, newAdmission(cfg.MaxStartsPerTarget, cfg.StartLimit(), cfg.MaxQueuedStarts))}
 	// The namespaces plugins start in are the spawner thread's. Read them
