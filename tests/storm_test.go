@@ -138,3 +138,37 @@ request_timeout = "60s" # start_timeout (10s) ends the hanging start
 		t.Errorf("benign target once the slot is free: %v", err)
 	}
 }
+
+// A warm handler process runs none of os/signal's machinery: go-plugin's
+// serving mode would ask for SIGINT (signal.Notify), and the Go runtime
+// would then keep two threads for good, one of them blocking every other
+// signal (its SigBlk, seen from the host, gives it away).
+func TestHandlersKeepNoSignalThreads(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{})
+	d, _ := newDispatcher(t, "")
+	if err := d.Prepare(context.Background(), core.Target{PID: target.PID()}, "procfs.read"); err != nil {
+		t.Fatal(err)
+	}
+	insts := d.Instances()
+	if len(insts) != 1 {
+		t.Fatalf("instances: %+v, want one", insts)
+	}
+	pid := insts[0].PID
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if blk, ok := strings.CutPrefix(line, "SigBlk:"); ok && strings.Trim(strings.TrimSpace(blk), "0") != "" {
+				t.Errorf("thread %s of handler pid %d blocks signals (SigBlk %s): os/signal's mask thread", task.Name(), pid, strings.TrimSpace(blk))
+			}
+		}
+	}
+	t.Logf("handler pid %d: %d threads", pid, len(tasks))
+}
