@@ -63,6 +63,8 @@ type targetStarts struct {
 type startTicket struct {
 	ts    *targetStarts
 	state ticketState
+	// local: running, no longer counted against limit (see started).
+	local bool
 	// ready is called once, with a.mu not held, when the ticket is
 	// admitted (nil) or refused (its target began a backoff while it
 	// waited). It must not block.
@@ -234,6 +236,26 @@ func startOutcome(ctx context.Context, err error) *startResult {
 	return &startResult{err: err}
 }
 
+// started stops counting a running ticket against limit, keeping its
+// place among its target's starts until give: for a oneshot request,
+// whose process has started and now serves, holding its target's slot
+// for as long (a request that breaks it is a failed start) but no start
+// slot of other targets'.
+func (a *admission) started(t *startTicket) {
+	a.mu.Lock()
+	if t.state != ticketRunning || t.local {
+		a.mu.Unlock()
+		return
+	}
+	t.local = true
+	a.running--
+	admitted := a.dispatch()
+	a.mu.Unlock()
+	for _, w := range admitted {
+		w.ready(w, nil)
+	}
+}
+
 // give returns an admitted ticket, recording the start's result, and
 // admits what waits in the room it leaves.
 func (a *admission) give(t *startTicket, r *startResult) {
@@ -245,7 +267,9 @@ func (a *admission) give(t *startTicket, r *startResult) {
 	t.state = ticketDone
 	ts := t.ts
 	ts.running--
-	a.running--
+	if !t.local {
+		a.running--
+	}
 	var refused []*startTicket
 	switch {
 	case r == nil:

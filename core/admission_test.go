@@ -235,3 +235,27 @@ func TestAdmissionBacksOffAfterFailures(t *testing.T) {
 		t.Errorf("a success left %d targets remembered", n)
 	}
 }
+
+// A ticket marked started (a oneshot request now serving) gives its share
+// of max_starts back at once, and keeps its target's slot until give.
+func TestAdmissionStartedFreesTheGlobalSlot(t *testing.T) {
+	a := newAdmission(1, 1, 100)
+	var r admitted
+	serving := mustEnqueue(t, a, "A", r.ready("A"))
+	mustEnqueue(t, a, "A", r.ready("A")) // waits for A's one slot
+	mustEnqueue(t, a, "B", r.ready("B")) // waits for the one start slot
+	a.started(serving)
+	if got := strings.Join(r.order, ""); got != "AB" {
+		t.Fatalf("admitted %s once A's start serves, want AB (B starts, A's second waits)", got)
+	}
+	_, b := r.next()
+	_, b = r.next()
+	a.give(b, &startResult{})
+	if got := strings.Join(r.order, ""); got != "AB" {
+		t.Fatalf("admitted %s while A's first still serves, want AB", got)
+	}
+	a.give(serving, &startResult{})
+	if got := strings.Join(r.order, ""); got != "ABA" {
+		t.Fatalf("admitted %s once A's first is given back, want ABA", got)
+	}
+}

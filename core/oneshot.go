@@ -41,6 +41,7 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 		startErr = errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
 		return nil, startErr
 	}
+	d.pool.running(slot) // serving: no start slot of other targets' held
 	resp, broken, err := inst.call(ctx, req)
 	inst.end(broken)
 	if broken {

@@ -247,8 +247,12 @@ func (p *pool) reserve(ctx context.Context, target string) (*startTicket, error)
 	return ticket, nil
 }
 
-// started gives back a reserved start slot once the process has started
-// (or failed to), with the outcome.
+// running gives back the share of max_starts a reserved slot holds, once
+// the process has started and serves.
+func (p *pool) running(ticket *startTicket) { p.admit.started(ticket) }
+
+// started gives back a reserved start slot once the process has served
+// (or failed to start or serve), with the outcome.
 func (p *pool) started(ctx context.Context, ticket *startTicket, err error) {
 	p.admit.give(ticket, startOutcome(ctx, err))
 }
