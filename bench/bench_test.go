@@ -197,7 +197,8 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"nsenter_cli_p50_us", "oneshot_p50_us", "warm_p50_us", "warm_p99_us", "cold_p50_us",
-		"bare_plugin_p50_us", "floor_p50_us", "throughput_1_rps", "throughput_64_rps", "instance_rss_mib", "core_rss_growth_pct"} {
+		"bare_plugin_p50_us", "floor_p50_us", "throughput_1_rps", "throughput_64_rps", "instance_rss_mib", "core_rss_growth_pct",
+		"storm_256_s", "storm_ratio", "storm_cold_target_ms"} {
 		x, ok := got[k].(float64)
 		if !ok {
 			t.Errorf("results.json: %s missing or not a number: %v", k, got[k])

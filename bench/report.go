@@ -73,6 +73,9 @@ next:
 		}
 		out = append(out, c.Check)
 	}
+	if c, ok := stormCheck(v); ok {
+		out = append(out, c)
+	}
 	return out
 }
 

@@ -63,7 +63,7 @@ type Config struct {
 }
 
 // Phases are the parts of a run: the latency cases, memory and throughput.
-var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput"}
+var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput", "storm"}
 
 // Throughput configurations: callers × targets.
 var (
@@ -301,6 +301,13 @@ func Run(cfg Config) (*Results, error) {
 			v["pool_instances"] = len(insts)
 			v["instance_pss_in_pool_mib"] = MiB(pss / int64(len(insts)))
 			v["instance_anon_in_pool_mib"] = MiB(anon / int64(len(insts)))
+		}
+	}
+
+	// The storm: many new targets at once (see storm.go).
+	if want("storm") {
+		if err := stormPhase(env, cfg.Mode, say, v); err != nil {
+			return nil, err
 		}
 	}
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -448,6 +449,13 @@ func TestConfigValidation(t *testing.T) {
 			`log_level = "info"`,
 			`max_starts_per_target = 0`,
 		), []string{`config.toml:2: key "max_starts_per_target": must be at least 1, got 0`}},
+		{"max starts negative", tomlLines(
+			`log_level = "info"`,
+			`max_starts = -1`,
+		), []string{`config.toml:2: key "max_starts": must be at least 0 (0: twice the CPU count), got -1`}},
+		{"max queued starts zero", tomlLines(
+			`max_queued_starts = 0`,
+		), []string{`config.toml:1: key "max_queued_starts": must be at least 1, got 0`}},
 		{"mode in defaults", tomlLines(
 			`[defaults]`,
 			`mode = "fast"`,
@@ -1094,5 +1102,21 @@ func TestConfigOptionErrorLines(t *testing.T) {
 		if got := c.OptionError("b", tc.key, "m").Error(); got != tc.want {
 			t.Errorf("key %q: %s, want %s", tc.key, got, tc.want)
 		}
+	}
+}
+
+// max_starts = 0 (the default) is twice the CPU count; any other value is
+// itself.
+func TestStartLimit(t *testing.T) {
+	c := Default()
+	if c.MaxStarts != 0 {
+		t.Fatalf("default max_starts = %d, want 0", c.MaxStarts)
+	}
+	if got, want := c.StartLimit(), 2*runtime.NumCPU(); got != want {
+		t.Errorf("StartLimit() = %d with max_starts = 0, want %d", got, want)
+	}
+	c.MaxStarts = 3
+	if got := c.StartLimit(); got != 3 {
+		t.Errorf("StartLimit() = %d with max_starts = 3", got)
 	}
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"time"
 )
@@ -32,6 +33,16 @@ type Config struct {
 	// holds at most that many of max_instances; others wait for a slot
 	// within their deadline. At least 1.
 	MaxStartsPerTarget int `toml:"max_starts_per_target"`
+	// MaxStarts bounds the cold starts in progress at once over all
+	// targets: a start is mostly CPU, and more at once than the machine
+	// runs only makes each slower. 0 means twice the CPUs this process
+	// may run on (see StartLimit). Starts beyond it, or beyond
+	// max_starts_per_target, wait in a queue served round-robin across
+	// targets, each within its request's deadline. At least 0.
+	MaxStarts int `toml:"max_starts"`
+	// MaxQueuedStarts bounds the cold starts waiting in that queue; one
+	// more fails at once with EAGAIN. At least 1.
+	MaxQueuedStarts int `toml:"max_queued_starts"`
 	// MaxPluginBytes bounds a plugin executable's size: each is copied
 	// into memory at start (see core/executable.go), and a larger file is
 	// refused without copying. At least 1.
@@ -55,6 +66,15 @@ type Config struct {
 	// Validate and OptionError can point at file lines. Nil for a Config
 	// built in Go.
 	src *source
+}
+
+// StartLimit is the bound on concurrent cold starts that MaxStarts
+// sets: itself, or for 0 twice the CPUs this process may run on.
+func (c *Config) StartLimit() int {
+	if c.MaxStarts > 0 {
+		return c.MaxStarts
+	}
+	return 2 * runtime.NumCPU()
 }
 
 // The default of every key is in default.toml (embedded; see Default),

@@ -65,11 +65,15 @@ func (c *Config) Validate() error {
 	}{
 		{"max_instances", int64(c.MaxInstances)},
 		{"max_starts_per_target", int64(c.MaxStartsPerTarget)},
+		{"max_queued_starts", int64(c.MaxQueuedStarts)},
 		{"max_plugin_bytes", c.MaxPluginBytes},
 	} {
 		if n.val < 1 {
 			v.fail(root.child(n.key), "", "must be at least 1, got %d", n.val)
 		}
+	}
+	if k := root.child("max_starts"); c.MaxStarts < 0 {
+		v.fail(k, "", "must be at least 0 (0: twice the CPU count), got %d", c.MaxStarts)
 	}
 	v.settings(root.child("defaults"), &c.Defaults, false)
 

@@ -115,6 +115,10 @@ type Dispatcher struct {
 // serves and builds the type registry. Nothing runs in any target until
 // Dispatch.
 //
+// New raises the process's soft fd limit (RLIMIT_NOFILE) to its hard
+// limit: every warm instance and pinned target costs the core fds, and a
+// node with hundreds of targets needs thousands (see raiseFileLimit).
+//
 // A plugin that fails to load is recorded as failed, with its error
 // (Plugins shows it, a request of one of its types fails with ENOPKG
 // naming it), logged once (at Options.LoadFailureLevel), and the others
@@ -131,7 +135,12 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
-	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
+	if lim, err := raiseFileLimit(); err != nil {
+		log.Warn("could not raise the fd limit (RLIMIT_NOFILE) to its hard limit", "soft", lim.Cur, "hard", lim.Max, "error", err)
+	} else if lim.Cur < lim.Max {
+		log.Debug("raised the fd limit (RLIMIT_NOFILE) to its hard limit", "soft", lim.Cur, "hard", lim.Max)
+	}
+	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, newAdmission(cfg.MaxStartsPerTarget, cfg.StartLimit(), cfg.MaxQueuedStarts))}
 	d.events, d.pool.events = opts.Events, opts.Events
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
@@ -296,13 +305,20 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 
 // acquire gets the instance for key from the pool, starting it if need be.
 func (d *Dispatcher) acquire(ctx context.Context, key string, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, l.target.admissionKey(), func() (*instance, error) {
-		inst, err := d.startInstance(ctx, l)
-		if err != nil {
-			return nil, err
-		}
-		inst.runner.setOnExit(func() { d.pool.exited(inst) })
-		return inst, nil
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), func() (startFunc, func()) {
+		// The start may outlive this request (see pool): it holds the
+		// target for itself, and knows nothing of the request's ctx.
+		l.target.refs.Add(1)
+		l.creds = l.creds.clone()
+		return func() (*instance, error) {
+			defer l.target.release()
+			inst, err := d.startInstance(context.Background(), l)
+			if err != nil {
+				return nil, err
+			}
+			inst.runner.setOnExit(func() { d.pool.exited(inst) })
+			return inst, nil
+		}, l.target.release
 	})
 }
 

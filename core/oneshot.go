@@ -45,6 +45,7 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 		return nil, startErr
 	}
 	d.startEvent(began, l.plugin, true, &inst, &err)
+	d.pool.running(slot) // serving: no start slot of other targets' held
 	resp, broken, err := inst.call(ctx, req)
 	inst.end(broken)
 	inst.ending(InstanceDone, nil)

@@ -11,20 +11,26 @@ import (
 // pool keeps warm instances, one per key (plugin, joined namespaces,
 // credentials), kills them after their idle timeout, and caps how many
 // plugin processes live at once, evicting the least recently used idle
-// one to make room. Cold starts are admitted per target (see admission):
-// a target whose starts hang or fail cannot take the cap from others.
+// one to make room. Cold starts go through admission: bounded per target
+// and in all, queued fairly across targets.
+//
+// A cold start belongs to the pool, not to the request that asked for it:
+// every caller of its key waits for it within its own deadline, and a
+// start whose callers all gave up still ends in a warm instance (the
+// caller retries, and in a storm the work is not wasted), unless it
+// was still queued (it then leaves the queue).
 type pool struct {
 	mu       sync.Mutex
 	max      int
-	admit    admission
+	admit    *admission
 	warm     map[string]*instance   // reusable instances by key
-	starting map[string]*startCall  // shared cold starts in progress, by key
-	pending  int                    // cold starts in progress, shared or not
+	starting map[string]*startCall  // cold starts queued or running, by key
+	pending  int                    // cold starts running, shared or not
 	live     map[*instance]struct{} // started and not yet killed
 	idle     *list.List             // idle warm instances, most recently used first
 	idleElem map[*instance]*list.Element
 	kills    sync.WaitGroup
-	starts   sync.WaitGroup
+	starts   sync.WaitGroup // cold starts queued or running, and reserved oneshot slots
 	closed   bool
 	// stop ends an instance's process: (*instance).kill. The pool's unit
 	// tests replace it, so that their fake instances need no process.
@@ -34,15 +40,34 @@ type pool struct {
 	events func(Event)
 }
 
+// startFunc starts an instance. It may run after the request that asked
+// for it has returned, so it must hold what it uses (see hold).
+type startFunc func() (*instance, error)
+
+// hold is what acquire is given to make a cold start: it is called, under
+// the pool's lock, only when the caller is the first of its key, and
+// returns the start and what lets go of what the start holds. The pool
+// calls exactly one of the two, once.
+type hold func() (start startFunc, drop func())
+
+// startCall is one cold start, shared by every caller of its key.
 type startCall struct {
-	done chan struct{}
+	key     string
+	done    chan struct{}
+	ticket  *startTicket // its place in admission
+	start   startFunc
+	drop    func()
+	waiters int  // callers waiting for it (under mu)
+	running bool // admitted and started (under mu)
+	// Set before done is closed.
+	inst *instance
 	err  error
 }
 
-func newPool(max, startsPerTarget int) *pool {
+func newPool(max int, admit *admission) *pool {
 	return &pool{
 		max:      max,
-		admit:    admission{perTarget: startsPerTarget, targets: make(map[string]*targetStarts)},
+		admit:    admit,
 		warm:     make(map[string]*instance),
 		starting: make(map[string]*startCall),
 		live:     make(map[*instance]struct{}),
@@ -55,124 +80,184 @@ func newPool(max, startsPerTarget int) *pool {
 var errClosed = errorf(syscall.ESHUTDOWN, "dispatcher is closed")
 
 // acquire returns an instance for key: warm if there is one, otherwise
-// started by start (concurrent callers of one key share one start).
-// target names the target for start admission. (Oneshot instances do not
-// come here: they take a slot with reserve.)
-func (p *pool) acquire(ctx context.Context, key, target string, start func() (*instance, error)) (*instance, error) {
+// started with what hold makes (concurrent callers of one key share one
+// start), within ctx: every wait ends with ctx. target names the target
+// for admission. (Oneshot instances do not come here: they take a slot
+// with reserve.)
+func (p *pool) acquire(ctx context.Context, key, target string, h hold) (*instance, error) {
 	p.mu.Lock()
-	for {
-		for {
-			if p.closed {
-				p.mu.Unlock()
-				return nil, errClosed
-			}
-			if inst := p.warm[key]; inst != nil {
-				p.use(inst)
-				p.mu.Unlock()
-				return inst, nil
-			}
-			call := p.starting[key]
-			if call == nil {
-				break
-			}
-			p.mu.Unlock()
-			select {
-			case <-call.done:
-				if call.err != nil {
-					return nil, call.err
-				}
-			case <-ctx.Done():
-				return nil, errorf(syscall.ETIMEDOUT, "waiting for a plugin instance to start: %v", ctx.Err())
-			}
-			p.mu.Lock()
-		}
-		// A cold start: take one of the target's start slots first,
-		// then look again, since another caller may have started the
-		// instance while this one waited.
-		p.mu.Unlock()
-		slot, err := p.admit.take(ctx, target)
-		if err != nil {
-			return nil, err
-		}
-		p.mu.Lock()
-		if p.warm[key] == nil && p.starting[key] == nil {
-			return p.coldStart(ctx, key, slot, start)
-		}
-		p.admit.give(slot, nil)
-	}
-}
-
-// coldStart runs start in a slot the target was admitted to. Called with
-// mu held; returns with it released.
-func (p *pool) coldStart(ctx context.Context, key string, slot *targetStarts, start func() (*instance, error)) (*instance, error) {
 	if p.closed {
 		p.mu.Unlock()
-		p.admit.give(slot, nil)
 		return nil, errClosed
 	}
-	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
+	if inst := p.warm[key]; inst != nil {
+		p.use(inst)
 		p.mu.Unlock()
-		p.admit.give(slot, nil)
-		return nil, errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+		return inst, nil
 	}
-	call := &startCall{done: make(chan struct{})}
-	p.pending++
-	p.starts.Add(1)
-	defer p.starts.Done()
-	p.starting[key] = call
+	call := p.starting[key]
+	if call == nil {
+		var err error
+		if call, err = p.queue(key, target, h); err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+	}
+	call.waiters++
 	p.mu.Unlock()
 
-	inst, err := start()
-	p.admit.give(slot, startOutcome(ctx, err))
+	select {
+	case <-call.done:
+		return call.inst, call.err // counted in the instance's inflight
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-call.done: // it ended meanwhile, counting this caller
+		if call.err == nil {
+			p.releaseLocked(call.inst, false)
+		}
+	default:
+		call.waiters--
+	}
+	why := "a plugin instance to start"
+	if !call.running && !isClosed(call.done) {
+		if call.waiters == 0 {
+			// Nobody waits for it: it leaves the queue, unless it has
+			// just been admitted.
+			if w, cancelled := p.admit.cancel(call.ticket); cancelled {
+				why = w
+				p.finish(call, nil, errorf(syscall.ETIMEDOUT, "abandoned while waiting for %s", w))
+			}
+		} else {
+			why = p.admit.why(call.ticket)
+		}
+	}
+	return nil, errorf(syscall.ETIMEDOUT, "waiting for %s: %v", why, ctx.Err())
+}
+
+// queue registers a cold start of key and queues it for admission; begin
+// runs it once admitted. Called with mu held.
+func (p *pool) queue(key, target string, h hold) (*startCall, error) {
+	if len(p.live)+p.pending >= p.max && p.idle.Len() == 0 {
+		return nil, p.full()
+	}
+	call := &startCall{key: key, done: make(chan struct{})}
+	call.start, call.drop = h()
+	ticket, err := p.admit.enqueue(target, func(t *startTicket, err error) { go p.begin(call, t, err) })
+	if err != nil {
+		call.drop()
+		return nil, err
+	}
+	call.ticket = ticket
+	p.starting[key] = call
+	p.starts.Add(1)
+	return call, nil
+}
+
+func (p *pool) full() error {
+	return errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+}
+
+// begin runs an admitted cold start (refused, when err is set: its target
+// began a backoff).
+func (p *pool) begin(call *startCall, t *startTicket, err error) {
+	p.mu.Lock()
+	if err == nil && p.closed {
+		err = errClosed
+	}
+	if err == nil && len(p.live)+p.pending >= p.max && !p.evictIdle() {
+		err = p.full()
+	}
+	if err != nil {
+		if t.state == ticketRunning {
+			p.admit.give(t, nil)
+		}
+		p.finish(call, nil, err)
+		p.mu.Unlock()
+		return
+	}
+	p.pending++
+	call.running = true
+	p.mu.Unlock()
+
+	inst, err := call.start()
+	p.admit.give(t, startOutcome(context.Background(), err))
 
 	p.mu.Lock()
 	p.pending--
-	delete(p.starting, key)
-	call.err = err
+	if err == nil && p.closed {
+		inst.key = call.key
+		p.live[inst] = struct{}{}
+		inst.retired = true
+		p.killLocked(inst)
+		inst, err = nil, errClosed
+	}
+	p.finish(call, inst, err)
+	p.mu.Unlock()
+}
+
+// finish ends a cold start that its drop, or its start, has ended: a
+// started instance goes warm, in use by every caller still waiting, or
+// idle when none is. Called with mu held.
+func (p *pool) finish(call *startCall, inst *instance, err error) {
+	if !call.running {
+		call.drop()
+	}
+	delete(p.starting, call.key)
+	if err == nil && inst.retired { // exited as it started (see exited)
+		if !inst.killed {
+			p.live[inst] = struct{}{}
+			p.killLocked(inst)
+		}
+		inst, err = nil, errorf(syscall.EIO, "the plugin instance exited as soon as it started")
+	}
+	call.inst, call.err = inst, err
 	if err == nil {
-		inst.key = key
-		inst.inflight = 1
+		inst.key = call.key
 		inst.lastUsed = time.Now()
 		p.live[inst] = struct{}{}
-		if p.closed {
-			inst.retired = true
-		} else {
-			p.warm[key] = inst
-		}
+		p.warm[call.key] = inst
+		inst.inflight = call.waiters + 1
+		p.releaseLocked(inst, false) // the start's own reference: idle if nobody waits
 	}
-	p.mu.Unlock()
 	close(call.done)
-	return inst, err
+	p.starts.Done()
 }
 
 // reserve takes a slot of the instance cap, and one of target's start
 // slots, for a process the pool does not keep (a oneshot one), evicting
-// an idle instance if it must. unreserve gives both back with the start's
-// outcome.
-func (p *pool) reserve(ctx context.Context, target string) (*targetStarts, error) {
-	slot, err := p.admit.take(ctx, target)
+// an idle instance if it must. started gives the start slot back with the
+// start's outcome, unreserve the slot of the cap.
+func (p *pool) reserve(ctx context.Context, target string) (*startTicket, error) {
+	ticket, err := p.admit.take(ctx, target)
 	if err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		p.admit.give(slot, nil)
+		p.admit.give(ticket, nil)
 		return nil, errClosed
 	}
 	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
-		p.admit.give(slot, nil)
-		return nil, errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+		p.admit.give(ticket, nil)
+		return nil, p.full()
 	}
 	p.pending++
 	p.starts.Add(1)
-	return slot, nil
+	return ticket, nil
 }
 
-// started gives back a reserved start slot once the process has started
-// (or failed to), with the outcome.
-func (p *pool) started(ctx context.Context, slot *targetStarts, err error) {
-	p.admit.give(slot, startOutcome(ctx, err))
+// running gives back the share of max_starts a reserved slot holds, once
+// the process has started and serves.
+func (p *pool) running(ticket *startTicket) { p.admit.started(ticket) }
+
+// started gives back a reserved start slot once the process has served
+// (or failed to start or serve), with the outcome.
+func (p *pool) started(ctx context.Context, ticket *startTicket, err error) {
+	p.admit.give(ticket, startOutcome(ctx, err))
 }
 
 func (p *pool) unreserve() {
@@ -198,6 +283,11 @@ func (p *pool) use(inst *instance) {
 func (p *pool) release(inst *instance, broken bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.releaseLocked(inst, broken)
+}
+
+// releaseLocked is release with mu held.
+func (p *pool) releaseLocked(inst *instance, broken bool) {
 	inst.inflight--
 	inst.lastUsed = time.Now()
 	if broken {
@@ -296,6 +386,13 @@ func (p *pool) killLocked(inst *instance) {
 func (p *pool) close() {
 	p.mu.Lock()
 	p.closed = true
+	for _, call := range p.starting {
+		if !call.running {
+			if _, cancelled := p.admit.cancel(call.ticket); cancelled {
+				p.finish(call, nil, errClosed)
+			}
+		}
+	}
 	p.mu.Unlock()
 	p.starts.Wait()
 	p.mu.Lock()

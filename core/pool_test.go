@@ -23,13 +23,18 @@ type fakePool struct {
 	*pool
 	t      *testing.T
 	starts atomic.Int32
+	// held counts the starts the pool made (hold), ended those it ran or
+	// dropped.
+	held, ended atomic.Int32
 
 	killMu sync.Mutex
 	killed []*instance // in the order the pool killed them
 }
 
 func newFakePool(t *testing.T, max, startsPerTarget int) *fakePool {
-	fp := &fakePool{pool: newPool(max, startsPerTarget), t: t}
+	// No global bound on starts: the tests of admission's own bounds
+	// use their own.
+	fp := &fakePool{pool: newPool(max, newAdmission(startsPerTarget, 1<<20, 1<<20)), t: t}
 	fp.stop = func(inst *instance, abrupt bool) {
 		fp.killMu.Lock()
 		defer fp.killMu.Unlock()
@@ -44,6 +49,9 @@ func newFakePool(t *testing.T, max, startsPerTarget int) *fakePool {
 		closed := make(chan struct{})
 		go func() { fp.close(); close(closed) }()
 		waitFor(t, closed, "close")
+		if h, e := fp.held.Load(), fp.ended.Load(); h != e {
+			t.Errorf("%d starts held, %d of them started or dropped: the pool must end each exactly once", h, e)
+		}
 	})
 	return fp
 }
@@ -58,7 +66,27 @@ func fakeInstance(name string, idle time.Duration) *instance {
 // start returns a start func that counts itself, then waits for gate
 // (when not nil) and returns inst or err. With neither, no start is
 // expected: it fails.
-func (fp *fakePool) start(inst *instance, err error, gate <-chan struct{}) func() (*instance, error) {
+func (fp *fakePool) start(inst *instance, err error, gate <-chan struct{}) hold {
+	return fp.hold(fp.startFn(inst, err, gate))
+}
+
+// hold makes a hold of start that counts what the pool does with it.
+func (fp *fakePool) hold(start startFunc) hold {
+	return func() (startFunc, func()) {
+		fp.held.Add(1)
+		var once atomic.Bool
+		end := func() {
+			if once.Swap(true) {
+				fp.t.Error("a held start was started or dropped twice")
+			}
+			fp.ended.Add(1)
+		}
+		return func() (*instance, error) { end(); return start() }, end
+	}
+}
+
+// startFn is the start func of start.
+func (fp *fakePool) startFn(inst *instance, err error, gate <-chan struct{}) startFunc {
 	if inst == nil && err == nil {
 		err = errorf(syscall.EIO, "unexpected start")
 	}
@@ -139,7 +167,7 @@ type acquired struct {
 }
 
 // goAcquire runs acquire in a goroutine; its result arrives on the channel.
-func (fp *fakePool) goAcquire(ctx context.Context, key, target string, start func() (*instance, error)) <-chan acquired {
+func (fp *fakePool) goAcquire(ctx context.Context, key, target string, start hold) <-chan acquired {
 	ch := make(chan acquired, 1)
 	go func() {
 		inst, err := fp.acquire(ctx, key, target, start)
@@ -154,11 +182,11 @@ func (fp *fakePool) goAcquire(ctx context.Context, key, target string, start fun
 func (fp *fakePool) startedShared(key string, inst *instance, gate <-chan struct{}) <-chan acquired {
 	fp.t.Helper()
 	running := make(chan struct{})
-	start := fp.start(inst, nil, gate)
-	ch := fp.goAcquire(context.Background(), key, "T", func() (*instance, error) {
+	start := fp.startFn(inst, nil, gate)
+	ch := fp.goAcquire(context.Background(), key, "T", fp.hold(func() (*instance, error) {
 		close(running)
 		return start()
-	})
+	}))
 	waitFor(fp.t, running, "the start to run")
 	return ch
 }
@@ -206,10 +234,10 @@ func TestPoolSharedStartFailureFailsAllWaiters(t *testing.T) {
 	boom := errorf(syscall.EIO, "starting plugin a: boom")
 	gate := make(chan struct{})
 	running := make(chan struct{})
-	first := fp.goAcquire(context.Background(), "k", "T", func() (*instance, error) {
+	first := fp.goAcquire(context.Background(), "k", "T", fp.hold(func() (*instance, error) {
 		close(running)
-		return fp.start(nil, boom, gate)()
-	})
+		return fp.startFn(nil, boom, gate)()
+	}))
 	waitFor(t, running, "the start to run")
 	var waiters []<-chan acquired
 	for range 5 {
@@ -311,9 +339,8 @@ func TestPoolIdleExpiry(t *testing.T) {
 	}
 }
 
-// close waits for a start in progress; the instance it started is killed
-// (its caller gets it retired, and its request fails on the dead
-// process); callers that shared the start, and every later caller, get
+// close waits for a start in progress; the instance it started is
+// killed, and every caller waiting for it, and every later caller, gets
 // ESHUTDOWN.
 func TestPoolCloseWhileStarting(t *testing.T) {
 	fp := newFakePool(t, 4, 4)
@@ -351,17 +378,14 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 	}
 	close(gate)
 	waitFor(t, closed, "close to return")
-	r := result(t, first)
-	if r.inst != inst || r.err != nil {
-		t.Fatalf("the starting caller: %v, %v", r.inst, r.err)
-	}
 	if !isClosed(inst.gone) {
 		t.Error("close returned before the instance it waited for was killed")
 	}
-	if r := result(t, sharer); !errnoIs(r.err, syscall.ESHUTDOWN) {
-		t.Errorf("caller sharing the start: %v, %v; want ESHUTDOWN", r.inst, r.err)
+	for i, ch := range []<-chan acquired{first, sharer} {
+		if r := result(t, ch); !errnoIs(r.err, syscall.ESHUTDOWN) {
+			t.Errorf("caller %d of the start: %v, %v; want ESHUTDOWN", i, r.inst, r.err)
+		}
 	}
-	fp.release(inst, false) // the caller's request ends: nothing more happens
 	if _, err := fp.acquire(context.Background(), "k", "T", fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
 		t.Errorf("acquire after close: %v, want ESHUTDOWN", err)
 	}
@@ -406,11 +430,11 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	for _, key := range []string{"k1", "k2"} {
 		r := make(chan struct{})
 		running = append(running, r)
-		start := fp.start(fakeInstance(key, time.Hour), nil, gate)
-		calls = append(calls, fp.goAcquire(context.Background(), key, "T", func() (*instance, error) {
+		start := fp.startFn(fakeInstance(key, time.Hour), nil, gate)
+		calls = append(calls, fp.goAcquire(context.Background(), key, "T", fp.hold(func() (*instance, error) {
 			close(r)
 			return start()
-		}))
+		})))
 	}
 	for _, r := range running {
 		waitFor(t, r, "a start to run")
@@ -465,5 +489,110 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	}
 	if _, err := fp.acquire(context.Background(), "ku2", "U", fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
 		t.Errorf("target U during T's backoff: %v", err)
+	}
+}
+
+// A caller's deadline holds while the start it asked for runs: it gets
+// ETIMEDOUT then, and the start goes on without it, ending in a warm
+// instance for the next caller.
+func TestPoolColdStartKeepsTheDeadline(t *testing.T) {
+	fp := newFakePool(t, 4, 4)
+	inst := fakeInstance("a", time.Hour)
+	gate := make(chan struct{})
+	running := make(chan struct{})
+	start := fp.startFn(inst, nil, gate)
+	cctx, cancel := context.WithCancel(context.Background())
+	ctx := newWatchCtx(cctx)
+	first := fp.goAcquire(ctx, "k", "T", fp.hold(func() (*instance, error) {
+		close(running)
+		return start()
+	}))
+	waitFor(t, running, "the start to run")
+	waitFor(t, ctx.asked, "the caller to block")
+	cancel() // its deadline, while the start hangs
+	if r := result(t, first); !errnoIs(r.err, syscall.ETIMEDOUT) || !strings.Contains(r.err.Error(), "waiting for a plugin instance to start") {
+		t.Fatalf("caller whose deadline passed during its start: %v, %v; want ETIMEDOUT", r.inst, r.err)
+	}
+	close(gate)
+	// The next caller shares the start, or finds it warm: no new start.
+	if got := fp.acquireNow("k", nil); got != inst {
+		t.Fatalf("after the first caller gave up: %v, want the instance its start made", got)
+	}
+	fp.pool.mu.Lock()
+	if inst.inflight != 1 {
+		t.Errorf("inflight %d, want 1: the caller that gave up holds none", inst.inflight)
+	}
+	fp.pool.mu.Unlock()
+	if n := fp.starts.Load(); n != 1 {
+		t.Errorf("%d starts, want 1", n)
+	}
+}
+
+// newQueuePool is a fake pool whose admission runs one start at a time
+// over all targets.
+func newQueuePool(t *testing.T) *fakePool {
+	fp := newFakePool(t, 64, 4)
+	fp.admit = newAdmission(4, 1, 64)
+	return fp
+}
+
+// A start queued behind max_starts leaves the queue when its only caller
+// gives up: ETIMEDOUT naming max_starts, and it never runs.
+func TestPoolQueuedStartLeavesWithItsCaller(t *testing.T) {
+	fp := newQueuePool(t)
+	gate := make(chan struct{})
+	busy := fp.startedShared("k1", fakeInstance("k1", time.Hour), gate)
+	cctx, cancel := context.WithCancel(context.Background())
+	ctx := newWatchCtx(cctx)
+	queued := fp.goAcquire(ctx, "k2", "U", fp.start(fakeInstance("k2", time.Hour), nil, nil))
+	waitFor(t, ctx.asked, "the caller to block")
+	cancel()
+	if r := result(t, queued); !errnoIs(r.err, syscall.ETIMEDOUT) || !strings.Contains(r.err.Error(), "(max_starts)") {
+		t.Fatalf("caller of a queued start: %v, %v; want ETIMEDOUT naming max_starts", r.inst, r.err)
+	}
+	close(gate)
+	if r := result(t, busy); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := fp.starts.Load(); n != 1 {
+		t.Errorf("%d starts, want 1: the abandoned one must not run", n)
+	}
+	fp.pool.mu.Lock()
+	defer fp.pool.mu.Unlock()
+	if len(fp.starting) != 0 || fp.admit.queued != 0 {
+		t.Errorf("left %d starts registered, %d queued", len(fp.starting), fp.admit.queued)
+	}
+}
+
+// One target with many waiting starts does not hold up another target's
+// first: starts are admitted round-robin over targets.
+func TestPoolNewTargetIsNotStarved(t *testing.T) {
+	fp := newQueuePool(t)
+	var mu sync.Mutex
+	var order []string
+	starter := func(key string) hold {
+		return fp.hold(func() (*instance, error) {
+			mu.Lock()
+			order = append(order, key)
+			mu.Unlock()
+			return fakeInstance(key, time.Hour), nil
+		})
+	}
+	gate := make(chan struct{})
+	busy := fp.startedShared("a0", fakeInstance("a0", time.Hour), gate)
+	var calls []<-chan acquired
+	for _, c := range []struct{ key, target string }{{"a1", "A"}, {"a2", "A"}, {"a3", "A"}, {"a4", "A"}, {"b1", "B"}} {
+		ctx := newWatchCtx(context.Background())
+		calls = append(calls, fp.goAcquire(ctx, c.key, c.target, starter(c.key)))
+		waitFor(t, ctx.asked, "a caller to queue") // in this order
+	}
+	close(gate)
+	for _, ch := range append(calls, busy) {
+		if r := result(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if got, want := strings.Join(order, " "), "a1 b1 a2 a3 a4"; got != want {
+		t.Errorf("started %s, want %s", got, want)
 	}
 }

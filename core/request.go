@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/nsplug/nsplug/nsexec"
@@ -71,6 +72,21 @@ type CapabilitySets struct {
 	Effective   uint64 `json:"effective"`
 	Permitted   uint64 `json:"permitted"`
 	Inheritable uint64 `json:"inheritable"`
+}
+
+// clone is a deep copy, for a start that outlives the request (the
+// caller may reuse its Credentials).
+func (c *Credentials) clone() *Credentials {
+	if c == nil {
+		return nil
+	}
+	cc := *c
+	cc.Groups = slices.Clone(c.Groups)
+	if c.Capabilities != nil {
+		caps := *c.Capabilities
+		cc.Capabilities = &caps
+	}
+	return &cc
 }
 
 // key identifies the credentials in an instance key.
