@@ -374,7 +374,7 @@ func memoryPhase(cfg Config, p Params, warm *Case, d *core.Dispatcher, bc *BareC
 	}
 	var inst *core.InstanceInfo
 	for _, in := range d.Instances() {
-		if in.Plugin == "procfs" {
+		if slices.Contains(in.Plugins, "procfs") {
 			inst = &in
 		}
 	}

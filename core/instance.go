@@ -23,15 +23,15 @@ import (
 )
 
 // instance is one running plugin process inside one set of namespaces.
-// Every request goes to it on its frame channel (runner.frames, see call);
-// go-plugin's client, when it has one, is its control plane: Describe and
-// shutdown. A oneshot instance has none: started without go-plugin, it
-// serves one request and is ended (see callOneshot).
+// Every request goes to it on its frame channel (runner.frames, see call).
+// Serving instances are started without go-plugin (startInstance) and
+// ended by closing the channel (end); only a plugin being described has
+// go-plugin's client, its control plane: Describe and shutdown.
 type instance struct {
 	key     string
 	plugin  *pluginEntry
-	client  *plugin.Client     // nil for a oneshot instance
-	handler wire.HandlerClient // Describe; nil for a oneshot instance
+	client  *plugin.Client     // only while describing
+	handler wire.HandlerClient // Describe; only while describing
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
@@ -128,7 +128,7 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		"GOMAXPROCS=1",
 		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
-		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+p.name)
+		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+strings.Join(p.serves, ","))
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL, // die with the core
@@ -155,8 +155,10 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 	return nr
 }
 
-// startInstance starts a plugin process through nsexec and connects to it.
-func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, error) {
+// startDescribing starts a plugin process through go-plugin, to describe
+// it (launch.describe): the control plane negotiates the protocol version
+// and carries Describe. Serving processes start without it (startInstance).
+func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, error) {
 	p := l.plugin
 	sp, err := l.spec()
 	if err != nil {
@@ -333,6 +335,10 @@ func (inst *instance) describe(ctx context.Context) (*wire.DescribeResponse, err
 // instance is asked to exit; a broken one is killed at once (go-plugin
 // would give a hung handler two seconds first).
 func (inst *instance) kill(abrupt bool) {
+	if inst.client == nil {
+		inst.end(abrupt)
+		return
+	}
 	select {
 	case <-inst.runner.exited: // of itself: go-plugin said so as it saw fit
 	default:
@@ -344,12 +350,13 @@ func (inst *instance) kill(abrupt bool) {
 	inst.client.Kill()
 }
 
-// end stops an instance started without go-plugin (a oneshot one), as
-// kill stops the others.
+// end stops an instance started without go-plugin, as kill stops the
+// others.
 // Closing the frame channel tells the plugin to exit; one that does not
 // within a second is killed. Either way it is reaped before end returns:
 // nothing of it stays in the target.
 func (inst *instance) end(abrupt bool) {
+	inst.runner.news.Store(false) // meant, not news
 	inst.runner.frames.shutdown()
 	if abrupt {
 		inst.runner.Kill(context.Background())
