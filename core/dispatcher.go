@@ -442,6 +442,8 @@ type InstanceInfo struct {
 	RunnerPID int      `json:"runner_pid"`
 	Joined    []string `json:"joined"` // namespaces joined
 	Inflight  int      `json:"inflight"`
+	// Target is the host pid of the target the process serves.
+	Target int `json:"target_pid"`
 }
 
 // Instances lists the live plugin processes.
@@ -451,7 +453,7 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 	var out []InstanceInfo
 	for inst := range d.pool.live {
 		info := InstanceInfo{Plugin: inst.plugin.name, Plugins: inst.plugin.served(), PID: inst.pid, RunnerPID: inst.pid,
-			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight}
+			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
 				// The waiter's other child, the root keeper, is gone

@@ -35,6 +35,7 @@ type instance struct {
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
+	target  int // host pid of its target
 
 	// Guarded by pool.mu.
 	inflight int
@@ -126,6 +127,12 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		// mostly wake-ups), and blocking handlers still run side by side
 		// on threads of their own.
 		"GOMAXPROCS=1",
+		// A quarter of Go's default heap growth: a plugin's live heap
+		// is small, so its heap goal is the runtime's 4 MiB floor
+		// scaled by GOGC/100. Measured with every built-in in one
+		// process after 5,000 requests: anon 6.6 -> 4.0 MiB, no
+		// latency change (bench, scale phase).
+		"GOGC=25",
 		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
 		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+strings.Join(p.serves, ","))

@@ -44,6 +44,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (*instance, er
 		}
 	}
 	if err == nil {
+		inst.target = l.target.pid
 		d.log.Debug("plugin instance started", "plugin", p.name, "pid", inst.pid, "target_pid", l.target.pid)
 	}
 	if err != nil {
