@@ -180,6 +180,7 @@ func TestRunSmoke(t *testing.T) {
 		Params: Params{
 			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 1, Cold: 2, Bare: 2,
 			MemRequests: 50, MemWarmup: 10, ThroughputWarmup: 20 * time.Millisecond, ThroughputDur: 50 * time.Millisecond,
+			ScaleTargets: []int{1, 2}, ScaleSamples: 20, ScaleRequests: 5,
 		},
 		Out:         &table,
 		ResultsPath: out,

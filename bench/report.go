@@ -8,6 +8,21 @@ import (
 	"time"
 )
 
+// lastNum is the last element of a list of numbers in v, 0 if none.
+func lastNum(v map[string]any, key string) float64 {
+	switch l := v[key].(type) {
+	case []float64:
+		if len(l) > 0 {
+			return l[len(l)-1]
+		}
+	case []int:
+		if len(l) > 0 {
+			return float64(l[len(l)-1])
+		}
+	}
+	return 0
+}
+
 func num(v map[string]any, key string) float64 {
 	switch x := v[key].(type) {
 	case float64:
@@ -54,6 +69,20 @@ func checks(v map[string]any) []Check {
 		{Check{Name: "warm instance RSS <= 12 MiB", Value: num(v, "instance_rss_mib"), Limit: 12, Unit: "MiB", AtMost: true,
 			Note: fmt.Sprintf("anon %.1f + shmem (memfd text) %.1f + file %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
 			[]string{"instance_rss_mib"}},
+		{Check{Name: "per-target PSS <= 4 MiB", Value: num(v, "per_target_pss_mib"), Limit: 4, Unit: "MiB", AtMost: true,
+			Note: fmt.Sprintf("every built-in warm, %v requests each, waiters included", v["scale_requests"])},
+			[]string{"per_target_pss_mib"}},
+		{Check{Name: "instance anon <= 1.3 x bare go-plugin plugin", Value: num(v, "instance_anon_mib"), Limit: round(1.3*num(v, "bare_plugin_anon_mib"), 2), Unit: "MiB", AtMost: true,
+			Note: fmt.Sprintf("bare plugin %.2f MiB after %v requests", num(v, "bare_plugin_anon_mib"), v["scale_requests"])},
+			[]string{"instance_anon_mib", "bare_plugin_anon_mib"}},
+		{Check{Name: "core RSS per target <= 256 KiB", Value: num(v, "core_rss_per_target_kib"), Limit: 256, Unit: "KiB", AtMost: true,
+			Note: fmt.Sprintf("fds %.2f, goroutines %.2f per target", num(v, "core_fds_per_target"), num(v, "core_goroutines_per_target"))},
+			[]string{"core_rss_per_target_kib"}},
+		{Check{Name: "core fds per target <= 8", Value: num(v, "core_fds_per_target"), Limit: 8, Unit: "fds", AtMost: true},
+			[]string{"core_fds_per_target"}},
+		{Check{Name: "procfs.read p50 round-robin <= 1.3 x one target", Value: lastNum(v, "scale_p50_us"), Limit: round(1.3*num(v, "scale_p50_single_us"), 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("over %v targets; one target %.1f µs", lastNum(v, "scale_targets"), num(v, "scale_p50_single_us"))},
+			[]string{"scale_p50_us", "scale_p50_single_us"}},
 		{Check{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
 			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},
 			[]string{"core_rss_growth_pct"}},

@@ -34,20 +34,25 @@ type Params struct {
 	// ColdProfile cold starts are made under the CPU profiler when
 	// Config.ProfileDir is set.
 	ColdProfile int
+	// The scale phase's steps (targets), round-robin requests (and as
+	// many against one target) at each step, and requests of each
+	// built-in's type per target before memory is read.
+	ScaleTargets                []int
+	ScaleSamples, ScaleRequests int
 }
 
 // Quick finishes within two minutes on two cores.
 var Quick = Params{
 	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 300 * time.Millisecond, ThroughputDur: 1500 * time.Millisecond,
-	ColdProfile: 40,
+	ColdProfile: 40, ScaleTargets: []int{1, 16, 64}, ScaleSamples: 2000, ScaleRequests: 1000,
 }
 
 // Full takes about two minutes.
 var Full = Params{
 	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
-	ColdProfile: 200,
+	ColdProfile: 200, ScaleTargets: []int{1, 16, 64, 256}, ScaleSamples: 5000, ScaleRequests: 1000,
 }
 
 // Config says how to run.
@@ -63,7 +68,7 @@ type Config struct {
 }
 
 // Phases are the parts of a run: the latency cases, memory and throughput.
-var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput", "storm"}
+var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput", "storm", "scale"}
 
 // Throughput configurations: callers × targets.
 var (
@@ -311,6 +316,13 @@ func Run(cfg Config) (*Results, error) {
 		}
 	}
 
+	// Scale: the cost of a target, up to hundreds of them (scale.go).
+	if want("scale") {
+		if err := scalePhase(env, p, say, v); err != nil {
+			return nil, err
+		}
+	}
+
 	res.Checks = checks(v)
 	pass := map[string]bool{}
 	for _, c := range res.Checks {
@@ -381,7 +393,7 @@ func memoryPhase(cfg Config, p Params, warm *Case, d *core.Dispatcher, bc *BareC
 	}
 	var inst *core.InstanceInfo
 	for _, in := range d.Instances() {
-		if in.Plugin == "procfs" {
+		if slices.Contains(in.Plugins, "procfs") {
 			inst = &in
 		}
 	}

@@ -68,6 +68,7 @@ func round(v float64, digits int) float64 {
 // memory, in KiB.
 type ProcMem struct {
 	RSS, RSSAnon, RSSFile, RSSShmem, PSS int64
+	Threads                              int64 // a count, not KiB
 }
 
 // MiB converts KiB to MiB.
@@ -76,7 +77,7 @@ func MiB(kib int64) float64 { return round(float64(kib)/1024, 2) }
 // ReadProcMem reads the memory of pid ("self" for this process).
 func ReadProcMem(pid string) (ProcMem, error) {
 	var m ProcMem
-	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.RSSAnon, "RssFile:": &m.RSSFile, "RssShmem:": &m.RSSShmem}
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.RSSAnon, "RssFile:": &m.RSSFile, "RssShmem:": &m.RSSShmem, "Threads:": &m.Threads}
 	if err := scanKiB("/proc/"+pid+"/status", fields); err != nil {
 		return m, err
 	}

@@ -179,6 +179,9 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 			d.recordFailure(e, l.knownTypes(&pc), err, failLevel)
 		}
 	}
+	if err := d.shareBuiltins(); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -231,7 +234,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	if len(payload)+len(req.Type) > wire.MaxMessageBytes-64 && proto.Size(hreq) > wire.MaxMessageBytes {
 		return nil, errorf(syscall.EIO, "%s: %v", req.Type, wire.TooLarge("request", proto.Size(hreq)))
 	}
-	l := launch{plugin: e, target: t, join: join, creds: req.Credentials}
+	l := launch{plugin: e.proc, target: t, join: join, creds: req.Credentials}
 	if oneshot {
 		return d.callOneshot(ctx, l, hreq)
 	}
@@ -272,7 +275,7 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime, Authorize: req.Authorize}); err != nil {
 		return nil, 0, "", err
 	}
-	join, key = d.instanceKey(e, t, join)
+	join, key = d.instanceKey(e.proc, t, join)
 	// One caller's handler never serves another's.
 	key += req.Credentials.key()
 	return t, join, key, nil
@@ -337,9 +340,9 @@ func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) er
 	var plugins []*pluginEntry
 	seen := make(map[*pluginEntry]bool)
 	add := func(e *pluginEntry) {
-		if !seen[e] && e.settings.Mode != "oneshot" && len(e.types) > 0 {
-			seen[e] = true
-			plugins = append(plugins, e)
+		if !seen[e.proc] && e.settings.Mode != "oneshot" && len(e.types) > 0 {
+			seen[e.proc] = true
+			plugins = append(plugins, e.proc)
 		}
 	}
 	if len(types) == 0 {
@@ -480,7 +483,11 @@ func (d *Dispatcher) Close() error {
 
 // InstanceInfo describes one live plugin process.
 type InstanceInfo struct {
+	// Plugin names what the process serves: a plugin, or the built-ins
+	// that share it joined by "+" ("procfs+fs+ids+sysctl+mount").
 	Plugin string `json:"plugin"`
+	// Plugins are the plugins it serves, one unless built-ins share it.
+	Plugins []string `json:"plugins"`
 	// PID is the host pid of the process serving requests: for a
 	// plugin forked into a pid namespace, the child of the waiter the
 	// core started (RunnerPID).
@@ -488,6 +495,8 @@ type InstanceInfo struct {
 	RunnerPID int      `json:"runner_pid"`
 	Joined    []string `json:"joined"` // namespaces joined
 	Inflight  int      `json:"inflight"`
+	// Target is the host pid of the target the process serves.
+	Target int `json:"target_pid"`
 }
 
 // Instances lists the live plugin processes.
@@ -496,8 +505,8 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 	defer d.pool.mu.Unlock()
 	var out []InstanceInfo
 	for inst := range d.pool.live {
-		info := InstanceInfo{Plugin: inst.plugin.name, PID: inst.pid, RunnerPID: inst.pid,
-			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight}
+		info := InstanceInfo{Plugin: inst.plugin.name, Plugins: inst.plugin.served(), PID: inst.pid, RunnerPID: inst.pid,
+			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
 				// The waiter's other child, the root keeper, is gone

@@ -23,18 +23,19 @@ import (
 )
 
 // instance is one running plugin process inside one set of namespaces.
-// Every request goes to it on its frame channel (runner.frames, see call);
-// go-plugin's client, when it has one, is its control plane: Describe and
-// shutdown. A oneshot instance has none: started without go-plugin, it
-// serves one request and is ended (see callOneshot).
+// Every request goes to it on its frame channel (runner.frames, see call).
+// Serving instances are started without go-plugin (startInstance) and
+// ended by closing the channel (end); only a plugin being described has
+// go-plugin's client, its control plane: Describe and shutdown.
 type instance struct {
 	key     string
 	plugin  *pluginEntry
-	client  *plugin.Client     // nil for a oneshot instance
-	handler wire.HandlerClient // Describe; nil for a oneshot instance
+	client  *plugin.Client     // only while describing
+	handler wire.HandlerClient // Describe; only while describing
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
+	target  int // host pid of its target
 
 	// Guarded by pool.mu.
 	inflight int
@@ -128,9 +129,15 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		// mostly wake-ups), and blocking handlers still run side by side
 		// on threads of their own.
 		"GOMAXPROCS=1",
+		// A quarter of Go's default heap growth: a plugin's live heap
+		// is small, so its heap goal is the runtime's 4 MiB floor
+		// scaled by GOGC/100. Measured with every built-in in one
+		// process after 5,000 requests: anon 6.6 -> 4.0 MiB, no
+		// latency change (bench, scale phase).
+		"GOGC=25",
 		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
-		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+p.name)
+		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+strings.Join(p.serves, ","))
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL, // die with the core
@@ -157,11 +164,10 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 	return nr
 }
 
-// startInstance starts a plugin process through nsexec and connects to it.
-func (d *Dispatcher) startInstance(ctx context.Context, l launch) (inst *instance, err error) {
-	if !l.describe {
-		defer d.startEvent(time.Now(), l.plugin, false, &inst, &err)
-	}
+// startDescribing starts a plugin process through go-plugin, to describe
+// it (launch.describe): the control plane negotiates the protocol version
+// and carries Describe. Serving processes start without it (startInstance).
+func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, error) {
 	p := l.plugin
 	sp, err := l.spec()
 	if err != nil {
@@ -231,7 +237,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (inst *instanc
 	if err != nil {
 		return fail(err)
 	}
-	inst = &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
+	inst := &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
 	inst.pid, _ = strconv.Atoi(nr.ID())
 	log.quiet.Store(false) // from now on an exit the core did not ask for is news
 	return inst, nil
@@ -344,6 +350,10 @@ func (inst *instance) describe(ctx context.Context) (*wire.DescribeResponse, err
 // instance is asked to exit; a broken one is killed at once (go-plugin
 // would give a hung handler two seconds first).
 func (inst *instance) kill(abrupt bool) {
+	if inst.client == nil {
+		inst.end(abrupt)
+		return
+	}
 	select {
 	case <-inst.runner.exited: // of itself: go-plugin said so as it saw fit
 	default:
@@ -355,12 +365,13 @@ func (inst *instance) kill(abrupt bool) {
 	inst.client.Kill()
 }
 
-// end stops an instance started without go-plugin (a oneshot one), as
-// kill stops the others.
+// end stops an instance started without go-plugin, as kill stops the
+// others.
 // Closing the frame channel tells the plugin to exit; one that does not
 // within a second is killed. Either way it is reaped before end returns:
 // nothing of it stays in the target.
 func (inst *instance) end(abrupt bool) {
+	inst.runner.news.Store(false) // meant, not news
 	inst.runner.frames.shutdown()
 	if abrupt {
 		inst.runner.Kill(context.Background())

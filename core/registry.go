@@ -26,8 +26,13 @@ type pluginEntry struct {
 	freshProc    bool
 	freshSys     bool
 	freshCgroup  bool
-	pluginConfig []byte // wire.PluginConfig as JSON
+	pluginConfig []byte // wire.PluginConfig as JSON (of a shared entry: by plugin name)
 	types        []TypeInfo
+	// proc is the entry whose processes serve the plugin's requests:
+	// itself, or for built-ins the entry of those that share processes
+	// (shareBuiltins), which serves the built-ins named in serves.
+	proc   *pluginEntry
+	serves []string
 }
 
 // pluginConfigs is the list of plugins to load: every built-in (with
@@ -103,7 +108,7 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 // serving does not: it starts the way every instance does, but in a
 // throwaway set of fresh namespaces, unprivileged (see launch.describe).
 func (d *Dispatcher) describeExternal(e *pluginEntry) (*wire.DescribeResponse, error) {
-	inst, err := d.startInstance(context.Background(), launch{plugin: e, describe: true})
+	inst, err := d.startDescribing(context.Background(), launch{plugin: e, describe: true})
 	if err != nil {
 		return nil, err
 	}

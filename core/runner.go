@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -39,12 +40,17 @@ type nsRunner struct {
 	// emptyRoot makes an empty directory in sockDir, for a describing
 	// plugin's chroot (see describeRoot).
 	emptyRoot bool
+	// framesOnly starts the plugin without go-plugin (wire.EnvFramesOnly):
+	// no socket to dial, and its stdout and stderr share one pipe, read
+	// by one goroutine (serve).
+	framesOnly bool
 
 	stdout, stderr io.ReadCloser
 	status         chan string // the bootstrap's failure message, "" if none
 	statusMsg      string
 	statusMu       sync.Mutex
 	killed         atomic.Bool // Kill was called while the process lived
+	news           atomic.Bool // serving, and not being ended: its exit is logged
 	waitOnce       sync.Once
 	waitErr        error
 	exited         chan struct{}
@@ -70,7 +76,7 @@ func (r *nsRunner) setOnExit(fn func()) {
 
 var _ runner.Runner = (*nsRunner)(nil)
 
-func (r *nsRunner) Start(ctx context.Context) error {
+func (r *nsRunner) Start(ctx context.Context) (err error) {
 	if r.owner[0] >= 0 {
 		if err := os.Chown(r.sockDir, r.owner[0], r.owner[1]); err != nil {
 			return fmt.Errorf("socket directory: %w", err)
@@ -87,8 +93,10 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		return fmt.Errorf("socket directory: %w", err)
 	}
 	defer dir.Close()
-	if r.dirPath, err = os.OpenFile(r.sockDir, unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
-		return fmt.Errorf("socket directory: %w", err)
+	if !r.framesOnly {
+		if r.dirPath, err = os.OpenFile(r.sockDir, unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
 	}
 	// An empty pipe rather than /dev/null: no host file in the process.
 	stdinR, stdinW, err := os.Pipe()
@@ -98,11 +106,28 @@ func (r *nsRunner) Start(ctx context.Context) error {
 	defer stdinR.Close()
 	stdinW.Close()
 	r.cmd.Stdin = stdinR
-	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
-		return err
-	}
-	if r.stderr, err = r.cmd.StderrPipe(); err != nil {
-		return err
+	if r.framesOnly {
+		// One pipe for both: a plugin without go-plugin has nothing to
+		// say on stdout, and a core holding hundreds of instances
+		// spares an fd and a goroutine each.
+		out, in, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		defer func() {
+			if err != nil {
+				out.Close()
+			}
+		}()
+		r.cmd.Stdout, r.cmd.Stderr, r.stderr = in, in, out
+	} else {
+		if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
+			return err
+		}
+		if r.stderr, err = r.cmd.StderrPipe(); err != nil {
+			return err
+		}
 	}
 	pidfd := r.pidfd
 	if pidfd == nil {
@@ -137,6 +162,35 @@ func (r *nsRunner) Start(ctx context.Context) error {
 		statusR.Close()
 		r.status <- strings.TrimSpace(string(msg))
 	}()
+	return nil
+}
+
+// ready waits until a plugin started without go-plugin serves: it closes
+// its status pipe without a message once it is in the target's root,
+// ready for frames (see wire/README.md, "Bootstrap"). A message on the
+// pipe, an exit, ctx's end or timeout is a failed start.
+func (r *nsRunner) ready(ctx context.Context, timeout time.Duration) error {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case msg := <-r.status:
+		r.statusMsg, r.status = msg, nil
+		if msg != "" {
+			return errors.New(msg)
+		}
+	case <-timer.C:
+		return fmt.Errorf("it was not ready (its status pipe, fd 5, still open) within its start_timeout of %v", timeout)
+	case <-ctx.Done():
+		return fmt.Errorf("gave up waiting for it to start: %w", ctx.Err())
+	}
+	// An exit closes the pipe too.
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, r.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err == nil && info.Signo == int32(syscall.SIGCHLD) {
+		return errors.New("it exited before it served")
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -16,8 +17,10 @@ import (
 // frameServer serves the frame channel (see wire/README.md), the data
 // plane: every request arrives here, pooled or oneshot.
 type frameServer struct {
-	s    *server
-	conn *net.UnixConn
+	handle handleFunc
+	log    hclog.Logger
+	conn   *net.UnixConn
+	idle   idleReturn
 
 	mu      sync.Mutex
 	partial map[string]*wire.Message      // request bodies still arriving
@@ -25,14 +28,18 @@ type frameServer struct {
 	closed  chan struct{}                 // closed when the core closes the channel
 }
 
+// handleFunc handles one request: a plugin's server (server.handle), or
+// the servers of the built-ins a process serves together (mux.handle).
+type handleFunc func(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File)
+
 // serveFrames serves the frame channel in the background, or until it
 // closes when wait is set.
-func (s *server) serveFrames(f *os.File, wait bool) error {
+func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool) error {
 	c, err := net.FileConn(f)
 	if err != nil {
 		return err
 	}
-	fs := &frameServer{s: s, conn: c.(*net.UnixConn), partial: make(map[string]*wire.Message),
+	fs := &frameServer{handle: handle, log: log, conn: c.(*net.UnixConn), partial: make(map[string]*wire.Message),
 		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{})}
 	go fs.run(make([]byte, wire.MaxFrame))
 	if wait {
@@ -54,7 +61,7 @@ func (fs *frameServer) run(buf []byte) {
 		}
 		kind, id, body, err := wire.ParseFrame(buf[:n])
 		if err != nil {
-			fs.s.log.Error("bad frame from the core", "error", err)
+			fs.log.Error("bad frame from the core", "error", err)
 			continue
 		}
 		switch kind {
@@ -92,6 +99,8 @@ func (fs *frameServer) run(buf []byte) {
 }
 
 func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
+	fs.idle.begin()
+	defer fs.idle.end()
 	defer func() {
 		fs.mu.Lock()
 		if cancel := fs.cancels[id]; cancel != nil {
@@ -108,7 +117,7 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
 	} else if err := proto.Unmarshal(p.Body, req); err != nil {
 		resp = wire.ErrorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
 	} else {
-		resp, files = fs.s.handle(ctx, req)
+		resp, files = fs.handle(ctx, req)
 	}
 	defer closeAll(files)
 	resp.RequestId = id
@@ -117,7 +126,7 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
 		out, _ = proto.Marshal(wire.ErrorResponse(Errorf(syscall.EIO, "encoding response: %v", err)))
 	}
 	if err := fs.send(id, out, files); err != nil {
-		fs.s.log.Error("sending a response", "request_id", id, "error", err)
+		fs.log.Error("sending a response", "request_id", id, "error", err)
 	}
 }
 

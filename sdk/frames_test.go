@@ -31,7 +31,7 @@ func TestFrameRequestOverTheLimit(t *testing.T) {
 	}
 	plugin := os.NewFile(uintptr(fds[1]), "frames:plugin")
 	defer plugin.Close()
-	if err := srv.serveFrames(plugin, false); err != nil {
+	if err := serveFrames(plugin, srv.log, srv.handle, false); err != nil {
 		t.Fatal(err)
 	}
 	coreEnd := os.NewFile(uintptr(fds[0]), "frames:core")

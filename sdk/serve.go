@@ -223,23 +223,11 @@ func Serve(p *Plugin) {
 		fail(err.Error())
 	}
 	self := nsexec.Self()
-	if os.Getenv(wire.EnvOneshot) != "" {
-		// Started for one request on the frame channel, without go-plugin.
-		os.Unsetenv(wire.EnvOneshot)
-		if self.Frames == nil {
-			fail("oneshot: no frame channel")
-		}
-		if err := nsexec.EnterRoot(); err != nil {
-			fail(err.Error())
-		}
-		nsexec.CloseStatus()
-		if err := server.serveFrames(self.Frames, true); err != nil {
-			fail("frame channel: " + err.Error())
-		}
-		os.Exit(0)
+	if os.Getenv(wire.EnvFramesOnly) != "" {
+		serveFramesOnly(self, log, server.handle)
 	}
 	if self.Frames != nil {
-		if err := server.serveFrames(self.Frames, false); err != nil {
+		if err := serveFrames(self.Frames, log, server.handle, false); err != nil {
 			fail("frame channel: " + err.Error())
 		}
 	}
@@ -303,6 +291,26 @@ func handshakeLine(rc *plugin.ReattachConfig) string {
 		line += "|true"
 	}
 	return line
+}
+
+// serveFramesOnly serves a process started without go-plugin
+// (wire.EnvFramesOnly), every serving process: the frame channel alone,
+// until the core closes it. It does not return.
+func serveFramesOnly(self nsexec.State, log hclog.Logger, handle handleFunc) {
+	os.Unsetenv(wire.EnvFramesOnly)
+	if self.Frames == nil {
+		fail("no frame channel (fd 6)")
+	}
+	if err := nsexec.EnterRoot(); err != nil {
+		fail(err.Error())
+	}
+	// Closing the status pipe tells the core the process serves.
+	nsexec.CloseStatus()
+	log.Debug("serving on the frame channel", "pid", os.Getpid())
+	if err := serveFrames(self.Frames, log, handle, true); err != nil {
+		fail("frame channel: " + err.Error())
+	}
+	os.Exit(0)
 }
 
 func fail(msg string) {

@@ -384,7 +384,7 @@ func TestFSXattrTrustedNeedsTheHostUserNamespace(t *testing.T) {
 		t.Errorf("narrowed listxattr = %q %v", names.Names, err)
 	}
 	for _, in := range d.Instances() {
-		if in.Plugin == "fs" && !slices.Contains(in.Joined, "user") {
+		if slices.Contains(in.Plugins, "fs") && !slices.Contains(in.Joined, "user") {
 			assertNamespaces(t, in.PID, pid, noUserNS)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -390,12 +391,13 @@ func assertNamespaces(t *testing.T, pid, target int, joined []string) {
 	}
 }
 
-// servingPID is the host pid of the only live instance of plugin.
+// servingPID is the host pid of the only live instance serving plugin
+// (alone, or with the built-ins that share its processes).
 func servingPID(t *testing.T, d *core.Dispatcher, plugin string) int {
 	t.Helper()
 	var pids []int
 	for _, in := range d.Instances() {
-		if in.Plugin == plugin {
+		if slices.Contains(in.Plugins, plugin) {
 			pids = append(pids, in.PID)
 		}
 	}

@@ -10,12 +10,17 @@ const (
 	// EnvConfig carries the plugin's PluginConfig, as JSON. The sdk
 	// unsets it before any handler runs.
 	EnvConfig = "NSPLUG_PLUGIN_CONFIG"
-	// EnvOneshot, when set, tells a plugin it was started for a single
-	// request on the frame channel, without go-plugin: it serves until
-	// the core closes the channel, then exits.
-	EnvOneshot = "NSPLUG_ONESHOT"
-	// EnvBuiltin names the built-in plugin a re-executed binary is to
-	// serve: the core starts built-ins by re-executing its own binary.
+	// EnvFramesOnly, when set, tells a plugin it was started to serve,
+	// without go-plugin (no socket, no handshake line, no Describe): it
+	// serves the frame channel alone until the core closes it, then
+	// exits. Every serving process, pooled or oneshot, is started so;
+	// go-plugin launches a plugin only to describe it.
+	EnvFramesOnly = "NSPLUG_FRAMES_ONLY"
+	// EnvBuiltin names the built-in plugins a re-executed binary is to
+	// serve, separated by commas: the core starts built-ins by
+	// re-executing its own binary, one process for the built-ins whose
+	// settings for a process are the same. EnvConfig then holds a JSON
+	// object, plugin name → PluginConfig.
 	EnvBuiltin = "NSPLUG_BUILTIN"
 )
 
@@ -34,4 +39,8 @@ type PluginConfig struct {
 	// change even where its handler shares them with the core, i.e.
 	// change the host's (the allow_host_changes setting).
 	AllowHostChanges []string `json:"allow_host_changes,omitempty"`
+	// FreshMounts, for a built-in sharing a process, are the fresh
+	// mounts ("proc", "sys", "cgroup") of the process its handlers see:
+	// those its configuration or its plugin asks for.
+	FreshMounts []string `json:"fresh_mounts,omitempty"`
 }

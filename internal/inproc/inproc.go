@@ -42,3 +42,11 @@ type Server interface {
 // its Configure hook) and returns its server. An error from the Configure
 // hook wraps a *wire.OptionError. cfg and log may be nil.
 var New func(plugin any, cfg *wire.PluginConfig, log hclog.Logger) (Server, error)
+
+// ServeShared serves several plugins (*sdk.Plugin) of this binary in one
+// process started by a core, each with its own configuration and rules
+// (wire.EnvConfig holds one wire.PluginConfig per plugin, by name). It
+// does not return. It is for the built-ins, which are one binary's code;
+// the sdk offers plugin authors no way to share a process: a third-party
+// plugin is alone in its own.
+var ServeShared func(plugins []any)

@@ -14,6 +14,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/internal/inproc"
@@ -69,23 +71,25 @@ func Of(plugins ...*sdk.Plugin) []core.Builtin {
 	return out
 }
 
-// Serve serves the plugin wire.EnvBuiltin names, if this process was
-// started by a core to be a built-in, and then never returns; otherwise
+// Serve serves the plugins wire.EnvBuiltin names, if this process was
+// started by a core to be built-ins, and then never returns; otherwise
 // it returns at once. Call it first thing in main (and in TestMain of
 // tests whose dispatcher serves built-ins).
 func Serve(plugins ...*sdk.Plugin) {
-	name, ok := os.LookupEnv(wire.EnvBuiltin)
+	names, ok := os.LookupEnv(wire.EnvBuiltin)
 	if !ok {
 		return
 	}
-	for _, p := range plugins {
-		if p.Name == name {
-			sdk.Serve(p)
-			os.Exit(0)
+	var serve []any
+	for _, name := range strings.Split(names, ",") {
+		i := slices.IndexFunc(plugins, func(p *sdk.Plugin) bool { return p.Name == name })
+		if i < 0 {
+			msg := fmt.Sprintf("nsplug: no built-in plugin %q in this binary", name)
+			nsexec.ReportFailure(msg)
+			fmt.Fprintln(os.Stderr, msg)
+			os.Exit(1)
 		}
+		serve = append(serve, plugins[i])
 	}
-	msg := fmt.Sprintf("nsplug: no built-in plugin %q in this binary", name)
-	nsexec.ReportFailure(msg)
-	fmt.Fprintln(os.Stderr, msg)
-	os.Exit(1)
+	inproc.ServeShared(serve)
 }

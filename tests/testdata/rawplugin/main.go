@@ -8,8 +8,9 @@
 // the status pipe, print go-plugin's handshake line, serve Describe over
 // gRPC (the control plane) and every request on the frame channel, fd 6
 // (the data plane): frames parsed and split by hand, cancellation, files
-// handed back as SCM_RIGHTS. Started with NSPLUG_ONESHOT it serves the
-// frame channel alone until the core closes it. It logs hclog-style JSON
+// handed back as SCM_RIGHTS. Started with NSPLUG_FRAMES_ONLY (to serve,
+// pooled or oneshot) it serves the frame channel alone until the core
+// closes it: go-plugin is only for Describe. It logs hclog-style JSON
 // lines on stderr.
 //
 // Namespace entry comes from the nsexec preamble, linked in as a C
@@ -46,9 +47,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "rawplugin: an nsplug plugin; only the nsplug core starts it")
 		os.Exit(1)
 	}
-	if os.Getenv("NSPLUG_ONESHOT") != "" {
-		// One request on the frame channel, no go-plugin: nothing to
-		// bind, so the root is entered at once.
+	if os.Getenv("NSPLUG_FRAMES_ONLY") != "" {
+		// The frame channel alone, no go-plugin: nothing to bind, so
+		// the root is entered at once (closing the status pipe says
+		// it serves).
 		enter()
 		leave()
 		serveFrames()
