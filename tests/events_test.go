@@ -90,6 +90,11 @@ func (l *eventLog) checkPaired(t *testing.T) {
 
 // newObservedDispatcher is newDispatcher with an event log; the log is
 // checked for pairs once the test has closed the dispatcher.
+// ownProcess, in a built-in's [[plugin]] entry, gives it a process of its
+// own: built-ins with the same process settings share one per target,
+// whose events carry the group's name ("procfs+fs+...").
+const ownProcess = "start_timeout = \"9s\"\n"
+
 func newObservedDispatcher(t *testing.T, toml string) (*core.Dispatcher, *eventLog) {
 	t.Helper()
 	log := &eventLog{}
@@ -165,7 +170,7 @@ func TestEventsCrash(t *testing.T) {
 func TestEventsKill(t *testing.T) {
 	parallel(t)
 	target := newTarget(t, sandbox.Options{})
-	d, log := newObservedDispatcher(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"2s\"\n")
+	d, log := newObservedDispatcher(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"2s\"\n"+ownProcess)
 
 	err := call(t, d, target.PID(), "probe.hang", `{}`, nil)
 	wantErrno(t, err, syscall.ETIMEDOUT)
@@ -193,7 +198,7 @@ func TestEventsEviction(t *testing.T) {
 	parallel(t)
 	a := newTarget(t, sandbox.Options{Hostname: "a"})
 	b := newTarget(t, sandbox.Options{Hostname: "b"})
-	d, log := newObservedDispatcher(t, "max_instances = 1\n")
+	d, log := newObservedDispatcher(t, "max_instances = 1\n[[plugin]]\nname = \"probe\"\n"+ownProcess)
 	mustCall(t, d, a.PID(), "probe.whoami", `{}`, nil)
 	first := runnerPID(t, d, "probe")
 	mustCall(t, d, b.PID(), "probe.whoami", `{}`, nil)

@@ -185,7 +185,7 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 	target := newTarget(t, sandbox.Options{})
 	var current atomic.Pointer[core.Dispatcher]
 	m := server.NewMetrics(current.Load)
-	d, _ := newDispatcherWith(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"5m\"\n", core.Options{Events: m.CoreEvents()})
+	d, _ := newDispatcherWith(t, "[[plugin]]\nname = \"probe\"\nrequest_timeout = \"5m\"\n"+ownProcess, core.Options{Events: m.CoreEvents()})
 	current.Store(d)
 	addr := freeLoopbackAddr(t)
 	stop, err := m.Serve(addr)
