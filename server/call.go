@@ -44,8 +44,8 @@ func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest) ([]b
 	g := s.acquire()
 	defer s.release(g)
 	resp, denied, err := s.gate(g).Call(c, req, func(r core.Request) (*core.Response, error) { return g.d.Call(ctx, r) })
-	if denied {
-		s.metrics.Denied("policy")
+	if denied != "" {
+		s.metrics.Denied(denied)
 	}
 	if err != nil {
 		return nil, err

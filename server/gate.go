@@ -10,6 +10,18 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
+// The reasons of a denial, as Gate.Call and Gate.Prepare report them (the
+// denials metric's label).
+const (
+	// DeniedType: refused before the target was pinned, for the caller and
+	// the type (no rule admits it, or the plugin's namespaces leave out
+	// user for a caller other than root).
+	DeniedType = "type"
+	// DeniedTarget: refused on the pinned target (not owned, or in the
+	// daemon's own user namespace).
+	DeniedTarget = "target"
+)
+
 // Gate puts each API call through the Policy and the AuditLog: the one
 // place the service's Call and Prepare handlers pass before the
 // dispatcher and after it.
@@ -22,51 +34,51 @@ type Gate struct {
 
 // Call authorizes req for c (Policy.Constrain, then the target check in
 // the core's hook), runs it with do (the dispatcher's Call, with the
-// request's context) and audits it. denied reports a refusal by the
-// policy (EACCES), for metrics.
+// request's context) and audits it. denied names a refusal by the policy
+// (EACCES), for metrics: DeniedType or DeniedTarget; "" when there was none.
 //
 // A call of a type that changes state is refused (EIO) before it runs
 // when the audit log is not Ready; when its line cannot be written after
 // it ran, the caller gets EIO saying the change was made but not audited.
 // A denial whose line cannot be written is still a denial. Every line is
 // written before Call returns.
-func (g *Gate) Call(c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (resp *core.Response, denied bool, err error) {
+func (g *Gate) Call(c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (resp *core.Response, denied string, err error) {
 	rec := AuditRecord{Time: time.Now(), Op: "call", Caller: c, PID: req.PID, StartTime: req.StartTime, Type: req.Type, Payload: req.Payload}
 	info, _, known := g.Registry.Type(req.Type)
 	mutating := known && (len(info.Changes) > 0 || len(info.MayChange) > 0)
 
 	if err := g.Policy.Constrain(c, &req, g.Registry); err != nil {
-		return nil, true, g.deny(&rec, err)
+		return nil, DeniedType, g.deny(&rec, err)
 	}
 	req.Authorize = rec.observe(req.Authorize)
 	if mutating {
 		if err := g.Audit.Ready(); err != nil {
 			err = wire.Errorf(syscall.EIO, "%s changes state and cannot be audited now, so it was not run: %v", req.Type, err)
 			g.finish(&rec, err) // the refusal's line, which also probes the log
-			return nil, false, err
+			return nil, "", err
 		}
 	}
 	resp, err = do(req)
 	if !mutating && !rec.Denied {
-		return resp, false, err
+		return resp, "", err
 	}
 	if rec.Denied {
 		g.finish(&rec, err)
-		return resp, true, err
+		return resp, DeniedTarget, err
 	}
 	if werr := g.finish(&rec, err); werr != nil {
 		if err == nil {
 			closeFiles(resp)
-			return nil, false, wire.Errorf(syscall.EIO, "%s ran and its change was made, but it could not be audited: %v", req.Type, werr)
+			return nil, "", wire.Errorf(syscall.EIO, "%s ran and its change was made, but it could not be audited: %v", req.Type, werr)
 		}
-		return nil, false, wire.Errorf(wire.AsError(err).Errno, "%v; and it could not be audited: %v", err, werr)
+		return nil, "", wire.Errorf(wire.AsError(err).Errno, "%v; and it could not be audited: %v", err, werr)
 	}
-	return resp, false, err
+	return resp, "", err
 }
 
 // Prepare is Call for Dispatcher.Prepare of types for tg (with do): it
 // starts handlers and changes no state, so only a denial is audited.
-func (g *Gate) Prepare(c Caller, tg core.Target, types []string, do func(core.Target, []string) error) (denied bool, err error) {
+func (g *Gate) Prepare(c Caller, tg core.Target, types []string, do func(core.Target, []string) error) (denied string, err error) {
 	rec := AuditRecord{Time: time.Now(), Op: "prepare", Caller: c, PID: tg.PID, StartTime: tg.StartTime}
 	for i, typ := range types {
 		if i > 0 {
@@ -75,14 +87,15 @@ func (g *Gate) Prepare(c Caller, tg core.Target, types []string, do func(core.Ta
 		rec.Type += typ
 	}
 	if err := g.Policy.ConstrainPrepare(c, &tg, types, g.Registry); err != nil {
-		return true, g.deny(&rec, err)
+		return DeniedType, g.deny(&rec, err)
 	}
 	tg.Authorize = rec.observe(tg.Authorize)
 	err = do(tg, types)
 	if rec.Denied {
 		g.finish(&rec, err)
+		return DeniedTarget, err
 	}
-	return rec.Denied, err
+	return "", err
 }
 
 // observe wraps the policy's target hook: rec learns the pinned target,

@@ -331,8 +331,8 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 	defer s.release(g)
 	denied, err := s.gate(g).Prepare(caller(ctx), core.Target{PID: int(tg.Pid), StartTime: startTime(tg)}, in.Types,
 		func(t core.Target, types []string) error { return g.d.Prepare(ctx, t, types...) })
-	if denied {
-		s.metrics.Denied("policy")
+	if denied != "" {
+		s.metrics.Denied(denied)
 	}
 	if err != nil {
 		return nil, Status(err)

@@ -152,14 +152,14 @@ func TestAuditLinesOfRealCalls(t *testing.T) {
 	reader := server.Caller{UID: 5000, GID: 5000, PID: 1234}
 	_, denied, errType := gateCall(s.g, s.d, reader, s.setRequest(7))
 	wantErrno(t, errType, syscall.EACCES, "sysctl.set")
-	if !denied {
-		t.Error("type denial not reported")
+	if denied != server.DeniedType {
+		t.Errorf("type denial reported as %q", denied)
 	}
 	get.PID = host
 	_, denied, errHost := gateCall(s.g, s.d, reader, get)
 	wantErrno(t, errHost, syscall.EACCES, "daemon's own user namespace")
-	if !denied {
-		t.Error("target denial not reported")
+	if denied != server.DeniedTarget {
+		t.Errorf("target denial reported as %q", denied)
 	}
 	end := time.Now()
 
@@ -240,8 +240,8 @@ func TestAuditFailsClosedOnAFullDisk(t *testing.T) {
 	}
 	_, denied, err := gateCall(s.g, s.d, server.Caller{UID: 6000, GID: 6000}, get)
 	wantErrno(t, err, syscall.EACCES, "uid 6000")
-	if !denied {
-		t.Error("denial not reported")
+	if denied != server.DeniedType {
+		t.Errorf("denial reported as %q", denied)
 	}
 
 	// Lines go on into the room reserved past the end of the file until
@@ -305,8 +305,8 @@ func TestAuditChangeMadeButNotAudited(t *testing.T) {
 	}
 	_, denied, err := gateCall(s.g, s.d, server.Caller{UID: 6000, GID: 6000}, s.setRequest(1))
 	wantErrno(t, err, syscall.EACCES)
-	if !denied {
-		t.Error("denial not reported")
+	if denied != server.DeniedType {
+		t.Errorf("denial reported as %q", denied)
 	}
 }
 
@@ -328,7 +328,7 @@ func TestAuditUnwritableLog(t *testing.T) {
 	}
 	_, denied, err := gateCall(s.g, s.d, server.Caller{UID: 6000, GID: 6000}, get)
 	wantErrno(t, err, syscall.EACCES)
-	if !denied {
-		t.Error("denial not reported")
+	if denied != server.DeniedType {
+		t.Errorf("denial reported as %q", denied)
 	}
 }

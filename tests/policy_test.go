@@ -22,7 +22,7 @@ func authzGate(d *core.Dispatcher, audit *server.AuditLog, rules ...config.Allow
 }
 
 // gateCall is one Call through g as c.
-func gateCall(g *server.Gate, d *core.Dispatcher, c server.Caller, req core.Request) (*core.Response, bool, error) {
+func gateCall(g *server.Gate, d *core.Dispatcher, c server.Caller, req core.Request) (*core.Response, string, error) {
 	return g.Call(c, req, func(r core.Request) (*core.Response, error) { return d.Call(context.Background(), r) })
 }
 
@@ -41,8 +41,8 @@ func TestOwnedTargetsOnly(t *testing.T) {
 	user := server.Caller{UID: 4242, GID: 4242, PID: int32(os.Getpid())}
 
 	resp, denied, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami", Namespaces: []string{"uts"}})
-	if err != nil || denied {
-		t.Fatalf("own target: %v (denied %v)", err, denied)
+	if err != nil || denied != "" {
+		t.Fatalf("own target: %v (denied %q)", err, denied)
 	}
 	var w whoami
 	if err := json.Unmarshal(resp.Payload, &w); err != nil {
@@ -78,8 +78,8 @@ func TestOwnedTargetsOnly(t *testing.T) {
 		before := len(d.Instances())
 		_, denied, err := gateCall(g, d, user, core.Request{PID: tc.pid, Type: "probe.whoami"})
 		wantErrno(t, err, syscall.EACCES, tc.words...)
-		if !denied || len(d.Instances()) != before {
-			t.Errorf("%s: denied %v, instances %v", tc.name, denied, d.Instances())
+		if denied != server.DeniedTarget || len(d.Instances()) != before {
+			t.Errorf("%s: denied %q, instances %v", tc.name, denied, d.Instances())
 		}
 	}
 	// Its owner reaches the other; a type outside the rule reaches none.
@@ -88,8 +88,8 @@ func TestOwnedTargetsOnly(t *testing.T) {
 	}
 	_, denied, err = gateCall(g, d, user, core.Request{PID: mine, Type: "procfs.read", Payload: json.RawMessage(`{"path":"/proc/self/status"}`)})
 	wantErrno(t, err, syscall.EACCES, "procfs.read", `"probe.*"`)
-	if !denied {
-		t.Error("type denial not reported as one")
+	if denied != server.DeniedType {
+		t.Errorf("type denial reported as %q", denied)
 	}
 	// Root needs no rule.
 	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: host, Type: "probe.whoami"}); err != nil {
@@ -106,8 +106,8 @@ func TestPluginWithoutUserServesRootOnly(t *testing.T) {
 	g := authzGate(d, nil, config.AllowRule{UIDs: []uint32{4242}, Types: []string{"*"}, Targets: config.TargetsAny})
 	_, denied, err := gateCall(g, d, server.Caller{UID: 4242, GID: 4242}, core.Request{PID: mine, Type: "probe.whoami"})
 	wantErrno(t, err, syscall.EACCES, "plugin probe", `namespaces = ["mnt", "uts"]`, `without "user"`)
-	if !denied || len(d.Instances()) != 0 {
-		t.Errorf("denied %v, instances %v", denied, d.Instances())
+	if denied != server.DeniedType || len(d.Instances()) != 0 {
+		t.Errorf("denied %q, instances %v", denied, d.Instances())
 	}
 	_, err = (&server.Gate{Policy: g.Policy, Registry: d}).Prepare(server.Caller{UID: 4242, GID: 4242}, core.Target{PID: mine}, []string{"probe.whoami"}, nil)
 	wantErrno(t, err, syscall.EACCES, "plugin probe")
