@@ -397,6 +397,9 @@ func (d *Dispatcher) Plugins() []PluginInfo {
 			info.Status, info.Error = PluginFailed, e.reason()
 		}
 		info.SHA256 = e.sha256
+		if e.builtin && e.exe != nil {
+			info.SHA256 = e.exe.sum()
+		}
 		if info.Types == nil {
 			info.Types = []TypeInfo{}
 		}

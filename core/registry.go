@@ -18,7 +18,7 @@ type pluginEntry struct {
 	builtin      bool
 	path         string
 	exe          *sealedExecutable
-	sha256       string // of exe; kept when a failed plugin's exe is closed
+	sha256       string // of a third-party plugin's exe, kept when a failed one's is closed (a built-in's: exe.sum())
 	err          error  // why it failed to load; nil when it serves
 	settings     config.Settings
 	join         uintptr // namespaces it may join; all by default
