@@ -41,6 +41,12 @@ type Options struct {
 	// CLI logs them at debug, so that a call served by another plugin
 	// prints nothing on stderr).
 	LoadFailureLevel hclog.Level
+	// Oneshot serves every request with a process of its own, started for
+	// it and reaped before the request returns, whatever each plugin's
+	// mode: for a process that makes one request and exits (nsplug call),
+	// which a pooled instance would outlive for nothing but the cost of
+	// its control plane (go-plugin's handshake, gRPC, a graceful shutdown).
+	Oneshot bool
 	// Started, when set, is called with the host pid of every plugin
 	// process the core starts (to serve requests, for one oneshot
 	// request, or to describe a plugin), as soon as it runs. It is for
@@ -96,6 +102,7 @@ type Dispatcher struct {
 	selfNS  nsSet
 	runDir  *runDir
 	started func(pid int) // Options.Started
+	oneshot bool          // Options.Oneshot
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -123,7 +130,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	if log == nil {
 		log = hclog.New(&hclog.LoggerOptions{Name: "nsplug", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 	}
-	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
+	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, oneshot: opts.Oneshot, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, cfg.MaxStartsPerTarget)}
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,

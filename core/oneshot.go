@@ -41,7 +41,11 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 		startErr = errorf(syscall.EIO, "starting plugin %s in target pid %d: %v", l.plugin.name, l.target.pid, err)
 		return nil, startErr
 	}
+	expired := inst.runner.limitStart(l.plugin.settings.StartTimeout.Duration)
 	resp, broken, err := inst.call(ctx, req)
+	if expired() {
+		err = errorf(syscall.ETIMEDOUT, "starting plugin %s in target pid %d: it did not start within its start_timeout of %v", l.plugin.name, l.target.pid, l.plugin.settings.StartTimeout.Duration)
+	}
 	inst.end(broken)
 	if broken {
 		startErr = err

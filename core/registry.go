@@ -71,6 +71,9 @@ func builtinNamed(builtins []Builtin, name string) bool {
 // can unshare what unshare lists.
 func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry) error {
 	s := cfg.Settings(pc)
+	if d.oneshot {
+		s.Mode = "oneshot"
+	}
 	e.settings, e.join = s, nsexec.AllNamespaces
 	if len(s.Namespaces) > 0 {
 		e.join, _ = nsexec.ParseNamespaces(s.Namespaces)

@@ -233,6 +233,7 @@ func Serve(p *Plugin) {
 			fail(err.Error())
 		}
 		nsexec.CloseStatus()
+		log.Debug("oneshot: serving one request on the frame channel")
 		if err := server.serveFrames(self.Frames, true); err != nil {
 			fail("frame channel: " + err.Error())
 		}

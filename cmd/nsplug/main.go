@@ -181,8 +181,9 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// open loads the configuration and starts a dispatcher with the built-ins.
-func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
+// open loads the configuration and starts a dispatcher with the
+// built-ins. oneshot: for one request (see core.Options.Oneshot).
+func (c *commonFlags) open(stderr io.Writer, oneshot bool) (*core.Dispatcher, error) {
 	cfg := config.Default()
 	if c.config != "" {
 		var err error
@@ -209,7 +210,7 @@ func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
 	// A plugin that failed to load is reported where it matters, not as a
 	// log line on every command: plugins lists it, and a call of its type
 	// fails naming the failure, which is then that call's one line.
-	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug})
+	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug, Oneshot: oneshot})
 }
 
 func cmdCall(args []string, stdout, stderr io.Writer) error {
@@ -259,7 +260,7 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 		creds.Root, creds.Cwd = *root, *cwd
 		req.Credentials = creds
 	}
-	d, err := c.open(stderr)
+	d, err := c.open(stderr, true)
 	if err != nil {
 		return err
 	}
@@ -430,7 +431,7 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 0 {
 		return usageErr("plugins: unexpected argument %q", pos[0])
 	}
-	d, err := c.open(stderr)
+	d, err := c.open(stderr, false)
 	if err != nil {
 		return err
 	}
