@@ -77,10 +77,10 @@ proto:
 # one run; prints the table with the target ratios and writes
 # bench/results.json. `make bench BENCH=quick` finishes within two minutes.
 # See bench/README.md.
-bench:
+bench: build
 	$(GO) build $(GOFLAGS) -o bin/nsplug-bench ./bench/cmd/nsplug-bench
 	$(GO) build $(GOFLAGS) -o bin/bareplugin ./bench/bareplugin
-	./bin/nsplug-bench -mode $(BENCH) -bare bin/bareplugin -out bench/results.json
+	./bin/nsplug-bench -mode $(BENCH) -bare bin/bareplugin -nsplug $(BIN) -out bench/results.json
 
 clean:
 	rm -rf bin

@@ -104,6 +104,17 @@ func BenchmarkNsenterCLI(b *testing.B) {
 	runCase(b, c, err)
 }
 
+// BenchmarkCLIStandalone: a whole `nsplug call --pid PID procfs.read`
+// process per request (each after an untimed nsenter, as in Run).
+func BenchmarkCLIStandalone(b *testing.B) {
+	cc, err := newEnv(b).CLICase()
+	var c *Case
+	if cc != nil {
+		c = cc.Case
+	}
+	runCase(b, c, err)
+}
+
 // BenchmarkThroughput: b.N requests spread over concurrent callers and
 // warm instances in 1 or 16 targets; reports requests per second.
 func BenchmarkThroughput(b *testing.B) {
@@ -150,8 +161,9 @@ func TestChecks(t *testing.T) {
 		"cold_p50_us": 8000.0, "bare_plugin_p50_us": 7000.0, "oneshot_p50_us": 9000.0,
 		"throughput_1_rps": 1000.0, "throughput_64_rps": 1700.0,
 		"instance_rss_mib": 11.0, "core_rss_growth_pct": 6.0,
+		"cli_standalone_p50_us": 16000.0, "cli_standalone_nsenter_p50_us": 5000.0,
 	}
-	want := []bool{false, true, true, false, true, true, false}
+	want := []bool{false, true, true, false, false, true, true, false}
 	cs := checks(v)
 	if len(cs) != len(want) {
 		t.Fatalf("%d checks, want %d", len(cs), len(want))
@@ -178,7 +190,7 @@ func TestRunSmoke(t *testing.T) {
 	_, err := Run(Config{
 		Mode: "smoke",
 		Params: Params{
-			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 1, Cold: 2, Bare: 2,
+			Rounds: 1, Floor: 20, Warm: 20, Nsenter: 2, Oneshot: 1, Cold: 2, Bare: 2, CLI: 2,
 			MemRequests: 50, MemWarmup: 10, ThroughputWarmup: 20 * time.Millisecond, ThroughputDur: 50 * time.Millisecond,
 			ScaleTargets: []int{1, 2}, ScaleSamples: 20, ScaleRequests: 5,
 		},
@@ -199,7 +211,8 @@ func TestRunSmoke(t *testing.T) {
 	}
 	for _, k := range []string{"nsenter_cli_p50_us", "oneshot_p50_us", "warm_p50_us", "warm_p99_us", "cold_p50_us",
 		"bare_plugin_p50_us", "floor_p50_us", "throughput_1_rps", "throughput_64_rps", "instance_rss_mib", "core_rss_growth_pct",
-		"storm_256_s", "storm_ratio", "storm_cold_target_ms"} {
+		"storm_256_s", "storm_ratio", "storm_cold_target_ms",
+		"cli_standalone_p50_us", "cli_standalone_nsenter_p50_us", "cli_standalone_vs_nsenter_cli"} {
 		x, ok := got[k].(float64)
 		if !ok {
 			t.Errorf("results.json: %s missing or not a number: %v", k, got[k])
@@ -207,7 +220,7 @@ func TestRunSmoke(t *testing.T) {
 			t.Errorf("results.json: %s = %v", k, x)
 		}
 	}
-	for _, want := range []string{"warm p50 <= nsenter_cli p50 / 40", "throughput (req/s)", "memory:"} {
+	for _, want := range []string{"warm p50 <= nsenter_cli p50 / 40", "cli_standalone p50 <= 3 x nsenter_cli p50", "throughput (req/s)", "memory:"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}

@@ -107,6 +107,19 @@ func (e *Env) FloorCase() (*Case, error) {
 // NsenterCase runs `nsenter -t PID -a cat File` per request, as an
 // operator would, against a target of its own.
 func (e *Env) NsenterCase() (*Case, error) {
+	t, err := e.Target()
+	if err != nil {
+		return nil, err
+	}
+	op, err := nsenterCat(t.PID())
+	if err != nil {
+		return nil, err
+	}
+	return &Case{Name: "nsenter_cli", Op: op, Close: func() {}}, nil
+}
+
+// nsenterCat is one `nsenter -t pid -a cat File`, its output checked.
+func nsenterCat(target int) (func() error, error) {
 	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
 		return nil, err
@@ -115,26 +128,66 @@ func (e *Env) NsenterCase() (*Case, error) {
 	if err != nil {
 		return nil, err
 	}
+	pid := strconv.Itoa(target)
+	return func() error {
+		out, err := exec.Command(nsenter, "-t", pid, "-a", cat, File).Output()
+		if err != nil {
+			return err
+		}
+		if string(out) != Hostname+"\n" {
+			return fmt.Errorf("nsenter cat %s: got %q", File, out)
+		}
+		return nil
+	}, nil
+}
+
+// CLICase runs a whole standalone `nsplug call --pid PID procfs.read`
+// process per operation (bin/nsplug with its embedded configuration, as
+// an operator runs it without a daemon), each paired with an `nsenter -t
+// PID -a cat File` of the same target just before it, timed apart:
+// Splits holds the pairs' nsenter times, so that the ratio compares runs
+// made at the same moment.
+type CLICase struct {
+	*Case
+	Splits []time.Duration
+}
+
+// CLICase makes the standalone CLI case; it builds bin/nsplug if needed.
+func (e *Env) CLICase() (*CLICase, error) {
+	cli, err := e.NsplugCLI()
+	if err != nil {
+		return nil, err
+	}
 	t, err := e.Target()
 	if err != nil {
 		return nil, err
 	}
+	nsenter, err := nsenterCat(t.PID())
+	if err != nil {
+		return nil, err
+	}
 	pid := strconv.Itoa(t.PID())
-	c := &Case{
-		Name: "nsenter_cli",
-		Op: func() error {
-			out, err := exec.Command(nsenter, "-t", pid, "-a", cat, File).Output()
-			if err != nil {
+	cc := &CLICase{}
+	cc.Case = &Case{
+		Name: "cli_standalone",
+		Prep: func() error {
+			start := time.Now()
+			if err := nsenter(); err != nil {
 				return err
 			}
-			if string(out) != Hostname+"\n" {
-				return fmt.Errorf("nsenter cat %s: got %q", File, out)
-			}
+			cc.Splits = append(cc.Splits, time.Since(start))
 			return nil
+		},
+		Op: func() error {
+			out, err := exec.Command(cli, "call", "--pid", pid, "procfs.read", string(readPayload)).Output()
+			if err != nil {
+				return fmt.Errorf("nsplug call: %v: %s", err, out)
+			}
+			return checkRead(out)
 		},
 		Close: func() {},
 	}
-	return c, nil
+	return cc, nil
 }
 
 // WarmCase sends sequential requests to one warm pooled instance.

@@ -49,8 +49,7 @@ type Env struct {
 	Log    hclog.Logger
 
 	mu          sync.Mutex
-	barePath    string // built on first use unless set by SetBarePlugin
-	bareErr     error
+	bare, cli   builtBinary // built on first use unless set by SetBarePlugin, SetNsplugCLI
 	dispatchers []*core.Dispatcher
 	closers     []func()
 }
@@ -155,35 +154,56 @@ func checkRead(resp json.RawMessage) error {
 }
 
 // SetBarePlugin uses an already built bench/bareplugin binary.
-func (e *Env) SetBarePlugin(path string) {
-	e.mu.Lock()
-	e.barePath, e.bareErr = path, nil
-	e.mu.Unlock()
-}
+func (e *Env) SetBarePlugin(path string) { e.setBinary(&e.bare, path) }
 
 // BarePlugin returns the bare plugin binary, building it on first use with
 // the go command (the working directory must lie in the nsplug module).
 func (e *Env) BarePlugin() (string, error) {
+	return e.binary(&e.bare, "github.com/nsplug/nsplug/bench/bareplugin", "bareplugin")
+}
+
+// SetNsplugCLI uses an already built bin/nsplug.
+func (e *Env) SetNsplugCLI(path string) { e.setBinary(&e.cli, path) }
+
+// NsplugCLI returns the nsplug command, building it on first use like
+// BarePlugin.
+func (e *Env) NsplugCLI() (string, error) {
+	return e.binary(&e.cli, "github.com/nsplug/nsplug/cmd/nsplug", "nsplug")
+}
+
+// builtBinary is a binary of this module a case runs: given, or built once.
+type builtBinary struct {
+	path string
+	err  error
+}
+
+func (e *Env) setBinary(b *builtBinary, path string) {
+	e.mu.Lock()
+	b.path, b.err = path, nil
+	e.mu.Unlock()
+}
+
+func (e *Env) binary(b *builtBinary, pkg, name string) (string, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.barePath != "" || e.bareErr != nil {
-		return e.barePath, e.bareErr
+	if b.path != "" || b.err != nil {
+		return b.path, b.err
 	}
 	gocmd, err := exec.LookPath("go")
 	if err != nil {
 		gocmd = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	out := filepath.Join(e.RunDir, "bareplugin")
-	build := exec.Command(gocmd, "build", "-o", out, "github.com/nsplug/nsplug/bench/bareplugin")
-	// The bare plugin is built like the nsplug binary would be: no race
-	// detector or coverage even when the bench itself runs under them.
+	out := filepath.Join(e.RunDir, name)
+	build := exec.Command(gocmd, "build", "-o", out, pkg)
+	// Built as `make build` builds: no race detector or coverage even
+	// when the bench itself runs under them.
 	build.Env = append(os.Environ(), "GOFLAGS=")
 	start := time.Now()
 	if msg, err := build.CombinedOutput(); err != nil {
-		e.bareErr = fmt.Errorf("building bench/bareplugin: %v\n%s", err, msg)
-		return "", e.bareErr
+		b.err = fmt.Errorf("building %s: %v\n%s", pkg, err, msg)
+		return "", b.err
 	}
-	e.Log.Debug("built the bare plugin", "path", out, "took", time.Since(start))
-	e.barePath = out
+	e.Log.Debug("built", "package", pkg, "path", out, "took", time.Since(start))
+	b.path = out
 	return out, nil
 }

@@ -63,11 +63,14 @@ func checks(v map[string]any) []Check {
 		{Check{Name: "oneshot p50 <= nsenter_cli p50", Value: oneshot, Limit: nsenter, Unit: "µs", AtMost: true,
 			Note: fmt.Sprintf("oneshot/nsenter_cli = %.2fx (want <= 1x)", ratio(oneshot, nsenter))},
 			[]string{"oneshot_p50_us", "nsenter_cli_p50_us"}},
+		{Check{Name: "cli_standalone p50 <= 3 x nsenter_cli p50", Value: num(v, "cli_standalone_p50_us"), Limit: round(3*num(v, "cli_standalone_nsenter_p50_us"), 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("cli_standalone/nsenter_cli = %.2fx over paired runs (want <= 3x)", num(v, "cli_standalone_vs_nsenter_cli"))},
+			[]string{"cli_standalone_p50_us", "cli_standalone_nsenter_p50_us"}},
 		{Check{Name: "throughput 64 callers/16 targets >= 1.6 x 1 caller", Value: tp64, Limit: round(1.6*tp1, 0), Unit: "req/s",
 			Note: fmt.Sprintf("64x16 / 1x1 = %.2fx (want >= 1.6x)", ratio(tp64, tp1))},
 			[]string{"throughput_1_rps", "throughput_64_rps"}},
 		{Check{Name: "warm instance RSS <= 12 MiB", Value: num(v, "instance_rss_mib"), Limit: 12, Unit: "MiB", AtMost: true,
-			Note: fmt.Sprintf("anon %.1f + shmem (memfd text) %.1f + file %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
+			Note: fmt.Sprintf("anon %.1f + shmem %.1f + file (text) %.1f MiB; bare go-plugin plugin %.1f MiB", num(v, "instance_rss_anon_mib"), num(v, "instance_rss_shmem_mib"), num(v, "instance_rss_file_mib"), num(v, "bare_plugin_rss_mib"))},
 			[]string{"instance_rss_mib"}},
 		{Check{Name: "per-target PSS <= 4 MiB", Value: num(v, "per_target_pss_mib"), Limit: 4, Unit: "MiB", AtMost: true,
 			Note: fmt.Sprintf("every built-in warm, %v requests each, waiters included", v["scale_requests"])},
@@ -125,7 +128,7 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (µs)\tn\tp50\tp90\tp99\tmin\tmean\tp50 vs floor\t")
 	floor := r.Summary["floor"].P50
-	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "warm_long"} {
+	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "cli_standalone", "cli_standalone_nsenter", "warm_long"} {
 		s, ok := r.Summary[name]
 		if !ok {
 			continue
@@ -134,6 +137,8 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 		switch name {
 		case "bare_plugin_start_call":
 			label = "  (bare: until the call returned, no kill)"
+		case "cli_standalone_nsenter":
+			label = "  (cli: the nsenter_cli run paired with each)"
 		case "warm_long":
 			label = fmt.Sprintf("  (warm: %d in a row, memory phase)", s.N)
 		}

@@ -25,6 +25,8 @@ type Params struct {
 	Rounds int // the latency cases are interleaved over this many rounds
 	// Samples per latency case over the whole run.
 	Floor, Warm, Nsenter, Oneshot, Cold, Bare int
+	// CLI whole nsplug call processes, each paired with an nsenter.
+	CLI int
 	// MemRequests sequential warm requests between the two readings of
 	// the core's RSS, after MemWarmup.
 	MemRequests, MemWarmup int
@@ -43,14 +45,14 @@ type Params struct {
 
 // Quick finishes within two minutes on two cores.
 var Quick = Params{
-	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80,
+	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80, CLI: 60,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 300 * time.Millisecond, ThroughputDur: 1500 * time.Millisecond,
 	ColdProfile: 40, ScaleTargets: []int{1, 16, 64}, ScaleSamples: 2000, ScaleRequests: 1000,
 }
 
 // Full takes about two minutes.
 var Full = Params{
-	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000,
+	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000, CLI: 400,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
 	ColdProfile: 200, ScaleTargets: []int{1, 16, 64, 256}, ScaleSamples: 5000, ScaleRequests: 1000,
 }
@@ -63,12 +65,13 @@ type Config struct {
 	Progress    io.Writer // nil: none
 	ResultsPath string    // results.json; empty: not written
 	BarePlugin  string    // a built bench/bareplugin; empty: built on the spot
+	NsplugCLI   string    // a built bin/nsplug; empty: built on the spot
 	ProfileDir  string    // when set: CPU profiles of the core (warm.pprof, cold.pprof)
 	Only        []string  // run only these of Phases (experiments, profiling); nil: all
 }
 
 // Phases are the parts of a run: the latency cases, memory and throughput.
-var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "memory", "throughput", "storm", "scale"}
+var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "cli_standalone", "memory", "throughput", "storm", "scale"}
 
 // Throughput configurations: callers × targets.
 var (
@@ -125,6 +128,9 @@ func Run(cfg Config) (*Results, error) {
 	if cfg.BarePlugin != "" {
 		env.SetBarePlugin(cfg.BarePlugin)
 	}
+	if cfg.NsplugCLI != "" {
+		env.SetNsplugCLI(cfg.NsplugCLI)
+	}
 	if cfg.ProfileDir != "" {
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
 			return nil, err
@@ -154,6 +160,7 @@ func Run(cfg Config) (*Results, error) {
 		warmD    *core.Dispatcher
 		cold     *Case
 		bareCase *BareCase
+		cliCase  *CLICase
 	)
 	if want("floor") {
 		floor, err := env.FloorCase()
@@ -205,6 +212,14 @@ func Run(cfg Config) (*Results, error) {
 		}
 	}
 
+	if want("cli_standalone") {
+		if cliCase, err = env.CLICase(); err != nil {
+			return nil, err
+		}
+		defer cliCase.Close()
+		add(cliCase.Case, p.CLI)
+	}
+
 	// Two untimed operations each: page cache, first-use allocations.
 	for _, l := range latency {
 		if _, err := l.c.Sample(2, nil); err != nil {
@@ -213,6 +228,9 @@ func Run(cfg Config) (*Results, error) {
 	}
 	if bareCase != nil {
 		bareCase.Splits = bareCase.Splits[:0]
+	}
+	if cliCase != nil {
+		cliCase.Splits = cliCase.Splits[:0]
 	}
 
 	// Memory: one warm instance, and the core over MemRequests requests.
@@ -254,6 +272,15 @@ func Run(cfg Config) (*Results, error) {
 		split := Summarize(bareCase.Splits)
 		res.Summary["bare_plugin_start_call"] = split
 		v["bare_plugin_start_call_p50_us"] = us(split.P50)
+	}
+
+	if cliCase != nil {
+		pairs := Summarize(cliCase.Splits)
+		res.Summary["cli_standalone_nsenter"] = pairs
+		v["cli_standalone_nsenter_p50_us"] = us(pairs.P50)
+		if pairs.P50 > 0 {
+			v["cli_standalone_vs_nsenter_cli"] = round(float64(res.Summary["cli_standalone"].P50)/float64(pairs.P50), 2)
+		}
 	}
 
 	if cold != nil && cfg.ProfileDir != "" && p.ColdProfile > 0 {

@@ -41,6 +41,12 @@ type Options struct {
 	// CLI logs them at debug, so that a call served by another plugin
 	// prints nothing on stderr).
 	LoadFailureLevel hclog.Level
+	// Oneshot serves every request with a process of its own, started for
+	// it and reaped before the request returns, whatever each plugin's
+	// mode: for a process that makes one request and exits (nsplug call),
+	// which a pooled instance would outlive for nothing but the cost of
+	// its control plane (go-plugin's handshake, gRPC, a graceful shutdown).
+	Oneshot bool
 	// Started, when set, is called with the host pid of every plugin
 	// process the core starts (to serve requests, for one oneshot
 	// request, or to describe a plugin), as soon as it runs. It is for
@@ -104,6 +110,7 @@ type Dispatcher struct {
 	runDir  *runDir
 	started func(pid int) // Options.Started
 	events  func(Event)   // Options.Events
+	oneshot bool          // Options.Oneshot
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
@@ -140,7 +147,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	} else if lim.Cur < lim.Max {
 		log.Debug("raised the fd limit (RLIMIT_NOFILE) to its hard limit", "soft", lim.Cur, "hard", lim.Max)
 	}
-	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, newAdmission(cfg.MaxStartsPerTarget, cfg.StartLimit(), cfg.MaxQueuedStarts))}
+	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, oneshot: opts.Oneshot, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, newAdmission(cfg.MaxStartsPerTarget, cfg.StartLimit(), cfg.MaxQueuedStarts))}
 	d.events, d.pool.events = opts.Events, opts.Events
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
@@ -453,6 +460,9 @@ func (d *Dispatcher) Plugins() []PluginInfo {
 			info.Status, info.Error = PluginFailed, e.reason()
 		}
 		info.SHA256 = e.sha256
+		if e.builtin && e.exe != nil {
+			info.SHA256 = e.exe.sum()
+		}
 		if info.Types == nil {
 			info.Types = []TypeInfo{}
 		}

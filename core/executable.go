@@ -6,21 +6,33 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// sealedExecutable is an in-memory, sealed copy of a plugin executable.
+// sealedExecutable is what a plugin's processes are started from, never
+// the path: an executable that no process in a target can modify or
+// replace, and that /proc/PID/exe of a plugin names without naming a
+// host file a process in the target might reach (the runc CVE-2019-5736
+// class of bug). It takes one of two forms:
 //
-// Plugins are started from the copy, never from the path: the sha256 in the
-// configuration is checked on the very bytes that get executed (no window
-// between check and use), and /proc/PID/exe of a plugin names an anonymous
-// memfd rather than a host file a process in the target might reach (the
-// runc CVE-2019-5736 class of bug).
+//   - a sealed memfd copy (sealExecutable): the sha256 in the
+//     configuration is checked on the very bytes that get executed (no
+//     window between check and use). Third-party plugins always run from
+//     one. The copy costs a read and a write of the whole file.
+//   - the file itself, opened through a read-only overlayfs mount that is
+//     attached nowhere (overlayExecutable): nothing is copied. The
+//     built-ins run from one of the core's own executable, which the
+//     kernel keeps from being written while the core runs it; where the
+//     kernel or the core's privileges allow no such mount, from a copy.
 type sealedExecutable struct {
-	file   *os.File
-	sha256 string
+	file    *os.File
+	sumOnce sync.Once
+	sha256  string // of the copy at once; of the overlay's file when first asked (see sum)
 }
 
 // sealExecutable copies path into a sealed memfd. When want is not empty,
@@ -29,23 +41,11 @@ type sealedExecutable struct {
 // device at path cannot stall the core) and its type and size are checked
 // on the opened descriptor, before anything is read.
 func sealExecutable(name, path, want string, max int64) (*sealedExecutable, error) {
-	srcFD, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	src, _, err := openExecutable(name, path, max)
 	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
+		return nil, err
 	}
-	src := os.NewFile(uintptr(srcFD), path)
 	defer src.Close()
-	st, err := src.Stat()
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("plugin %s: %w", name, err)
-	case !st.Mode().IsRegular():
-		return nil, fmt.Errorf("plugin %s: %s is not a regular file (%s)", name, path, fileKind(st.Mode()))
-	case st.Mode().Perm()&0o111 == 0:
-		return nil, fmt.Errorf("plugin %s: %s is not executable (mode %v)", name, path, st.Mode().Perm())
-	case st.Size() > max:
-		return nil, fmt.Errorf("plugin %s: %s is %d bytes, more than max_plugin_bytes (%d)", name, path, st.Size(), max)
-	}
 	fd, err := unix.MemfdCreate("nsplug-"+name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if err == unix.EINVAL { // kernels before 6.3 do not know MFD_EXEC
 		fd, err = unix.MemfdCreate("nsplug-"+name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
@@ -53,14 +53,10 @@ func sealExecutable(name, path, want string, max int64) (*sealedExecutable, erro
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: memfd_create: %w", name, err)
 	}
-	// os/exec places a child's extra files at fds 3..5 before exec, so the
-	// memfd, named by /proc/self/fd/N, must sit above them.
-	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 16)
-	unix.Close(fd)
+	mem, err := highFile(fd, "memfd:nsplug-"+name)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
-	mem := os.NewFile(uintptr(high), "memfd:nsplug-"+name)
 	h := sha256.New()
 	// The file may grow between fstat and the copy: copy at most one
 	// byte more than allowed, to tell.
@@ -85,6 +81,129 @@ func sealExecutable(name, path, want string, max int64) (*sealedExecutable, erro
 	return &sealedExecutable{file: mem, sha256: sum}, nil
 }
 
+// overlayExecutable opens path through a read-only overlayfs mount of
+// its directory made with fsopen/fsmount and never attached (runc 1.2
+// protects its own binary this way):
+//
+//   - the mount is read-only, and so is its superblock, which has no
+//     upper layer: no bind mount or remount of it is writable, and an open
+//     for writing of the file, through /proc/PID/exe or a descriptor,
+//     fails with EROFS;
+//   - it is attached to no directory in any mount namespace: the file
+//     has no path anyone can open or replace (/proc/PID/exe reads
+//     "/NAME"), and no rename over path changes what the descriptor names.
+//
+// Nothing is copied. The file opened must be the one checked at path
+// (same inode, size and times), else this fails and the caller copies.
+// below is a directory only root may write to: an overlay without an
+// upper layer needs two lower ones, and path's directory goes above it.
+// Where the kernel has no overlayfs or the new mount API, or the core may
+// not mount (no CAP_SYS_ADMIN), this fails at once.
+func overlayExecutable(name, path, below string, max int64) (*sealedExecutable, error) {
+	dir, base := filepath.Split(path)
+	// The lowerdir list is split at ':' (escaped below); kernels that
+	// hand fsconfig strings to the legacy option parser split at ','.
+	if strings.ContainsRune(path+below, ',') {
+		return nil, fmt.Errorf("plugin %s: %s: a comma in the path", name, path)
+	}
+	src, want, err := openExecutable(name, path, max)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: fsopen overlay: %w", name, err)
+	}
+	defer unix.Close(fsfd)
+	// The executable's directory on top: a file of its name below
+	// cannot mask it.
+	lower := escapeLowerDir(dir) + ":" + escapeLowerDir(below)
+	if err := unix.FsconfigSetString(fsfd, "lowerdir", lower); err != nil {
+		return nil, fmt.Errorf("plugin %s: overlay lowerdir=%s: %w", name, lower, err)
+	}
+	// Inode numbers stay the lower file's (compared below), and no
+	// warning about xino lands in the kernel log; older kernels lack it.
+	_ = unix.FsconfigSetString(fsfd, "xino", "off")
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("plugin %s: overlay of %s: %w", name, dir, err)
+	}
+	mnt, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOSUID)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: fsmount overlay: %w", name, err)
+	}
+	// The descriptor of the file keeps the mount alive; nothing else does.
+	fd, err := unix.Openat(mnt, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	unix.Close(mnt)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: opening %s on the overlay: %w", name, base, err)
+	}
+	f, err := highFile(fd, path)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", name, err)
+	}
+	var got unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &got); err != nil || !sameFile(&got, want) {
+		f.Close()
+		return nil, fmt.Errorf("plugin %s: %s changed while it was opened", name, path)
+	}
+	return &sealedExecutable{file: f}, nil
+}
+
+// openExecutable opens path, which must be a regular, executable file of
+// at most max bytes, without blocking (a FIFO or a device at path cannot
+// stall the core), and checks it on the opened descriptor.
+func openExecutable(name, path string, max int64) (*os.File, *unix.Stat_t, error) {
+	srcFD, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("plugin %s: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	src := os.NewFile(uintptr(srcFD), path)
+	var raw unix.Stat_t
+	st, err := src.Stat()
+	if err == nil {
+		err = unix.Fstat(srcFD, &raw)
+	}
+	switch {
+	case err != nil:
+		err = fmt.Errorf("plugin %s: %w", name, err)
+	case !st.Mode().IsRegular():
+		err = fmt.Errorf("plugin %s: %s is not a regular file (%s)", name, path, fileKind(st.Mode()))
+	case st.Mode().Perm()&0o111 == 0:
+		err = fmt.Errorf("plugin %s: %s is not executable (mode %v)", name, path, st.Mode().Perm())
+	case st.Size() > max:
+		err = fmt.Errorf("plugin %s: %s is %d bytes, more than max_plugin_bytes (%d)", name, path, st.Size(), max)
+	}
+	if err != nil {
+		src.Close()
+		return nil, nil, err
+	}
+	return src, &raw, nil
+}
+
+// sameFile reports whether two stats (one through the overlay, whose
+// device is its own) are of one file, unchanged.
+func sameFile(a, b *unix.Stat_t) bool {
+	return a.Ino == b.Ino && a.Mode == b.Mode && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
+}
+
+// escapeLowerDir escapes the separators of overlayfs's lowerdir list.
+func escapeLowerDir(path string) string {
+	return strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(path)
+}
+
+// highFile moves fd above the fds os/exec places a child's extra files
+// at (3..5 and up) before exec: the executable, named by
+// /proc/self/fd/N, must not be overwritten by one of them.
+func highFile(fd int, name string) (*os.File, error) {
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 16)
+	unix.Close(fd)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(high), name), nil
+}
+
 // fileKind names the type of a file that is not a regular one.
 func fileKind(m os.FileMode) string {
 	switch {
@@ -105,6 +224,28 @@ func fileKind(m os.FileMode) string {
 // path names the copy for execve in a child of this process.
 func (e *sealedExecutable) path() string {
 	return "/proc/self/fd/" + strconv.Itoa(int(e.file.Fd()))
+}
+
+// sum is the sha256 of the executable: for an overlay's file, read
+// through the descriptor the first time it is asked for (not at every
+// start of the core: hashing 20 MiB would cost more than the copy saves).
+// "" if it cannot be read.
+func (e *sealedExecutable) sum() string {
+	e.sumOnce.Do(func() {
+		if e.sha256 != "" {
+			return
+		}
+		f, err := os.Open(e.path()) // opens the O_PATH descriptor's file for reading
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err == nil {
+			e.sha256 = hex.EncodeToString(h.Sum(nil))
+		}
+	})
+	return e.sha256
 }
 
 func (e *sealedExecutable) close() { e.file.Close() }

@@ -85,18 +85,33 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.Descr
 			l.self, l.selfErr = os.Executable()
 		}
 		if l.selfErr == nil {
-			l.selfExe, l.selfErr = sealExecutable("builtin", l.self, "", l.cfg.MaxPluginBytes)
+			l.selfExe, l.selfErr = l.openSelf()
 		}
 	}
 	if l.selfErr != nil {
 		return nil, l.selfErr
 	}
-	e.exe, e.path, e.sha256 = l.selfExe, l.self, l.selfExe.sha256
+	e.exe, e.path = l.selfExe, l.self // its sha256: e.exe.sum(), when asked
 	var pcfg wire.PluginConfig
 	if err := json.Unmarshal(e.pluginConfig, &pcfg); err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
 	}
 	return b.Describe(&pcfg)
+}
+
+// openSelf opens the executable serving the built-ins, once for all of
+// them: through a detached read-only overlay, or, where the kernel or the
+// core's privileges allow none, as a sealed copy (see sealedExecutable).
+// The overlay's second lower layer is runtime_dir, root's alone: the
+// executable's directory above it decides what its name finds, and
+// overlayExecutable checks that it found the file at l.self.
+func (l *loader) openSelf() (*sealedExecutable, error) {
+	exe, err := overlayExecutable("builtin", l.self, l.d.runDir.root, l.cfg.MaxPluginBytes)
+	if err == nil {
+		return exe, nil
+	}
+	l.d.log.Debug("built-ins start from a sealed copy of the executable", "reason", err)
+	return sealExecutable("builtin", l.self, "", l.cfg.MaxPluginBytes)
 }
 
 // knownTypes are the types a plugin would serve, as far as they are known
@@ -126,8 +141,10 @@ func (d *Dispatcher) recordFailure(e *pluginEntry, types []string, err error, le
 	}
 	if e.exe != nil && !e.builtin {
 		e.exe.close() // its memory is of no use now
+		e.exe = nil
 	}
-	e.exe = nil
+	// A built-in's is shared with the others (Close closes it), and
+	// keeps what Plugins shows of it.
 	d.log.Log(level, "plugin failed to load: its types are refused, the other plugins serve", "plugin", e.name, "error", e.reason())
 }
 

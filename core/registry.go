@@ -18,7 +18,7 @@ type pluginEntry struct {
 	builtin      bool
 	path         string
 	exe          *sealedExecutable
-	sha256       string // of exe; kept when a failed plugin's exe is closed
+	sha256       string // of a third-party plugin's exe, kept when a failed one's is closed (a built-in's: exe.sum())
 	err          error  // why it failed to load; nil when it serves
 	settings     config.Settings
 	join         uintptr // namespaces it may join; all by default
@@ -76,6 +76,9 @@ func builtinNamed(builtins []Builtin, name string) bool {
 // can unshare what unshare lists.
 func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry) error {
 	s := cfg.Settings(pc)
+	if d.oneshot {
+		s.Mode = "oneshot"
+	}
 	e.settings, e.join = s, nsexec.AllNamespaces
 	if len(s.Namespaces) > 0 {
 		e.join, _ = nsexec.ParseNamespaces(s.Namespaces)

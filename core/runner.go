@@ -46,7 +46,8 @@ type nsRunner struct {
 	framesOnly bool
 
 	stdout, stderr io.ReadCloser
-	status         chan string // the bootstrap's failure message, "" if none
+	status         chan string   // the bootstrap's failure message, "" if none
+	booted         chan struct{} // closed when the status pipe closes: the bootstrap is done, or the process gone
 	statusMsg      string
 	statusMu       sync.Mutex
 	killed         atomic.Bool // Kill was called while the process lived
@@ -157,10 +158,12 @@ func (r *nsRunner) Start(ctx context.Context) (err error) {
 		r.started(r.cmd.Process.Pid)
 	}
 	r.status = make(chan string, 1)
+	r.booted = make(chan struct{})
 	go func() {
 		msg, _ := io.ReadAll(io.LimitReader(statusR, 4096))
 		statusR.Close()
 		r.status <- strings.TrimSpace(string(msg))
+		close(r.booted)
 	}()
 	return nil
 }
@@ -192,6 +195,25 @@ func (r *nsRunner) ready(ctx context.Context, timeout time.Duration) error {
 		return errors.New("it exited before it served")
 	}
 	return nil
+}
+
+// limitStart kills the process unless its bootstrap is done within d: the
+// start_timeout of a start without a handshake to wait for (a oneshot
+// one). expired stops the clock and reports whether it killed it.
+func (r *nsRunner) limitStart(d time.Duration) (expired func() bool) {
+	var fired atomic.Bool
+	t := time.AfterFunc(d, func() {
+		select {
+		case <-r.booted:
+		default:
+			fired.Store(true)
+			r.Kill(context.Background())
+		}
+	})
+	return func() bool {
+		t.Stop()
+		return fired.Load()
+	}
 }
 
 // startError is the bootstrap's own account of a failed start, if it

@@ -170,11 +170,10 @@ func TestHandlerProcessIsSealedFromTheTarget(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(runDir, "*")); len(left) != 0 {
 		t.Errorf("left in runtime_dir %s while serving: %v", runDir, left)
 	}
-	// /proc/PID/exe is a sealed copy, not a host file.
-	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", h))
-	if !strings.HasPrefix(exe, "/memfd:nsplug") {
-		t.Errorf("handler exe = %q, want a memfd", exe)
-	}
+	// /proc/PID/exe is a sealed copy or the file on a detached read-only
+	// overlay, not a host file: no path reaches it, and it cannot be
+	// opened for writing.
+	assertExeSealed(t, h)
 
 	// Root inside the target tries to look at the handler.
 	inner := innerPID(t, h)
@@ -611,6 +610,37 @@ func TestOneshotFailures(t *testing.T) {
 	}
 	if kids := processesOf(d); len(kids) != 0 {
 		t.Errorf("plugin processes after oneshot requests: %v", kids)
+	}
+}
+
+// A oneshot start is bounded by start_timeout, as a handshake is; and
+// core.Options.Oneshot (nsplug call's) serves every plugin that way,
+// whatever its mode.
+func TestOneshotStartTimeoutAndOption(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	pid := target.PID()
+	slow, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\nstart_timeout = \"200ms\"\n[[plugin]]\nname = \"probe\"\n[plugin.options]\nstart_delay_ms = 3000\n")
+	wantErrno(t, call(t, slow, pid, "probe.whoami", `{}`, nil), syscall.ETIMEDOUT, "start_timeout of 200ms")
+	if kids := processesOf(slow); len(kids) != 0 {
+		t.Errorf("plugin processes after a start that timed out: %v", kids)
+	}
+	d, _ := newDispatcherWith(t, "[defaults]\nmode = \"pooled\"\n", core.Options{Oneshot: true})
+	var w whoami
+	mustCall(t, d, pid, "probe.whoami", `{}`, &w)
+	if w.Hostname != "nsplug-sandbox" {
+		t.Errorf("whoami: %+v", w)
+	}
+	if in := d.Instances(); len(in) != 0 {
+		t.Errorf("instances after a request with Options.Oneshot: %+v", in)
+	}
+	if kids := processesOf(d); len(kids) != 0 {
+		t.Errorf("plugin processes after the request: %v", kids)
+	}
+	for _, p := range d.Plugins() {
+		if p.Mode != "oneshot" {
+			t.Errorf("plugin %s: mode %q with Options.Oneshot", p.Name, p.Mode)
+		}
 	}
 }
 

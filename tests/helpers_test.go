@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,7 +96,12 @@ func newDispatcherWith(t *testing.T, toml string, opts core.Options) (*core.Disp
 // opts.Builtins are the test's.
 func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
 	t.Helper()
-	runDir := t.TempDir()
+	return newCoreIn(t, t.TempDir(), toml, opts, limit, unblock)
+}
+
+// newCoreIn is newCore with runDir for runtime_dir.
+func newCoreIn(t *testing.T, runDir, toml string, opts core.Options, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
+	t.Helper()
 	before := snapshot(t)
 	opts.Started = before.started.add
 	cfg, err := config.Parse([]byte(fmt.Sprintf("runtime_dir = %q\n%s", runDir, toml)), "test.toml")
@@ -316,13 +322,17 @@ func (r resources) leaksAtExit() string {
 	}
 }
 
-// pluginChildren lists this process's children that are plugin processes
-// (their executable is a sealed memfd copy), as "pid:exe".
+// pluginChildren lists this process's children that are plugin processes,
+// as "pid:exe": the core runs each from a sealed memfd copy or, for
+// built-ins, from a detached overlay, where /proc/PID/exe reads "/NAME"
+// (no host path), and names it "nsplug-PLUGIN" (argv[0]).
 func pluginChildren() []string {
 	var out []string
 	for _, pid := range childrenOf(os.Getpid()) {
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if strings.Contains(exe, "memfd:nsplug") {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		overlay := strings.Count(exe, "/") == 1 && bytes.HasPrefix(cmdline, []byte("nsplug-"))
+		if strings.Contains(exe, "memfd:nsplug") || overlay {
 			out = append(out, fmt.Sprintf("%d:%s", pid, exe))
 		}
 	}

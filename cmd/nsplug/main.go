@@ -230,8 +230,9 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// open loads the configuration and starts a dispatcher with the built-ins.
-func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
+// open loads the configuration and starts a dispatcher with the
+// built-ins. oneshot: for one request (see core.Options.Oneshot).
+func (c *commonFlags) open(stderr io.Writer, oneshot bool) (*core.Dispatcher, error) {
 	cfg, log, err := c.load(stderr, "warn")
 	if err != nil {
 		return nil, err
@@ -239,7 +240,7 @@ func (c *commonFlags) open(stderr io.Writer) (*core.Dispatcher, error) {
 	// A plugin that failed to load is reported where it matters, not as a
 	// log line on every command: plugins lists it, and a call of its type
 	// fails naming the failure, which is then that call's one line.
-	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug})
+	return core.New(cfg, core.Options{Logger: log, Builtins: builtin.All(), LoadFailureLevel: hclog.Debug, Oneshot: oneshot})
 }
 
 // load reads the configuration (--config, or the embedded one) and makes
@@ -342,7 +343,7 @@ func cmdCall(args []string, stdout, stderr io.Writer) error {
 }
 
 func callInProcess(ctx context.Context, c *commonFlags, stderr io.Writer, req core.Request) (*core.Response, error) {
-	d, err := c.open(stderr)
+	d, err := c.open(stderr, true)
 	if err != nil {
 		return nil, err
 	}
@@ -526,7 +527,7 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 }
 
 func pluginsInProcess(c *commonFlags, stderr io.Writer) ([]core.PluginInfo, error) {
-	d, err := c.open(stderr)
+	d, err := c.open(stderr, false)
 	if err != nil {
 		return nil, err
 	}

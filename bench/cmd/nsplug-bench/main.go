@@ -3,7 +3,7 @@
 // writes bench/results.json. `make bench` and `make bench BENCH=quick` run
 // it.
 //
-//	nsplug-bench [-mode quick|full] [-out FILE] [-bare PATH] [-profile DIR] [-only PHASES]
+//	nsplug-bench [-mode quick|full] [-out FILE] [-bare PATH] [-nsplug PATH] [-profile DIR] [-only PHASES]
 package main
 
 import (
@@ -21,6 +21,7 @@ func main() {
 	mode := flag.String("mode", "full", "quick (within two minutes on two cores) or full")
 	out := flag.String("out", "bench/results.json", "where to write the results (empty: nowhere)")
 	bare := flag.String("bare", "", "a built bench/bareplugin binary (default: built with the go command)")
+	cli := flag.String("nsplug", "", "a built bin/nsplug, for the standalone CLI case (default: built with the go command)")
 	prof := flag.String("profile", "", "write CPU profiles of the core (warm.pprof, cold.pprof) to this directory")
 	only := flag.String("only", "", "comma-separated phases to run (default all): "+strings.Join(bench.Phases, ","))
 	flag.Parse()
@@ -38,6 +39,7 @@ func main() {
 		Progress:    os.Stderr,
 		ResultsPath: *out,
 		BarePlugin:  *bare,
+		NsplugCLI:   *cli,
 		ProfileDir:  *prof,
 		Only:        phases,
 	})
