@@ -154,6 +154,12 @@ type CLICase struct {
 
 // CLICase makes the standalone CLI case; it builds bin/nsplug if needed.
 func (e *Env) CLICase() (*CLICase, error) {
+	return e.pairedCLICase("cli_standalone", "call")
+}
+
+// pairedCLICase runs `nsplug ARGS... --pid PID procfs.read` per operation,
+// each paired with an nsenter_cli run just before it (CLICase.Splits).
+func (e *Env) pairedCLICase(name string, args ...string) (*CLICase, error) {
 	cli, err := e.NsplugCLI()
 	if err != nil {
 		return nil, err
@@ -166,10 +172,10 @@ func (e *Env) CLICase() (*CLICase, error) {
 	if err != nil {
 		return nil, err
 	}
-	pid := strconv.Itoa(t.PID())
+	argv := append(args, "--pid", strconv.Itoa(t.PID()), "procfs.read", string(readPayload))
 	cc := &CLICase{}
 	cc.Case = &Case{
-		Name: "cli_standalone",
+		Name: name,
 		Prep: func() error {
 			start := time.Now()
 			if err := nsenter(); err != nil {
@@ -179,9 +185,9 @@ func (e *Env) CLICase() (*CLICase, error) {
 			return nil
 		},
 		Op: func() error {
-			out, err := exec.Command(cli, "call", "--pid", pid, "procfs.read", string(readPayload)).Output()
+			out, err := exec.Command(cli, argv...).Output()
 			if err != nil {
-				return fmt.Errorf("nsplug call: %v: %s", err, out)
+				return fmt.Errorf("nsplug %v: %v: %s", args, err, out)
 			}
 			return checkRead(out)
 		},

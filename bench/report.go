@@ -66,6 +66,15 @@ func checks(v map[string]any) []Check {
 		{Check{Name: "cli_standalone p50 <= 3 x nsenter_cli p50", Value: num(v, "cli_standalone_p50_us"), Limit: round(3*num(v, "cli_standalone_nsenter_p50_us"), 1), Unit: "µs", AtMost: true,
 			Note: fmt.Sprintf("cli_standalone/nsenter_cli = %.2fx over paired runs (want <= 3x)", num(v, "cli_standalone_vs_nsenter_cli"))},
 			[]string{"cli_standalone_p50_us", "cli_standalone_nsenter_p50_us"}},
+		{Check{Name: "daemon_call p50 <= 1.5 x warm p50", Value: num(v, "daemon_call_p50_us"), Limit: round(1.5*warm, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("daemon_call/warm = %.2fx (want <= 1.5x)", ratio(num(v, "daemon_call_p50_us"), warm))},
+			[]string{"daemon_call_p50_us", "warm_p50_us"}},
+		{Check{Name: "daemon_call p50 <= nsenter_cli p50 / 25", Value: num(v, "daemon_call_p50_us"), Limit: round(nsenter/25, 1), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("nsenter_cli/daemon_call = %.1fx (want >= 25x)", ratio(nsenter, num(v, "daemon_call_p50_us")))},
+			[]string{"daemon_call_p50_us", "nsenter_cli_p50_us"}},
+		{Check{Name: "cli_daemon p50 <= nsenter_cli p50", Value: num(v, "cli_daemon_p50_us"), Limit: num(v, "cli_daemon_nsenter_p50_us"), Unit: "µs", AtMost: true,
+			Note: fmt.Sprintf("cli_daemon/nsenter_cli = %.2fx over paired runs (want <= 1x)", num(v, "cli_daemon_vs_nsenter_cli"))},
+			[]string{"cli_daemon_p50_us", "cli_daemon_nsenter_p50_us"}},
 		{Check{Name: "throughput 64 callers/16 targets >= 1.6 x 1 caller", Value: tp64, Limit: round(1.6*tp1, 0), Unit: "req/s",
 			Note: fmt.Sprintf("64x16 / 1x1 = %.2fx (want >= 1.6x)", ratio(tp64, tp1))},
 			[]string{"throughput_1_rps", "throughput_64_rps"}},
@@ -128,7 +137,7 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (µs)\tn\tp50\tp90\tp99\tmin\tmean\tp50 vs floor\t")
 	floor := r.Summary["floor"].P50
-	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "cli_standalone", "cli_standalone_nsenter", "warm_long"} {
+	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "cli_standalone", "cli_standalone_nsenter", "daemon_call", "cli_daemon", "cli_daemon_nsenter", "warm_long"} {
 		s, ok := r.Summary[name]
 		if !ok {
 			continue
@@ -139,6 +148,8 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 			label = "  (bare: until the call returned, no kill)"
 		case "cli_standalone_nsenter":
 			label = "  (cli: the nsenter_cli run paired with each)"
+		case "cli_daemon_nsenter":
+			label = "  (cli_daemon: the nsenter_cli run paired with each)"
 		case "warm_long":
 			label = fmt.Sprintf("  (warm: %d in a row, memory phase)", s.N)
 		}

@@ -25,8 +25,9 @@ type Params struct {
 	Rounds int // the latency cases are interleaved over this many rounds
 	// Samples per latency case over the whole run.
 	Floor, Warm, Nsenter, Oneshot, Cold, Bare int
-	// CLI whole nsplug call processes, each paired with an nsenter.
-	CLI int
+	// CLI whole nsplug call processes, each paired with an nsenter (as
+	// many through the daemon, with --addr); Daemon Calls through it.
+	CLI, Daemon int
 	// MemRequests sequential warm requests between the two readings of
 	// the core's RSS, after MemWarmup.
 	MemRequests, MemWarmup int
@@ -45,14 +46,14 @@ type Params struct {
 
 // Quick finishes within two minutes on two cores.
 var Quick = Params{
-	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80, CLI: 60,
+	Rounds: 4, Floor: 4000, Warm: 4000, Nsenter: 80, Oneshot: 80, Cold: 40, Bare: 80, CLI: 60, Daemon: 4000,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 300 * time.Millisecond, ThroughputDur: 1500 * time.Millisecond,
 	ColdProfile: 40, ScaleTargets: []int{1, 16, 64}, ScaleSamples: 2000, ScaleRequests: 1000,
 }
 
 // Full takes about two minutes.
 var Full = Params{
-	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000, CLI: 400,
+	Rounds: 10, Floor: 50000, Warm: 50000, Nsenter: 2000, Oneshot: 2000, Cold: 1000, Bare: 2000, CLI: 400, Daemon: 50000,
 	MemRequests: 100_000, MemWarmup: 50_000, ThroughputWarmup: 500 * time.Millisecond, ThroughputDur: 5 * time.Second,
 	ColdProfile: 200, ScaleTargets: []int{1, 16, 64, 256}, ScaleSamples: 5000, ScaleRequests: 1000,
 }
@@ -71,7 +72,7 @@ type Config struct {
 }
 
 // Phases are the parts of a run: the latency cases, memory and throughput.
-var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "cli_standalone", "memory", "throughput", "storm", "scale"}
+var Phases = []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "cli_standalone", "daemon", "memory", "throughput", "storm", "scale"}
 
 // Throughput configurations: callers × targets.
 var (
@@ -220,6 +221,24 @@ func Run(cfg Config) (*Results, error) {
 		add(cliCase.Case, p.CLI)
 	}
 
+	var cliDaemon *CLICase
+	if want("daemon") {
+		daemon, err := env.StartDaemon()
+		if err != nil {
+			return nil, err
+		}
+		defer daemon.Close()
+		call, err := env.DaemonCallCase(daemon)
+		if err != nil {
+			return nil, err
+		}
+		add(call, p.Daemon)
+		if cliDaemon, err = env.CLIDaemonCase(daemon); err != nil {
+			return nil, err
+		}
+		add(cliDaemon.Case, p.CLI)
+	}
+
 	// Two untimed operations each: page cache, first-use allocations.
 	for _, l := range latency {
 		if _, err := l.c.Sample(2, nil); err != nil {
@@ -231,6 +250,9 @@ func Run(cfg Config) (*Results, error) {
 	}
 	if cliCase != nil {
 		cliCase.Splits = cliCase.Splits[:0]
+	}
+	if cliDaemon != nil {
+		cliDaemon.Splits = cliDaemon.Splits[:0]
 	}
 
 	// Memory: one warm instance, and the core over MemRequests requests.
@@ -280,6 +302,15 @@ func Run(cfg Config) (*Results, error) {
 		v["cli_standalone_nsenter_p50_us"] = us(pairs.P50)
 		if pairs.P50 > 0 {
 			v["cli_standalone_vs_nsenter_cli"] = round(float64(res.Summary["cli_standalone"].P50)/float64(pairs.P50), 2)
+		}
+	}
+
+	if cliDaemon != nil {
+		pairs := Summarize(cliDaemon.Splits)
+		res.Summary["cli_daemon_nsenter"] = pairs
+		v["cli_daemon_nsenter_p50_us"] = us(pairs.P50)
+		if pairs.P50 > 0 {
+			v["cli_daemon_vs_nsenter_cli"] = round(float64(res.Summary["cli_daemon"].P50)/float64(pairs.P50), 2)
 		}
 	}
 

@@ -83,7 +83,7 @@ func PluginInfos(resp *apiv1.PluginsResponse) []core.PluginInfo {
 }
 
 func instanceInfo(in core.InstanceInfo) *apiv1.InstanceInfo {
-	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight)}
+	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight), Plugins: in.Plugins}
 }
 
 // startTime is the start time t names, nil when it names none.

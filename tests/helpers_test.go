@@ -93,7 +93,7 @@ func newDispatcherWith(t *testing.T, toml string, opts core.Options) (*core.Disp
 // socket file or goroutine behind: process-wide for a serial test; for a
 // parallel one, no process this core started and no fd into its runtime
 // directory (the rest is checked for all tests at the end of the run).
-// opts.Builtins are the test's.
+// opts.Builtins are the test's unless given.
 func newCore(t *testing.T, toml string, opts core.Options, limit time.Duration, unblock func()) (*core.Dispatcher, string, error) {
 	t.Helper()
 	return newCoreIn(t, t.TempDir(), toml, opts, limit, unblock)
@@ -108,7 +108,9 @@ func newCoreIn(t *testing.T, runDir, toml string, opts core.Options, limit time.
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	opts.Builtins = testBuiltins()
+	if opts.Builtins == nil {
+		opts.Builtins = testBuiltins()
+	}
 	type result struct {
 		d   *core.Dispatcher
 		err error

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,24 +154,29 @@ func TestDaemonNonRootCaller(t *testing.T) {
 		started <- err
 	}()
 	var coreDir string
-	for deadline := time.Now().Add(10 * time.Second); coreDir == "" && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Second); coreDir == "" && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		dirs, _ := filepath.Glob(filepath.Join(d.runDir, "core-*"))
 		if len(dirs) > 0 {
 			coreDir = dirs[0]
 		}
 	}
-	if coreDir == "" {
-		t.Fatal("no core directory in runtime_dir during a start")
-	}
-	for _, c := range []struct {
+	checks := []struct {
 		script string
 		ok     bool
 	}{
 		{"test -S " + d.socket, true},
 		{"ls " + d.runDir, false},
-		{"cd " + coreDir, false},
-		{"ls " + coreDir, false},
-	} {
+	}
+	// A serving process holds its start's directory only for a moment
+	// (it is removed once the process has it); when one was caught, it is
+	// closed to others too.
+	if coreDir != "" {
+		checks = append(checks, []struct {
+			script string
+			ok     bool
+		}{{"cd " + coreDir, false}, {"ls " + coreDir, false}}...)
+	}
+	for _, c := range checks {
 		cmd := execAs(nobody, "/bin/sh", "-c", c.script)
 		out, err := cmd.CombinedOutput()
 		if (err == nil) != c.ok {
@@ -374,7 +380,7 @@ func TestDaemonReload(t *testing.T) {
 			t.Fatalf("procfs.read: %v", err)
 		}
 		for _, in := range d.instances(t, c) {
-			if in.Plugin == plugin {
+			if slices.Contains(in.Plugins, plugin) {
 				return int(in.Pid)
 			}
 		}
@@ -547,10 +553,13 @@ func TestDaemonDescribesAndPrepares(t *testing.T) {
 	}
 	got := map[string]bool{}
 	for _, in := range d.instances(t, c) {
-		got[in.Plugin] = true
+		for _, p := range in.Plugins {
+			got[p] = true
+		}
 		assertNamespaces(t, int(in.Pid), target.PID(), in.Joined)
 	}
-	if len(got) != 2 || !got["procfs"] || !got["sysctl"] {
+	// procfs and sysctl share one process with the other built-ins.
+	if len(got) != 5 || !got["procfs"] || !got["sysctl"] {
 		t.Errorf("instances after Prepare: %v", got)
 	}
 	if err := prepare(start, "procfs.fly"); status.Code(err) != codes.Unimplemented {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
 )
 
@@ -40,8 +41,9 @@ func TestStormOfNewTargetsUnderDefaultTimeouts(t *testing.T) {
 	}
 	// The plugins are bin/nsplug's built-ins, not this test binary's:
 	// built with the race detector, each of its starts costs several
-	// times a real one.
-	d, _ := newDispatcherWith(t, fmt.Sprintf("max_instances = %d\n", targets+16), core.Options{Executable: nsplugBin})
+	// times a real one. (So only bin/nsplug's built-ins are configured:
+	// they share one process per target.)
+	d, _ := newDispatcherWith(t, fmt.Sprintf("max_instances = %d\n", targets+16), core.Options{Executable: nsplugBin, Builtins: builtin.All()})
 	start := time.Now()
 	var wg sync.WaitGroup
 	var mu sync.Mutex

@@ -892,8 +892,10 @@ func (x *InstancesResponse) GetInstances() []*InstanceInfo {
 }
 
 type InstanceInfo struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Plugin string                 `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the process serves: a plugin's name, or "procfs+fs+..." for
+	// built-ins that share it.
+	Plugin string `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
 	// The host pid of the process serving requests.
 	Pid int32 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
 	// The process the daemon started (the waiter, for a plugin forked into
@@ -902,7 +904,10 @@ type InstanceInfo struct {
 	// The namespaces joined.
 	Joined []string `protobuf:"bytes,4,rep,name=joined,proto3" json:"joined,omitempty"`
 	// Requests in flight.
-	Inflight      int32 `protobuf:"varint,5,opt,name=inflight,proto3" json:"inflight,omitempty"`
+	Inflight int32 `protobuf:"varint,5,opt,name=inflight,proto3" json:"inflight,omitempty"`
+	// The plugins it serves: one, or the built-ins that share one process
+	// per target (plugin then names them joined by "+").
+	Plugins       []string `protobuf:"bytes,6,rep,name=plugins,proto3" json:"plugins,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +975,13 @@ func (x *InstanceInfo) GetInflight() int32 {
 		return x.Inflight
 	}
 	return 0
+}
+
+func (x *InstanceInfo) GetPlugins() []string {
+	if x != nil {
+		return x.Plugins
+	}
+	return nil
 }
 
 type PrepareRequest struct {
@@ -1124,14 +1136,15 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x05types\x18\b \x03(\v2\x17.nsplug.api.v1.TypeInfoR\x05types\"\x12\n" +
 	"\x10InstancesRequest\"N\n" +
 	"\x11InstancesResponse\x129\n" +
-	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\x8b\x01\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\xa5\x01\n" +
 	"\fInstanceInfo\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1d\n" +
 	"\n" +
 	"runner_pid\x18\x03 \x01(\x05R\trunnerPid\x12\x16\n" +
 	"\x06joined\x18\x04 \x03(\tR\x06joined\x12\x1a\n" +
-	"\binflight\x18\x05 \x01(\x05R\binflight\"U\n" +
+	"\binflight\x18\x05 \x01(\x05R\binflight\x12\x18\n" +
+	"\aplugins\x18\x06 \x03(\tR\aplugins\"U\n" +
 	"\x0ePrepareRequest\x12-\n" +
 	"\x06target\x18\x01 \x01(\v2\x15.nsplug.api.v1.TargetR\x06target\x12\x14\n" +
 	"\x05types\x18\x02 \x03(\tR\x05types\"\x11\n" +
