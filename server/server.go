@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -93,6 +94,7 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 		// Stop returns once no handler runs, so that the dispatchers
 		// close after the last call has left them.
 		grpc.WaitForHandlers(true),
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	apiv1.RegisterNsplugServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
