@@ -1120,3 +1120,36 @@ func TestStartLimit(t *testing.T) {
 		t.Errorf("StartLimit() = %d with max_starts = 3", got)
 	}
 }
+
+// The hand-written name and sha256 checks accept exactly what the
+// patterns in their error messages describe.
+func TestConfigNameAndSHA256Checks(t *testing.T) {
+	nameRE := regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	for _, s := range []string{"", "a", "0", "procfs", "my-plug_2", "-a", "_a", "A", "aB", "a.b", "a b", "é", "a\x00", "a/b"} {
+		if got, want := validPluginName(s), nameRE.MatchString(s); got != want {
+			t.Errorf("validPluginName(%q) = %v, want %v", s, got, want)
+		}
+	}
+	sumRE := regexp.MustCompile(`^[0-9a-f]{64}$`)
+	ok := strings.Repeat("0123456789abcdef", 4)
+	for _, s := range []string{"", ok, ok[1:], ok + "0", strings.ToUpper(ok), ok[:63] + "g", ok[:63] + "\n"} {
+		if got, want := validSHA256(s), sumRE.MatchString(s); got != want {
+			t.Errorf("validSHA256(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// keySegments splits plain dotted keys itself and leaves every other key
+// to the toml package: both ways give the toml package's answer.
+func TestConfigKeySegments(t *testing.T) {
+	for _, raw := range []string{"a", "a.b", "plugin_x.max-starts.3", `"a.b".c`, `a . b`, `'x'.y`, `a."b\u0041"`, "a..b", ".a", "a.", "é.b", ""} {
+		var want []string
+		var m map[string]any
+		if md, err := toml.Decode(raw+" = 0", &m); err == nil && len(md.Keys()) > 0 {
+			want = md.Keys()[len(md.Keys())-1]
+		}
+		if got := keySegments(raw); !slices.Equal(got, want) {
+			t.Errorf("keySegments(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}

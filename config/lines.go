@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -180,8 +181,15 @@ func (s *scanner) simpleKey() {
 }
 
 // keySegments has the toml package read the segments of the dotted key
-// text raw (it knows TOML's escapes); nil if it is not a key.
+// text raw (it knows TOML's escapes); nil if it is not a key. A plain
+// dotted key of bare segments ("a.b_c") is split here: a parse per key
+// was a third of loading the embedded default in every CLI process.
 func keySegments(raw string) []string {
+	if segs := strings.Split(raw, "."); !slices.ContainsFunc(segs, func(seg string) bool {
+		return seg == "" || strings.ContainsFunc(seg, func(r rune) bool { return r > 0x7f || !bareKeyChar(byte(r)) })
+	}) {
+		return segs
+	}
 	var m map[string]any
 	md, err := toml.Decode(raw+" = 0", &m)
 	if keys := md.Keys(); err == nil && len(keys) > 0 {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/BurntSushi/toml"
 )
@@ -133,7 +134,7 @@ func (c *Config) OptionError(plugin, optionKey, msg string) error {
 	}
 	k = c.pluginKey(index, plugin).child("options")
 	at := k.canon
-	for _, seg := range optionKeySegment.FindAllString(optionKey, -1) {
+	for _, seg := range optionKeySegment().FindAllString(optionKey, -1) {
 		if n, err := strconv.Atoi(strings.Trim(seg, "[]")); err == nil && strings.HasPrefix(seg, "[") {
 			k = k.elem(n)
 		} else {
@@ -162,5 +163,5 @@ func (c *Config) PluginKeyError(plugin, pluginKey, msg string) error {
 }
 
 // optionKeySegment splits an option key, "a.b[2].c", into "a", "b", "[2]"
-// and "c".
-var optionKeySegment = regexp.MustCompile(`\[\d+\]|[^.\[]+`)
+// and "c". Compiled on first use (an error path), not at init.
+var optionKeySegment = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\[\d+\]|[^.\[]+`) })

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,10 +18,30 @@ var (
 	logLevels   = []string{"trace", "debug", "info", "warn", "error"}
 	modes       = []string{"pooled", "oneshot"}
 	freshMounts = []string{"proc", "sys", "cgroup"}
-
-	pluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
-	sha256RE     = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
+
+// validPluginName reports whether name matches [a-z0-9][a-z0-9_-]*.
+// These checks are loops rather than regexps: a regexp compiled at init
+// is paid by every process of the binary (CLI, daemon, each plugin start).
+func validPluginName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || i > 0 && (c == '_' || c == '-')) {
+			return false
+		}
+	}
+	return name != ""
+}
+
+// validSHA256 reports whether sum is 64 lower-case hex digits.
+func validSHA256(sum string) bool {
+	for i := 0; i < len(sum); i++ {
+		if c := sum[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return len(sum) == 64
+}
 
 // namespaces are the names the preamble knows, in its order.
 var namespaces = func() []string {
@@ -84,7 +103,7 @@ func (c *Config) Validate() error {
 		switch k := pk.child("name"); {
 		case p.Name == "":
 			v.fail(k, "", "required")
-		case !pluginNameRE.MatchString(p.Name):
+		case !validPluginName(p.Name):
 			v.fail(k, "", "invalid plugin name %q (want [a-z0-9][a-z0-9_-]*)", p.Name)
 		default:
 			if j, dup := seen[p.Name]; dup {
@@ -101,7 +120,7 @@ func (c *Config) Validate() error {
 			switch {
 			case p.Path == "":
 				v.fail(k, "", `set without "path" (built-in plugins are part of the nsplug binary and cannot be pinned)`)
-			case !sha256RE.MatchString(sum):
+			case !validSHA256(sum):
 				v.fail(k, "", "invalid sha256 %q (want 64 hex digits)", p.SHA256)
 			default:
 				p.SHA256 = sum

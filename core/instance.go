@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -204,7 +205,7 @@ func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, 
 		msg := err.Error()
 		// go-plugin's words for a protocol mismatch name its own
 		// versions; say which nsplug protocol each side speaks.
-		if m := protocolMismatch.FindStringSubmatch(msg); m != nil {
+		if m := protocolMismatch().FindStringSubmatch(msg); m != nil {
 			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (wire.ProtocolVersion): rebuild it against a matching sdk, or serve that version too (%s)", m[1], wire.ProtocolVersion, msg)
 		}
 		if nr != nil {
@@ -309,8 +310,11 @@ func handshakeError(msg string, timeout time.Duration, status error, exited bool
 }
 
 // protocolMismatch matches go-plugin's error for a plugin that offers no
-// protocol version the core speaks.
-var protocolMismatch = regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+)`)
+// protocol version the core speaks. Compiled on first use (an error
+// path), not at init in every process of the binary.
+var protocolMismatch = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+)`)
+})
 
 // call sends one request to the instance on its frame channel and
 // decodes the answer: the one call path of every request, pooled or
