@@ -134,8 +134,9 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		// is small, so its heap goal is the runtime's 4 MiB floor
 		// scaled by GOGC/100. Measured with every built-in in one
 		// process after 5,000 requests: anon 6.6 -> 4.0 MiB, no
-		// latency change (bench, scale phase).
-		"GOGC=25",
+		// latency change (bench, scale phase). The sdk applies it
+		// after wire.GCDelay, not at exec: see wire.EnvGOGC.
+		wire.EnvGOGC+"=25",
 		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
 		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+strings.Join(p.serves, ","))

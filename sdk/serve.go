@@ -8,8 +8,10 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -307,10 +309,26 @@ func serveFramesOnly(self nsexec.State, log hclog.Logger, handle handleFunc) {
 	// Closing the status pipe tells the core the process serves.
 	nsexec.CloseStatus()
 	log.Debug("serving on the frame channel", "pid", os.Getpid())
+	time.AfterFunc(wire.GCDelay, setGOGC(os.Getenv(wire.EnvGOGC)))
+	os.Unsetenv(wire.EnvGOGC)
 	if err := serveFrames(self.Frames, log, handle, true); err != nil {
 		fail("frame channel: " + err.Error())
 	}
 	os.Exit(0)
+}
+
+// setGOGC returns what sets the GC percent to gogc (wire.EnvGOGC), a
+// number or "off"; for "" (not asked) or a bad value, it does nothing.
+func setGOGC(gogc string) func() {
+	percent, err := strconv.Atoi(gogc)
+	if gogc == "off" {
+		percent, err = -1, nil
+	}
+	return func() {
+		if err == nil {
+			debug.SetGCPercent(percent)
+		}
+	}
 }
 
 func fail(msg string) {

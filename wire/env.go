@@ -1,6 +1,9 @@
 package wire
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // What the core hands a plugin process besides its descriptors (those are
 // the bootstrap contract of nsexec/nsexec.h; see README.md, "Bootstrap").
@@ -22,7 +25,18 @@ const (
 	// settings for a process are the same. EnvConfig then holds a JSON
 	// object, plugin name → PluginConfig.
 	EnvBuiltin = "NSPLUG_BUILTIN"
+	// EnvGOGC is the GOGC the sdk sets (debug.SetGCPercent) once a
+	// serving process has lived GCDelay. GOGC itself would apply from
+	// the first allocation: a heap goal under the ~1 MB that package
+	// init allocates makes the runtime collect during init, ~2 ms of
+	// CPU on every plugin start, which a oneshot process never needs.
+	EnvGOGC = "NSPLUG_GOGC"
 )
+
+// GCDelay is how long a serving process runs with the runtime's default
+// GOGC before EnvGOGC applies: longer than a oneshot instance lives,
+// short against a pooled one's idle timeout.
+const GCDelay = time.Second
 
 // PluginConfig is what the core tells a plugin about its configuration
 // (EnvConfig). Unknown fields are ignored: fields are only ever added.
