@@ -593,7 +593,7 @@ func TestAllowedRootsHoldAgainstSymlinks(t *testing.T) {
 func TestOneshotFailures(t *testing.T) {
 	parallel(t)
 	target := newTarget(t, sandbox.Options{MountProc: true})
-	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\nrequest_timeout = \"300ms\"\n")
+	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\nrequest_timeout = \"2s\"\n")
 	pid := target.PID()
 	wantErrno(t, call(t, d, pid, "probe.crash", `{}`, nil), syscall.EIO, "exit status 3")
 	wantErrno(t, call(t, d, pid, "probe.hang", `{}`, nil), syscall.ETIMEDOUT, "timed out")
