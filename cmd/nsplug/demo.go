@@ -140,7 +140,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	row("procfs.read /etc/missing", "", fmt.Sprint(err))
 	tw.Flush()
 
-	fmt.Fprintln(stdout, "\nThe handler processes, seen from the host (one warm instance per plugin):")
+	fmt.Fprintln(stdout, "\nThe handler processes, seen from the host (the built-ins share one warm process per target):")
 	instances := d.Instances()
 	for i, in := range instances {
 		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", in.PID))
