@@ -217,9 +217,10 @@ start_delay_ms = "soon"
 
 // An external plugin describes itself with nothing serving does not need:
 // seen from the host, its process is uid 65534, not root, in none of the
-// host's namespaces, with an empty root directory.
+// host's namespaces, with an empty root directory. (Serial: the watcher
+// takes any child process of that name, and parallel tests start
+// extprobe processes of their own.)
 func TestDescribeRunsUnprivileged(t *testing.T) {
-	parallel(t)
 	self, _ := os.Executable()
 	seen := make(chan describeProcess, 1)
 	go func() { seen <- watchDescribe("nsplug-extprobe", 10*time.Second) }()
