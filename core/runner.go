@@ -52,6 +52,7 @@ type nsRunner struct {
 	statusMu       sync.Mutex
 	killed         atomic.Bool // Kill was called while the process lived
 	news           atomic.Bool // serving, and not being ended: its exit is logged
+	exitNews       bool        // news as the process was reaped (set by Wait)
 	waitOnce       sync.Once
 	waitErr        error
 	exited         chan struct{}
@@ -248,6 +249,10 @@ func (r *nsRunner) ID() string {
 func (r *nsRunner) Wait(context.Context) error {
 	r.waitOnce.Do(func() {
 		r.waitErr = r.cmd.Wait()
+		// Decided before exited is closed: whoever learns of the exit
+		// from it (a request the exit broke, which then ends the
+		// instance) comes after.
+		r.exitNews = r.news.Load()
 		r.dirMu.Lock()
 		if r.dirPath != nil {
 			r.dirPath.Close()

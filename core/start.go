@@ -81,7 +81,7 @@ func (d *Dispatcher) startFramed(ctx context.Context, sp *spec) (*instance, erro
 		relayLog(d.log, r.stderr) // to its end: os/exec wants the pipe read before Wait
 		r.stderr.Close()
 		err := r.Wait(context.Background())
-		if r.news.Load() {
+		if r.exitNews {
 			// Not ended by the core: news, as go-plugin would say.
 			level := hclog.Info
 			if err != nil {
