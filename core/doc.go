@@ -17,7 +17,8 @@
 //     runtime starts (runner.go, instance.go);
 //   - sends the request on the instance's frame channel (frames.go, the
 //     data plane; go-plugin's gRPC is only the control plane: handshake,
-//     Describe, shutdown), with the request's deadline and a cancel frame
+//     Describe, shutdown, for a third-party plugin at load, through
+//     core/goplugin), with the request's deadline and a cancel frame
 //     when it passes; and returns the JSON answer, the files the handler
 //     handed back and errors that keep their errno (*Error), decoded in
 //     one place (instance.call) whatever the mode.
@@ -29,6 +30,12 @@
 // them. A binary that serves built-ins (Options.Builtins, see Builtin)
 // must serve them first thing in main (plugins/builtin.Main): the core
 // starts them by re-executing it.
+//
+// A third-party plugin (a [[plugin]] with a path) is described at load
+// through go-plugin, which this package does not link: a binary that
+// loads them imports core/goplugin for its effect (nsplug's CLI and
+// package server do). Without it the core serves built-ins only, and such
+// a plugin fails to load naming that package.
 //
 // The host side is this package; the contract is package wire (wire/README.md
 // specifies it); the in-namespace side is nsexec and sdk. The core imports

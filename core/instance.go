@@ -3,40 +3,30 @@ package core
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-plugin"
-	"github.com/hashicorp/go-plugin/runner"
-	"google.golang.org/grpc"
-
+	"github.com/nsplug/nsplug/core/internal/describe"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/wire"
 )
 
 // instance is one running plugin process inside one set of namespaces.
 // Every request goes to it on its frame channel (runner.frames, see call).
-// Serving instances are started without go-plugin (startInstance) and
-// ended by closing the channel (end); only a plugin being described has
-// go-plugin's client, its control plane: Describe and shutdown.
+// Instances are started without go-plugin (startInstance) and ended by
+// closing the channel (end); only a plugin being described is started
+// through go-plugin, and is no instance (startDescribing).
 type instance struct {
-	key     string
-	plugin  *pluginEntry
-	client  *plugin.Client     // only while describing
-	handler wire.HandlerClient // Describe; only while describing
-	runner  *nsRunner
-	log     *clientLog
-	pid     int // host pid of the process the core started
-	target  int // host pid of its target
+	key    string
+	plugin *pluginEntry
+	runner *nsRunner
+	pid    int // host pid of the process the core started
+	target int // host pid of its target
 
 	// Guarded by pool.mu.
 	inflight int
@@ -166,10 +156,11 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 	return nr
 }
 
-// startDescribing starts a plugin process through go-plugin, to describe
-// it (launch.describe): the control plane negotiates the protocol version
-// and carries Describe. Serving processes start without it (startInstance).
-func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, error) {
+// startDescribing starts a plugin process to describe it (launch.describe),
+// through the go-plugin adapter (core/goplugin): its control plane
+// negotiates the protocol version and carries Describe. Serving processes
+// start without it (startInstance).
+func (d *Dispatcher) startDescribing(l launch) (describe.Client, error) {
 	p := l.plugin
 	sp, err := l.spec()
 	if err != nil {
@@ -180,142 +171,22 @@ func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, 
 		return nil, errorf(syscall.EIO, "starting plugin %s: %v", p.name, err)
 	}
 	defer d.runDir.leave()
-	var nr *nsRunner
-	log := &clientLog{Logger: d.log}
-	log.quiet.Store(true) // a failed start is the caller's error
-	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  wire.Handshake,
-		VersionedPlugins: wire.PluginSets(nil),
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
-		StartTimeout:     p.settings.StartTimeout.Duration,
-		SkipHostEnv:      true,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: dir},
-		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(wire.MaxMessageBytes), grpc.MaxCallSendMsgSize(wire.MaxMessageBytes)),
-			// Replaces go-plugin's dialer (the last one given wins).
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return nr.dial(ctx) })},
-		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
-			// The socket is bound relative to the cwd nsexec leaves in sockDir.
-			nr = d.newRunner(sp, sockDir, append(spec.Env, "PLUGIN_UNIX_SOCKET_DIR=."))
-			return nr, nil
-		},
-	}
-	client := plugin.NewClient(cfg)
-	fail := func(err error) (*instance, error) {
-		msg := err.Error()
-		// go-plugin's words for a protocol mismatch name its own
-		// versions; say which nsplug protocol each side speaks.
-		if m := protocolMismatch().FindStringSubmatch(msg); m != nil {
-			msg = fmt.Sprintf("it speaks nsplug plugin protocol %s, this core speaks %d (wire.ProtocolVersion): rebuild it against a matching sdk, or serve that version too (%s)", m[1], wire.ProtocolVersion, msg)
-		}
-		if nr != nil {
-			if s := nr.startError(); s != "" {
-				msg = s
-			} else if status, exited := nr.exitedWithin(100 * time.Millisecond); exited {
-				msg = handshakeError(msg, p.settings.StartTimeout.Duration, status, true)
-			} else {
-				msg = handshakeError(msg, p.settings.StartTimeout.Duration, nil, false)
-			}
-		}
+	c, err := describe.Registered()(describe.Start{Plugin: p.name, StartTimeout: p.settings.StartTimeout.Duration, Log: d.log, Dir: dir,
+		NewProcess: func(sockDir string, env []string) describe.Process { return d.newRunner(sp, sockDir, env) }})
+	if err != nil {
 		// One line: the error is the account of the failure (and what
 		// `nsplug call` prints), the log has go-plugin's at debug level.
-		msg = strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " ")
-		client.Kill()
-		where := "on the host"
-		if l.describe {
-			where = "to describe it (unprivileged, in fresh namespaces)"
-		}
-		if l.target != nil {
-			where = fmt.Sprintf("in target pid %d", l.target.pid)
-		}
-		return nil, errorf(syscall.EIO, "starting plugin %s %s: %s", p.name, where, msg)
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+		return nil, errorf(syscall.EIO, "starting plugin %s to describe it (unprivileged, in fresh namespaces): %s", p.name, msg)
 	}
-	proto, err := client.Client()
-	if err != nil {
-		return fail(err)
-	}
-	raw, err := proto.Dispense(wire.PluginKey)
-	if err != nil {
-		return fail(err)
-	}
-	inst := &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
-	inst.pid, _ = strconv.Atoi(nr.ID())
-	log.quiet.Store(false) // from now on an exit the core did not ask for is news
-	return inst, nil
+	return c, nil
 }
 
-// clientLog is the logger go-plugin gets for one instance. go-plugin logs
-// a process that died of a signal at ERROR, any other exit at INFO, and
-// warns when it has to kill one; while quiet (the process is starting,
-// or the core has decided to end it: a cancelled or timed-out request,
-// an idle or evicted instance, Close), those lines are debug lines: a
-// kill the core means is no error, and a failed start is reported to the
-// caller. The plugin's own log lines (Named) keep their level.
-type clientLog struct {
-	hclog.Logger
-	quiet atomic.Bool
-}
-
-func (l *clientLog) Log(level hclog.Level, msg string, args ...any) {
-	if l.quiet.Load() && level > hclog.Debug {
-		level = hclog.Debug
-	}
-	l.Logger.Log(level, msg, args...)
-}
-
-func (l *clientLog) Info(msg string, args ...any)  { l.Log(hclog.Info, msg, args...) }
-func (l *clientLog) Warn(msg string, args ...any)  { l.Log(hclog.Warn, msg, args...) }
-func (l *clientLog) Error(msg string, args ...any) { l.Log(hclog.Error, msg, args...) }
-
-// go-plugin's words for a plugin whose first line on stdout is not a
-// handshake line (the line follows), for one whose stdout ended or that
-// exited before it wrote one, and for one that wrote none in time.
-const (
-	unrecognizedLine = "Unrecognized remote plugin message: "
-	exitedEarly      = "plugin exited before we could connect"
-	startTimedOut    = "timeout while waiting for plugin to start"
-)
-
-// handshakeError says what a plugin did wrong when go-plugin found no
-// handshake line: a plugin that never called sdk.Serve, or printed on
-// stdout before it, gets go-plugin's "Unrecognized remote plugin
-// message", which names neither. status is how the process exited, when
-// it did.
-func handshakeError(msg string, timeout time.Duration, status error, exited bool) string {
-	how := "it exited (exit status 0)"
-	if status != nil {
-		how = fmt.Sprintf("it exited (%v)", status)
-	}
-	switch {
-	case strings.HasPrefix(msg, unrecognizedLine):
-		line, _, _ := strings.Cut(msg[len(unrecognizedLine):], "\n")
-		if line != "" {
-			if len(line) > 80 {
-				line = line[:80] + "..."
-			}
-			return fmt.Sprintf("it printed %q on stdout before its handshake line: a plugin must call sdk.Serve and print nothing on stdout before it", line)
-		}
-		if !exited {
-			return "it closed its stdout before its handshake line (did main call sdk.Serve?)"
-		}
-		return how + " before its handshake line (did main call sdk.Serve?)"
-	case msg == exitedEarly:
-		return how + " before its handshake line (did main call sdk.Serve?)"
-	case msg == startTimedOut && !exited:
-		return fmt.Sprintf("it wrote no handshake line on stdout within its start_timeout of %v (does main call sdk.Serve?)", timeout)
-	case exited && status != nil:
-		return fmt.Sprintf("%s: %s", how, msg)
-	}
-	return msg
-}
-
-// protocolMismatch matches go-plugin's error for a plugin that offers no
-// protocol version the core speaks. Compiled on first use (an error
-// path), not at init in every process of the binary.
-var protocolMismatch = sync.OnceValue(func() *regexp.Regexp {
-	return regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+)`)
-})
+// errNoDescriber is the load error of a plugin with a path in a binary
+// that does not link the go-plugin adapter (load checks before it seals
+// the executable).
+var errNoDescriber = errors.New("a plugin with a path is described at load through go-plugin, which this binary does not link " +
+	"(it serves built-ins only): run the full nsplug binary, or, embedding the core, import _ \"github.com/nsplug/nsplug/core/goplugin\"")
 
 // call sends one request to the instance on its frame channel and
 // decodes the answer: the one call path of every request, pooled or
@@ -345,33 +216,7 @@ func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Respo
 	return &Response{Payload: json.RawMessage(resp.Payload), Files: files}, false, nil
 }
 
-// describe asks the instance which message types it serves.
-func (inst *instance) describe(ctx context.Context) (*wire.DescribeResponse, error) {
-	return inst.handler.Describe(ctx, &wire.DescribeRequest{})
-}
-
-// kill stops the process and waits until it is reaped and go-plugin's
-// goroutines are gone; the socket directory goes with it. A healthy
-// instance is asked to exit; a broken one is killed at once (go-plugin
-// would give a hung handler two seconds first).
-func (inst *instance) kill(abrupt bool) {
-	if inst.client == nil {
-		inst.end(abrupt)
-		return
-	}
-	select {
-	case <-inst.runner.exited: // of itself: go-plugin said so as it saw fit
-	default:
-		inst.log.quiet.Store(true) // meant, not an error
-	}
-	if abrupt {
-		inst.runner.Kill(context.Background())
-	}
-	inst.client.Kill()
-}
-
-// end stops an instance started without go-plugin, as kill stops the
-// others.
+// end stops an instance's process.
 // Closing the frame channel tells the plugin to exit; one that does not
 // within a second is killed. Either way it is reaped before end returns:
 // nothing of it stays in the target.

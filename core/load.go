@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/core/internal/describe"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -36,6 +37,8 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 	var err error
 	if e.builtin {
 		served, err = l.describeBuiltin(e, pc)
+	} else if describe.Registered() == nil {
+		return l.keyError(pc, "path", errNoDescriber) // before sealing: nothing to seal it for
 	} else {
 		if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256), l.cfg.MaxPluginBytes); err != nil {
 			key := "path"

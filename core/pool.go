@@ -32,7 +32,7 @@ type pool struct {
 	kills    sync.WaitGroup
 	starts   sync.WaitGroup // cold starts queued or running, and reserved oneshot slots
 	closed   bool
-	// stop ends an instance's process: (*instance).kill. The pool's unit
+	// stop ends an instance's process: (*instance).end. The pool's unit
 	// tests replace it, so that their fake instances need no process.
 	stop func(inst *instance, abrupt bool)
 	// events is Options.Events: told how each instance ended once it is
@@ -73,7 +73,7 @@ func newPool(max int, admit *admission) *pool {
 		live:     make(map[*instance]struct{}),
 		idle:     list.New(),
 		idleElem: make(map[*instance]*list.Element),
-		stop:     (*instance).kill,
+		stop:     (*instance).end,
 	}
 }
 

@@ -111,14 +111,14 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 // serving does not: it starts the way every instance does, but in a
 // throwaway set of fresh namespaces, unprivileged (see launch.describe).
 func (d *Dispatcher) describeExternal(e *pluginEntry) (*wire.DescribeResponse, error) {
-	inst, err := d.startDescribing(context.Background(), launch{plugin: e, describe: true})
+	c, err := d.startDescribing(launch{plugin: e, describe: true})
 	if err != nil {
 		return nil, err
 	}
-	defer inst.kill(false)
+	defer c.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), e.settings.StartTimeout.Duration)
 	defer cancel()
-	desc, err := inst.describe(ctx)
+	desc, err := c.Describe(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: describe: %w", e.name, err)
 	}

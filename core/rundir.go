@@ -14,7 +14,7 @@ import (
 // directories of instances being started live. Nothing stays on disk
 // while the core serves: an instance's socket and its directory are
 // removed as soon as the core has connected (the connection lives on;
-// see nsRunner.dial), a oneshot process's directory as soon as the
+// see nsRunner.Dial), a oneshot process's directory as soon as the
 // process holds it, and this directory whenever no start is in
 // progress. So a core killed with SIGKILL leaves nothing behind, unless
 // it died in the middle of a start: then its lock is free, and the next

@@ -16,15 +16,17 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-plugin/runner"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsplug/nsplug/core/internal/describe"
 	"github.com/nsplug/nsplug/internal/spawner"
 	"github.com/nsplug/nsplug/nsexec"
 )
 
-// nsRunner is the go-plugin runner.Runner that starts a plugin executable
-// with an nsexec bootstrap, so that it runs inside the target's namespaces.
+// nsRunner starts a plugin executable with an nsexec bootstrap, so that
+// it runs inside the target's namespaces. A plugin being described is
+// started by go-plugin, through core/goplugin: nsRunner has the methods
+// of its runner.Runner (describe.Process).
 type nsRunner struct {
 	name     string
 	cmd      *exec.Cmd
@@ -76,7 +78,7 @@ func (r *nsRunner) setOnExit(fn func()) {
 	r.mu.Unlock()
 }
 
-var _ runner.Runner = (*nsRunner)(nil)
+var _ describe.Process = (*nsRunner)(nil)
 
 func (r *nsRunner) Start(ctx context.Context) (err error) {
 	if r.owner[0] >= 0 {
@@ -235,6 +237,7 @@ func (r *nsRunner) startError() string {
 }
 
 func (r *nsRunner) Diagnose(context.Context) string { return r.startError() }
+func (r *nsRunner) Exited() <-chan struct{}         { return r.exited }
 func (r *nsRunner) Stdout() io.ReadCloser           { return r.stdout }
 func (r *nsRunner) Stderr() io.ReadCloser           { return r.stderr }
 func (r *nsRunner) Name() string                    { return r.name }
@@ -273,9 +276,9 @@ func (r *nsRunner) Wait(context.Context) error {
 	return r.waitErr
 }
 
-// exitedWithin reports how the process ended if it exited of itself (not
+// ExitedWithin reports how the process ended if it exited of itself (not
 // killed by Kill) and has been reaped within wait.
-func (r *nsRunner) exitedWithin(wait time.Duration) (error, bool) {
+func (r *nsRunner) ExitedWithin(wait time.Duration) (error, bool) {
 	select {
 	case <-r.exited:
 	case <-time.After(wait):
@@ -335,15 +338,12 @@ func (r *nsRunner) sockPath() string {
 	return fmt.Sprintf("/proc/self/fd/%d/%s", r.dirPath.Fd(), r.sockName)
 }
 
-// dial connects to the plugin's socket, then removes the socket and its
+// Dial connects to the plugin's socket, then removes the socket and its
 // directory: the connection lives on, and a core killed while it serves
 // leaves nothing on disk. gRPC dials once per instance (go-plugin's
 // streams keep the channel from going idle); were the connection lost,
 // a new dial would fail, as the instance has.
-func (r *nsRunner) dial(ctx context.Context) (net.Conn, error) {
-	if r == nil {
-		return nil, fmt.Errorf("no plugin socket announced")
-	}
+func (r *nsRunner) Dial(ctx context.Context) (net.Conn, error) {
 	r.dirMu.Lock()
 	defer r.dirMu.Unlock()
 	if r.sockName == "" || r.dialed || r.dirPath == nil {

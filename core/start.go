@@ -38,7 +38,7 @@ func (d *Dispatcher) startInstance(ctx context.Context, l launch) (inst *instanc
 		if err = inst.runner.ready(ctx, p.settings.StartTimeout.Duration); err == nil {
 			inst.runner.news.Store(true) // serving: an exit the core did not ask for is news
 		} else {
-			if status, exited := inst.runner.exitedWithin(100 * time.Millisecond); exited && status != nil {
+			if status, exited := inst.runner.ExitedWithin(100 * time.Millisecond); exited && status != nil {
 				err = fmt.Errorf("%v (%v)", err, status)
 			}
 			inst.end(true)

@@ -19,6 +19,7 @@ import (
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	_ "github.com/nsplug/nsplug/core/goplugin" // a daemon loads third-party plugins
 	"github.com/nsplug/nsplug/wire"
 )
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	_ "github.com/nsplug/nsplug/core/goplugin" // the tests load third-party plugins
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/wire"

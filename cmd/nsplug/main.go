@@ -31,6 +31,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	_ "github.com/nsplug/nsplug/core/goplugin" // third-party plugins, for call and plugins without --addr
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/wire"
 )

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	_ "github.com/nsplug/nsplug/core/goplugin" // the plugin under test is a third-party one
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/sdk"
 )
