@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -46,7 +46,7 @@ func validSHA256(sum string) bool {
 // namespaces are the names the preamble knows, in its order.
 var namespaces = func() []string {
 	var names []string
-	for _, ns := range nsexec.Namespaces {
+	for _, ns := range boot.Namespaces {
 		names = append(names, ns.Name)
 	}
 	return names
@@ -214,8 +214,8 @@ func (v *validator) settings(k key, s *Settings, override bool) {
 	if uk := k.child("unshare"); v.list(uk, s.Unshare, "namespace", namespaces) {
 		// The preamble's rule: what it cannot unshare once joined.
 		for i, ns := range s.Unshare {
-			flags, _ := nsexec.ParseNamespaces([]string{ns})
-			if err := (nsexec.Bootstrap{Unshare: flags}).Validate(); err != nil {
+			flags, _ := boot.ParseNamespaces([]string{ns})
+			if err := (boot.Bootstrap{Unshare: flags}).Validate(); err != nil {
 				v.fail(uk, uk.elem(i).canon, "%v", err)
 			}
 		}

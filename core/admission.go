@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 )
 
 // admission decides when a cold start may run. Two things bound starts:
@@ -380,7 +380,7 @@ func (t *target) admissionKey() string {
 		return k.(string)
 	}
 	var b strings.Builder
-	for i, ns := range nsexec.Namespaces {
+	for i, ns := range boot.Namespaces {
 		fmt.Fprintf(&b, "%s:%d:%d/", ns.Name, t.ns[i].dev, t.ns[i].ino)
 	}
 	k := b.String()

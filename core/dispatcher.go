@@ -18,7 +18,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/internal/spawner"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -270,7 +270,7 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr, key string, err error) {
 	join = e.join
 	if req.Namespaces != nil {
-		narrowed, err := nsexec.ParseNamespaces(req.Namespaces)
+		narrowed, err := boot.ParseNamespaces(req.Namespaces)
 		if err != nil {
 			return nil, 0, "", errorf(syscall.EINVAL, "%v", err)
 		}
@@ -398,7 +398,7 @@ func (d *Dispatcher) Type(name string) (info TypeInfo, namespaces []string, ok b
 			info = ti
 		}
 	}
-	return info, nsexec.NamespaceNames(e.join), true
+	return info, boot.NamespaceNames(e.join), true
 }
 
 // instanceKey decides which namespaces to join (those of join where the
@@ -428,7 +428,7 @@ type keyOutput struct {
 func (d *Dispatcher) computeKey(e *pluginEntry, t *target, join uintptr) (uintptr, string) {
 	var b strings.Builder
 	b.WriteString(e.name)
-	for i, ns := range nsexec.Namespaces {
+	for i, ns := range boot.Namespaces {
 		if join&ns.Flag == 0 {
 			continue
 		}
@@ -516,7 +516,7 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 	var out []InstanceInfo
 	for inst := range d.pool.live {
 		info := InstanceInfo{Plugin: inst.plugin.name, Plugins: inst.plugin.served(), PID: inst.pid, RunnerPID: inst.pid,
-			Joined: nsexec.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target}
+			Joined: boot.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
 				// The waiter's other child, the root keeper, is gone

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/nsplug/nsplug/core/internal/describe"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -63,7 +63,7 @@ const describeUID = 65534
 // into: a subdirectory of its socket directory (fd 4 of the nsexec
 // contract), reached through the fd so that the path walk does not cross
 // the root-only runtime_dir, which host uid describeUID may not search.
-var describeRoot = fmt.Sprintf("/proc/self/fd/%d/%s", nsexec.SockDirFD, describeRootName)
+var describeRoot = fmt.Sprintf("/proc/self/fd/%d/%s", boot.SockDirFD, describeRootName)
 
 const describeRootName = "root"
 
@@ -72,38 +72,38 @@ const describeRootName = "root"
 // socket directory.
 type spec struct {
 	launch
-	boot  nsexec.Bootstrap
+	boot  boot.Bootstrap
 	owner [2]int
 }
 
 func (l launch) spec() (*spec, error) {
 	p := l.plugin
-	boot := nsexec.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys, FreshCgroup: p.freshCgroup}
+	bs := boot.Bootstrap{Join: l.join, Unshare: p.unshare, UID: -1, GID: -1, FreshProc: p.freshProc, FreshSys: p.freshSys, FreshCgroup: p.freshCgroup}
 	owner := [2]int{-1, -1}
 	if l.describe {
-		boot = nsexec.Bootstrap{UID: -1, GID: -1, Root: describeRoot}
-		return &spec{launch: l, boot: boot, owner: [2]int{describeUID, describeUID}}, nil
+		bs = boot.Bootstrap{UID: -1, GID: -1, Root: describeRoot}
+		return &spec{launch: l, boot: bs, owner: [2]int{describeUID, describeUID}}, nil
 	}
 	if l.join&syscall.CLONE_NEWUSER != 0 {
 		id, err := l.target.userIdentity(l.creds)
 		if err != nil {
 			return nil, err
 		}
-		boot.UID, boot.GID = int(id.uid), int(id.gid)
+		bs.UID, bs.GID = int(id.uid), int(id.gid)
 		owner = [2]int{int(id.hostUID), int(id.hostG)}
 	} else if c := l.creds; c != nil {
 		// The target shares the core's user namespace: ids are host ids.
-		boot.UID, boot.GID = int(c.UID), int(c.GID)
+		bs.UID, bs.GID = int(c.UID), int(c.GID)
 		owner = [2]int{int(c.UID), int(c.GID)}
 	}
 	if c := l.creds; c != nil {
-		boot.Groups = append([]uint32{}, c.Groups...)
+		bs.Groups = append([]uint32{}, c.Groups...)
 		if cs := c.Capabilities; cs != nil {
-			boot.Caps = &[3]uint64{cs.Effective, cs.Permitted, cs.Inheritable}
+			bs.Caps = &[3]uint64{cs.Effective, cs.Permitted, cs.Inheritable}
 		}
-		boot.Root, boot.Cwd = c.Root, c.Cwd
+		bs.Root, bs.Cwd = c.Root, c.Cwd
 	}
-	return &spec{launch: l, boot: boot, owner: owner}, nil
+	return &spec{launch: l, boot: bs, owner: owner}, nil
 }
 
 // newRunner prepares (without starting) the process of one instance from

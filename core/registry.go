@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/nsplug/nsplug/config"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -79,11 +79,11 @@ func (d *Dispatcher) setUp(cfg *config.Config, pc *config.Plugin, e *pluginEntry
 	if d.oneshot {
 		s.Mode = "oneshot"
 	}
-	e.settings, e.join = s, nsexec.AllNamespaces
+	e.settings, e.join = s, boot.AllNamespaces
 	if len(s.Namespaces) > 0 {
-		e.join, _ = nsexec.ParseNamespaces(s.Namespaces)
+		e.join, _ = boot.ParseNamespaces(s.Namespaces)
 	}
-	e.unshare, _ = nsexec.ParseNamespaces(s.Unshare)
+	e.unshare, _ = boot.ParseNamespaces(s.Unshare)
 	for _, m := range s.FreshMounts {
 		switch m {
 		case "proc":

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -105,8 +105,8 @@ func (c *Credentials) validate() error {
 	if c == nil {
 		return nil
 	}
-	if len(c.Groups) > nsexec.MaxGroups {
-		return errorf(syscall.EINVAL, "credentials: %d supplementary groups (at most %d)", len(c.Groups), nsexec.MaxGroups)
+	if len(c.Groups) > boot.MaxGroups {
+		return errorf(syscall.EINVAL, "credentials: %d supplementary groups (at most %d)", len(c.Groups), boot.MaxGroups)
 	}
 	for _, p := range []string{c.Root, c.Cwd} {
 		if p == "" {

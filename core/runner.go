@@ -20,7 +20,7 @@ import (
 
 	"github.com/nsplug/nsplug/core/internal/describe"
 	"github.com/nsplug/nsplug/internal/spawner"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 )
 
 // nsRunner starts a plugin executable with an nsexec bootstrap, so that
@@ -36,7 +36,7 @@ type nsRunner struct {
 	dirMu    sync.Mutex // guards dirPath (closed once reaped), sockName and dialed
 	dialed   bool
 	frames   *frameConn
-	boot     nsexec.Bootstrap
+	boot     boot.Bootstrap
 	pidfd    *os.File // target's; nil when no namespace is joined
 	owner    [2]int   // host uid/gid the plugin has after joining; -1 = unchanged
 	// emptyRoot makes an empty directory in sockDir, for a describing

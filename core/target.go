@@ -16,18 +16,18 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 )
 
 // nsID identifies one namespace: the device and inode of /proc/PID/ns/<kind>.
 type nsID struct{ dev, ino uint64 }
 
-// nsSet holds the identity of every namespace kind, in nsexec.Namespaces order.
+// nsSet holds the identity of every namespace kind, in boot.Namespaces order.
 type nsSet [8]nsID
 
 func readNSSet(pid string) (nsSet, error) {
 	var set nsSet
-	for i, ns := range nsexec.Namespaces {
+	for i, ns := range boot.Namespaces {
 		var st unix.Stat_t
 		if err := unix.Stat("/proc/"+pid+"/ns/"+ns.Name, &st); err != nil {
 			if errors.Is(err, unix.ENOENT) && ns.Name == "time" {
@@ -40,8 +40,8 @@ func readNSSet(pid string) (nsSet, error) {
 	return set, nil
 }
 
-// userIndex is the place of "user" in nsexec.Namespaces, and in an nsSet.
-var userIndex = slices.IndexFunc(nsexec.Namespaces, func(ns nsexec.Namespace) bool { return ns.Name == "user" })
+// userIndex is the place of "user" in boot.Namespaces, and in an nsSet.
+var userIndex = slices.IndexFunc(boot.Namespaces, func(ns boot.Namespace) bool { return ns.Name == "user" })
 
 // readUserNSOwner returns the uid that created pid's user namespace
 // (NS_GET_OWNER_UID, as this process's user namespace sees it), asking the
@@ -90,7 +90,7 @@ type TargetInfo struct {
 func (t *target) info(self *nsSet) TargetInfo {
 	ti := TargetInfo{PID: t.pid, StartTime: t.startTime, Namespaces: make(map[string]uint64, len(t.ns)),
 		UserNSOwner: t.userOwner, HostUserNS: t.ns[userIndex] == self[userIndex]}
-	for i, ns := range nsexec.Namespaces {
+	for i, ns := range boot.Namespaces {
 		if t.ns[i] != (nsID{}) {
 			ti.Namespaces[ns.Name] = t.ns[i].ino
 		}

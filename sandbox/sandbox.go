@@ -55,7 +55,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/internal/spawner"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 )
 
 // EnvVar is the environment variable that turns a process started from a
@@ -85,7 +85,7 @@ var ErrClosed = errors.New("sandbox: target closed")
 // "container-like" rootful target: every namespace this kernel supports
 // except "user", the default hostname, no extra mounts.
 type Options struct {
-	// Namespaces to create, by name, as nsexec.Namespaces names them. nil
+	// Namespaces to create, by name, as boot.Namespaces names them. nil
 	// means all of them except "user" that the running kernel supports (those present in /proc/self/ns); an explicit
 	// list is taken literally and fails if the kernel lacks one. A non-nil
 	// empty list creates no namespace at all.
@@ -184,12 +184,12 @@ func (e *SetupError) Unwrap() error {
 // KnownNamespaces returns the namespace names this package understands, in a
 // fixed order.
 func KnownNamespaces() []string {
-	return nsexec.NamespaceNames(nsexec.AllNamespaces)
+	return boot.NamespaceNames(boot.AllNamespaces)
 }
 
 // nsFlag is the clone flag of a namespace named as in /proc/PID/ns.
 func nsFlag(name string) (uintptr, bool) {
-	flag, err := nsexec.ParseNamespaces([]string{name})
+	flag, err := boot.ParseNamespaces([]string{name})
 	return flag, err == nil
 }
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
-	"github.com/nsplug/nsplug/nsexec"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
 )
@@ -151,7 +151,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		}
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "    NAMESPACE\tHANDLER\tTARGET\tHOST")
-		for _, ns := range nsexec.NamespaceNames(nsexec.AllNamespaces) {
+		for _, ns := range boot.NamespaceNames(boot.AllNamespaces) {
 			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\n", ns, nsLink(in.PID, ns), nsLink(pid, ns), nsLink(os.Getpid(), ns))
 		}
 		tw.Flush()

@@ -1,7 +1,11 @@
-package nsexec
-
-// #include "nsexec.h"
-import "C"
+// Package boot is the bootstrap contract as the host side writes it: what
+// a new process's nsexec constructor is to join, unshare, mount and take
+// (Bootstrap), the descriptors it is handed and the environment that
+// carries it. nsexec/nsexec.h is the contract's one definition; package
+// nsexec, which links the constructor, checks at compile time that every
+// constant here matches it. The core imports this package, not nsexec, so
+// that a binary that only starts handlers links no cgo.
+package boot
 
 import (
 	"fmt"
@@ -14,20 +18,20 @@ import (
 	"github.com/nsplug/nsplug/wire/ns"
 )
 
-// The bootstrap contract with nsexec.c, taken from nsexec.h (its one
-// definition) through cgo.
+// The bootstrap contract with nsexec.c, as nsexec.h defines it (package
+// nsexec fails to compile if one of them differs from the header).
 const (
-	PidFD     = C.NSEXEC_PIDFD      // a pidfd of the target
-	SockDirFD = C.NSEXEC_SOCKDIR_FD // the instance's socket directory
-	StatusFD  = C.NSEXEC_STATUS_FD  // the status pipe: one line on failure
-	FramesFD  = C.NSEXEC_FRAMES_FD  // the frame channel (wire/README.md)
+	PidFD     = 3 // NSEXEC_PIDFD: a pidfd of the target
+	SockDirFD = 4 // NSEXEC_SOCKDIR_FD: the instance's socket directory
+	StatusFD  = 5 // NSEXEC_STATUS_FD: the status pipe: one line on failure
+	FramesFD  = 6 // NSEXEC_FRAMES_FD: the frame channel (wire/README.md)
 
-	freshProc   = C.NSEXEC_FRESH_PROC
-	freshSys    = C.NSEXEC_FRESH_SYS
-	freshCgroup = C.NSEXEC_FRESH_CGROUP
+	FreshProc   = 1 // NSEXEC_FRESH_PROC
+	FreshSys    = 2 // NSEXEC_FRESH_SYS
+	FreshCgroup = 4 // NSEXEC_FRESH_CGROUP
 
-	EnvName = C.NSEXEC_ENV      // the bootstrap itself
-	EnvRoot = C.NSEXEC_ROOT_ENV // the root to chroot to before the uid changes
+	EnvName = "_NSPLUG_NSEXEC"      // NSEXEC_ENV: the bootstrap itself
+	EnvRoot = "_NSPLUG_NSEXEC_ROOT" // NSEXEC_ROOT_ENV: the root to chroot to before the uid changes
 
 	// EnvCwd is the Go side's alone (the constructor never reads it):
 	// the cwd once the socket is bound.
@@ -76,7 +80,7 @@ type Bootstrap struct {
 }
 
 // MaxGroups bounds Bootstrap.Groups.
-const MaxGroups = C.NSEXEC_MAX_GROUPS
+const MaxGroups = 64 // NSEXEC_MAX_GROUPS
 
 // Validate rejects bootstraps the constructor cannot carry out.
 func (b Bootstrap) Validate() error {
@@ -105,13 +109,13 @@ func (b Bootstrap) Forks() bool {
 func (b Bootstrap) env() string {
 	fresh := 0
 	if b.FreshProc {
-		fresh |= freshProc
+		fresh |= FreshProc
 	}
 	if b.FreshSys {
-		fresh |= freshSys
+		fresh |= FreshSys
 	}
 	if b.FreshCgroup {
-		fresh |= freshCgroup
+		fresh |= FreshCgroup
 	}
 	s := fmt.Sprintf("join=%#x,unshare=%#x,fresh=%d", b.Join, b.Unshare, fresh)
 	if b.UID >= 0 {
