@@ -1,6 +1,7 @@
 # nsplug build and test entry points. Everything runs as root on Linux.
 GO       ?= go
-BIN      := bin/nsplug
+BINDIR   ?= bin
+BIN      := $(BINDIR)/nsplug
 GOFLAGS  ?=
 BENCH    ?= full
 EXAMPLES := netinfo
@@ -9,8 +10,16 @@ EXAMPLES := netinfo
 
 all: build
 
+# Two binaries, installed side by side: nsplug, the front (calls, the
+# built-in handlers), and nsplugd, the full one it hands serve, health and
+# third-party plugins to. The front links no gRPC, go-plugin or prometheus
+# and is linked statically (netgo, osusergo: its only cgo is the nsexec
+# preamble), so that a process of it starts in a few milliseconds. The
+# tests and the bench build them with this target too (BINDIR=...).
+FRONT_FLAGS := -tags netgo,osusergo -ldflags=-extldflags=-static
 build:
-	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/nsplug
+	$(GO) build $(GOFLAGS) -o $(BINDIR)/nsplugd ./cmd/nsplugd
+	$(GO) build $(GOFLAGS) $(FRONT_FLAGS) -o $(BIN) ./cmd/nsplug
 
 # A tour against a sandbox target made on the spot: nothing to set up.
 demo: build

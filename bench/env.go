@@ -29,6 +29,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/internal/buildbin"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
 )
@@ -168,7 +169,15 @@ func (e *Env) SetNsplugCLI(path string) { e.setBinary(&e.cli, path) }
 // NsplugCLI returns the nsplug command, building it on first use like
 // BarePlugin.
 func (e *Env) NsplugCLI() (string, error) {
-	return e.binary(&e.cli, "github.com/nsplug/nsplug/cmd/nsplug", "nsplug")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cli.path == "" && e.cli.err == nil {
+		e.cli.path = filepath.Join(e.RunDir, "nsplug") // and nsplugd beside it
+		if e.cli.err = buildbin.Build(e.RunDir); e.cli.err != nil {
+			e.cli.path = ""
+		}
+	}
+	return e.cli.path, e.cli.err
 }
 
 // builtBinary is a binary of this module a case runs: given, or built once.

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	_ "github.com/nsplug/nsplug/core/goplugin" // the tests load third-party plugins
+	"github.com/nsplug/nsplug/internal/buildbin"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sdk"
 	"github.com/nsplug/nsplug/wire"
@@ -48,10 +48,8 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	nsplugBin = filepath.Join(dir, "nsplug")
-	build := exec.Command("go", "build", "-o", nsplugBin, "github.com/nsplug/nsplug/cmd/nsplug")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	nsplugBin = filepath.Join(dir, "nsplug") // and nsplugd beside it
+	if err := buildbin.Build(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "building nsplug:", err)
 		return 1
 	}

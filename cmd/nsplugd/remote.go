@@ -11,6 +11,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/internal/cli"
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/server"
@@ -26,7 +27,7 @@ import (
 func callDaemon(ctx context.Context, addr string, req core.Request) (*core.Response, error) {
 	client, conn, err := server.Dial(addr)
 	if err != nil {
-		return nil, usageErr("%v", err)
+		return nil, cli.UsageErr("%v", err)
 	}
 	defer conn.Close()
 	resp, err := client.Call(ctx, server.CallRequest(req))
@@ -39,7 +40,7 @@ func callDaemon(ctx context.Context, addr string, req core.Request) (*core.Respo
 func pluginsDaemon(addr string) ([]core.PluginInfo, uint32, error) {
 	client, conn, err := server.Dial(addr)
 	if err != nil {
-		return nil, 0, usageErr("%v", err)
+		return nil, 0, cli.UsageErr("%v", err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -55,23 +56,23 @@ func pluginsDaemon(addr string) ([]core.PluginInfo, uint32, error) {
 // exit 0 and "SERVING" when it does, 1 otherwise (a probe's contract).
 func cmdHealth(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("health", flag.ContinueOnError)
-	addr := fs.String("addr", "", "the daemon at `unix:///PATH` (default: $"+envAddr+", else the default socket)")
+	addr := fs.String("addr", "", "the daemon at `unix:///PATH` (default: $"+cli.EnvAddr+", else the default socket)")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up after this `duration`")
-	pos, err := parse(fs, args)
+	pos, err := cli.Parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 0 {
-		return usageErr("health: unexpected argument %q", pos[0])
+		return cli.UsageErr("health: unexpected argument %q", pos[0])
 	}
-	if !flagGiven(fs, "addr") {
-		if *addr = os.Getenv(envAddr); *addr == "" {
+	if !cli.FlagGiven(fs, "addr") {
+		if *addr = os.Getenv(cli.EnvAddr); *addr == "" {
 			*addr = "unix://" + config.Default().Server.Socket
 		}
 	}
 	_, conn, err := server.Dial(*addr)
 	if err != nil {
-		return usageErr("%v", err)
+		return cli.UsageErr("%v", err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -82,7 +83,7 @@ func cmdHealth(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, resp.Status)
 	if resp.Status != healthpb.HealthCheckResponse_SERVING {
-		return &exitError{1, fmt.Errorf("%s is %s", *addr, resp.Status)}
+		return &cli.ExitError{Code: 1, Err: fmt.Errorf("%s is %s", *addr, resp.Status)}
 	}
 	return nil
 }

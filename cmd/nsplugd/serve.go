@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nsplug/nsplug/config"
+	"github.com/nsplug/nsplug/internal/cli"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/server"
@@ -21,19 +22,19 @@ import (
 // its configuration.
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	var c commonFlags
-	c.registerCore(fs)
-	pos, err := parse(fs, args)
+	var c cli.Flags
+	c.RegisterCore(fs)
+	pos, err := cli.Parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 0 {
-		return usageErr("serve: unexpected argument %q", pos[0])
+		return cli.UsageErr("serve: unexpected argument %q", pos[0])
 	}
-	if c.logLevel != "" && hclog.LevelFromString(c.logLevel) == hclog.NoLevel {
-		return usageErr("--log-level: unknown level %q", c.logLevel)
+	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		return cli.UsageErr("--log-level: unknown level %q", c.LogLevel)
 	}
-	cfg, err := c.serveConfig()
+	cfg, err := serveConfig(&c)
 	if err != nil {
 		return err
 	}
@@ -61,7 +62,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	defer signal.Stop(signals)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	log.Info("serving", "socket", cfg.Server.Socket, "config", configName(c.config))
+	log.Info("serving", "socket", cfg.Server.Socket, "config", configName(c.Config))
 	for {
 		select {
 		case err := <-served:
@@ -69,7 +70,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				c.reload(srv, log)
+				reload(&c, srv, log)
 				continue
 			}
 			grace := srv.Config().Server.ShutdownGrace.Duration
@@ -83,16 +84,16 @@ func cmdServe(args []string, stderr io.Writer) error {
 
 // serveConfig reads the daemon's configuration; the log level is
 // --log-level's when given.
-func (c *commonFlags) serveConfig() (*config.Config, error) {
+func serveConfig(c *cli.Flags) (*config.Config, error) {
 	cfg := config.Default()
-	if c.config != "" {
+	if c.Config != "" {
 		var err error
-		if cfg, err = config.Load(c.config); err != nil {
+		if cfg, err = config.Load(c.Config); err != nil {
 			return nil, err
 		}
 	}
-	if c.logLevel != "" {
-		level := hclog.LevelFromString(c.logLevel)
+	if c.LogLevel != "" {
+		level := hclog.LevelFromString(c.LogLevel)
 		if cfg.LogLevel = level.String(); level == hclog.Off {
 			cfg.LogLevel = "error" // plugins have no "off"
 		}
@@ -102,19 +103,19 @@ func (c *commonFlags) serveConfig() (*config.Config, error) {
 
 // reload re-reads the configuration for SIGHUP. A bad one is logged (its
 // error names the file and line) and the one in force keeps serving.
-func (c *commonFlags) reload(srv *server.Server, log hclog.Logger) {
-	cfg, err := c.serveConfig()
+func reload(c *cli.Flags, srv *server.Server, log hclog.Logger) {
+	cfg, err := serveConfig(c)
 	if err == nil {
 		err = srv.Reload(cfg)
 	}
 	if err != nil {
-		log.Error("reload failed; the previous configuration keeps serving", "config", configName(c.config), "error", err)
+		log.Error("reload failed; the previous configuration keeps serving", "config", configName(c.Config), "error", err)
 		return
 	}
-	if c.logLevel == "" {
+	if c.LogLevel == "" {
 		log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
 	}
-	log.Info("reloaded", "config", configName(c.config))
+	log.Info("reloaded", "config", configName(c.Config))
 }
 
 func configName(path string) string {

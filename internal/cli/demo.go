@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -36,7 +36,7 @@ fresh_mounts = ["proc", "sys"]
 // the host sees beside what the target sees.
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if len(args) != 0 {
-		return usageErr("demo takes no arguments")
+		return UsageErr("demo takes no arguments")
 	}
 	fmt.Fprintln(stdout, "Starting a sandbox target: a rootless, FROM-scratch container (own user namespace")
 	fmt.Fprintln(stdout, "mapping root to host uid 100000, empty tmpfs root: no libc, no /proc, no /sys).")
