@@ -12,8 +12,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nsplug/nsplug/config"
-	"github.com/nsplug/nsplug/internal/cli"
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/internal/cli"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/server"
 )

@@ -11,7 +11,6 @@
 //	nsplug plugins [--config FILE | --addr unix:///PATH] [--json]
 //	nsplug serve [--config FILE]
 //	nsplug demo
-//
 package cli
 
 import (
