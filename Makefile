@@ -55,7 +55,7 @@ test-examples:
 # (api/v1). Needs protoc (Debian:
 # protobuf-compiler) and protoc-gen-go-grpc $(GRPC_GEN) on PATH (go install
 # google.golang.org/grpc/cmd/protoc-gen-go-grpc@v$(GRPC_GEN); Debian's is
-# older and would rewrite plugin_grpc.pb.go in an older style).
+# older and would rewrite control_grpc.pb.go in an older style).
 # protoc-gen-go is built from the google.golang.org/protobuf that go.mod
 # pins, so that the generated code matches the runtime it links.
 GRPC_GEN := 1.5.1
@@ -66,7 +66,7 @@ proto:
 	protoc -I wire --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:wire \
 		--go-grpc_out=paths=source_relative:wire \
-		wire/plugin.proto
+		wire/plugin.proto wire/control/control.proto
 	protoc -I api --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:api \
 		--go-grpc_out=paths=source_relative:api \

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/wire"
+	"github.com/nsplug/nsplug/wire/control"
 )
 
 // instance is one running plugin process inside one set of namespaces.
@@ -31,8 +32,8 @@ import (
 type instance struct {
 	key     string
 	plugin  *pluginEntry
-	client  *plugin.Client     // only while describing
-	handler wire.HandlerClient // Describe; only while describing
+	client  *plugin.Client        // only while describing
+	handler control.HandlerClient // Describe; only while describing
 	runner  *nsRunner
 	log     *clientLog
 	pid     int // host pid of the process the core started
@@ -184,8 +185,8 @@ func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, 
 	log := &clientLog{Logger: d.log}
 	log.quiet.Store(true) // a failed start is the caller's error
 	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  wire.Handshake,
-		VersionedPlugins: wire.PluginSets(nil),
+		HandshakeConfig:  control.Handshake,
+		VersionedPlugins: control.PluginSets(nil),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     p.settings.StartTimeout.Duration,
@@ -235,11 +236,11 @@ func (d *Dispatcher) startDescribing(ctx context.Context, l launch) (*instance, 
 	if err != nil {
 		return fail(err)
 	}
-	raw, err := proto.Dispense(wire.PluginKey)
+	raw, err := proto.Dispense(control.PluginKey)
 	if err != nil {
 		return fail(err)
 	}
-	inst := &instance{plugin: p, client: client, handler: raw.(wire.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
+	inst := &instance{plugin: p, client: client, handler: raw.(control.HandlerClient), runner: nr, log: log, gone: make(chan struct{})}
 	inst.pid, _ = strconv.Atoi(nr.ID())
 	log.quiet.Store(false) // from now on an exit the core did not ask for is news
 	return inst, nil

@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 	// the probe plugin (as a built-in, or as an external plugin when
 	// started without NSPLUG_BUILTIN), and a stand-alone core.
 	builtin.Serve(testPlugins()...)
-	if os.Getenv(wire.Handshake.MagicCookieKey) == wire.Handshake.MagicCookieValue {
+	if os.Getenv(wire.EnvCookie) == wire.Cookie {
 		sdk.Serve(probePlugin("extprobe"))
 	}
 	if os.Getenv(envTestCore) != "" {

@@ -5,11 +5,23 @@ import (
 	"time"
 )
 
+// ProtocolVersion is the version of this contract. go-plugin negotiates it
+// at start (control.Handshake): a core and a plugin that share no version
+// refuse each other with an error naming both. It changes when a change is
+// not additive; 2 made the frame channel the only data plane (protocol 1
+// also had a gRPC Handle call).
+const ProtocolVersion = 2
+
 // What the core hands a plugin process besides its descriptors (those are
 // the bootstrap contract of nsexec/nsexec.h; see README.md, "Bootstrap").
 // Only the host can read a plugin's environment: the process is not
 // dumpable.
 const (
+	// EnvCookie is go-plugin's magic cookie variable, set to Cookie in
+	// every plugin process (control.Handshake).
+	EnvCookie = "NSPLUG_PLUGIN"
+	// Cookie is EnvCookie's value.
+	Cookie = "d7c0b5a4-handler"
 	// EnvConfig carries the plugin's PluginConfig, as JSON. The sdk
 	// unsets it before any handler runs.
 	EnvConfig = "NSPLUG_PLUGIN_CONFIG"
