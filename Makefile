@@ -1,6 +1,9 @@
 # nsplug build and test entry points. Everything runs as root on Linux.
 GO       ?= go
 BIN      := bin/nsplug
+# The lean binary that serves the built-ins in targets (no core, gRPC or
+# go-plugin); the core runs them from it when it is next to $(BIN).
+HANDLER  := bin/nsplug-handler
 GOFLAGS  ?=
 BENCH    ?= full
 EXAMPLES := netinfo
@@ -11,6 +14,7 @@ all: build
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/nsplug
+	$(GO) build $(GOFLAGS) -o $(HANDLER) ./cmd/nsplug-handler
 
 # A tour against a sandbox target made on the spot: nothing to set up.
 demo: build

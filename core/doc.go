@@ -28,7 +28,9 @@
 // serves it through the same call and is then ended (oneshot.go). Close kills and reaps all of
 // them. A binary that serves built-ins (Options.Builtins, see Builtin)
 // must serve them first thing in main (plugins/builtin.Main): the core
-// starts them by re-executing it.
+// starts them by re-executing it, unless the lean HandlerExecutable of the
+// same built-ins is installed next to it (or Options.Executable names
+// one).
 //
 // The host side is this package; the contract is package wire (wire/README.md
 // specifies it); the in-namespace side is nsexec and sdk. The core imports

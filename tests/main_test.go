@@ -22,8 +22,10 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
-// nsplugBin is bin/nsplug built for the command-line tests.
-var nsplugBin string
+// nsplugBin is bin/nsplug built for the command-line tests, and
+// handlerBin bin/nsplug-handler, next to it as make installs them: the
+// command's built-ins run from handlerBin.
+var nsplugBin, handlerBin string
 
 func TestMain(m *testing.M) {
 	// This test binary is also the plugin executable: the built-ins plus
@@ -48,11 +50,14 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	nsplugBin = filepath.Join(dir, "nsplug")
-	build := exec.Command("go", "build", "-o", nsplugBin, "github.com/nsplug/nsplug/cmd/nsplug")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building nsplug:", err)
-		return 1
+	handlerBin = filepath.Join(dir, core.HandlerExecutable)
+	for bin, pkg := range map[string]string{nsplugBin: "cmd/nsplug", handlerBin: "cmd/nsplug-handler"} {
+		build := exec.Command("go", "build", "-o", bin, "github.com/nsplug/nsplug/"+pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg+":", err)
+			return 1
+		}
 	}
 	// Make the binaries reachable by a rootless target's host uid.
 	os.Chmod(dir, 0o755)

@@ -37,6 +37,12 @@ const (
 	// settings for a process are the same. EnvConfig then holds a JSON
 	// object, plugin name → PluginConfig.
 	EnvBuiltin = "NSPLUG_BUILTIN"
+	// EnvBuiltinBuild, when set with EnvBuiltin, is the identity of the
+	// built-ins the core described (core.Builtin.Build): a binary whose
+	// own built-ins have another identity (the lean handler binary of
+	// another build) refuses to serve, saying so on the status pipe,
+	// rather than serve requests the core checked against other code.
+	EnvBuiltinBuild = "NSPLUG_BUILTIN_BUILD"
 	// EnvGOGC is the GOGC the sdk sets (debug.SetGCPercent) once a
 	// serving process has lived GCDelay. GOGC itself would apply from
 	// the first allocation: a heap goal under the ~1 MB that package

@@ -4,7 +4,9 @@
 // nsexec preamble, without the core, gRPC, go-plugin or the daemon's
 // metrics, so that every built-in process (oneshot or pooled, one per
 // target) starts faster and holds less memory than a re-executed bin/nsplug.
-// A core runs the built-ins from it when core.Options.Executable names it.
+// The core finds it next to its own executable (core.HandlerExecutable;
+// `make` builds both into bin/) and checks that it is of the same build
+// (wire.EnvBuiltinBuild); without it, the core re-executes itself.
 package main
 
 import (

@@ -2,7 +2,8 @@
 // binary that serves them (the nsplug command, an embedder's daemon, a
 // test binary) passes All to core.Options.Builtins and calls Main first
 // thing in main, as moby's reexec does: the core starts a built-in by
-// re-executing the binary.
+// re-executing the binary, or by executing the lean handler binary
+// (cmd/nsplug-handler) installed next to it.
 //
 // It is where built-ins cross from the sdk to the core: Of describes an
 // sdk plugin as a core.Builtin (in-process, through the sdk's own server).
@@ -34,9 +35,12 @@ func All() []core.Builtin { return Of(Plugins()...) }
 func Main() { handlers.Main() }
 
 // Of describes sdk plugins compiled into this binary as core.Builtins;
-// the binary's main must Serve the same plugins.
+// the binary's main must Serve the same plugins. Their Build is the
+// identity of the whole set (handlers.Identity): a handler executable
+// serves them only if it was built with the same set.
 func Of(plugins ...*handler.Plugin) []core.Builtin {
 	out := make([]core.Builtin, 0, len(plugins))
+	build := handlers.Identity(plugins...)
 	for _, p := range plugins {
 		var types []string
 		for _, h := range p.Handlers {
@@ -45,6 +49,7 @@ func Of(plugins ...*handler.Plugin) []core.Builtin {
 		out = append(out, core.Builtin{
 			Name:  p.Name,
 			Types: types,
+			Build: build,
 			Describe: func(cfg *wire.PluginConfig) (*wire.DescribeResponse, error) {
 				srv, err := inproc.New(p, cfg, nil)
 				if err != nil {

@@ -9,9 +9,12 @@
 package handlers
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nsplug/nsplug/internal/inproc"
@@ -49,6 +52,12 @@ func Serve(plugins ...*handler.Plugin) {
 	if !ok {
 		return
 	}
+	if want := os.Getenv(wire.EnvBuiltinBuild); want != "" {
+		if got := Identity(plugins...); got != want {
+			fail(fmt.Sprintf("nsplug: the executable serving the built-ins is not of the core's build (its built-ins are %s, the core's %s): install the nsplug binaries of one build together", got, want))
+		}
+		os.Unsetenv(wire.EnvBuiltinBuild)
+	}
 	var serve []any
 	for _, name := range strings.Split(names, ",") {
 		i := slices.IndexFunc(plugins, func(p *handler.Plugin) bool { return p.Name == name })
@@ -64,4 +73,35 @@ func fail(msg string) {
 	nsexec.ReportFailure(msg)
 	fmt.Fprintln(os.Stderr, msg)
 	os.Exit(1)
+}
+
+// Identity identifies a set of built-in plugins as a core describes them:
+// a hash of the protocol version and of their names, fresh mounts and
+// message types (name, version, description, the namespaces each changes).
+// The core passes its own (core.Builtin.Build, wire.EnvBuiltinBuild) to
+// every built-in process, and Serve refuses to serve under another: a
+// handler binary of another build, whose built-ins are not the ones the
+// core described and checked the configuration against, fails to start
+// with an error saying so. It is of the built-ins' contract, not of their
+// code: a pair of builds whose built-ins differ in code alone passes (and
+// whether a build stamped VCS information does not matter: a test binary
+// never does). It reads no executable: hashing 20 MiB would cost more than
+// a start.
+func Identity(plugins ...*handler.Plugin) string {
+	h := sha256.New()
+	field := func(s string) { fmt.Fprintf(h, "%d:%s", len(s), s) }
+	field(strconv.Itoa(wire.ProtocolVersion))
+	for _, p := range plugins {
+		field(p.Name)
+		field(strings.Join(p.FreshMounts, ","))
+		for _, hd := range p.Handlers {
+			d := hd.Describe()
+			field(d.Name)
+			field(strconv.FormatUint(uint64(d.Version), 10))
+			field(d.Description)
+			field(strings.Join(d.Changes, ","))
+			field(strings.Join(d.MayChange, ","))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
