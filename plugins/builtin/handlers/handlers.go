@@ -89,7 +89,11 @@ func fail(msg string) {
 // a start.
 func Identity(plugins ...*handler.Plugin) string {
 	h := sha256.New()
-	field := func(s string) { fmt.Fprintf(h, "%d:%s", len(s), s) }
+	var buf []byte
+	field := func(s string) { // length-prefixed: fields cannot run into each other
+		buf = append(strconv.AppendInt(buf[:0], int64(len(s)), 10), ':')
+		h.Write(append(buf, s...))
+	}
 	field(strconv.Itoa(wire.ProtocolVersion))
 	for _, p := range plugins {
 		field(p.Name)
