@@ -54,7 +54,7 @@ func Serve(plugins ...*handler.Plugin) {
 	}
 	if want := os.Getenv(wire.EnvBuiltinBuild); want != "" {
 		if got := Identity(plugins...); got != want {
-			fail(fmt.Sprintf("nsplug: the executable serving the built-ins is not of the core's build (its built-ins are %s, the core's %s): install the nsplug binaries of one build together", got, want))
+			fail(fmt.Sprintf("nsplug: the executable serving the built-ins is not of the core's build (its built-ins are %s, the core's %s): install the core and the handler binary beside it from one build, or remove the handler binary", got, want))
 		}
 		os.Unsetenv(wire.EnvBuiltinBuild)
 	}
