@@ -10,16 +10,19 @@ EXAMPLES := netinfo
 
 all: build
 
-# Two binaries, installed side by side: nsplug, the front (calls, the
-# built-in handlers), and nsplugd, the full one it hands serve, health and
-# third-party plugins to. The front links no gRPC, go-plugin or prometheus
-# and is linked statically (netgo, osusergo: its only cgo is the nsexec
-# preamble), so that a process of it starts in a few milliseconds. The
-# tests and the bench build them with this target too (BINDIR=...).
+# Three binaries, installed side by side from one build: nsplug, the
+# front (calls, ids, plugins, the demo), nsplugd, the full one it hands
+# serve, health and third-party plugins to, and nsplug-handler, the
+# built-ins alone, which every built-in process runs. The front and the
+# handler link no gRPC, go-plugin or prometheus and are linked statically
+# (netgo, osusergo: their only cgo is the nsexec preamble), so that a
+# process of either starts in a few milliseconds. The tests and the bench
+# build them with this target too (BINDIR=...).
 FRONT_FLAGS := -tags netgo,osusergo -ldflags=-extldflags=-static
 build:
 	$(GO) build $(GOFLAGS) -o $(BINDIR)/nsplugd ./cmd/nsplugd
 	$(GO) build $(GOFLAGS) $(FRONT_FLAGS) -o $(BIN) ./cmd/nsplug
+	$(GO) build $(GOFLAGS) $(FRONT_FLAGS) -o $(BINDIR)/nsplug-handler ./cmd/nsplug-handler
 
 # A tour against a sandbox target made on the spot: nothing to set up.
 demo: build
@@ -64,7 +67,7 @@ test-examples:
 # (api/v1). Needs protoc (Debian:
 # protobuf-compiler) and protoc-gen-go-grpc $(GRPC_GEN) on PATH (go install
 # google.golang.org/grpc/cmd/protoc-gen-go-grpc@v$(GRPC_GEN); Debian's is
-# older and would rewrite plugin_grpc.pb.go in an older style).
+# older and would rewrite control_grpc.pb.go in an older style).
 # protoc-gen-go is built from the google.golang.org/protobuf that go.mod
 # pins, so that the generated code matches the runtime it links.
 GRPC_GEN := 1.5.1
@@ -75,7 +78,7 @@ proto:
 	protoc -I wire --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:wire \
 		--go-grpc_out=paths=source_relative:wire \
-		wire/plugin.proto
+		wire/plugin.proto wire/control/control.proto
 	protoc -I api --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:api \
 		--go-grpc_out=paths=source_relative:api \

@@ -31,8 +31,10 @@ type Options struct {
 	// itself (see Builtin; plugins/builtin.All). A [[plugin]] without a
 	// path names one.
 	Builtins []Builtin
-	// Executable serves the built-ins. Default: this process's executable,
-	// which must then serve them first thing in main (plugins/builtin.Main).
+	// Executable serves the built-ins. Default: HandlerExecutable in the
+	// directory of this process's executable, when it is there and the
+	// built-ins have a Build; else this process's executable, which must
+	// then serve them first thing in main (plugins/builtin.Main).
 	Executable string
 	// LoadFailureLevel is the level at which New logs, once, each plugin
 	// that fails to load; zero means hclog.Warn. A caller that reports
@@ -107,6 +109,7 @@ type Dispatcher struct {
 	types   map[string]*pluginEntry
 	failed  map[string]*pluginEntry // types configured for plugins that failed to load
 	selfNS  nsSet
+	build   string // the Build of every built-in, or "" if they differ
 	runDir  *runDir
 	started func(pid int) // Options.Started
 	events  func(Event)   // Options.Events
@@ -171,6 +174,12 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 			return nil, fmt.Errorf("Options.Builtins[%d]: a built-in needs a Name and a Describe", i)
 		}
 		l.builtins[b.Name] = &opts.Builtins[i]
+		switch {
+		case i == 0:
+			d.build = b.Build
+		case b.Build != d.build:
+			d.build = "" // no one identity to check a handler executable against
+		}
 	}
 	failLevel := opts.LoadFailureLevel
 	if failLevel == hclog.NoLevel {

@@ -29,7 +29,9 @@
 // serves it through the same call and is then ended (oneshot.go). Close kills and reaps all of
 // them. A binary that serves built-ins (Options.Builtins, see Builtin)
 // must serve them first thing in main (plugins/builtin.Main): the core
-// starts them by re-executing it.
+// starts them by re-executing it, unless the lean HandlerExecutable of the
+// same built-ins is installed next to it (or Options.Executable names
+// one).
 //
 // A third-party plugin (a [[plugin]] with a path) is described at load
 // through go-plugin, which this package does not link: a binary that

@@ -3,6 +3,7 @@ package core
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -253,3 +255,50 @@ func (e *sealedExecutable) close() { e.file.Close() }
 // checksumError is a sealed copy whose sha256 is not the configured one:
 // a problem of the sha256 key, where others are of the path.
 type checksumError struct{ error }
+
+// HandlerExecutable is the name of the lean binary that serves nsplug's
+// built-ins (cmd/nsplug-handler: the built-ins, the sdk's frame server and
+// the nsexec preamble, without the core, gRPC or go-plugin), which `make`
+// installs next to bin/nsplug. Found next to the core's own executable, it
+// is what built-in processes start from (see Options.Executable): a
+// fraction of the core binary's size, and of its start time and memory in
+// every instance. It is opened as the core's own executable would be
+// (overlayExecutable, or a sealed copy), so no process in a target can
+// reach or replace it.
+const HandlerExecutable = "nsplug-handler"
+
+// handlerNextTo returns the HandlerExecutable in exe's directory, or ""
+// when there is none. One that someone other than root or this process's
+// user could have put there or replaced (it, or its directory, owned by
+// another user or writable by group or others; not a regular file) is an
+// error: the core would run it in every target.
+func handlerNextTo(exe string) (string, error) {
+	dir := filepath.Dir(exe)
+	path := filepath.Join(dir, HandlerExecutable)
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("built-ins: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("built-ins: refusing %s: it is not a regular file (%s)", path, fileKind(st.Mode()))
+	}
+	dst, err := os.Stat(dir)
+	if err != nil {
+		return "", fmt.Errorf("built-ins: %w", err)
+	}
+	for _, fi := range []os.FileInfo{st, dst} {
+		uid := fi.Sys().(*syscall.Stat_t).Uid
+		if uid != 0 && int(uid) != os.Geteuid() {
+			return "", fmt.Errorf("built-ins: refusing %s: %s is owned by uid %d, neither root nor this process's user", path, fi.Name(), uid)
+		}
+		// Others may write to a sticky directory, but not rename or
+		// remove a file they do not own: the file's owner decides.
+		if writable := fi.Mode().Perm()&0o022 != 0; writable && (fi == st || fi.Mode()&os.ModeSticky == 0) {
+			return "", fmt.Errorf("built-ins: refusing %s: %s is writable by group or others (mode %v)", path, fi.Name(), fi.Mode().Perm())
+		}
+	}
+	return path, nil
+}

@@ -123,3 +123,79 @@ func TestOpenSelfFallsBackToACopy(t *testing.T) {
 		t.Errorf("sum %s, want %s", exe.sum(), sum)
 	}
 }
+
+// The handler binary next to the core's executable is used only when no
+// one but root or the core's user could have put it there or replaced it.
+func TestHandlerNextTo(t *testing.T) {
+	exe := func(t *testing.T, dirMode os.FileMode) (dir, core string) {
+		dir = filepath.Join(t.TempDir(), "bin")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, dirMode)
+		core = filepath.Join(dir, "nsplug")
+		if err := os.WriteFile(core, []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return dir, core
+	}
+	t.Run("none", func(t *testing.T) {
+		_, core := exe(t, 0o755)
+		if got, err := handlerNextTo(core); got != "" || err != nil {
+			t.Errorf("no handler binary: %q, %v", got, err)
+		}
+	})
+	t.Run("safe", func(t *testing.T) {
+		for _, mode := range []os.FileMode{0o755, 0o777 | os.ModeSticky} { // a sticky directory: the file's owner decides
+			dir, core := exe(t, mode)
+			want := filepath.Join(dir, HandlerExecutable)
+			if err := os.WriteFile(want, nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := handlerNextTo(core); got != want || err != nil {
+				t.Errorf("directory %v: %q, %v; want %q", mode, got, err, want)
+			}
+		}
+	})
+	refused := func(t *testing.T, core, why string) {
+		t.Helper()
+		got, err := handlerNextTo(core)
+		if got != "" || err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("%q, %v; want an error saying %q", got, err, why)
+		}
+	}
+	t.Run("writable by others", func(t *testing.T) {
+		dir, core := exe(t, 0o755)
+		path := filepath.Join(dir, HandlerExecutable)
+		if err := os.WriteFile(path, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(path, 0o775)
+		refused(t, core, "writable by group or others")
+	})
+	t.Run("directory writable by others", func(t *testing.T) {
+		dir, core := exe(t, 0o777)
+		if err := os.WriteFile(filepath.Join(dir, HandlerExecutable), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, core, "writable by group or others")
+	})
+	t.Run("owned by another user", func(t *testing.T) {
+		dir, core := exe(t, 0o755)
+		path := filepath.Join(dir, HandlerExecutable)
+		if err := os.WriteFile(path, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, core, "owned by uid 65534")
+	})
+	t.Run("a symlink", func(t *testing.T) {
+		dir, core := exe(t, 0o755)
+		if err := os.Symlink(core, filepath.Join(dir, HandlerExecutable)); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, core, "not a regular file")
+	})
+}

@@ -56,17 +56,7 @@ func isHeavy(pkg string) bool {
 // third-party plugin through go-plugin is core/goplugin's, imported for
 // its effect by the binaries that load such plugins. The failure names
 // the chain of imports that brings one in.
-//
-// Package wire still holds the go-plugin control plane (control.go,
-// plugin_grpc.pb.go) and so links gRPC; while it does, what comes only
-// through wire is wire's to shed and is not counted here (logged). Once
-// wire is lean the exemption finds nothing to exempt.
 func TestCoreLinksNoGoPlugin(t *testing.T) {
-	const wirePkg = "github.com/nsplug/nsplug/wire"
-	wireHeavy := false
-	for _, dep := range strings.Fields(goList(t, "-deps", wirePkg)) {
-		wireHeavy = wireHeavy || isHeavy(dep)
-	}
 	for _, pkg := range []string{"github.com/nsplug/nsplug/core", "github.com/nsplug/nsplug/config"} {
 		imports := map[string][]string{}
 		for _, line := range strings.Split(strings.TrimSpace(goList(t, "-deps", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}", pkg)), "\n") {
@@ -82,10 +72,6 @@ func TestCoreLinksNoGoPlugin(t *testing.T) {
 		for len(queue) > 0 {
 			p := queue[0]
 			queue = queue[1:]
-			if p == wirePkg && wireHeavy {
-				t.Logf("%s: not following %s, which links the go-plugin control plane", pkg, wirePkg)
-				continue
-			}
 			for _, dep := range imports[p] {
 				if _, seen := from[dep]; seen {
 					continue

@@ -130,6 +130,9 @@ func (d *Dispatcher) newRunner(sp *spec, sockDir string, env []string) *nsRunner
 		wire.EnvConfig+"="+string(p.pluginConfig))
 	if p.builtin {
 		cmd.Env = append(cmd.Env, wire.EnvBuiltin+"="+strings.Join(p.serves, ","))
+		if d.build != "" {
+			cmd.Env = append(cmd.Env, wire.EnvBuiltinBuild+"="+d.build)
+		}
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL, // die with the core

@@ -21,7 +21,7 @@ type loader struct {
 	d        *Dispatcher
 	cfg      *config.Config
 	builtins map[string]*Builtin
-	self     string            // the executable serving the built-ins
+	self     string            // the executable serving the built-ins (Options.Executable, or builtinExecutable's)
 	selfExe  *sealedExecutable // its sealed copy, made once for all of them
 	selfErr  error
 }
@@ -85,7 +85,7 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.Descr
 	}
 	if l.selfExe == nil && l.selfErr == nil {
 		if l.self == "" {
-			l.self, l.selfErr = os.Executable()
+			l.self, l.selfErr = l.builtinExecutable()
 		}
 		if l.selfErr == nil {
 			l.selfExe, l.selfErr = l.openSelf()
@@ -100,6 +100,25 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.Descr
 		return nil, fmt.Errorf("plugin %s: %w", e.name, err)
 	}
 	return b.Describe(&pcfg)
+}
+
+// builtinExecutable finds the executable that serves the built-ins when
+// Options.Executable names none: the lean HandlerExecutable next to this
+// process's executable, when it is there and the built-ins have a Build to
+// check it against (a handler of another build then fails to start,
+// saying so); else this process's executable, re-executed. A handler
+// there that others could have replaced is refused, not skipped.
+func (l *loader) builtinExecutable() (string, error) {
+	self, err := os.Executable()
+	if err != nil || l.d.build == "" {
+		return self, err
+	}
+	lean, err := handlerNextTo(self)
+	if err != nil || lean == "" {
+		return self, err
+	}
+	l.d.log.Debug("built-ins start from the handler executable", "path", lean)
+	return lean, nil
 }
 
 // openSelf opens the executable serving the built-ins, once for all of

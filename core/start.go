@@ -72,7 +72,7 @@ func (d *Dispatcher) startFramed(ctx context.Context, sp *spec) (*instance, erro
 		return nil, err
 	}
 	defer os.RemoveAll(sockDir)
-	r := d.newRunner(sp, sockDir, []string{wire.EnvFramesOnly + "=1", wire.Handshake.MagicCookieKey + "=" + wire.Handshake.MagicCookieValue})
+	r := d.newRunner(sp, sockDir, []string{wire.EnvFramesOnly + "=1", wire.EnvCookie + "=" + wire.Cookie})
 	r.framesOnly = true
 	if err := r.Start(ctx); err != nil {
 		return nil, err

@@ -48,4 +48,10 @@
 // The contract between the core and a plugin is package wire
 // (wire/README.md); the sdk implements the plugin's side of it, and a
 // plugin author needs nothing of it.
+//
+// Everything here but Serve is package sdk/handler's, re-exported (the
+// types are aliases): handler is the sdk without go-plugin and gRPC, for
+// code that only ever serves the frame channel (nsplug's built-ins, in the
+// lean bin/nsplug-handler). A plugin of its own imports sdk: Serve answers
+// the core's Describe over go-plugin.
 package sdk

@@ -23,15 +23,17 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
-// nsplugBin is bin/nsplug built for the command-line tests.
-var nsplugBin string
+// nsplugBin is bin/nsplug built for the command-line tests, and
+// handlerBin bin/nsplug-handler, next to it as make installs them: the
+// command's built-ins run from handlerBin.
+var nsplugBin, handlerBin string
 
 func TestMain(m *testing.M) {
 	// This test binary is also the plugin executable: the built-ins plus
 	// the probe plugin (as a built-in, or as an external plugin when
 	// started without NSPLUG_BUILTIN), and a stand-alone core.
 	builtin.Serve(testPlugins()...)
-	if os.Getenv(wire.Handshake.MagicCookieKey) == wire.Handshake.MagicCookieValue {
+	if os.Getenv(wire.EnvCookie) == wire.Cookie {
 		sdk.Serve(probePlugin("extprobe"))
 	}
 	if os.Getenv(envTestCore) != "" {
@@ -48,7 +50,8 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	nsplugBin = filepath.Join(dir, "nsplug") // and nsplugd beside it
+	nsplugBin = filepath.Join(dir, "nsplug") // and nsplugd and the handler binary beside it
+	handlerBin = filepath.Join(dir, core.HandlerExecutable)
 	if err := buildbin.Build(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "building nsplug:", err)
 		return 1

@@ -91,21 +91,7 @@ func TestKilledCLILeavesNoRuntimeFiles(t *testing.T) {
 	}
 	defer cmd.Wait()
 	defer cmd.Process.Kill()
-	// openat2 is system call 437 on every architecture.
-	h := 0
-	for deadline := time.Now().Add(10 * time.Second); h == 0; time.Sleep(10 * time.Millisecond) {
-		for _, p := range processesInPIDNamespaceOf(t, target.PID()) {
-			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", p))
-			for _, task := range tasks {
-				if sc, _ := os.ReadFile(task); p != target.PID() && strings.HasPrefix(string(sc), "437 ") {
-					h = p
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no handler blocked opening the FIFO")
-		}
-	}
+	h := handlerBlockedInOpen(t, target.PID())
 	cmd.Process.Kill()
 	cmd.Wait()
 	waitGone(t, h, 5*time.Second)

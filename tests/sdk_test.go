@@ -257,18 +257,20 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 	}
 }
 
-// The plugin written without the sdk takes from package wire only what
-// protoc generated from plugin.proto (the messages and the gRPC service
-// glue), never wire's codec, limits or helpers: its frames are built from
+// The plugin written without the sdk takes from packages wire and
+// wire/control only what protoc generated from plugin.proto and
+// control/control.proto (the messages and the gRPC service glue), never wire's codec, limits or helpers: its frames are built from
 // wire/README.md alone, so that the spec is checked by code that does not
 // share ours.
 func TestRawPluginUsesOnlyGeneratedWire(t *testing.T) {
 	fset := token.NewFileSet()
 	generated := map[string]bool{}
 	pbs, err := filepath.Glob("../wire/*.pb.go")
-	if err != nil || len(pbs) == 0 {
-		t.Fatalf("no generated files in wire/: %v", err)
+	control, _ := filepath.Glob("../wire/control/*.pb.go")
+	if err != nil || len(pbs) == 0 || len(control) == 0 {
+		t.Fatalf("no generated files in wire/ and wire/control/: %v", err)
 	}
+	pbs = append(pbs, control...)
 	for _, path := range pbs {
 		f, err := parser.ParseFile(fset, path, nil, 0)
 		if err != nil {
@@ -291,7 +293,7 @@ func TestRawPluginUsesOnlyGeneratedWire(t *testing.T) {
 		}
 		for _, imp := range f.Imports {
 			if p := strings.Trim(imp.Path.Value, `"`); strings.HasPrefix(p, "github.com/nsplug/nsplug/") &&
-				p != "github.com/nsplug/nsplug/wire" && p != "github.com/nsplug/nsplug/nsexec" {
+				p != "github.com/nsplug/nsplug/wire" && p != "github.com/nsplug/nsplug/wire/control" && p != "github.com/nsplug/nsplug/nsexec" {
 				t.Errorf("%s imports %s: a plugin without the sdk takes only wire's generated code and the nsexec preamble", path, p)
 			}
 		}
@@ -301,8 +303,8 @@ func TestRawPluginUsesOnlyGeneratedWire(t *testing.T) {
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			if sel, ok := n.(*ast.SelectorExpr); ok {
-				if x, ok := sel.X.(*ast.Ident); ok && x.Name == "wire" && !generated[sel.Sel.Name] {
-					t.Errorf("%s: wire.%s is not generated from plugin.proto", fset.Position(sel.Pos()), sel.Sel.Name)
+				if x, ok := sel.X.(*ast.Ident); ok && (x.Name == "wire" || x.Name == "control") && !generated[sel.Sel.Name] {
+					t.Errorf("%s: %s.%s is not generated from plugin.proto or control.proto", fset.Position(sel.Pos()), x.Name, sel.Sel.Name)
 				}
 			}
 			return true

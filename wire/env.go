@@ -5,11 +5,23 @@ import (
 	"time"
 )
 
+// ProtocolVersion is the version of this contract. go-plugin negotiates it
+// at start (control.Handshake): a core and a plugin that share no version
+// refuse each other with an error naming both. It changes when a change is
+// not additive; 2 made the frame channel the only data plane (protocol 1
+// also had a gRPC Handle call).
+const ProtocolVersion = 2
+
 // What the core hands a plugin process besides its descriptors (those are
 // the bootstrap contract of nsexec/nsexec.h; see README.md, "Bootstrap").
 // Only the host can read a plugin's environment: the process is not
 // dumpable.
 const (
+	// EnvCookie is go-plugin's magic cookie variable, set to Cookie in
+	// every plugin process (control.Handshake).
+	EnvCookie = "NSPLUG_PLUGIN"
+	// Cookie is EnvCookie's value.
+	Cookie = "d7c0b5a4-handler"
 	// EnvConfig carries the plugin's PluginConfig, as JSON. The sdk
 	// unsets it before any handler runs.
 	EnvConfig = "NSPLUG_PLUGIN_CONFIG"
@@ -25,6 +37,12 @@ const (
 	// settings for a process are the same. EnvConfig then holds a JSON
 	// object, plugin name → PluginConfig.
 	EnvBuiltin = "NSPLUG_BUILTIN"
+	// EnvBuiltinBuild, when set with EnvBuiltin, is the identity of the
+	// built-ins the core described (core.Builtin.Build): a binary whose
+	// own built-ins have another identity (the lean handler binary of
+	// another build) refuses to serve, saying so on the status pipe,
+	// rather than serve requests the core checked against other code.
+	EnvBuiltinBuild = "NSPLUG_BUILTIN_BUILD"
 	// EnvGOGC is the GOGC the sdk sets (debug.SetGCPercent) once a
 	// serving process has lived GCDelay. GOGC itself would apply from
 	// the first allocation: a heap goal under the ~1 MB that package

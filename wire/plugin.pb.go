@@ -1,8 +1,9 @@
 // The wire contract between the nsplug core and a handler plugin.
 //
-// The control plane: a plugin is a go-plugin gRPC server (handshake:
-// wire.Handshake) that serves the Handler service, whose one call is
-// Describe. Requests do not travel over gRPC: HandleRequest and
+// The messages of both planes. The control plane's service (Handler, whose
+// one call is Describe, served by a plugin as a go-plugin gRPC server) is in
+// control/control.proto, so that the Go code generated from this file links
+// no gRPC. Requests do not travel over gRPC: HandleRequest and
 // HandleResponse are the messages of the frame channel, the data plane
 // (README.md, "The frame channel"). Payloads are JSON objects, opaque to the
 // core: their shape is the contract of each message type. Errors a handler
@@ -470,9 +471,7 @@ const file_plugin_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\">\n" +
 	"\fHandlerError\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage2\\\n" +
-	"\aHandler\x12Q\n" +
-	"\bDescribe\x12!.nsplug.plugin.v1.DescribeRequest\x1a\".nsplug.plugin.v1.DescribeResponseB\x1fZ\x1dgithub.com/nsplug/nsplug/wireb\x06proto3"
+	"\amessage\x18\x02 \x01(\tR\amessageB\x1fZ\x1dgithub.com/nsplug/nsplug/wireb\x06proto3"
 
 var (
 	file_plugin_proto_rawDescOnce sync.Once
@@ -498,10 +497,8 @@ var file_plugin_proto_goTypes = []any{
 var file_plugin_proto_depIdxs = []int32{
 	2, // 0: nsplug.plugin.v1.DescribeResponse.types:type_name -> nsplug.plugin.v1.MessageType
 	5, // 1: nsplug.plugin.v1.HandleResponse.error:type_name -> nsplug.plugin.v1.HandlerError
-	0, // 2: nsplug.plugin.v1.Handler.Describe:input_type -> nsplug.plugin.v1.DescribeRequest
-	1, // 3: nsplug.plugin.v1.Handler.Describe:output_type -> nsplug.plugin.v1.DescribeResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -520,7 +517,7 @@ func file_plugin_proto_init() {
 			NumEnums:      0,
 			NumMessages:   6,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   0,
 		},
 		GoTypes:           file_plugin_proto_goTypes,
 		DependencyIndexes: file_plugin_proto_depIdxs,

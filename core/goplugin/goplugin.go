@@ -30,6 +30,7 @@ import (
 
 	"github.com/nsplug/nsplug/core/internal/describe"
 	"github.com/nsplug/nsplug/wire"
+	"github.com/nsplug/nsplug/wire/control"
 )
 
 func init() { describe.Register(start) }
@@ -44,8 +45,8 @@ func start(s describe.Start) (describe.Client, error) {
 	log := &clientLog{Logger: s.Log}
 	log.quiet.Store(true) // a failed start is the caller's error
 	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  wire.Handshake,
-		VersionedPlugins: wire.PluginSets(nil),
+		HandshakeConfig:  control.Handshake,
+		VersionedPlugins: control.PluginSets(nil),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           log, // go-plugin names plugin output after the runner (the plugin)
 		StartTimeout:     s.StartTimeout,
@@ -90,18 +91,18 @@ func start(s describe.Start) (describe.Client, error) {
 	if err != nil {
 		return fail(err)
 	}
-	raw, err := proto.Dispense(wire.PluginKey)
+	raw, err := proto.Dispense(control.PluginKey)
 	if err != nil {
 		return fail(err)
 	}
 	log.quiet.Store(false) // from now on an exit the core did not ask for is news
-	return &client{c: c, handler: raw.(wire.HandlerClient), proc: proc, log: log}, nil
+	return &client{c: c, handler: raw.(control.HandlerClient), proc: proc, log: log}, nil
 }
 
 // client is a plugin go-plugin started, being described.
 type client struct {
 	c       *plugin.Client
-	handler wire.HandlerClient
+	handler control.HandlerClient
 	proc    describe.Process
 	log     *clientLog
 }

@@ -34,7 +34,6 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
-	_ "github.com/nsplug/nsplug/core/goplugin" // third-party plugins, for call and plugins without --addr
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/wire"
 )

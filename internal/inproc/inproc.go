@@ -5,8 +5,13 @@
 // server out of the sdk's exported API, which is the author's, and out of
 // the core, which knows no sdk.
 //
-// Package sdk imports this package and sets New in its init; anything
-// that holds an *sdk.Plugin has imported sdk, so New is set by then.
+// It is also how sdk.Serve, which holds go-plugin, reaches the lean part
+// of the sdk (sdk/handler) without making that server part of anyone's
+// API (Start, Fail).
+//
+// Package sdk/handler imports this package and sets the hooks in its init;
+// anything that holds an *sdk.Plugin (an alias of *handler.Plugin) has
+// imported it, so they are set by then.
 package inproc
 
 import (
@@ -21,9 +26,9 @@ import (
 // Server serves the handlers of one plugin, as sdk.Serve does in a
 // plugin process.
 type Server interface {
-	// HandlerServer is what go-plugin serves, the control plane:
-	// Describe.
-	wire.HandlerServer
+	// Describe is what go-plugin serves, the control plane's one call
+	// (sdk.Serve adapts it to control.HandlerServer).
+	Describe(context.Context, *wire.DescribeRequest) (*wire.DescribeResponse, error)
 	// HandleFiles handles one request as the frame channel's server
 	// does and returns the files the handler handed back, which the
 	// caller closes: there is no frame channel to send them on.
@@ -50,3 +55,16 @@ var New func(plugin any, cfg *wire.PluginConfig, log hclog.Logger) (Server, erro
 // the sdk offers plugin authors no way to share a process: a third-party
 // plugin is alone in its own.
 var ServeShared func(plugins []any)
+
+// Start prepares plugin (an *sdk.Plugin) in a process started by a core:
+// it reads wire.EnvConfig and checks the plugin. When the process was
+// started to serve (wire.EnvFramesOnly) it serves the frame channel until
+// the core closes it and exits; otherwise it serves the frame channel, if
+// there is one, in the background and returns the server and its logger
+// for go-plugin's control plane. It reports any failure to the core and
+// exits.
+var Start func(plugin any) (Server, hclog.Logger)
+
+// Fail reports msg to the core (the status pipe, and stderr) and exits
+// with status 1.
+var Fail func(msg string)

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // MaxChownEntries bounds one fs.chown batch.
@@ -21,10 +21,10 @@ type ChownRequest struct {
 // required; -1 leaves that id unchanged. They are ids as the handler sees
 // them: the target's when its user namespace is joined.
 type ChownEntry struct {
-	Path     sdk.Name `json:"path"`
-	UID      *int64   `json:"uid"`
-	GID      *int64   `json:"gid"`
-	Nofollow bool     `json:"nofollow"`
+	Path     handler.Name `json:"path"`
+	UID      *int64       `json:"uid"`
+	GID      *int64       `json:"gid"`
+	Nofollow bool         `json:"nofollow"`
 }
 
 // checkID accepts -1 and the ids a kernel can hold (0 to 2^32-2; 2^32-1
@@ -32,9 +32,9 @@ type ChownEntry struct {
 func checkID(i int, what string, id *int64) error {
 	switch {
 	case id == nil:
-		return sdk.Errorf(unix.EINVAL, "entry %d: %s is required (-1 leaves it unchanged)", i, what)
+		return handler.Errorf(unix.EINVAL, "entry %d: %s is required (-1 leaves it unchanged)", i, what)
 	case *id < -1 || *id > 1<<32-2:
-		return sdk.Errorf(unix.EINVAL, "entry %d: %s %d is out of range (-1 to %d)", i, what, *id, int64(1<<32-2))
+		return handler.Errorf(unix.EINVAL, "entry %d: %s %d is out of range (-1 to %d)", i, what, *id, int64(1<<32-2))
 	}
 	return nil
 }
@@ -44,14 +44,14 @@ func checkID(i int, what string, id *int64) error {
 // applied (there is no rollback), the error names the failing entry's
 // index and path and keeps the kernel's errno.
 func chown(ctx context.Context, req ChownRequest) (Empty, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if len(req.Entries) > MaxChownEntries {
-		return Empty{}, sdk.Errorf(unix.E2BIG, "%d entries; at most %d per request", len(req.Entries), MaxChownEntries)
+		return Empty{}, handler.Errorf(unix.E2BIG, "%d entries; at most %d per request", len(req.Entries), MaxChownEntries)
 	}
 	for i, e := range req.Entries {
 		if _, err := env.CheckPath(string(e.Path)); err != nil {
-			se := sdk.AsError(err)
-			return Empty{}, sdk.Errorf(se.Errno, "entry %d: %s", i, se.Message)
+			se := handler.AsError(err)
+			return Empty{}, handler.Errorf(se.Errno, "entry %d: %s", i, se.Message)
 		}
 		if err := checkID(i, "uid", e.UID); err != nil {
 			return Empty{}, err
@@ -62,18 +62,18 @@ func chown(ctx context.Context, req ChownRequest) (Empty, error) {
 	}
 	for i, e := range req.Entries {
 		if err := chownOne(env, e); err != nil {
-			se := sdk.AsError(err)
+			se := handler.AsError(err)
 			applied := ""
 			if i > 0 {
 				applied = fmt.Sprintf("; entries 0 to %d were applied", i-1)
 			}
-			return Empty{}, sdk.Errorf(se.Errno, "entry %d: %s%s", i, se.Message, applied)
+			return Empty{}, handler.Errorf(se.Errno, "entry %d: %s%s", i, se.Message, applied)
 		}
 	}
 	return Empty{}, nil
 }
 
-func chownOne(env *sdk.Env, e ChownEntry) error {
+func chownOne(env *handler.Env, e ChownEntry) error {
 	n, err := resolve(env, string(e.Path), e.Nofollow)
 	if err != nil {
 		return err

@@ -4,7 +4,9 @@
 // does with its xattr and chownSyscall nsenter events, with the kernel's
 // errno kept on every failure.
 //
-// It is written with the public sdk only, as a third-party plugin would be.
+// It is written with the public sdk only (its lean part, sdk/handler, which
+// a built-in imports so that its process links no go-plugin), as a
+// third-party plugin would be.
 //
 // Whose privileges apply is a configuration choice, not a plugin choice:
 // with the target's user namespace joined (the default) a request acts as
@@ -20,21 +22,21 @@
 package fs
 
 import (
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Plugin returns the fs plugin.
-func Plugin() *sdk.Plugin {
-	return &sdk.Plugin{
+func Plugin() *handler.Plugin {
+	return &handler.Plugin{
 		Name: "fs",
-		Handlers: []sdk.Handler{
-			sdk.Handle("fs.getxattr", "read one extended attribute of a path", getxattr),
-			sdk.Handle("fs.setxattr", "set one extended attribute of a path (flags: create, replace)", setxattr).Changes("mnt"),
-			sdk.Handle("fs.listxattr", "list the extended attribute names of a path", listxattr),
-			sdk.Handle("fs.removexattr", "remove one extended attribute of a path", removexattr).Changes("mnt"),
-			sdk.Handle("fs.chown", "change owner and group of a batch of paths (-1 leaves one unchanged)", chown).Changes("mnt"),
+		Handlers: []handler.Handler{
+			handler.Handle("fs.getxattr", "read one extended attribute of a path", getxattr),
+			handler.Handle("fs.setxattr", "set one extended attribute of a path (flags: create, replace)", setxattr).Changes("mnt"),
+			handler.Handle("fs.listxattr", "list the extended attribute names of a path", listxattr),
+			handler.Handle("fs.removexattr", "remove one extended attribute of a path", removexattr).Changes("mnt"),
+			handler.Handle("fs.chown", "change owner and group of a batch of paths (-1 leaves one unchanged)", chown).Changes("mnt"),
 			// Opening for writing, creating or truncating changes files.
-			sdk.Handle("fs.open", "open a file (openat2 flags and resolve flags) and hand the descriptor back", open).MayChange("mnt"),
+			handler.Handle("fs.open", "open a file (openat2 flags and resolve flags) and hand the descriptor back", open).MayChange("mnt"),
 		},
 	}
 }

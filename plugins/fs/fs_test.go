@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Unit tests of what the integration tests (tests/fs_test.go) cannot
@@ -90,27 +90,27 @@ func TestXattrHandlersWithAndWithoutXattrat(t *testing.T) {
 				t.Fatal(err)
 			}
 			cwd, _ := os.Getwd()
-			if _, err := setxattr(ctx, SetxattrRequest{Path: sdk.Name(f + ".link"), Name: "user.a", Value: []byte("1")}); err != nil {
+			if _, err := setxattr(ctx, SetxattrRequest{Path: handler.Name(f + ".link"), Name: "user.a", Value: []byte("1")}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := setxattr(ctx, SetxattrRequest{Path: sdk.Name(f), Name: "user.b", Value: bytes.Repeat([]byte("z"), 1000)}); err != nil {
+			if _, err := setxattr(ctx, SetxattrRequest{Path: handler.Name(f), Name: "user.b", Value: bytes.Repeat([]byte("z"), 1000)}); err != nil {
 				t.Fatal(err)
 			}
-			v, err := getxattr(ctx, GetxattrRequest{Path: sdk.Name(f), Name: "user.a"})
+			v, err := getxattr(ctx, GetxattrRequest{Path: handler.Name(f), Name: "user.a"})
 			if err != nil || string(v.Value) != "1" {
 				t.Errorf("getxattr: %q %v", v.Value, err)
 			}
-			l, err := listxattr(ctx, ListxattrRequest{Path: sdk.Name(f + ".link")})
-			if err != nil || !slices.Equal(l.Names, []sdk.Name{"user.a", "user.b"}) {
+			l, err := listxattr(ctx, ListxattrRequest{Path: handler.Name(f + ".link")})
+			if err != nil || !slices.Equal(l.Names, []handler.Name{"user.a", "user.b"}) {
 				t.Errorf("listxattr: %q %v", l.Names, err)
 			}
-			if _, err := setxattr(ctx, SetxattrRequest{Path: sdk.Name(f + ".link"), Name: "user.c", Nofollow: true}); !errors.Is(err, unix.EPERM) {
+			if _, err := setxattr(ctx, SetxattrRequest{Path: handler.Name(f + ".link"), Name: "user.c", Nofollow: true}); !errors.Is(err, unix.EPERM) {
 				t.Errorf("user.* on a link itself: %v, want EPERM", err)
 			}
-			if _, err := removexattr(ctx, RemovexattrRequest{Path: sdk.Name(f), Name: "user.a"}); err != nil {
+			if _, err := removexattr(ctx, RemovexattrRequest{Path: handler.Name(f), Name: "user.a"}); err != nil {
 				t.Error(err)
 			}
-			if _, err := getxattr(ctx, GetxattrRequest{Path: sdk.Name(f), Name: "user.a"}); !errors.Is(err, unix.ENODATA) {
+			if _, err := getxattr(ctx, GetxattrRequest{Path: handler.Name(f), Name: "user.a"}); !errors.Is(err, unix.ENODATA) {
 				t.Errorf("after remove: %v", err)
 			}
 			if now, _ := os.Getwd(); now != cwd {
@@ -124,8 +124,8 @@ func TestXattrHandlersWithAndWithoutXattrat(t *testing.T) {
 }
 
 func TestAllowedRootsApplyToEveryPath(t *testing.T) {
-	env := &sdk.Env{}
-	ctx := sdk.WithEnv(context.Background(), env)
+	env := &handler.Env{}
+	ctx := handler.WithEnv(context.Background(), env)
 	env.SetAllowedRoots([]string{"/nonexistent-root"})
 	_, err := getxattr(ctx, GetxattrRequest{Path: "/etc/passwd", Name: "user.x"})
 	if !errors.Is(err, unix.EACCES) {

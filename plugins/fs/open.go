@@ -9,12 +9,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // OpenRequest opens a file inside the target with openat2(2) semantics.
 type OpenRequest struct {
-	Path sdk.Name `json:"path"`
+	Path handler.Name `json:"path"`
 	// Flags by name: rdonly (default), wronly, rdwr, append, creat, excl,
 	// trunc, nofollow, directory, nonblock, noatime, path, tmpfile, sync,
 	// dsync, noctty. The descriptor is always close-on-exec.
@@ -61,7 +61,7 @@ func parseFlags(what string, names []string, table map[string]uint64) (uint64, e
 	for _, n := range names {
 		f, ok := table[n]
 		if !ok {
-			return 0, sdk.Errorf(syscall.EINVAL, "unknown %s flag %q (known: %s)", what, n, flagNames(table))
+			return 0, handler.Errorf(syscall.EINVAL, "unknown %s flag %q (known: %s)", what, n, flagNames(table))
 		}
 		v |= f
 	}
@@ -72,7 +72,7 @@ func parseFlags(what string, names []string, table map[string]uint64) (uint64, e
 // caller of the core (sysbox-fs injects such descriptors into a trapped
 // process with seccomp's ADDFD).
 func open(ctx context.Context, req OpenRequest) (OpenResponse, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	path, err := env.CheckPath(string(req.Path))
 	if err != nil {
 		return OpenResponse{}, err
@@ -86,7 +86,7 @@ func open(ctx context.Context, req OpenRequest) (OpenResponse, error) {
 		return OpenResponse{}, err
 	}
 	if req.Mode&^0o7777 != 0 {
-		return OpenResponse{}, sdk.Errorf(syscall.EINVAL, "mode %#o has bits beyond 07777", req.Mode)
+		return OpenResponse{}, handler.Errorf(syscall.EINVAL, "mode %#o has bits beyond 07777", req.Mode)
 	}
 	// A descriptor open for writing changes the file it names, and creat
 	// and trunc change files at once (tmpfile needs wronly or rdwr): not

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // maxSymlinks is the kernel's limit on symbolic links followed while
@@ -37,7 +37,7 @@ func (n *node) close() { unix.Close(n.dir) }
 // target's root (the user namespace not joined, say). Ordinary symbolic
 // links, absolute ones included, resolve inside the target's root, which
 // is this process's root.
-func resolve(env *sdk.Env, path string, nofollow bool) (*node, error) {
+func resolve(env *handler.Env, path string, nofollow bool) (*node, error) {
 	path, err := env.CheckPath(path)
 	if err != nil {
 		return nil, err
@@ -50,7 +50,7 @@ func resolve(env *sdk.Env, path string, nofollow bool) (*node, error) {
 			n.close() // the directory a relative link was resolved from
 		}
 		if err != nil {
-			return nil, sdk.Errorf(errnoOf(err), "resolving %s: %v%s", path, err, magicHint(err))
+			return nil, handler.Errorf(errnoOf(err), "resolving %s: %v%s", path, err, magicHint(err))
 		}
 		n = &node{dir: dir, name: name, path: path}
 		if nofollow || name == "." {
@@ -63,7 +63,7 @@ func resolve(env *sdk.Env, path string, nofollow bool) (*node, error) {
 		}
 		if hops == maxSymlinks {
 			n.close()
-			return nil, sdk.Errorf(unix.ELOOP, "resolving %s: more than %d symbolic links", path, maxSymlinks)
+			return nil, handler.Errorf(unix.ELOOP, "resolving %s: more than %d symbolic links", path, maxSymlinks)
 		}
 		// A magic link reads as a path too ("/" for /proc/1/root), which
 		// would be followed as text. Refuse it as the kernel's own
@@ -75,16 +75,16 @@ func resolve(env *sdk.Env, path string, nofollow bool) (*node, error) {
 			unix.Close(fd)
 		} else if errors.Is(err, unix.ELOOP) {
 			n.close()
-			return nil, sdk.Errorf(unix.ELOOP, "resolving %s: %v%s", path, err, magicHint(err))
+			return nil, handler.Errorf(unix.ELOOP, "resolving %s: %v%s", path, err, magicHint(err))
 		}
 		target, err := readlinkat(dir, name)
 		if err != nil {
 			n.close()
-			return nil, sdk.Errorf(errnoOf(err), "resolving %s: readlink: %v", path, err)
+			return nil, handler.Errorf(errnoOf(err), "resolving %s: readlink: %v", path, err)
 		}
 		if target == "" {
 			n.close()
-			return nil, sdk.Errorf(unix.ENOENT, "resolving %s: empty symbolic link", path)
+			return nil, handler.Errorf(unix.ENOENT, "resolving %s: empty symbolic link", path)
 		}
 		start, rest = dir, target
 		if strings.HasPrefix(target, "/") {

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // The kernel's limits (include/uapi/linux/limits.h).
@@ -25,9 +25,9 @@ const sizeRetries = 3
 
 // GetxattrRequest names one attribute of a path.
 type GetxattrRequest struct {
-	Path     sdk.Name `json:"path"`
-	Name     sdk.Name `json:"name"`
-	Nofollow bool     `json:"nofollow"`
+	Path     handler.Name `json:"path"`
+	Name     handler.Name `json:"name"`
+	Nofollow bool         `json:"nofollow"`
 }
 
 // GetxattrResponse carries the value (base64 in JSON).
@@ -38,30 +38,30 @@ type GetxattrResponse struct {
 // SetxattrRequest sets one attribute. Flags are "create" (fail with EEXIST
 // if it exists) and "replace" (fail with ENODATA if it does not).
 type SetxattrRequest struct {
-	Path     sdk.Name `json:"path"`
-	Name     sdk.Name `json:"name"`
-	Value    []byte   `json:"value"`
-	Flags    []string `json:"flags"`
-	Nofollow bool     `json:"nofollow"`
+	Path     handler.Name `json:"path"`
+	Name     handler.Name `json:"name"`
+	Value    []byte       `json:"value"`
+	Flags    []string     `json:"flags"`
+	Nofollow bool         `json:"nofollow"`
 }
 
 // ListxattrRequest names a path.
 type ListxattrRequest struct {
-	Path     sdk.Name `json:"path"`
-	Nofollow bool     `json:"nofollow"`
+	Path     handler.Name `json:"path"`
+	Nofollow bool         `json:"nofollow"`
 }
 
 // ListxattrResponse lists attribute names, sorted. Names the caller may
 // not see (trusted.* without CAP_SYS_ADMIN) are left out by the kernel.
 type ListxattrResponse struct {
-	Names []sdk.Name `json:"names"`
+	Names []handler.Name `json:"names"`
 }
 
 // RemovexattrRequest names one attribute of a path.
 type RemovexattrRequest struct {
-	Path     sdk.Name `json:"path"`
-	Name     sdk.Name `json:"name"`
-	Nofollow bool     `json:"nofollow"`
+	Path     handler.Name `json:"path"`
+	Name     handler.Name `json:"name"`
+	Nofollow bool         `json:"nofollow"`
 }
 
 // checkName applies the kernel's checks on a name before any system call,
@@ -69,27 +69,27 @@ type RemovexattrRequest struct {
 func checkName(name string) error {
 	switch {
 	case name == "":
-		return sdk.Errorf(unix.ERANGE, "attribute name is empty")
+		return handler.Errorf(unix.ERANGE, "attribute name is empty")
 	case len(name) > XattrNameMax:
-		return sdk.Errorf(unix.ERANGE, "attribute name is %d bytes, longer than %d", len(name), XattrNameMax)
+		return handler.Errorf(unix.ERANGE, "attribute name is %d bytes, longer than %d", len(name), XattrNameMax)
 	case strings.IndexByte(name, 0) >= 0:
-		return sdk.Errorf(unix.EINVAL, "attribute name contains a NUL byte")
+		return handler.Errorf(unix.EINVAL, "attribute name contains a NUL byte")
 	}
 	return nil
 }
 
 func fail(op string, n *node, attr string, err error) error {
 	if attr != "" {
-		return sdk.Errorf(errnoOf(err), "%s %s %q: %v", op, n.path, attr, err)
+		return handler.Errorf(errnoOf(err), "%s %s %q: %v", op, n.path, attr, err)
 	}
-	return sdk.Errorf(errnoOf(err), "%s %s: %v", op, n.path, err)
+	return handler.Errorf(errnoOf(err), "%s %s: %v", op, n.path, err)
 }
 
 func getxattr(ctx context.Context, req GetxattrRequest) (GetxattrResponse, error) {
 	if err := checkName(string(req.Name)); err != nil {
 		return GetxattrResponse{}, err
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
+	n, err := resolve(handler.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return GetxattrResponse{}, err
 	}
@@ -145,7 +145,7 @@ func setxattr(ctx context.Context, req SetxattrRequest) (Empty, error) {
 		return Empty{}, err
 	}
 	if len(req.Value) > XattrSizeMax {
-		return Empty{}, sdk.Errorf(unix.E2BIG, "value is %d bytes, larger than %d", len(req.Value), XattrSizeMax)
+		return Empty{}, handler.Errorf(unix.E2BIG, "value is %d bytes, larger than %d", len(req.Value), XattrSizeMax)
 	}
 	flags := 0
 	for _, f := range req.Flags {
@@ -155,10 +155,10 @@ func setxattr(ctx context.Context, req SetxattrRequest) (Empty, error) {
 		case "replace":
 			flags |= unix.XATTR_REPLACE
 		default:
-			return Empty{}, sdk.Errorf(unix.EINVAL, "unknown flag %q (want create or replace)", f)
+			return Empty{}, handler.Errorf(unix.EINVAL, "unknown flag %q (want create or replace)", f)
 		}
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
+	n, err := resolve(handler.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return Empty{}, err
 	}
@@ -170,7 +170,7 @@ func setxattr(ctx context.Context, req SetxattrRequest) (Empty, error) {
 }
 
 func listxattr(ctx context.Context, req ListxattrRequest) (ListxattrResponse, error) {
-	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
+	n, err := resolve(handler.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return ListxattrResponse{}, err
 	}
@@ -181,10 +181,10 @@ func listxattr(ctx context.Context, req ListxattrRequest) (ListxattrResponse, er
 	if err != nil {
 		return ListxattrResponse{}, fail("listxattr", n, "", err)
 	}
-	names := []sdk.Name{}
+	names := []handler.Name{}
 	for _, name := range strings.Split(string(list), "\x00") {
 		if name != "" {
-			names = append(names, sdk.Name(name))
+			names = append(names, handler.Name(name))
 		}
 	}
 	slices.Sort(names)
@@ -195,7 +195,7 @@ func removexattr(ctx context.Context, req RemovexattrRequest) (Empty, error) {
 	if err := checkName(string(req.Name)); err != nil {
 		return Empty{}, err
 	}
-	n, err := resolve(sdk.EnvFrom(ctx), string(req.Path), req.Nofollow)
+	n, err := resolve(handler.EnvFrom(ctx), string(req.Path), req.Nofollow)
 	if err != nil {
 		return Empty{}, err
 	}

@@ -9,7 +9,7 @@
 // (docker cp, CVE-2019-14271). Like glibc's "files" source, the first
 // matching line wins.
 //
-// The files are the target's, read with sdk.Env.ReadFile: the handler's
+// The files are the target's, read with handler.Env.ReadFile: the handler's
 // root is the target's root, so symbolic links in the target resolve
 // inside it (inside the allowed root the path lies in) and are followed;
 // /proc magic links are not (RESOLVE_NO_MAGICLINKS), nor is anything but a
@@ -29,7 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Bounds on the files read.
@@ -53,52 +53,52 @@ type Options struct {
 }
 
 // Plugin returns the ids plugin.
-func Plugin() *sdk.Plugin {
-	return &sdk.Plugin{
+func Plugin() *handler.Plugin {
+	return &handler.Plugin{
 		Name: "ids",
-		Configure: sdk.TypedOptions(Options{PasswdFile: DefaultPasswdFile, GroupFile: DefaultGroupFile}, func(o *Options) error {
+		Configure: handler.TypedOptions(Options{PasswdFile: DefaultPasswdFile, GroupFile: DefaultGroupFile}, func(o *Options) error {
 			for _, f := range []struct{ key, path string }{{"passwd_file", o.PasswdFile}, {"group_file", o.GroupFile}} {
-				if err := sdk.CheckPathSyntax(f.path); err != nil {
-					return sdk.OptionErrorf(f.key, "%s", sdk.AsError(err).Message)
+				if err := handler.CheckPathSyntax(f.path); err != nil {
+					return handler.OptionErrorf(f.key, "%s", handler.AsError(err).Message)
 				}
 			}
 			return nil
 		}),
-		Handlers: []sdk.Handler{
-			sdk.Handle("ids.user", "look a user up by name or uid in the target's /etc/passwd", lookupUser),
-			sdk.Handle("ids.group", "look a group up by name or gid in the target's /etc/group", lookupGroup),
+		Handlers: []handler.Handler{
+			handler.Handle("ids.user", "look a user up by name or uid in the target's /etc/passwd", lookupUser),
+			handler.Handle("ids.group", "look a group up by name or gid in the target's /etc/group", lookupGroup),
 		},
 	}
 }
 
 // Query names an entry by name or by id: exactly one of the two.
 type Query struct {
-	Name *sdk.Name `json:"name"`
-	ID   *int64    `json:"id"`
+	Name *handler.Name `json:"name"`
+	ID   *int64        `json:"id"`
 }
 
 // User is an /etc/passwd entry. Its text fields are the file's bytes
-// (sdk.Name: {"base64": "..."} when they are not UTF-8).
+// (handler.Name: {"base64": "..."} when they are not UTF-8).
 type User struct {
-	Name  sdk.Name `json:"name"`
-	ID    uint32   `json:"id"`
-	GID   uint32   `json:"gid"`
-	Gecos sdk.Name `json:"gecos"`
-	Home  sdk.Name `json:"home"`
-	Shell sdk.Name `json:"shell"`
+	Name  handler.Name `json:"name"`
+	ID    uint32       `json:"id"`
+	GID   uint32       `json:"gid"`
+	Gecos handler.Name `json:"gecos"`
+	Home  handler.Name `json:"home"`
+	Shell handler.Name `json:"shell"`
 }
 
 // Group is an /etc/group entry.
 type Group struct {
-	Name    sdk.Name   `json:"name"`
-	ID      uint32     `json:"id"`
-	Members []sdk.Name `json:"members"`
+	Name    handler.Name   `json:"name"`
+	ID      uint32         `json:"id"`
+	Members []handler.Name `json:"members"`
 }
 
 // options are the options Configure validated (never an error now that
 // they are checked at load).
-func options(ctx context.Context) (*sdk.Env, Options, error) {
-	return sdk.EnvFrom(ctx), sdk.OptionsFrom[Options](ctx), nil
+func options(ctx context.Context) (*handler.Env, Options, error) {
+	return handler.EnvFrom(ctx), handler.OptionsFrom[Options](ctx), nil
 }
 
 // check validates a query: exactly one of name and id, the name a valid
@@ -106,13 +106,13 @@ func options(ctx context.Context) (*sdk.Env, Options, error) {
 func (q Query) check(kind string) error {
 	switch {
 	case q.Name != nil && q.ID != nil:
-		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id, not both", kind)
+		return handler.Errorf(unix.EINVAL, "give the %s's name or its id, not both", kind)
 	case q.Name == nil && q.ID == nil:
-		return sdk.Errorf(unix.EINVAL, "give the %s's name or its id", kind)
+		return handler.Errorf(unix.EINVAL, "give the %s's name or its id", kind)
 	case q.Name != nil && (*q.Name == "" || strings.ContainsAny(string(*q.Name), ":\n\x00")):
-		return sdk.Errorf(unix.EINVAL, "%s name %q is not a valid name", kind, *q.Name)
+		return handler.Errorf(unix.EINVAL, "%s name %q is not a valid name", kind, *q.Name)
 	case q.ID != nil && (*q.ID < 0 || *q.ID > 1<<32-2):
-		return sdk.Errorf(unix.EINVAL, "%s id %d is out of range (0 to %d)", kind, *q.ID, int64(1<<32-2))
+		return handler.Errorf(unix.EINVAL, "%s id %d is out of range (0 to %d)", kind, *q.ID, int64(1<<32-2))
 	}
 	return nil
 }
@@ -150,14 +150,14 @@ func lookupUser(ctx context.Context, q Query) (User, error) {
 		if !ok1 || !ok2 || !q.matches(f[0], uid) {
 			return false
 		}
-		found = &User{Name: sdk.Name(f[0]), ID: uid, GID: gid, Gecos: sdk.Name(f[4]), Home: sdk.Name(f[5]), Shell: sdk.Name(f[6])}
+		found = &User{Name: handler.Name(f[0]), ID: uid, GID: gid, Gecos: handler.Name(f[4]), Home: handler.Name(f[5]), Shell: handler.Name(f[6])}
 		return true
 	})
 	if err != nil {
 		return User{}, err
 	}
 	if found == nil {
-		return User{}, sdk.Errorf(unix.ENOENT, "no user with %s in %s", q, opts.PasswdFile)
+		return User{}, handler.Errorf(unix.ENOENT, "no user with %s in %s", q, opts.PasswdFile)
 	}
 	return *found, nil
 }
@@ -180,10 +180,10 @@ func lookupGroup(ctx context.Context, q Query) (Group, error) {
 		if !ok || !q.matches(f[0], gid) {
 			return false
 		}
-		g := &Group{Name: sdk.Name(f[0]), ID: gid, Members: []sdk.Name{}}
+		g := &Group{Name: handler.Name(f[0]), ID: gid, Members: []handler.Name{}}
 		for _, m := range strings.Split(f[3], ",") {
 			if m = strings.TrimSpace(m); m != "" {
-				g.Members = append(g.Members, sdk.Name(m))
+				g.Members = append(g.Members, handler.Name(m))
 			}
 		}
 		found = g
@@ -193,7 +193,7 @@ func lookupGroup(ctx context.Context, q Query) (Group, error) {
 		return Group{}, err
 	}
 	if found == nil {
-		return Group{}, sdk.Errorf(unix.ENOENT, "no group with %s in %s", q, opts.GroupFile)
+		return Group{}, handler.Errorf(unix.ENOENT, "no group with %s in %s", q, opts.GroupFile)
 	}
 	return *found, nil
 }
@@ -214,7 +214,7 @@ func parseID(s string) (uint32, bool) {
 // the file at path until it returns true. Blank lines, comments, NIS
 // compat lines and lines without a name are skipped here; match rejects
 // lines of the wrong shape.
-func scan(env *sdk.Env, path string, match func(fields []string) bool) error {
+func scan(env *handler.Env, path string, match func(fields []string) bool) error {
 	data, err := readDB(env, path)
 	if err != nil {
 		return err
@@ -229,7 +229,7 @@ func scan(env *sdk.Env, path string, match func(fields []string) bool) error {
 			data = nil
 		}
 		if len(line) > MaxLineBytes {
-			return sdk.Errorf(unix.EFBIG, "%s: line %d is longer than %d bytes", path, lineNo, MaxLineBytes)
+			return handler.Errorf(unix.EFBIG, "%s: line %d is longer than %d bytes", path, lineNo, MaxLineBytes)
 		}
 		s := string(line)
 		if strings.TrimSpace(s) == "" || s[0] == '#' || s[0] == '+' || s[0] == '-' {
@@ -247,8 +247,8 @@ func scan(env *sdk.Env, path string, match func(fields []string) bool) error {
 }
 
 // readDB reads a whole database file, which must be a regular file of at
-// most MaxFileBytes: sdk.Env.ReadFile looks at it (O_PATH) before opening
+// most MaxFileBytes: handler.Env.ReadFile looks at it (O_PATH) before opening
 // it, so a FIFO or device planted there is never opened.
-func readDB(env *sdk.Env, path string) ([]byte, error) {
+func readDB(env *handler.Env, path string) ([]byte, error) {
 	return env.ReadFile(path, MaxFileBytes)
 }

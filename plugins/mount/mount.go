@@ -28,19 +28,19 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Plugin returns the mount plugin.
-func Plugin() *sdk.Plugin {
-	return &sdk.Plugin{
+func Plugin() *handler.Plugin {
+	return &handler.Plugin{
 		Name:        "mount",
 		FreshMounts: []string{"proc"},
-		Handlers: []sdk.Handler{
-			sdk.Handle("mount.mount", "apply a batch of mounts in the target's mount namespace, all or nothing", mountBatch).Changes("mnt"),
-			sdk.Handle("mount.umount", "unmount a list of mount points in order", umountBatch).Changes("mnt"),
-			sdk.Handle("mount.info", "the target's mount table, parsed from mountinfo (raw: the text too)", info),
-			sdk.Handle("mount.inode", "inode, device and mount id of paths (mount points)", inode),
+		Handlers: []handler.Handler{
+			handler.Handle("mount.mount", "apply a batch of mounts in the target's mount namespace, all or nothing", mountBatch).Changes("mnt"),
+			handler.Handle("mount.umount", "unmount a list of mount points in order", umountBatch).Changes("mnt"),
+			handler.Handle("mount.info", "the target's mount table, parsed from mountinfo (raw: the text too)", info),
+			handler.Handle("mount.inode", "inode, device and mount id of paths (mount points)", inode),
 		},
 	}
 }
@@ -49,11 +49,11 @@ func Plugin() *sdk.Plugin {
 // flags, as for mount(2): remount, bind, move, a propagation type, or else
 // a new file system.
 type Entry struct {
-	Source sdk.Name `json:"source"`
-	Target sdk.Name `json:"target"`
-	FSType string   `json:"fstype"` // letters, digits, '.', '_', '-'
-	Flags  []Flag   `json:"flags"`
-	Data   sdk.Name `json:"data"` // may name paths (overlay's lowerdir=...)
+	Source handler.Name `json:"source"`
+	Target handler.Name `json:"target"`
+	FSType string       `json:"fstype"` // letters, digits, '.', '_', '-'
+	Flags  []Flag       `json:"flags"`
+	Data   handler.Name `json:"data"` // may name paths (overlay's lowerdir=...)
 }
 
 // MountRequest is a batch of mounts.
@@ -63,8 +63,8 @@ type MountRequest struct {
 
 // MountResult is the mount an entry made or changed.
 type MountResult struct {
-	Target  sdk.Name `json:"target"`
-	MountID int      `json:"mount_id"`
+	Target  handler.Name `json:"target"`
+	MountID int          `json:"mount_id"`
 }
 
 // MountResponse lists the results in entry order.
@@ -74,8 +74,8 @@ type MountResponse struct {
 
 // Unmount is one unmount.
 type Unmount struct {
-	Target sdk.Name `json:"target"`
-	Flags  []Flag   `json:"flags"`
+	Target handler.Name `json:"target"`
+	Flags  []Flag       `json:"flags"`
 }
 
 // UmountRequest is a list of unmounts, done in order.
@@ -85,7 +85,7 @@ type UmountRequest struct {
 
 // UmountResponse lists the targets unmounted.
 type UmountResponse struct {
-	Unmounted []sdk.Name `json:"unmounted"`
+	Unmounted []handler.Name `json:"unmounted"`
 }
 
 // InfoRequest asks for the mount table; Raw adds mountinfo's text.
@@ -95,24 +95,24 @@ type InfoRequest struct {
 
 // InfoResponse is the mount table in mountinfo order.
 type InfoResponse struct {
-	Mounts []MountInfo `json:"mounts"`
-	Raw    sdk.Name    `json:"raw,omitempty"` // bytes: it holds the mount points
+	Mounts []MountInfo  `json:"mounts"`
+	Raw    handler.Name `json:"raw,omitempty"` // bytes: it holds the mount points
 }
 
 // InodeRequest names paths, typically mount points.
 type InodeRequest struct {
-	Paths []sdk.Name `json:"paths"`
+	Paths []handler.Name `json:"paths"`
 }
 
 // Inode describes what a path resolves to: for a mount point, the root
 // of the topmost mount there.
 type Inode struct {
-	Path      sdk.Name `json:"path"`
-	Inode     uint64   `json:"inode"`
-	Major     uint32   `json:"major"`
-	Minor     uint32   `json:"minor"`
-	MountID   int      `json:"mount_id"`
-	MountRoot bool     `json:"mount_root"` // the path is a mount point
+	Path      handler.Name `json:"path"`
+	Inode     uint64       `json:"inode"`
+	Major     uint32       `json:"major"`
+	Minor     uint32       `json:"minor"`
+	MountID   int          `json:"mount_id"`
+	MountRoot bool         `json:"mount_root"` // the path is a mount point
 }
 
 // InodeResponse lists the paths in request order.
@@ -125,22 +125,22 @@ type InodeResponse struct {
 var mu sync.Mutex
 
 func errnoOf(err error) syscall.Errno {
-	if e := sdk.AsError(err); e.Errno != 0 {
+	if e := handler.AsError(err); e.Errno != 0 {
 		return e.Errno
 	}
 	return syscall.EIO
 }
 
 func mountBatch(ctx context.Context, req MountRequest) (MountResponse, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if len(req.Mounts) == 0 {
-		return MountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.mount: no mounts given")
+		return MountResponse{}, handler.Errorf(syscall.EINVAL, "mount.mount: no mounts given")
 	}
 	if len(req.Mounts) > MaxBatch {
-		return MountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.mount: %d mounts, at most %d in a batch", len(req.Mounts), MaxBatch)
+		return MountResponse{}, handler.Errorf(syscall.EINVAL, "mount.mount: %d mounts, at most %d in a batch", len(req.Mounts), MaxBatch)
 	}
 	if env.Proc == nil {
-		return MountResponse{}, sdk.Errorf(syscall.ENOTSUP, "mount.mount: no fresh procfs (is the plugin run by an nsplug core?)")
+		return MountResponse{}, handler.Errorf(syscall.ENOTSUP, "mount.mount: no fresh procfs (is the plugin run by an nsplug core?)")
 	}
 	steps := make([]*step, len(req.Mounts))
 	for i, e := range req.Mounts {
@@ -157,15 +157,15 @@ func mountBatch(ctx context.Context, req MountRequest) (MountResponse, error) {
 	for _, s := range steps {
 		u, id, err := s.apply(env.Proc)
 		if err != nil {
-			msg := fmt.Sprintf("mount.mount: %s failed: %s", s, sdk.AsError(err).Message)
+			msg := fmt.Sprintf("mount.mount: %s failed: %s", s, handler.AsError(err).Message)
 			if rb := rollback(undos); rb != "" {
 				msg += "; " + rb
 			}
 			env.Log.Warn("mount batch failed", "entry", s.index, "error", msg)
-			return MountResponse{}, sdk.Errorf(errnoOf(err), "%s", msg)
+			return MountResponse{}, handler.Errorf(errnoOf(err), "%s", msg)
 		}
 		undos = append(undos, u)
-		resp.Mounts = append(resp.Mounts, MountResult{Target: sdk.Name(s.e.Target), MountID: id})
+		resp.Mounts = append(resp.Mounts, MountResult{Target: handler.Name(s.e.Target), MountID: id})
 		env.Log.Info("mounted", "entry", s.String(), "mount_id", id)
 	}
 	for _, u := range undos {
@@ -182,7 +182,7 @@ func rollback(undos []undo) string {
 	var failed []string
 	for i := len(undos) - 1; i >= 0; i-- {
 		if err := undos[i].run(); err != nil {
-			e := sdk.AsError(err)
+			e := handler.AsError(err)
 			failed = append(failed, fmt.Sprintf("undoing entry %d failed: %s", i, e.Error()))
 		}
 	}
@@ -197,36 +197,36 @@ func rollback(undos []undo) string {
 }
 
 func umountBatch(ctx context.Context, req UmountRequest) (UmountResponse, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if len(req.Unmounts) == 0 {
-		return UmountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.umount: no unmounts given")
+		return UmountResponse{}, handler.Errorf(syscall.EINVAL, "mount.umount: no unmounts given")
 	}
 	if len(req.Unmounts) > MaxBatch {
-		return UmountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.umount: %d unmounts, at most %d at once", len(req.Unmounts), MaxBatch)
+		return UmountResponse{}, handler.Errorf(syscall.EINVAL, "mount.umount: %d unmounts, at most %d at once", len(req.Unmounts), MaxBatch)
 	}
 	bits := make([]uint64, len(req.Unmounts))
 	for i, u := range req.Unmounts {
 		what := fmt.Sprintf("entry %d of %d (%q, flags %s)", i, len(req.Unmounts), u.Target, flagList(u.Flags))
 		var err error
 		if bits[i], err = parseUmountFlags(u.Flags); err != nil {
-			return UmountResponse{}, sdk.Errorf(syscall.EINVAL, "mount.umount: %s: %v", what, err)
+			return UmountResponse{}, handler.Errorf(syscall.EINVAL, "mount.umount: %s: %v", what, err)
 		}
 		if _, err := env.CheckPath(string(u.Target)); err != nil {
-			e := sdk.AsError(err)
-			return UmountResponse{}, sdk.Errorf(e.Errno, "mount.umount: %s: %s", what, e.Message)
+			e := handler.AsError(err)
+			return UmountResponse{}, handler.Errorf(e.Errno, "mount.umount: %s: %s", what, e.Message)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	resp := UmountResponse{Unmounted: []sdk.Name{}}
+	resp := UmountResponse{Unmounted: []handler.Name{}}
 	for i, u := range req.Unmounts {
 		err := unmountOne(string(u.Target), bits[i])
 		if err != nil {
-			msg := fmt.Sprintf("mount.umount: entry %d of %d (%q, flags %s) failed: %s", i, len(req.Unmounts), u.Target, flagList(u.Flags), sdk.AsError(err).Message)
+			msg := fmt.Sprintf("mount.umount: entry %d of %d (%q, flags %s) failed: %s", i, len(req.Unmounts), u.Target, flagList(u.Flags), handler.AsError(err).Message)
 			if i > 0 {
 				msg += fmt.Sprintf("; entries 0 to %d stay unmounted", i-1)
 			}
-			return UmountResponse{}, sdk.Errorf(errnoOf(err), "%s", msg)
+			return UmountResponse{}, handler.Errorf(errnoOf(err), "%s", msg)
 		}
 		resp.Unmounted = append(resp.Unmounted, u.Target)
 		env.Log.Info("unmounted", "target", u.Target, "flags", flagList(u.Flags))
@@ -252,45 +252,45 @@ func unmountOne(target string, bits uint64) error {
 }
 
 func info(ctx context.Context, req InfoRequest) (InfoResponse, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if env.Proc == nil {
-		return InfoResponse{}, sdk.Errorf(syscall.ENOTSUP, "mount.info: no fresh procfs (is the plugin run by an nsplug core?)")
+		return InfoResponse{}, handler.Errorf(syscall.ENOTSUP, "mount.info: no fresh procfs (is the plugin run by an nsplug core?)")
 	}
 	raw, mounts, err := readMountinfo(env.Proc)
 	if err != nil {
-		return InfoResponse{}, sdk.Errorf(errnoOf(err), "mount.info: %v", err)
+		return InfoResponse{}, handler.Errorf(errnoOf(err), "mount.info: %v", err)
 	}
 	resp := InfoResponse{Mounts: mounts}
 	if req.Raw {
-		resp.Raw = sdk.Name(raw)
+		resp.Raw = handler.Name(raw)
 	}
 	return resp, nil
 }
 
 func inode(ctx context.Context, req InodeRequest) (InodeResponse, error) {
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if len(req.Paths) == 0 {
-		return InodeResponse{}, sdk.Errorf(syscall.EINVAL, "mount.inode: no paths given")
+		return InodeResponse{}, handler.Errorf(syscall.EINVAL, "mount.inode: no paths given")
 	}
 	if len(req.Paths) > MaxPaths {
-		return InodeResponse{}, sdk.Errorf(syscall.EINVAL, "mount.inode: %d paths, at most %d", len(req.Paths), MaxPaths)
+		return InodeResponse{}, handler.Errorf(syscall.EINVAL, "mount.inode: %d paths, at most %d", len(req.Paths), MaxPaths)
 	}
 	resp := InodeResponse{Inodes: make([]Inode, 0, len(req.Paths))}
 	for i, name := range req.Paths {
 		p := string(name)
 		if _, err := env.CheckPath(p); err != nil {
-			e := sdk.AsError(err)
-			return InodeResponse{}, sdk.Errorf(e.Errno, "mount.inode: path %d: %s", i, e.Message)
+			e := handler.AsError(err)
+			return InodeResponse{}, handler.Errorf(e.Errno, "mount.inode: path %d: %s", i, e.Message)
 		}
 		f, err := openO(p)
 		if err != nil {
-			return InodeResponse{}, sdk.Errorf(errnoOf(err), "mount.inode: path %d %q: %v", i, p, err)
+			return InodeResponse{}, handler.Errorf(errnoOf(err), "mount.inode: path %d %q: %v", i, p, err)
 		}
 		var stx unix.Statx_t
 		err = unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_INO|unix.STATX_MNT_ID, &stx)
 		f.Close()
 		if err != nil {
-			return InodeResponse{}, sdk.Errorf(errnoOf(err), "mount.inode: path %d %q: statx: %v", i, p, err)
+			return InodeResponse{}, handler.Errorf(errnoOf(err), "mount.inode: path %d %q: statx: %v", i, p, err)
 		}
 		resp.Inodes = append(resp.Inodes, Inode{
 			Path: name, Inode: stx.Ino, Major: stx.Dev_major, Minor: stx.Dev_minor, MountID: int(stx.Mnt_id),

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 func TestFlagsByNameAndNumber(t *testing.T) {
@@ -55,7 +55,7 @@ func TestFlagsByNameAndNumber(t *testing.T) {
 }
 
 func TestPlanDecidesTheOperation(t *testing.T) {
-	env := sdk.EnvFrom(context.Background())
+	env := handler.EnvFrom(context.Background())
 	for _, c := range []struct {
 		e    string
 		kind kind
@@ -86,7 +86,7 @@ func TestPlanDecidesTheOperation(t *testing.T) {
 		}
 		s, err := plan(env, 1, 2, e)
 		if c.why != "" {
-			if !strings.Contains(sdk.AsError(err).Error(), c.why) || sdk.AsError(err).Errno != syscall.EINVAL || !strings.Contains(err.Error(), "entry 1 of 2") {
+			if !strings.Contains(handler.AsError(err).Error(), c.why) || handler.AsError(err).Errno != syscall.EINVAL || !strings.Contains(err.Error(), "entry 1 of 2") {
 				t.Errorf("%s: %v, want EINVAL about %q naming entry 1", c.e, err, c.why)
 			}
 			continue

@@ -9,25 +9,25 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // MountInfo is one line of /proc/PID/mountinfo (see proc_pid_mountinfo(5)).
-// Root, Mountpoint, FSType, Source and SuperOptions are bytes (sdk.Name):
+// Root, Mountpoint, FSType, Source and SuperOptions are bytes (handler.Name):
 // the kernel shows names as they are, octal-escaping only space, tab,
 // newline and backslash, which are unescaped here.
 type MountInfo struct {
-	ID           int      `json:"id"`
-	Parent       int      `json:"parent"`
-	Major        uint32   `json:"major"`
-	Minor        uint32   `json:"minor"`
-	Root         sdk.Name `json:"root"`
-	Mountpoint   sdk.Name `json:"mountpoint"`
-	Options      string   `json:"options"`  // per-mount: "rw,nosuid,relatime"
-	Optional     []string `json:"optional"` // "shared:1", "master:2", "unbindable", ...
-	FSType       sdk.Name `json:"fstype"`
-	Source       sdk.Name `json:"source"`
-	SuperOptions sdk.Name `json:"super_options"` // per-superblock
+	ID           int          `json:"id"`
+	Parent       int          `json:"parent"`
+	Major        uint32       `json:"major"`
+	Minor        uint32       `json:"minor"`
+	Root         handler.Name `json:"root"`
+	Mountpoint   handler.Name `json:"mountpoint"`
+	Options      string       `json:"options"`  // per-mount: "rw,nosuid,relatime"
+	Optional     []string     `json:"optional"` // "shared:1", "master:2", "unbindable", ...
+	FSType       handler.Name `json:"fstype"`
+	Source       handler.Name `json:"source"`
+	SuperOptions handler.Name `json:"super_options"` // per-superblock
 }
 
 // maxMountinfo bounds the mount table read (some 40,000 mounts).
@@ -105,15 +105,15 @@ func parseMountinfoLine(line string) (MountInfo, error) {
 	m.Root, m.Mountpoint, m.Options = unescape(f[3]), unescape(f[4]), f[5]
 	m.Optional = append([]string{}, f[6:sep]...)
 	m.FSType, m.Source = unescape(f[sep+1]), unescape(f[sep+2])
-	m.SuperOptions = sdk.Name(strings.Join(f[sep+3:], " "))
+	m.SuperOptions = handler.Name(strings.Join(f[sep+3:], " "))
 	return m, nil
 }
 
 // unescape undoes the kernel's octal escapes (\040 for a space, \011,
 // \012, \134) in a mountinfo field.
-func unescape(s string) sdk.Name {
+func unescape(s string) handler.Name {
 	if !strings.Contains(s, `\`) {
-		return sdk.Name(s)
+		return handler.Name(s)
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -125,7 +125,7 @@ func unescape(s string) sdk.Name {
 		}
 		b.WriteByte(s[i])
 	}
-	return sdk.Name(b.String())
+	return handler.Name(b.String())
 }
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }

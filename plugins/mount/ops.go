@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Limits on a request.
@@ -79,18 +79,18 @@ type entry struct {
 }
 
 // plan validates an entry completely before anything is applied.
-func plan(env *sdk.Env, i, n int, in Entry) (*step, error) {
+func plan(env *handler.Env, i, n int, in Entry) (*step, error) {
 	e := entry{Source: string(in.Source), Target: string(in.Target), FSType: in.FSType, Data: string(in.Data), Flags: in.Flags}
 	s := &step{index: i, of: n, e: e}
 	bad := func(format string, args ...any) error {
-		return sdk.Errorf(syscall.EINVAL, "mount.mount: %s: %s", s, fmt.Sprintf(format, args...))
+		return handler.Errorf(syscall.EINVAL, "mount.mount: %s: %s", s, fmt.Sprintf(format, args...))
 	}
 	var err error
 	if s.bits, err = parseMountFlags(e.Flags); err != nil {
 		return nil, bad("%v", err)
 	}
 	if _, err := env.CheckPath(e.Target); err != nil {
-		return nil, sdk.Errorf(sdk.AsError(err).Errno, "mount.mount: %s: target: %s", s, sdk.AsError(err).Message)
+		return nil, handler.Errorf(handler.AsError(err).Errno, "mount.mount: %s: target: %s", s, handler.AsError(err).Message)
 	}
 	if len(e.Data) > MaxDataLen || strings.IndexByte(e.Data, 0) >= 0 {
 		return nil, bad("data must be at most %d bytes, without NUL", MaxDataLen)
@@ -147,7 +147,7 @@ func plan(env *sdk.Env, i, n int, in Entry) (*step, error) {
 		}
 		if strings.HasPrefix(e.Source, "/") {
 			if _, err := env.CheckPath(e.Source); err != nil {
-				return nil, sdk.Errorf(sdk.AsError(err).Errno, "mount.mount: %s: source: %s", s, sdk.AsError(err).Message)
+				return nil, handler.Errorf(handler.AsError(err).Errno, "mount.mount: %s: source: %s", s, handler.AsError(err).Message)
 			}
 		}
 	case kindBind, kindMove:
@@ -155,7 +155,7 @@ func plan(env *sdk.Env, i, n int, in Entry) (*step, error) {
 			return nil, bad("fstype is meaningless for a %s", s.kind)
 		}
 		if _, err := env.CheckPath(e.Source); err != nil {
-			return nil, sdk.Errorf(sdk.AsError(err).Errno, "mount.mount: %s: source: %s", s, sdk.AsError(err).Message)
+			return nil, handler.Errorf(handler.AsError(err).Errno, "mount.mount: %s: source: %s", s, handler.AsError(err).Message)
 		}
 	default:
 		if e.FSType != "" || e.Source != "" {
@@ -285,7 +285,7 @@ func (s *step) move() (undo, int, error) {
 	return undo{func() error {
 		defer closeAll()
 		if cur, err := mountIDAt(to.parent, to.base); err != nil || cur != id {
-			return sdk.Errorf(syscall.EBUSY, "mount %d is no longer on top of %s; not moved back", id, s.e.Target)
+			return handler.Errorf(syscall.EBUSY, "mount %d is no longer on top of %s; not moved back", id, s.e.Target)
 		}
 		back, err := locate(s.e.Source, true)
 		if err != nil {
@@ -362,7 +362,7 @@ func (s *step) restore(t *os.File, old *MountInfo) error {
 		return fmt.Errorf("restoring flags %q: %w", old.Options, err)
 	}
 	if len(problems) > 0 {
-		return sdk.Errorf(syscall.EINVAL, "%s", strings.Join(problems, "; "))
+		return handler.Errorf(syscall.EINVAL, "%s", strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -379,7 +379,7 @@ func currentMount(proc *os.File, f *os.File) (int, *MountInfo, error) {
 	}
 	m := findMount(mounts, id)
 	if m == nil {
-		return 0, nil, sdk.Errorf(syscall.ENOENT, "mount %d is not in mountinfo", id)
+		return 0, nil, handler.Errorf(syscall.ENOENT, "mount %d is not in mountinfo", id)
 	}
 	return id, m, nil
 }
@@ -449,7 +449,7 @@ func (s *step) propagate(proc *os.File) (undo, int, error) {
 			}
 		}
 		if len(problems) > 0 {
-			return sdk.Errorf(syscall.EIO, "restoring propagation: %s", strings.Join(problems, "; "))
+			return handler.Errorf(syscall.EIO, "restoring propagation: %s", strings.Join(problems, "; "))
 		}
 		return nil
 	}, func() { t.Close() }}, id, nil

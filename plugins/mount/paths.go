@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // Paths are resolved by the plugin, never by a path-taking mount syscall:
@@ -62,7 +62,7 @@ func linkHint(err error) error {
 // locate opens the parent of p and, when self, p itself beneath it.
 func locate(p string, self bool) (*location, error) {
 	if p == "/" {
-		return nil, sdk.Errorf(syscall.EINVAL, "the root directory cannot be mounted over or unmounted here")
+		return nil, handler.Errorf(syscall.EINVAL, "the root directory cannot be mounted over or unmounted here")
 	}
 	l := &location{path: p, base: path.Base(p)}
 	var err error
@@ -137,7 +137,7 @@ func unmountOurs(l *location, id int) error {
 		return fmt.Errorf("checking %s: %w", l.path, err)
 	}
 	if cur != id {
-		return sdk.Errorf(syscall.EBUSY, "mount %d is no longer on top of %s (mount %d is); left in place", id, l.path, cur)
+		return handler.Errorf(syscall.EBUSY, "mount %d is no longer on top of %s (mount %d is); left in place", id, l.path, cur)
 	}
 	return inDir(l.parent, func() error {
 		if err := unix.Unmount(l.base, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // A write to a file of a kernel filesystem changes kernel state, not data:
@@ -67,7 +67,7 @@ const beneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MA
 
 // checkHostWrite decides whether the write to f (opened for writing from
 // the request's path p) may go ahead.
-func checkHostWrite(ctx context.Context, f *os.File, p sdk.Name) error {
+func checkHostWrite(ctx context.Context, f *os.File, p handler.Name) error {
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(int(f.Fd()), &sfs); err != nil {
 		return &os.PathError{Op: "statfs", Path: string(p), Err: err}
@@ -82,8 +82,8 @@ func checkHostWrite(ctx context.Context, f *os.File, p sdk.Name) error {
 		// refuses the write with its own errno, as it would by hand.
 		return nil
 	}
-	env := sdk.EnvFrom(ctx)
-	allow := sdk.OptionsFrom[Options](ctx).AllowHostWrites
+	env := handler.EnvFrom(ctx)
+	allow := handler.OptionsFrom[Options](ctx).AllowHostWrites
 	proc, err := genuineProc(env)
 	var id string
 	if err == nil {
@@ -94,9 +94,9 @@ func checkHostWrite(ctx context.Context, f *os.File, p sdk.Name) error {
 		if allowedWrite(allow, fsDir) {
 			return nil
 		}
-		return sdk.Errorf(syscall.EPERM, "procfs.write of %s: it is a file of the kernel's %s, and which one cannot be told (%s): "+
+		return handler.Errorf(syscall.EPERM, "procfs.write of %s: it is a file of the kernel's %s, and which one cannot be told (%s): "+
 			"it may be one whose state is the whole machine's; allow_host_writes = [%q] in the procfs plugin's options allows it",
-			p, fsDir, sdk.AsError(err).Message, fsDir)
+			p, fsDir, handler.AsError(err).Message, fsDir)
 	}
 	if allowedWrite(allow, id) {
 		return nil
@@ -107,17 +107,17 @@ func checkHostWrite(ctx context.Context, f *os.File, p sdk.Name) error {
 	}
 	namespaces, err := scopeOf(proc, f, id)
 	if err != nil {
-		return sdk.Errorf(syscall.EPERM, "procfs.write of %s: %s; allow_host_writes = [%q] in the procfs plugin's options allows it",
-			what, sdk.AsError(err).Message, id)
+		return handler.Errorf(syscall.EPERM, "procfs.write of %s: %s; allow_host_writes = [%q] in the procfs plugin's options allows it",
+			what, handler.AsError(err).Message, id)
 	}
 	if namespaces == nil {
-		return sdk.Errorf(syscall.EPERM, "procfs.write of %s: its state is the whole machine's, not a namespace's: writing it would change the host; "+
+		return handler.Errorf(syscall.EPERM, "procfs.write of %s: its state is the whole machine's, not a namespace's: writing it would change the host; "+
 			"allow_host_writes = [%q] in the procfs plugin's options allows it", what, id)
 	}
 	for _, ns := range namespaces {
 		if err := env.RequireJoined(ns); err != nil {
-			return sdk.Errorf(syscall.EPERM, "procfs.write of %s, a file of the %s namespace: %s, as does allow_host_writes = [%q] in its options",
-				what, ns, sdk.AsError(err).Message, id)
+			return handler.Errorf(syscall.EPERM, "procfs.write of %s, a file of the %s namespace: %s, as does allow_host_writes = [%q] in its options",
+				what, ns, handler.AsError(err).Message, id)
 		}
 		if env.HostChangesAllowed(ns) {
 			continue
@@ -127,7 +127,7 @@ func checkHostWrite(ctx context.Context, f *os.File, p sdk.Name) error {
 			return err
 		}
 		if initial {
-			return sdk.Errorf(syscall.EPERM, "procfs.write of %s, a file of the %s namespace: the handler is in the host's initial one "+
+			return handler.Errorf(syscall.EPERM, "procfs.write of %s, a file of the %s namespace: the handler is in the host's initial one "+
 				"(the target shares it): writing it would change the host; allow_host_changes = [%q] or allow_host_writes = [%q] allows it",
 				what, ns, ns, id)
 		}
@@ -149,11 +149,11 @@ func allowedWrite(allow []string, id string) bool {
 // plugin's fresh one, or the target's /proc if it is the root of a real
 // procfs (its filesystem magic and root inode say so; a bind mount of a
 // directory, a tmpfs or a FUSE file system are not).
-func genuineProc(env *sdk.Env) (*os.File, error) {
+func genuineProc(env *handler.Env) (*os.File, error) {
 	if env.Proc != nil {
 		fd, err := unix.Openat2(int(env.Proc.Fd()), ".", &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC})
 		if err != nil {
-			return nil, sdk.Errorf(syscall.EIO, "reopening the fresh procfs: %v", err)
+			return nil, handler.Errorf(syscall.EIO, "reopening the fresh procfs: %v", err)
 		}
 		return os.NewFile(uintptr(fd), "/proc"), nil
 	}
@@ -162,14 +162,14 @@ func genuineProc(env *sdk.Env) (*os.File, error) {
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {
-		return nil, sdk.Errorf(syscall.EIO, "the target's /proc: %v", err)
+		return nil, handler.Errorf(syscall.EIO, "the target's /proc: %v", err)
 	}
 	f := os.NewFile(uintptr(fd), "/proc")
 	var sfs unix.Statfs_t
 	var st unix.Stat_t
 	if unix.Fstatfs(fd, &sfs) != nil || sfs.Type != unix.PROC_SUPER_MAGIC || unix.Fstat(fd, &st) != nil || st.Ino != procRootIno {
 		f.Close()
-		return nil, sdk.Errorf(syscall.EIO, "the target's /proc is not the root of a procfs")
+		return nil, handler.Errorf(syscall.EIO, "the target's /proc is not the root of a procfs")
 	}
 	return f, nil
 }
@@ -178,7 +178,7 @@ func genuineProc(env *sdk.Env) (*os.File, error) {
 func openIn(dir *os.File, rel string, flags int) (*os.File, error) {
 	fd, err := unix.Openat2(int(dir.Fd()), rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: beneath})
 	if err != nil {
-		return nil, sdk.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
+		return nil, handler.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
 	}
 	return os.NewFile(uintptr(fd), rel), nil
 }
@@ -191,7 +191,7 @@ func readIn(dir *os.File, rel string) ([]byte, error) {
 	defer f.Close()
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(f); err != nil {
-		return nil, sdk.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
+		return nil, handler.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
 	}
 	return buf.Bytes(), nil
 }
@@ -206,7 +206,7 @@ func readlinkIn(dir *os.File, rel string) (string, error) {
 	buf := make([]byte, unix.PathMax)
 	n, err := unix.Readlinkat(int(d.Fd()), base, buf)
 	if err != nil {
-		return "", sdk.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
+		return "", handler.Errorf(syscall.EIO, "/proc/%s: %v", rel, err)
 	}
 	return string(buf[:n]), nil
 }
@@ -252,10 +252,10 @@ func identify(proc, f *os.File, fsDir string) (string, error) {
 		case link == mp || strings.HasPrefix(link, mp+"/"):
 			rel = link[len(mp):]
 		default:
-			return "", sdk.Errorf(syscall.EIO, "its path %q is not under its mount point %q", link, mp)
+			return "", handler.Errorf(syscall.EIO, "its path %q is not under its mount point %q", link, mp)
 		}
 		if !strings.HasPrefix(root, "/") || (rel != "" && !strings.HasPrefix(rel, "/")) {
-			return "", sdk.Errorf(syscall.EIO, "unexpected path %q in mount %q", link, root)
+			return "", handler.Errorf(syscall.EIO, "unexpected path %q in mount %q", link, root)
 		}
 		in := path.Clean(root + rel)
 		if in == "/" {
@@ -263,7 +263,7 @@ func identify(proc, f *os.File, fsDir string) (string, error) {
 		}
 		return fsDir + in, nil
 	}
-	return "", sdk.Errorf(syscall.EIO, "its mount (id %q) is not in the mount table", mntID)
+	return "", handler.Errorf(syscall.EIO, "its mount (id %q) is not in the mount table", mntID)
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space, ...).
@@ -322,17 +322,17 @@ func scopeOf(proc, f *os.File, id string) ([]string, error) {
 func sameProcfs(proc, f *os.File) error {
 	var a, b unix.Stat_t
 	if unix.Fstat(int(proc.Fd()), &a) != nil || unix.Fstat(int(f.Fd()), &b) != nil || a.Dev != b.Dev {
-		return sdk.Errorf(syscall.EPERM, "it is a process's file of another procfs than the target's /proc, whose pid namespace cannot be told")
+		return handler.Errorf(syscall.EPERM, "it is a process's file of another procfs than the target's /proc, whose pid namespace cannot be told")
 	}
 	init, err := readlinkIn(proc, "1/ns/pid")
 	if err == nil {
 		var self string
 		if self, err = readlinkIn(proc, "thread-self/ns/pid"); err == nil && init != self {
-			return sdk.Errorf(syscall.EPERM, "it is a process's file of a procfs of another pid namespace (%s) than the handler's (%s)", init, self)
+			return handler.Errorf(syscall.EPERM, "it is a process's file of a procfs of another pid namespace (%s) than the handler's (%s)", init, self)
 		}
 	}
 	if err != nil {
-		return sdk.Errorf(syscall.EPERM, "it is a process's file of a procfs whose pid namespace cannot be told (%s)", sdk.AsError(err).Message)
+		return handler.Errorf(syscall.EPERM, "it is a process's file of a procfs whose pid namespace cannot be told (%s)", handler.AsError(err).Message)
 	}
 	return nil
 }

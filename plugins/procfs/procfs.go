@@ -10,7 +10,7 @@
 // and a target cannot redirect them by mounting over its /proc); other
 // paths, and all paths without fresh mounts, are resolved in the target's
 // own mount namespace. Either way resolution stays inside the allowed root
-// a path names and never follows a magic link (sdk.Env.Open).
+// a path names and never follows a magic link (handler.Env.Open).
 //
 // procfs.write of a file of procfs, sysfs or another kernel filesystem
 // is refused when it would change the host's state: see hostwrite.go.
@@ -29,7 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // DefaultMaxReadBytes bounds one read unless options.max_read_bytes says otherwise.
@@ -48,66 +48,66 @@ type Options struct {
 }
 
 func checkOptions(o *Options) error {
-	if o.MaxReadBytes <= 0 || o.MaxReadBytes > sdk.MaxMessageBytes/2 {
+	if o.MaxReadBytes <= 0 || o.MaxReadBytes > handler.MaxMessageBytes/2 {
 		// Base64 makes the response a third larger than the data.
-		return sdk.OptionErrorf("max_read_bytes", "must be between 1 and %d, got %d", sdk.MaxMessageBytes/2, o.MaxReadBytes)
+		return handler.OptionErrorf("max_read_bytes", "must be between 1 and %d, got %d", handler.MaxMessageBytes/2, o.MaxReadBytes)
 	}
 	for i, a := range o.AllowHostWrites {
 		key := "allow_host_writes[" + strconv.Itoa(i) + "]"
-		if err := sdk.CheckPathSyntax(a); err != nil {
-			return sdk.OptionErrorf(key, "%s", sdk.AsError(err).Message)
+		if err := handler.CheckPathSyntax(a); err != nil {
+			return handler.OptionErrorf(key, "%s", handler.AsError(err).Message)
 		}
 		if a != "/" && a != "/proc" && a != "/sys" && !strings.HasPrefix(a, "/proc/") && !strings.HasPrefix(a, "/sys/") {
-			return sdk.OptionErrorf(key, "%q is not under /proc or /sys", a)
+			return handler.OptionErrorf(key, "%q is not under /proc or /sys", a)
 		}
 	}
 	return nil
 }
 
 // Plugin returns the procfs plugin.
-func Plugin() *sdk.Plugin {
-	return &sdk.Plugin{
+func Plugin() *handler.Plugin {
+	return &handler.Plugin{
 		Name:      "procfs",
-		Configure: sdk.TypedOptions(Options{MaxReadBytes: DefaultMaxReadBytes}, checkOptions),
-		Handlers: []sdk.Handler{
-			sdk.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
-			sdk.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
-			sdk.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write).Changes("mnt").MayChange(sysctlns.Namespaces()...),
-			sdk.Handle("procfs.readdir", "list a directory: name, type, inode", readdir),
-			sdk.Handle("procfs.readlink", "read a symbolic link", readlink),
+		Configure: handler.TypedOptions(Options{MaxReadBytes: DefaultMaxReadBytes}, checkOptions),
+		Handlers: []handler.Handler{
+			handler.Handle("procfs.stat", "lstat a path: type, mode, size, owner, inode, times", stat),
+			handler.Handle("procfs.read", "read a file (path, offset, len; len 0 = whole file up to max_read_bytes)", read),
+			handler.Handle("procfs.write", "write data to a file at an offset (no create, no truncate)", write).Changes("mnt").MayChange(sysctlns.Namespaces()...),
+			handler.Handle("procfs.readdir", "list a directory: name, type, inode", readdir),
+			handler.Handle("procfs.readlink", "read a symbolic link", readlink),
 		},
 	}
 }
 
 // PathRequest names one path. Paths, names and link targets are
-// sdk.Name: bytes, a plain JSON string when UTF-8, {"base64": "..."} when not.
+// handler.Name: bytes, a plain JSON string when UTF-8, {"base64": "..."} when not.
 type PathRequest struct {
-	Path sdk.Name `json:"path"`
+	Path handler.Name `json:"path"`
 }
 
 // StatResponse is the lstat of a path.
 type StatResponse struct {
-	Path  sdk.Name `json:"path"`
-	Type  string   `json:"type"` // file, dir, symlink, char, block, fifo, socket
-	Mode  uint32   `json:"mode"` // permission bits and setuid/setgid/sticky
-	Size  int64    `json:"size"`
-	UID   uint32   `json:"uid"`
-	GID   uint32   `json:"gid"`
-	Nlink uint64   `json:"nlink"`
-	Inode uint64   `json:"inode"`
-	Dev   uint64   `json:"dev"`
-	Rdev  uint64   `json:"rdev,omitempty"`
-	Atime int64    `json:"atime_ns"`
-	Mtime int64    `json:"mtime_ns"`
-	Ctime int64    `json:"ctime_ns"`
+	Path  handler.Name `json:"path"`
+	Type  string       `json:"type"` // file, dir, symlink, char, block, fifo, socket
+	Mode  uint32       `json:"mode"` // permission bits and setuid/setgid/sticky
+	Size  int64        `json:"size"`
+	UID   uint32       `json:"uid"`
+	GID   uint32       `json:"gid"`
+	Nlink uint64       `json:"nlink"`
+	Inode uint64       `json:"inode"`
+	Dev   uint64       `json:"dev"`
+	Rdev  uint64       `json:"rdev,omitempty"`
+	Atime int64        `json:"atime_ns"`
+	Mtime int64        `json:"mtime_ns"`
+	Ctime int64        `json:"ctime_ns"`
 }
 
 // ReadRequest reads Len bytes at Offset; Len 0 reads to the end. Offset 0
 // reads with read(2), so a FIFO or another file that cannot seek works.
 type ReadRequest struct {
-	Path   sdk.Name `json:"path"`
-	Offset int64    `json:"offset"`
-	Len    int64    `json:"len"`
+	Path   handler.Name `json:"path"`
+	Offset int64        `json:"offset"`
+	Len    int64        `json:"len"`
 }
 
 // ReadResponse carries the bytes read (base64 in JSON).
@@ -117,9 +117,9 @@ type ReadResponse struct {
 
 // WriteRequest writes Data at Offset of an existing file.
 type WriteRequest struct {
-	Path   sdk.Name `json:"path"`
-	Offset int64    `json:"offset"`
-	Data   []byte   `json:"data"`
+	Path   handler.Name `json:"path"`
+	Offset int64        `json:"offset"`
+	Data   []byte       `json:"data"`
 }
 
 // WriteResponse says how many bytes were written.
@@ -129,9 +129,9 @@ type WriteResponse struct {
 
 // DirEntry is one directory entry.
 type DirEntry struct {
-	Name  sdk.Name `json:"name"`
-	Type  string   `json:"type"`
-	Inode uint64   `json:"inode"`
+	Name  handler.Name `json:"name"`
+	Type  string       `json:"type"`
+	Inode uint64       `json:"inode"`
 }
 
 // ReaddirResponse lists a directory, sorted by name.
@@ -141,14 +141,14 @@ type ReaddirResponse struct {
 
 // ReadlinkResponse is a link's target.
 type ReadlinkResponse struct {
-	Target sdk.Name `json:"target"`
+	Target handler.Name `json:"target"`
 }
 
 // open opens path as the target sees it, through the sdk: inside the
 // allowed root it lies in, never through a magic link, and under /proc and
 // /sys beneath the fresh mounts when the plugin has them.
-func open(ctx context.Context, path sdk.Name, flags int) (*os.File, error) {
-	return sdk.EnvFrom(ctx).Open(string(path), flags)
+func open(ctx context.Context, path handler.Name, flags int) (*os.File, error) {
+	return handler.EnvFrom(ctx).Open(string(path), flags)
 }
 
 func stat(ctx context.Context, req PathRequest) (StatResponse, error) {
@@ -189,12 +189,12 @@ func fileType(mode uint32) string {
 }
 
 func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
-	limit := sdk.OptionsFrom[Options](ctx).MaxReadBytes
+	limit := handler.OptionsFrom[Options](ctx).MaxReadBytes
 	if req.Offset < 0 || req.Len < 0 {
-		return ReadResponse{}, sdk.Errorf(syscall.EINVAL, "offset and len must not be negative")
+		return ReadResponse{}, handler.Errorf(syscall.EINVAL, "offset and len must not be negative")
 	}
 	if req.Len > limit {
-		return ReadResponse{}, sdk.Errorf(syscall.EINVAL, "len %d exceeds max_read_bytes (%d)", req.Len, limit)
+		return ReadResponse{}, handler.Errorf(syscall.EINVAL, "len %d exceeds max_read_bytes (%d)", req.Len, limit)
 	}
 	f, err := open(ctx, req.Path, unix.O_RDONLY)
 	if err != nil {
@@ -229,14 +229,14 @@ func read(ctx context.Context, req ReadRequest) (ReadResponse, error) {
 		}
 	}
 	if req.Len == 0 && int64(len(buf)) > limit {
-		return ReadResponse{}, sdk.Errorf(syscall.EFBIG, "%s is larger than max_read_bytes (%d); read it in parts with offset and len", req.Path, limit)
+		return ReadResponse{}, handler.Errorf(syscall.EFBIG, "%s is larger than max_read_bytes (%d); read it in parts with offset and len", req.Path, limit)
 	}
 	return ReadResponse{Data: buf}, nil
 }
 
 func write(ctx context.Context, req WriteRequest) (WriteResponse, error) {
 	if req.Offset < 0 {
-		return WriteResponse{}, sdk.Errorf(syscall.EINVAL, "offset must not be negative")
+		return WriteResponse{}, handler.Errorf(syscall.EINVAL, "offset must not be negative")
 	}
 	f, err := open(ctx, req.Path, unix.O_WRONLY)
 	if err != nil {
@@ -272,7 +272,7 @@ func readdir(ctx context.Context, req PathRequest) (ReaddirResponse, error) {
 	}
 	out := ReaddirResponse{Entries: make([]DirEntry, 0, len(ents))}
 	for _, e := range ents {
-		de := DirEntry{Name: sdk.Name(e.Name()), Type: fileType(uint32(fileModeToUnix(e.Type())))}
+		de := DirEntry{Name: handler.Name(e.Name()), Type: fileType(uint32(fileModeToUnix(e.Type())))}
 		var st unix.Stat_t
 		if unix.Fstatat(int(f.Fd()), e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			de.Inode = st.Ino
@@ -315,5 +315,5 @@ func readlink(ctx context.Context, req PathRequest) (ReadlinkResponse, error) {
 		}
 		return ReadlinkResponse{}, &os.PathError{Op: "readlink", Path: string(req.Path), Err: err}
 	}
-	return ReadlinkResponse{Target: sdk.Name(buf[:n])}, nil
+	return ReadlinkResponse{Target: handler.Name(buf[:n])}, nil
 }

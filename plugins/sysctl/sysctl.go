@@ -2,7 +2,9 @@
 // parameters (/proc/sys) as a target sees them: the net.* values of its
 // network namespace, its hostname, its IPC limits, and so on.
 //
-// It is written with the public sdk only, as a third-party plugin would be.
+// It is written with the public sdk only (its lean part, sdk/handler, which
+// a built-in imports so that its process links no go-plugin), as a
+// third-party plugin would be.
 //
 // Every access goes through the plugin's own fresh procfs (FreshMounts
 // "proc"), resolved beneath it without following any link or crossing any
@@ -31,7 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/plugins/internal/sysctlns"
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // DefaultMaxListEntries bounds sysctl.list unless options.max_list_entries
@@ -51,61 +53,61 @@ type Options struct {
 }
 
 // Plugin returns the sysctl plugin.
-func Plugin() *sdk.Plugin {
-	return &sdk.Plugin{
+func Plugin() *handler.Plugin {
+	return &handler.Plugin{
 		Name:        "sysctl",
 		FreshMounts: []string{"proc"},
-		Configure:   sdk.TypedOptions(Options{MaxListEntries: DefaultMaxListEntries}, checkOptions),
-		Handlers: []sdk.Handler{
-			sdk.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
-			sdk.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(sysctlns.Namespaces()...),
-			sdk.Handle("sysctl.list", "list the sysctls under a prefix with their values", list),
+		Configure:   handler.TypedOptions(Options{MaxListEntries: DefaultMaxListEntries}, checkOptions),
+		Handlers: []handler.Handler{
+			handler.Handle("sysctl.get", "read a sysctl as the target sees it (name in dotted or slash form)", get),
+			handler.Handle("sysctl.set", "write a namespaced sysctl of the target and read it back", set).MayChange(sysctlns.Namespaces()...),
+			handler.Handle("sysctl.list", "list the sysctls under a prefix with their values", list),
 		},
 	}
 }
 
-// Names and values are sdk.Name: bytes, a plain JSON string when UTF-8,
+// Names and values are handler.Name: bytes, a plain JSON string when UTF-8,
 // {"base64": "..."} when not. An interface name may hold any byte but
 // '/', ':', whitespace and NUL, so net.ipv4.conf.<interface>.* names need
 // not be UTF-8, and string values (kernel.hostname) need not be either.
 
 // GetRequest names one sysctl.
 type GetRequest struct {
-	Name sdk.Name `json:"name"`
+	Name handler.Name `json:"name"`
 }
 
 // Value is one sysctl and its value, without the trailing newline.
 type Value struct {
-	Name  sdk.Name `json:"name"`
-	Value sdk.Name `json:"value"`
+	Name  handler.Name `json:"name"`
+	Value handler.Name `json:"value"`
 }
 
 // SetRequest writes Value to the sysctl Name.
 type SetRequest struct {
-	Name  sdk.Name `json:"name"`
-	Value sdk.Name `json:"value"`
+	Name  handler.Name `json:"name"`
+	Value handler.Name `json:"value"`
 }
 
 // SetResponse is the value read back after the write; Value is absent
 // when it cannot be read back (a write-only sysctl such as
 // net.ipv4.route.flush).
 type SetResponse struct {
-	Name  sdk.Name  `json:"name"`
-	Value *sdk.Name `json:"value,omitempty"`
+	Name  handler.Name  `json:"name"`
+	Value *handler.Name `json:"value,omitempty"`
 }
 
 // ListRequest names a subtree; an empty prefix lists everything.
 type ListRequest struct {
-	Prefix sdk.Name `json:"prefix"`
+	Prefix handler.Name `json:"prefix"`
 }
 
 // ListEntry is one sysctl of a listing: its value, or, when it cannot be
 // read (a write-only entry, or one whose read fails), the errno name in
 // Error and no value.
 type ListEntry struct {
-	Name  sdk.Name  `json:"name"`
-	Value *sdk.Name `json:"value,omitempty"`
-	Error string    `json:"error,omitempty"`
+	Name  handler.Name  `json:"name"`
+	Value *handler.Name `json:"value,omitempty"`
+	Error string        `json:"error,omitempty"`
 }
 
 // ListResponse lists sysctls sorted by path.
@@ -117,11 +119,11 @@ type ListResponse struct {
 func checkOptions(o *Options) error {
 	for i, a := range o.AllowHostSysctls {
 		if _, err := parseName("allow_host_sysctls entry", a); err != nil {
-			return sdk.OptionErrorf("allow_host_sysctls["+strconv.Itoa(i)+"]", "%s", sdk.AsError(err).Message)
+			return handler.OptionErrorf("allow_host_sysctls["+strconv.Itoa(i)+"]", "%s", handler.AsError(err).Message)
 		}
 	}
 	if o.MaxListEntries <= 0 {
-		return sdk.OptionErrorf("max_list_entries", "must be positive, got %d", o.MaxListEntries)
+		return handler.OptionErrorf("max_list_entries", "must be positive, got %d", o.MaxListEntries)
 	}
 	return nil
 }
@@ -129,14 +131,14 @@ func checkOptions(o *Options) error {
 // options are the options checkOptions validated (never an error now
 // that they are checked at load).
 func options(ctx context.Context) (Options, error) {
-	return sdk.OptionsFrom[Options](ctx), nil
+	return handler.OptionsFrom[Options](ctx), nil
 }
 
 // procRoot is the fresh procfs the core mounted for this plugin.
 func procRoot(ctx context.Context) (*os.File, error) {
-	p := sdk.EnvFrom(ctx).Proc
+	p := handler.EnvFrom(ctx).Proc
 	if p == nil {
-		return nil, sdk.Errorf(syscall.ENOTSUP, "sysctl: no fresh procfs (the plugin declares FreshMounts [\"proc\"]; is it run by an nsplug core?)")
+		return nil, handler.Errorf(syscall.ENOTSUP, "sysctl: no fresh procfs (the plugin declares FreshMounts [\"proc\"]; is it run by an nsplug core?)")
 	}
 	return p, nil
 }
@@ -160,7 +162,7 @@ func openAt(dir *os.File, rel string, flags int) (*os.File, error) {
 // readValue reads one /proc/sys file. The kernel formats a numeric entry
 // in a single read at offset 0 (a read at any other offset is EOF), so
 // the first read gets a buffer large enough for any of them.
-func readValue(f *os.File) (sdk.Name, error) {
+func readValue(f *os.File) (handler.Name, error) {
 	buf := make([]byte, MaxReadLen+1)
 	n := 0
 	for n < len(buf) {
@@ -180,25 +182,25 @@ func readValue(f *os.File) (sdk.Name, error) {
 	if len(v) > 0 && v[len(v)-1] == '\n' {
 		v = v[:len(v)-1]
 	}
-	return sdk.Name(v), nil
+	return handler.Name(v), nil
 }
 
-func readName(proc *os.File, n name) (sdk.Name, error) {
+func readName(proc *os.File, n name) (handler.Name, error) {
 	f, err := openAt(proc, n.path(), unix.O_RDONLY)
 	if err != nil {
-		return "", sdk.Errorf(errnoOf(err), "sysctl %s: %s", n, describe(err))
+		return "", handler.Errorf(errnoOf(err), "sysctl %s: %s", n, describe(err))
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		return "", sdk.Errorf(syscall.EISDIR, "sysctl %s is a directory; use sysctl.list", n)
+		return "", handler.Errorf(syscall.EISDIR, "sysctl %s is a directory; use sysctl.list", n)
 	}
 	v, err := readValue(f)
 	if err != nil {
 		if errors.Is(err, syscall.EFBIG) {
-			return "", sdk.Errorf(syscall.EFBIG, "sysctl %s: value is longer than %d bytes", n, MaxReadLen)
+			return "", handler.Errorf(syscall.EFBIG, "sysctl %s: value is longer than %d bytes", n, MaxReadLen)
 		}
-		return "", sdk.Errorf(errnoOf(err), "sysctl %s: read: %s", n, describe(err))
+		return "", handler.Errorf(errnoOf(err), "sysctl %s: read: %s", n, describe(err))
 	}
 	return v, nil
 }
@@ -228,9 +230,9 @@ func checkRoots(ctx context.Context, n name) error {
 	if len(n) > 0 {
 		p += "/" + strings.Join(n, "/")
 	}
-	if _, err := sdk.EnvFrom(ctx).CheckPath(p); err != nil {
-		e := sdk.AsError(err)
-		return sdk.Errorf(e.Errno, "sysctl %s: %s", n, e.Message)
+	if _, err := handler.EnvFrom(ctx).CheckPath(p); err != nil {
+		e := handler.AsError(err)
+		return handler.Errorf(e.Errno, "sysctl %s: %s", n, e.Message)
 	}
 	return nil
 }
@@ -251,7 +253,7 @@ func get(ctx context.Context, req GetRequest) (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
-	return Value{Name: sdk.Name(n.String()), Value: v}, nil
+	return Value{Name: handler.Name(n.String()), Value: v}, nil
 }
 
 // allowed decides whether sysctl.set may write n: a namespaced sysctl
@@ -269,12 +271,12 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 	}
 	ns := sysctlns.Of(canon)
 	if ns == "" {
-		return sdk.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
+		return handler.Errorf(syscall.EPERM, "sysctl %s is not namespaced: writing it would change the host (list it in the sysctl plugin's allow_host_sysctls option to allow that)", canon)
 	}
 	// The sdk's rule for every type that changes a namespace.
-	env := sdk.EnvFrom(ctx)
+	env := handler.EnvFrom(ctx)
 	if err := env.RequireJoined(ns); err != nil {
-		return sdk.Errorf(syscall.EPERM, "sysctl %s: %s, and so does listing %s in the allow_host_sysctls option", canon, sdk.AsError(err).Message, canon)
+		return handler.Errorf(syscall.EPERM, "sysctl %s: %s, and so does listing %s in the allow_host_sysctls option", canon, handler.AsError(err).Message, canon)
 	}
 	if env.HostChangesAllowed(ns) {
 		return nil
@@ -284,7 +286,7 @@ func allowed(ctx context.Context, proc *os.File, n name, opts Options) error {
 		return err
 	}
 	if initial {
-		return sdk.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, and the handler is in the host's initial one (the target shares it, or the request did not join it): writing it would change the host (list it in allow_host_sysctls to allow that)", canon, ns)
+		return handler.Errorf(syscall.EPERM, "sysctl %s belongs to the %s namespace, and the handler is in the host's initial one (the target shares it, or the request did not join it): writing it would change the host (list it in allow_host_sysctls to allow that)", canon, ns)
 	}
 	return nil
 }
@@ -298,7 +300,7 @@ func set(ctx context.Context, req SetRequest) (SetResponse, error) {
 		return SetResponse{}, err
 	}
 	if err := checkValue(string(req.Value)); err != nil {
-		return SetResponse{}, sdk.Errorf(syscall.EINVAL, "sysctl %s: %s", n, sdk.AsError(err).Message)
+		return SetResponse{}, handler.Errorf(syscall.EINVAL, "sysctl %s: %s", n, handler.AsError(err).Message)
 	}
 	opts, err := options(ctx)
 	if err != nil {
@@ -314,14 +316,14 @@ func set(ctx context.Context, req SetRequest) (SetResponse, error) {
 	if err := write(proc, n, string(req.Value)); err != nil {
 		return SetResponse{}, err
 	}
-	sdk.EnvFrom(ctx).Log.Info("sysctl set", "name", n.String(), "value", string(req.Value))
-	resp := SetResponse{Name: sdk.Name(n.String())}
+	handler.EnvFrom(ctx).Log.Info("sysctl set", "name", n.String(), "value", string(req.Value))
+	resp := SetResponse{Name: handler.Name(n.String())}
 	// The write happened: a failed read-back (EACCES for a write-only
 	// entry) leaves the value out rather than failing the request.
 	if v, err := readName(proc, n); err == nil {
 		resp.Value = &v
 	} else if !errors.Is(err, syscall.EACCES) {
-		sdk.EnvFrom(ctx).Log.Warn("sysctl written but not read back", "name", n.String(), "error", err)
+		handler.EnvFrom(ctx).Log.Warn("sysctl written but not read back", "name", n.String(), "error", err)
 	}
 	return resp, nil
 }
@@ -334,28 +336,28 @@ func write(proc *os.File, n name, value string) error {
 		// namespace, as `hostname` does in a rootless container. Same
 		// field, same value.
 		if err := unix.Sethostname([]byte(value)); err != nil {
-			return sdk.Errorf(errnoOf(err), "sysctl %s: sethostname %q: %s", n, value, describe(err))
+			return handler.Errorf(errnoOf(err), "sysctl %s: sethostname %q: %s", n, value, describe(err))
 		}
 		return nil
 	case "kernel.domainname":
 		if err := unix.Setdomainname([]byte(value)); err != nil {
-			return sdk.Errorf(errnoOf(err), "sysctl %s: setdomainname %q: %s", n, value, describe(err))
+			return handler.Errorf(errnoOf(err), "sysctl %s: setdomainname %q: %s", n, value, describe(err))
 		}
 		return nil
 	}
 	f, err := openAt(proc, n.path(), unix.O_WRONLY)
 	if err != nil {
-		return sdk.Errorf(errnoOf(err), "sysctl %s: %s", n, describe(err))
+		return handler.Errorf(errnoOf(err), "sysctl %s: %s", n, describe(err))
 	}
 	defer f.Close()
 	// One write(2) at offset 0: the kernel parses the value from a single
 	// write.
 	m, err := f.Write([]byte(value))
 	if err != nil {
-		return sdk.Errorf(errnoOf(err), "sysctl %s: writing %q: %s", n, value, describe(err))
+		return handler.Errorf(errnoOf(err), "sysctl %s: writing %q: %s", n, value, describe(err))
 	}
 	if m != len(value) {
-		return sdk.Errorf(syscall.EIO, "sysctl %s: short write of %q (%d of %d bytes)", n, value, m, len(value))
+		return handler.Errorf(syscall.EIO, "sysctl %s: short write of %q (%d of %d bytes)", n, value, m, len(value))
 	}
 	return nil
 }
@@ -385,10 +387,10 @@ func list(ctx context.Context, req ListRequest) (ListResponse, error) {
 	f, err := openAt(proc, rel, unix.O_RDONLY)
 	if errors.Is(err, syscall.EACCES) && len(prefix) > 0 {
 		// A write-only entry named as the prefix: listed like any other.
-		return ListResponse{Entries: []ListEntry{{Name: sdk.Name(prefix.String()), Error: sdk.ErrnoName(syscall.EACCES)}}}, nil
+		return ListResponse{Entries: []ListEntry{{Name: handler.Name(prefix.String()), Error: handler.ErrnoName(syscall.EACCES)}}}, nil
 	}
 	if err != nil {
-		return ListResponse{}, sdk.Errorf(errnoOf(err), "sysctl prefix %q: %s", prefix.String(), describe(err))
+		return ListResponse{}, handler.Errorf(errnoOf(err), "sysctl prefix %q: %s", prefix.String(), describe(err))
 	}
 	defer f.Close()
 	w := &walker{ctx: ctx, max: opts.MaxListEntries, entries: []ListEntry{}}
@@ -408,19 +410,19 @@ type walker struct {
 // order.
 func (w *walker) walk(f *os.File, n name) error {
 	if err := w.ctx.Err(); err != nil {
-		return sdk.Errorf(syscall.ECANCELED, "sysctl.list: %v", err)
+		return handler.Errorf(syscall.ECANCELED, "sysctl.list: %v", err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return sdk.Errorf(errnoOf(err), "sysctl %s: stat: %v", n, err)
+		return handler.Errorf(errnoOf(err), "sysctl %s: stat: %v", n, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		if len(w.entries) >= w.max {
-			return sdk.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
+			return handler.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
 		}
-		e := ListEntry{Name: sdk.Name(n.String())}
+		e := ListEntry{Name: handler.Name(n.String())}
 		if v, err := readValue(f); err != nil {
-			e.Error = sdk.ErrnoName(errnoOf(err))
+			e.Error = handler.ErrnoName(errnoOf(err))
 		} else {
 			e.Value = &v
 		}
@@ -432,7 +434,7 @@ func (w *walker) walk(f *os.File, n name) error {
 	}
 	names, err := f.Readdirnames(-1)
 	if err != nil {
-		return sdk.Errorf(errnoOf(err), "sysctl %s: listing: %v", n, err)
+		return handler.Errorf(errnoOf(err), "sysctl %s: listing: %v", n, err)
 	}
 	sort.Strings(names)
 	for _, child := range names {
@@ -441,9 +443,9 @@ func (w *walker) walk(f *os.File, n name) error {
 		if err != nil {
 			// Unreadable entries (write-only: mode 0200) fail at open.
 			if len(w.entries) >= w.max {
-				return sdk.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
+				return handler.Errorf(syscall.E2BIG, "sysctl.list: more than %d entries (max_list_entries); name a narrower prefix", w.max)
 			}
-			w.entries = append(w.entries, ListEntry{Name: sdk.Name(cn.String()), Error: sdk.ErrnoName(errnoOf(err))})
+			w.entries = append(w.entries, ListEntry{Name: handler.Name(cn.String()), Error: handler.ErrnoName(errnoOf(err))})
 			continue
 		}
 		err = w.walk(cf, cn)
@@ -456,7 +458,7 @@ func (w *walker) walk(f *os.File, n name) error {
 }
 
 func errnoOf(err error) syscall.Errno {
-	if e := sdk.AsError(err); e.Errno != 0 {
+	if e := handler.AsError(err); e.Errno != 0 {
 		return e.Errno
 	}
 	return syscall.EIO

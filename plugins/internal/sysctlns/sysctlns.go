@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nsplug/nsplug/sdk"
+	"github.com/nsplug/nsplug/sdk/handler"
 )
 
 // The sysctls a namespace owns on Linux 6.x: a write through /proc/sys
@@ -141,7 +141,7 @@ func InInitial(proc *os.File, ns string) (bool, error) {
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {
-		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
+		return false, handler.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
 	}
 	defer unix.Close(dir)
 	// A readlink of the nsfs magic link ("net:[4026531833]") does not
@@ -149,22 +149,22 @@ func InInitial(proc *os.File, ns string) (bool, error) {
 	buf := make([]byte, 64)
 	n, err := unix.Readlinkat(dir, ns, buf)
 	if err != nil {
-		return false, sdk.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
+		return false, handler.Errorf(errnoOf(err), "reading the handler's %s namespace: %v", ns, err)
 	}
 	link := string(buf[:n])
 	open, close := strings.IndexByte(link, '['), strings.IndexByte(link, ']')
 	if open < 0 || close < open {
-		return false, sdk.Errorf(syscall.EIO, "unexpected namespace link %q", link)
+		return false, handler.Errorf(syscall.EIO, "unexpected namespace link %q", link)
 	}
 	ino, err := strconv.ParseUint(link[open+1:close], 10, 64)
 	if err != nil {
-		return false, sdk.Errorf(syscall.EIO, "unexpected namespace link %q", link)
+		return false, handler.Errorf(syscall.EIO, "unexpected namespace link %q", link)
 	}
 	return ino == want, nil
 }
 
 func errnoOf(err error) syscall.Errno {
-	if e := sdk.AsError(err); e.Errno != 0 {
+	if e := handler.AsError(err); e.Errno != 0 {
 		return e.Errno
 	}
 	return syscall.EIO

@@ -19,7 +19,7 @@ import (
 	"github.com/nsplug/nsplug/internal/inproc"
 	"github.com/nsplug/nsplug/nsexec"
 	"github.com/nsplug/nsplug/sdk"
-	"github.com/nsplug/nsplug/wire"
+	"github.com/nsplug/nsplug/wire/control"
 )
 
 var protocolVersion = "2"
@@ -33,11 +33,11 @@ func main() {
 	if err != nil {
 		panic(err)
 	}
-	handshake := wire.Handshake
+	handshake := control.Handshake
 	handshake.ProtocolVersion = uint(v)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{v: {wire.PluginKey: &wire.GRPCPlugin{Impl: server}}},
+		VersionedPlugins: map[int]plugin.PluginSet{v: {control.PluginKey: &control.GRPCPlugin{Impl: control.Server(server)}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			if err := nsexec.EnterRoot(); err != nil {
 				os.Exit(1)

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/nsplug/nsplug/wire"
+	"github.com/nsplug/nsplug/wire/control"
 )
 
 var controller = "yes"
@@ -72,7 +73,7 @@ func main() {
 	leave()
 
 	srv := grpc.NewServer()
-	wire.RegisterHandlerServer(srv, handler{})
+	control.RegisterHandlerServer(srv, handler{})
 	if controller == "yes" {
 		srv.RegisterService(&controllerService, struct{}{})
 	}
@@ -107,7 +108,7 @@ func logf(level, msg string, kv ...any) {
 }
 
 type handler struct {
-	wire.UnimplementedHandlerServer
+	control.UnimplementedHandlerServer
 }
 
 func (handler) Describe(context.Context, *wire.DescribeRequest) (*wire.DescribeResponse, error) {
