@@ -1,7 +1,8 @@
 // Package buildbin builds nsplug's binaries for the tests and the bench,
 // the way `make build` does (it runs that target, so that the flags live
 // in one place, the Makefile): bin/nsplug, the front, and bin/nsplugd, the
-// full binary it hands commands to, side by side in one directory.
+// full binary it hands commands to, and bin/nsplug-handler, the built-ins
+// alone, side by side in one directory.
 package buildbin
 
 import (
@@ -13,7 +14,7 @@ import (
 	"strings"
 )
 
-// Build writes nsplug and nsplugd into dir. The working directory must lie
+// Build writes nsplug, nsplugd and nsplug-handler into dir. The working directory must lie
 // in the nsplug module. Built without race detector or coverage, even when
 // the caller runs under them (GOFLAGS is cleared).
 func Build(dir string) error {
