@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -24,8 +23,8 @@ import (
 // The fast path (api/fast/README.md): Call without gRPC, on the same
 // socket. Each connection is served in the goroutine that sorted it
 // (mux), one request at a time: read, call (the same call as gRPC's),
-// reply, with no other goroutine on the way but the one that watches for
-// the client hanging up.
+// reply, with no other goroutine on the way; one epoll instance for all
+// of them tells when a client hangs up (hangups.go).
 
 // fastConns are the fast path's connections, for Shutdown.
 type fastConns struct {
@@ -33,11 +32,14 @@ type fastConns struct {
 	conns   map[*fastConn]struct{}
 	stopped bool
 	wg      sync.WaitGroup
+	hangups hangups
 }
 
 type fastConn struct {
 	conn   *net.UnixConn
 	cancel context.CancelFunc // of its request in flight; nil when idle
+	hungUp bool               // the client closed its end (hangups)
+	watch  uint64             // its key in hangups, 0 for none
 }
 
 func (f *fastConns) add(fc *fastConn) bool {
@@ -58,6 +60,7 @@ func (f *fastConns) remove(fc *fastConn) {
 	f.mu.Lock()
 	delete(f.conns, fc)
 	f.mu.Unlock()
+	f.hangups.remove(fc)
 	fc.conn.Close()
 	f.wg.Done()
 }
@@ -72,7 +75,21 @@ func (f *fastConns) begin(fc *fastConn) (context.Context, bool) {
 	}
 	var ctx context.Context
 	ctx, fc.cancel = context.WithCancel(context.Background())
+	if fc.hungUp { // with the request still to be read
+		fc.cancel()
+	}
 	return ctx, true
+}
+
+// hangUp cancels fc's request in flight, and the next one, if its client
+// sent one before it hung up.
+func (f *fastConns) hangUp(fc *fastConn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc.hungUp = true
+	if fc.cancel != nil {
+		fc.cancel()
+	}
 }
 
 // end marks fc idle; false once the daemon is shutting down (the
@@ -119,6 +136,10 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 		return
 	}
 	defer s.fast.remove(fc)
+	if err := s.fast.hangups.add(fc); err != nil {
+		s.log.Warn("api: fast path: cannot watch a connection for its client hanging up; closing it", "error", err)
+		return
+	}
 	if _, err := conn.Write([]byte(fast.Preface)); err != nil {
 		return
 	}
@@ -141,7 +162,7 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 			s.reply(conn, out, id, statusOf(wire.Errorf(syscall.ESHUTDOWN, "the daemon is shutting down")), nil)
 			return
 		}
-		st, files := s.fastCall(ctx, fc, c, msg, r.Buffered())
+		st, files := s.fastCall(ctx, c, msg)
 		out, err = s.reply(conn, out, id, st, files)
 		closeAll(files) // sent or not, the daemon keeps no copy
 		if !s.fast.end(fc) || err != nil {
@@ -150,16 +171,12 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 	}
 }
 
-// fastCall decodes and runs one request, the client's hanging up
-// cancelling it (unless it sent more bytes already: pipelined, which the
-// protocol does not promise to watch).
-func (s *Server) fastCall(ctx context.Context, fc *fastConn, c Caller, msg []byte, pipelined bool) (*spb.Status, []*os.File) {
+// fastCall decodes and runs one request (ctx ends when the client hangs
+// up: hangups).
+func (s *Server) fastCall(ctx context.Context, c Caller, msg []byte) (*spb.Status, []*os.File) {
 	var in apiv1.CallRequest
 	if err := proto.Unmarshal(msg, &in); err != nil {
 		return statusOf(wire.Errorf(syscall.EINVAL, "the request is no nsplug.api.v1.CallRequest: %v", err)), nil
-	}
-	if !pipelined {
-		defer watchHangup(fc.conn, fc.cancel)()
 	}
 	resp, err := s.call(ctx, c, &in, viaFast)
 	if err != nil {
@@ -204,34 +221,4 @@ func (s *Server) reply(conn *net.UnixConn, buf []byte, id string, st *spb.Status
 		_, err = conn.Write(out[n:])
 	}
 	return buf, err
-}
-
-// watchHangup cancels the request when the client closes the connection
-// before the reply: a peek (MSG_PEEK) on the socket, which consumes nothing,
-// woken by the runtime's poller. The func returned ends the watch.
-func watchHangup(conn *net.UnixConn, cancel context.CancelFunc) (stop func()) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return func() {}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var b [1]byte
-		raw.Read(func(fd uintptr) bool {
-			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch {
-			case err == unix.EAGAIN || err == unix.EINTR:
-				return false // wait until readable
-			case err != nil || n == 0: // reset, or EOF: the client is gone
-				cancel()
-			}
-			return true // or bytes came early: nothing more to watch
-		})
-	}()
-	return func() {
-		conn.SetReadDeadline(time.Unix(1, 0))
-		<-done
-		conn.SetReadDeadline(time.Time{})
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"sync"
@@ -152,6 +153,10 @@ func (s *Server) Config() *config.Config { return s.cfg.Load() }
 // until Shutdown, and serves gRPC or the fast path (api/fast) on each, as
 // its first bytes say (mux). It returns nil after Shutdown.
 func (s *Server) Serve(l net.Listener) error {
+	if err := s.fast.hangups.open(s.fast.hangUp); err != nil {
+		l.Close()
+		return fmt.Errorf("the fast path: %w", err)
+	}
 	m := newMux(l, s.log, s.serveFast)
 	defer m.Close()
 	if err := s.grpc.Serve(m); err != nil && err != grpc.ErrServerStopped {
@@ -274,6 +279,7 @@ func (s *Server) Shutdown(grace time.Duration) {
 		s.fast.cancel()
 		<-drained
 	}
+	s.fast.hangups.close()
 	s.mu.Lock()
 	g := s.gen
 	s.mu.Unlock()

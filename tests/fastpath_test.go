@@ -540,6 +540,25 @@ func TestFastPathClientGoneAndShutdown(t *testing.T) {
 	raw.conn.Close()
 	procGone(t, handler, "the closed connection's handler")
 	d.waitQuiet(t, before)
+	// Closed at once, before the daemon has read the request: it is not
+	// left to hang (extprobe.hang would, until request_timeout).
+	for range 3 {
+		raw = newRawFast(t, dialSocket(t, d))
+		raw.send(t, "1", msg)
+		raw.conn.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		inflight := 0
+		for _, in := range d.instances(t, g) {
+			inflight += int(in.Inflight)
+		}
+		if inflight == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("requests of clients gone run on: %v", d.instances(t, g))
+		}
+	}
 
 	idle := newRawFast(t, dialSocket(t, d))
 	if st := idle.call(t, &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(target.PID())}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}); st.Code != 0 {

@@ -78,9 +78,6 @@ func NewReader(r io.Reader) *Reader {
 	return &Reader{r: bufio.NewReaderSize(r, lenSize+wire.MaxFrame), frame: make([]byte, wire.MaxFrame)}
 }
 
-// Buffered reports whether bytes past the last message were read already.
-func (r *Reader) Buffered() bool { return r.r.Buffered() > 0 }
-
 // ReadPreface reads the peer's first bytes and reports whether they are
 // the Preface.
 func (r *Reader) ReadPreface() (bool, error) {
