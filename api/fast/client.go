@@ -35,6 +35,7 @@ type Client struct {
 	rights  *rightsReader
 	r       *Reader
 	buf     []byte
+	sent    bool  // the preface was sent
 	greeted bool  // the daemon's preface was read
 	next    int   // request ids: decimal, from 1
 	broken  error // once set, every Call fails with it
@@ -100,7 +101,7 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 	c.next++
 	id := strconv.Itoa(c.next)
 	buf := c.buf[:0]
-	if !c.greeted && c.next == 1 {
+	if !c.sent {
 		buf = append(buf, Preface...)
 	}
 	if buf, err = AppendMessage(buf, wire.FrameRequest, id, body); err != nil {
@@ -144,6 +145,7 @@ func (c *Client) exchange(buf []byte, id string) (*spb.Status, []*os.File, error
 		}
 		return nil, nil, err
 	}
+	c.sent = true
 	if !c.greeted {
 		if ok, err := c.r.ReadPreface(); !ok {
 			if err == nil {
@@ -158,7 +160,9 @@ func (c *Client) exchange(buf []byte, id string) (*spb.Status, []*os.File, error
 	if err == nil && c.rights.truncated {
 		err = wire.Errorf(syscall.EIO, "nsplug daemon: the reply's files did not fit (more than %d)", wire.MaxFiles)
 	}
-	if err == nil && rid != id {
+	// An empty id is the daemon's answer to a breach of the protocol,
+	// before it closes: its error is the call's.
+	if err == nil && rid != id && rid != "" {
 		err = wire.Errorf(syscall.EPROTO, "nsplug daemon: the reply to request %q came for %q", id, rid)
 	}
 	if err != nil {
