@@ -84,7 +84,10 @@ func call(t *testing.T, addr string) (*apiv1.CallResponse, []*os.File, error) {
 // closes has not served the request: ErrNotSpoken.
 func TestClientNotSpoken(t *testing.T) {
 	for name, serve := range map[string]func(*net.UnixConn){
-		"http2": func(c *net.UnixConn) { c.Write([]byte{0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 5, 0, 0, 64, 0}); io.Copy(io.Discard, c) },
+		"http2": func(c *net.UnixConn) {
+			c.Write([]byte{0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 5, 0, 0, 64, 0})
+			io.Copy(io.Discard, c)
+		},
 		"close": func(c *net.UnixConn) {},
 	} {
 		if _, _, err := call(t, fakeDaemon(t, serve)); !errors.Is(err, ErrNotSpoken) {
@@ -120,7 +123,9 @@ func TestClientReplies(t *testing.T) {
 
 	detail, _ := anypb.New(&apiv1.Error{Errno: int32(syscall.EINVAL), ErrnoName: "EINVAL", Message: "nsplug fast path: request: a frame of 9 bytes"})
 	for _, id := range []string{"=", ""} {
-		addr := fakeDaemon(t, func(c *net.UnixConn) { reply(t, c, id, &spb.Status{Code: 3, Message: "x", Details: []*anypb.Any{detail}}) })
+		addr := fakeDaemon(t, func(c *net.UnixConn) {
+			reply(t, c, id, &spb.Status{Code: 3, Message: "x", Details: []*anypb.Any{detail}})
+		})
 		_, _, err := call(t, addr)
 		if e, ok := err.(*wire.Error); !ok || e.Errno != syscall.EINVAL || e.Message != "nsplug fast path: request: a frame of 9 bytes" {
 			t.Errorf("failure (id %q): %#v", id, err)
