@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -140,4 +142,27 @@ func TestClientReplies(t *testing.T) {
 func errorsIsErrno(err error, errno syscall.Errno) bool {
 	e, ok := err.(*wire.Error)
 	return ok && e.Errno == errno
+}
+
+// A real gRPC server, which does not speak the fast path, is told apart
+// at once, not after its handshake timeout.
+func TestClientNotSpokenByGRPC(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grpc.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	go srv.Serve(l)
+	defer srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial("unix://" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, _, err := c.Call(ctx, req); !errors.Is(err, ErrNotSpoken) {
+		t.Errorf("a gRPC server: %v, want ErrNotSpoken", err)
+	}
 }
