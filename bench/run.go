@@ -233,6 +233,11 @@ func Run(cfg Config) (*Results, error) {
 			return nil, err
 		}
 		add(call, p.Daemon)
+		grpcCall, err := env.DaemonGRPCCallCase(daemon)
+		if err != nil {
+			return nil, err
+		}
+		add(grpcCall, p.Daemon)
 		if cliDaemon, err = env.CLIDaemonCase(daemon); err != nil {
 			return nil, err
 		}
@@ -302,6 +307,16 @@ func Run(cfg Config) (*Results, error) {
 		v["cli_standalone_nsenter_p50_us"] = us(pairs.P50)
 		if pairs.P50 > 0 {
 			v["cli_standalone_vs_nsenter_cli"] = round(float64(res.Summary["cli_standalone"].P50)/float64(pairs.P50), 2)
+		}
+	}
+
+	// The daemon's two ways in, against the in-process warm path of the
+	// same run.
+	if w := res.Summary["warm"].P50; w > 0 {
+		for _, name := range []string{"daemon_call", "daemon_grpc_call"} {
+			if s, ok := res.Summary[name]; ok {
+				v[name+"_vs_warm"] = round(float64(s.P50)/float64(w), 2)
+			}
 		}
 	}
 

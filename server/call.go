@@ -10,28 +10,49 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
-// Call runs one request in a target's namespaces. Its steps, in order:
-// metrics start counting; the request is read; the Gate authorizes it (by
-// type, then, from the core's hook, on the pinned target), runs it on the
-// dispatcher serving new calls and audits it; files are refused; metrics
-// record the outcome.
+// Call is the gRPC transport's Call (see call): a response holding files
+// is refused, EXDEV, since gRPC cannot carry them.
 //
 // The request ends with the call: the client's cancellation, its
 // disconnection (gRPC cancels the call's context), its deadline, or the
 // request's own timeout field, whichever comes first (and the plugin's
 // request_timeout).
 func (s *Server) Call(ctx context.Context, in *apiv1.CallRequest) (*apiv1.CallResponse, error) {
-	c := caller(ctx)
-	done := s.metrics.StartCall(in.GetType())
-	payload, err := s.call(ctx, c, in)
-	done(err)
+	resp, err := s.call(ctx, caller(ctx), in, viaGRPC)
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &apiv1.CallResponse{Payload: payload}, nil
+	return &apiv1.CallResponse{Payload: resp.Payload}, nil
 }
 
-func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest) ([]byte, error) {
+// A transport is what a call came over: gRPC or the fast path (api/fast).
+type transport int
+
+const (
+	viaGRPC transport = iota
+	viaFast
+)
+
+// carriesFiles reports whether the transport can hand files to the
+// client (the fast path, with SCM_RIGHTS).
+func (t transport) carriesFiles() bool { return t == viaFast }
+
+// call runs one request in a target's namespaces, for every transport
+// alike. Its steps, in order: metrics start counting; the request is
+// read; the Gate authorizes it (by type, then, from the core's hook, on
+// the pinned target), runs it on the dispatcher serving new calls and
+// audits it; files are refused unless the transport carries them;
+// metrics record the outcome. The files of the response returned are the
+// caller's to hand on and close.
+func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {
+	done := s.metrics.StartCall(in.GetType())
+	s.metrics.Over(t)
+	resp, err := s.dispatch(ctx, c, in, t)
+	done(err)
+	return resp, err
+}
+
+func (s *Server) dispatch(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {
 	req, err := coreRequest(in)
 	if err != nil {
 		return nil, err
@@ -50,11 +71,11 @@ func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest) ([]b
 	if err != nil {
 		return nil, err
 	}
-	if len(resp.Files) > 0 {
+	if len(resp.Files) > 0 && !t.carriesFiles() {
 		closeAll(resp.Files)
-		return nil, wire.Errorf(syscall.EXDEV, "%s: the response holds %d open file(s), which cannot cross the daemon's API; embed the core (core.Dispatcher.Call), or run `nsplug call` without --addr", req.Type, len(resp.Files))
+		return nil, wire.Errorf(syscall.EXDEV, "%s: the response holds %d open file(s), which cannot cross the daemon's gRPC API; its fast path (api/fast, which nsplug call --addr uses) hands them over", req.Type, len(resp.Files))
 	}
-	return resp.Payload, nil
+	return resp, nil
 }
 
 func closeAll(files []*os.File) {

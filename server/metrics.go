@@ -60,6 +60,7 @@ type Metrics struct {
 	startFailures *prometheus.CounterVec
 	startDuration *prometheus.HistogramVec
 	exits         *prometheus.CounterVec
+	transports    [2]prometheus.Counter // by transport: viaGRPC, viaFast
 
 	known atomic.Pointer[knownTypes]
 }
@@ -129,8 +130,13 @@ func NewMetrics(dispatcher func() *core.Dispatcher) *Metrics {
 			Help: "Plugin instances ended, by plugin and reason: crashed, killed, evicted, idle, closed, done.",
 		}, []string{"plugin", "reason"}),
 	}
+	byTransport := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nsplug_requests_by_transport_total",
+		Help: `Call requests begun, by the transport they came over: "grpc" or "fast" (the fast path, api/fast).`,
+	}, []string{"transport"})
+	m.transports = [2]prometheus.Counter{viaGRPC: byTransport.WithLabelValues("grpc"), viaFast: byTransport.WithLabelValues("fast")}
 	m.reg.MustRegister(m.requests, m.duration, m.inFlight, m.denials, instanceCollector{m},
-		m.starts, m.startFailures, m.startDuration, m.exits,
+		m.starts, m.startFailures, m.startDuration, m.exits, byTransport,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -224,6 +230,9 @@ func resultOf(err error) string {
 	}
 	return labelOther
 }
+
+// Over counts a Call request begun over transport t.
+func (m *Metrics) Over(t transport) { m.transports[t].Inc() }
 
 // Denied counts a call refused by authorization; reason is a fixed word
 // for what the caller lacked ("type", "target", ...), never input.

@@ -16,10 +16,11 @@ import (
 )
 
 // peerCreds are the server's transport credentials: they encrypt nothing
-// (the socket is local) but ask the kernel, once per accepted connection,
-// who connected. The answer is what the peer's process was when it called
-// connect(2) (SO_PEERCRED, SO_PEERGROUPS), whatever it does afterwards
-// (setuid, passing the socket on): a client cannot name itself.
+// (the socket is local) but hand gRPC who connected, as the kernel told
+// the mux once per accepted connection (peerCaller). The answer is what
+// the peer's process was when it called connect(2) (SO_PEERCRED,
+// SO_PEERGROUPS), whatever it does afterwards (setuid, passing the socket
+// on): a client cannot name itself.
 type peerCreds struct{}
 
 // callerInfo is the credentials.AuthInfo of a connection: its Caller.
@@ -30,18 +31,14 @@ type callerInfo struct {
 
 func (callerInfo) AuthType() string { return "peercred" }
 
+// ServerHandshake takes the Caller the mux read when it accepted conn.
 func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := conn.(*net.UnixConn)
+	sc, ok := conn.(*sortedConn)
 	if !ok {
 		conn.Close()
-		return nil, nil, fmt.Errorf("nsplug serves unix sockets only, not %s", conn.RemoteAddr().Network())
+		return nil, nil, fmt.Errorf("nsplug serves the connections of its own listener only, not a %T", conn)
 	}
-	c, err := peerCaller(uc)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	return conn, callerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, caller: c}, nil
+	return conn, callerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, caller: sc.caller}, nil
 }
 
 func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
@@ -23,10 +25,10 @@ import (
 	"github.com/nsplug/nsplug/wire"
 )
 
-// maxMessage bounds a gRPC message of the API: a payload or a response
-// of the contract's largest (wire.MaxMessageBytes), with room for the
-// fields around it.
-const maxMessage = wire.MaxMessageBytes + 1<<20
+// maxMessage bounds a gRPC message of the API as the fast path bounds
+// its own (fast.MaxMessage): a payload or a response of the contract's
+// largest, with room for the fields around it.
+const maxMessage = fast.MaxMessage
 
 // Server serves the node API (apiv1.NsplugServer) and grpc.health.v1 in
 // front of a core.Dispatcher. Every call carries the kernel's credentials
@@ -44,6 +46,7 @@ type Server struct {
 	cfg    atomic.Pointer[config.Config]
 	grpc   *grpc.Server
 	health *health.Server
+	fast   fastConns
 
 	metrics *Metrics
 	policy  atomic.Pointer[Policy]
@@ -148,9 +151,16 @@ func (s *Server) gate(g *generation) *Gate {
 func (s *Server) Config() *config.Config { return s.cfg.Load() }
 
 // Serve accepts connections on l (a unix socket listener; see Listen)
-// until Shutdown. It returns nil after Shutdown.
+// until Shutdown, and serves gRPC or the fast path (api/fast) on each, as
+// its first bytes say (mux). It returns nil after Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	if err := s.grpc.Serve(l); err != nil && err != grpc.ErrServerStopped {
+	if err := s.fast.hangups.open(s.fast.hangUp); err != nil {
+		l.Close()
+		return fmt.Errorf("the fast path: %w", err)
+	}
+	m := newMux(l, s.log, s.serveFast)
+	defer m.Close()
+	if err := s.grpc.Serve(m); err != nil && err != grpc.ErrServerStopped {
 		return err
 	}
 	return nil
@@ -256,7 +266,9 @@ func (s *Server) Shutdown(grace time.Duration) {
 	s.health.Shutdown()
 	drained := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		s.grpc.GracefulStop() // closes the listener (the mux) first
+		s.fast.stop()
+		s.fast.wg.Wait()
 		close(drained)
 	}()
 	select {
@@ -264,8 +276,11 @@ func (s *Server) Shutdown(grace time.Duration) {
 	case <-time.After(grace):
 		s.log.Warn("shutdown: calls still in flight after shutdown_grace are ended", "shutdown_grace", grace)
 		s.grpc.Stop()
+		s.fast.stop()
+		s.fast.cancel()
 		<-drained
 	}
+	s.fast.hangups.close()
 	s.mu.Lock()
 	g := s.gen
 	s.mu.Unlock()

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/server"
@@ -33,11 +36,11 @@ func loadDuration(t *testing.T) time.Duration {
 	return 30 * time.Second
 }
 
-// 64 concurrent clients, each on its own connection, call the daemon over
-// 16 targets for 30 s: no call fails, and afterwards the daemon holds no
-// more fds, goroutines, threads, processes or socket files than once its
-// targets were warm, and its memory stays bounded. (Serial: it takes both
-// CPUs.)
+// 64 concurrent clients, each on its own connection (half on the fast
+// path, half over gRPC), call the daemon over 16 targets for 30 s: no
+// call fails, and afterwards the daemon holds no more fds, goroutines,
+// threads, processes or socket files than once its targets were warm, and
+// its memory stays bounded. (Serial: it takes both CPUs.)
 func TestDaemonUnderLoad(t *testing.T) {
 	const clients, targets = 64, 16
 	metrics := freeLoopbackAddr(t)
@@ -140,9 +143,10 @@ func daemonUsage(t *testing.T, d *daemon, metrics string) usage {
 	return u
 }
 
-// load runs clients callers, each on its own connection, each calling
-// call(c, i) for i = its index, +clients, ... until deadline; their
-// connections are closed when it returns.
+// load runs clients callers, each on its own connection (half of them on
+// the fast path, the others over gRPC), each calling call(c, i) for i =
+// its index, +clients, ... until deadline; their connections are closed
+// when it returns.
 func load(t *testing.T, addr string, clients int, deadline time.Time, call func(apiv1.NsplugClient, int) error) (calls, failures int64, firstErr error) {
 	t.Helper()
 	var n, failed atomic.Int64
@@ -150,12 +154,22 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 	var wg sync.WaitGroup
 	var conns []io.Closer
 	for k := range clients {
-		_, conn, err := server.Dial(addr)
-		if err != nil {
-			t.Fatal(err)
+		var c apiv1.NsplugClient
+		if k%2 == 1 {
+			fc, err := fast.Dial(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, fc)
+			c = fastNsplug{c: fc}
+		} else {
+			_, conn, err := server.Dial(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn)
+			c = apiv1.NewNsplugClient(conn)
 		}
-		conns = append(conns, conn)
-		c := apiv1.NewNsplugClient(conn)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -174,4 +188,19 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 	}
 	firstErr, _ = first.Load().(error)
 	return n.Load(), failed.Load(), firstErr
+}
+
+// fastNsplug is a fast-path client as an apiv1.NsplugClient, for Call
+// alone (the other calls are gRPC's only).
+type fastNsplug struct {
+	apiv1.NsplugClient // nil
+	c                  *fast.Client
+}
+
+func (f fastNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.CallOption) (*apiv1.CallResponse, error) {
+	resp, files, err := f.c.Call(ctx, in)
+	for _, file := range files {
+		file.Close()
+	}
+	return resp, err
 }

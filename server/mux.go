@@ -1,0 +1,215 @@
+package server
+
+import (
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/nsplug/nsplug/api/fast"
+)
+
+// The daemon's socket carries two protocols, told apart by a connection's
+// first bytes: gRPC (HTTP/2, whose client preface starts "PRI * HTTP/2.0")
+// and the fast path (api/fast, which starts with fast.Preface). The mux
+// reads them, then hands the connection to gRPC (which reads them again)
+// or serves the fast path on it; anything else is closed. Either way the
+// caller is the kernel's answer for the accepted connection (peerCaller),
+// asked once, before a byte is read.
+
+// h2Preface is the start of an HTTP/2 client's connection preface.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// prefaceTimeout bounds the wait for a new connection's first bytes: a
+// client that connects and sends nothing is dropped then.
+//
+// A local client sends its preface as soon as it has connected (gRPC's
+// and the fast path's alike).
+const prefaceTimeout = 3 * time.Second
+
+// mux is the listener gRPC serves (Accept returns its connections only);
+// it accepts on the daemon's socket and sorts the connections.
+type mux struct {
+	l    net.Listener
+	log  hclog.Logger
+	fast func(*net.UnixConn, Caller) // serves a fast-path connection, in its own goroutine
+
+	conns chan net.Conn // gRPC's, sorted
+	errs  chan error    // from accept(2), for gRPC's Serve
+	done  chan struct{}
+	once  sync.Once
+
+	mu      sync.Mutex
+	closed  bool
+	sorting map[*net.UnixConn]struct{} // connections whose first bytes are awaited
+}
+
+func newMux(l net.Listener, log hclog.Logger, fast func(*net.UnixConn, Caller)) *mux {
+	m := &mux{l: l, log: log, fast: fast, conns: make(chan net.Conn), errs: make(chan error),
+		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{})}
+	go m.acceptLoop()
+	return m
+}
+
+func (m *mux) acceptLoop() {
+	for {
+		c, err := m.l.Accept()
+		if err != nil {
+			select {
+			case m.errs <- err: // gRPC backs off before it asks again, or stops
+			case <-m.done:
+				return
+			}
+			if errors.Is(err, net.ErrClosed) || !isTemporary(err) {
+				return
+			}
+			continue
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			m.log.Debug("api: closed a connection that is not on a unix socket", "network", c.RemoteAddr().Network())
+			c.Close()
+			continue
+		}
+		if !m.track(uc) {
+			uc.Close()
+			return
+		}
+		go m.sort(uc)
+	}
+}
+
+// isTemporary reports a failure of accept(2) that passes (EMFILE, ...), as
+// gRPC's Serve judges it.
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
+}
+
+func (m *mux) track(c *net.UnixConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.sorting[c] = struct{}{}
+	return true
+}
+
+// sorted ends the wait for c's first bytes; false when the mux is closed
+// (and c with it).
+func (m *mux) sorted(c *net.UnixConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.sorting, c)
+	return !m.closed
+}
+
+// sort reads c's first bytes and hands it on.
+func (m *mux) sort(c *net.UnixConn) {
+	caller, err := peerCaller(c)
+	if err != nil {
+		m.sorted(c)
+		m.log.Debug("api: closed a connection without kernel credentials", "error", err)
+		c.Close()
+		return
+	}
+	head, proto, err := readPreface(c)
+	if !m.sorted(c) {
+		c.Close()
+		return
+	}
+	switch {
+	case err != nil:
+		m.log.Debug("api: closed a connection before its protocol was known", "caller_uid", caller.UID, "caller_pid", caller.PID, "error", err)
+		c.Close()
+	case proto == "fast":
+		m.fast(c, caller)
+	default:
+		select {
+		case m.conns <- &sortedConn{UnixConn: c, head: head, caller: caller}:
+		case <-m.done:
+			c.Close()
+		}
+	}
+}
+
+// readPreface reads c's first bytes, for at most prefaceTimeout, until
+// they tell the protocol: "fast" once fast.Preface has come whole, "grpc"
+// at the first byte that starts an HTTP/2 preface (gRPC checks the rest);
+// head is what was read. Anything else is an error.
+func readPreface(c *net.UnixConn) (head []byte, proto string, err error) {
+	if err := c.SetReadDeadline(time.Now().Add(prefaceTimeout)); err != nil {
+		return nil, "", err
+	}
+	buf := make([]byte, len(fast.Preface))
+	n := 0
+	for {
+		k, rerr := c.Read(buf[n:]) // never past fast.Preface: what follows is the fast path's
+		n += k
+		got := string(buf[:n])
+		switch {
+		case got == fast.Preface:
+			return nil, "fast", c.SetReadDeadline(time.Time{})
+		case n > 0 && strings.HasPrefix(h2Preface, got[:1]):
+			return buf[:n], "grpc", c.SetReadDeadline(time.Time{})
+		case !strings.HasPrefix(fast.Preface, got):
+			return nil, "", errors.New("unknown protocol: first bytes " + strconv.Quote(got))
+		case rerr != nil:
+			return nil, "", rerr
+		}
+	}
+}
+
+// Accept returns the next gRPC connection.
+func (m *mux) Accept() (net.Conn, error) {
+	select {
+	case c := <-m.conns:
+		return c, nil
+	case err := <-m.errs:
+		return nil, err
+	case <-m.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting (closing the socket, which removes it) and closes
+// the connections whose first bytes are still awaited. Connections
+// already sorted are their protocol's to end.
+func (m *mux) Close() error {
+	var err error
+	m.once.Do(func() {
+		m.mu.Lock()
+		m.closed = true
+		for c := range m.sorting {
+			c.Close()
+		}
+		m.mu.Unlock()
+		close(m.done)
+		err = m.l.Close()
+	})
+	return err
+}
+
+func (m *mux) Addr() net.Addr { return m.l.Addr() }
+
+// sortedConn is a gRPC connection whose first bytes the mux read: they are
+// read again first. It carries its Caller to peerCreds.
+type sortedConn struct {
+	*net.UnixConn
+	head   []byte
+	caller Caller
+}
+
+func (c *sortedConn) Read(p []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(p, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	return c.UnixConn.Read(p)
+}
