@@ -82,7 +82,7 @@ proto:
 	protoc -I api --plugin=protoc-gen-go=bin/protoc-gen-go \
 		--go_out=paths=source_relative:api \
 		--go-grpc_out=paths=source_relative:api \
-		api/v1/nsplug.proto
+		api/v1/nsplug.proto api/v1/service/service.proto
 
 # Benchmarks (root): nsplug against nsenter(1), oneshot, cold and warm
 # instances, a bare go-plugin plugin and the host floor, in one process and

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 	"github.com/nsplug/nsplug/server"
 )
 
@@ -22,7 +23,7 @@ type Daemon struct {
 	Addr   string
 	cmd    *exec.Cmd
 	conn   *grpc.ClientConn
-	client apiv1.NsplugClient
+	client apisvc.NsplugClient
 }
 
 // StartDaemon starts the daemon and waits until it answers.

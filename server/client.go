@@ -7,7 +7,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nsplug/nsplug/api/fast"
-	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 )
 
 // Dial returns a client of the daemon at addr, "unix:///PATH" (the form
@@ -16,7 +16,7 @@ import (
 // (ECONNREFUSED or ENOENT through ErrorFromStatus). Close the connection
 // when done. Call has a faster way in, fast.Dial (api/fast), which also
 // hands back files.
-func Dial(addr string) (apiv1.NsplugClient, *grpc.ClientConn, error) {
+func Dial(addr string) (apisvc.NsplugClient, *grpc.ClientConn, error) {
 	if _, err := fast.SocketPath(addr); err != nil {
 		return nil, nil, err
 	}
@@ -27,5 +27,5 @@ func Dial(addr string) (apiv1.NsplugClient, *grpc.ClientConn, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("daemon address %q: %w", addr, err)
 	}
-	return apiv1.NewNsplugClient(conn), conn, nil
+	return apisvc.NewNsplugClient(conn), conn, nil
 }

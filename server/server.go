@@ -19,6 +19,7 @@ import (
 
 	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	_ "github.com/nsplug/nsplug/core/goplugin" // a daemon loads third-party plugins
@@ -30,7 +31,7 @@ import (
 // largest, with room for the fields around it.
 const maxMessage = fast.MaxMessage
 
-// Server serves the node API (apiv1.NsplugServer) and grpc.health.v1 in
+// Server serves the node API (apisvc.NsplugServer) and grpc.health.v1 in
 // front of a core.Dispatcher. Every call carries the kernel's credentials
 // of its connection (see Caller); a call without them is refused.
 //
@@ -40,7 +41,7 @@ const maxMessage = fast.MaxMessage
 // calls in flight have finished: the instances of the old configuration
 // retire with it, and the new one starts its own.
 type Server struct {
-	apiv1.UnimplementedNsplugServer
+	apisvc.UnimplementedNsplugServer
 	log    hclog.Logger
 	opts   core.Options
 	cfg    atomic.Pointer[config.Config]
@@ -100,10 +101,10 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 		grpc.WaitForHandlers(true),
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
-	apiv1.RegisterNsplugServer(s.grpc, s)
+	apisvc.RegisterNsplugServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	// "" (the daemon) is SERVING from the start; so is the API by name.
-	s.health.SetServingStatus(apiv1.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(apisvc.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
 }
 

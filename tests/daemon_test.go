@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 	"github.com/nsplug/nsplug/server"
 )
 
@@ -155,8 +156,8 @@ func (d *daemon) conn(t *testing.T) *grpc.ClientConn {
 	return conn
 }
 
-func (d *daemon) client(t *testing.T) apiv1.NsplugClient {
-	return apiv1.NewNsplugClient(d.conn(t))
+func (d *daemon) client(t *testing.T) apisvc.NsplugClient {
+	return apisvc.NewNsplugClient(d.conn(t))
 }
 
 func (d *daemon) pid() int { return d.cmd.Process.Pid }
@@ -199,7 +200,7 @@ func (d *daemon) waitQuiet(t *testing.T, want int) {
 }
 
 // instances lists the daemon's live plugin processes.
-func (d *daemon) instances(t *testing.T, c apiv1.NsplugClient) []*apiv1.InstanceInfo {
+func (d *daemon) instances(t *testing.T, c apisvc.NsplugClient) []*apiv1.InstanceInfo {
 	t.Helper()
 	resp, err := c.Instances(context.Background(), &apiv1.InstancesRequest{})
 	if err != nil {
@@ -210,7 +211,7 @@ func (d *daemon) instances(t *testing.T, c apiv1.NsplugClient) []*apiv1.Instance
 
 // waitInflight waits until an instance of plugin is serving a request and
 // returns its pid.
-func (d *daemon) waitInflight(t *testing.T, c apiv1.NsplugClient, plugin string) int {
+func (d *daemon) waitInflight(t *testing.T, c apisvc.NsplugClient, plugin string) int {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		for _, in := range d.instances(t, c) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/server"
 )
@@ -54,7 +55,7 @@ func TestDaemonUnderLoad(t *testing.T) {
 		{"sysctl.get", `{"name":"kernel.hostname"}`},
 		{"procfs.stat", `{"path":"/proc/self"}`},
 	}
-	call := func(c apiv1.NsplugClient, i int) error {
+	call := func(c apisvc.NsplugClient, i int) error {
 		k := kinds[i%len(kinds)]
 		_, err := c.Call(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(pids[i%targets])}, Type: k.typ, Payload: []byte(k.payload)})
 		return err
@@ -147,14 +148,14 @@ func daemonUsage(t *testing.T, d *daemon, metrics string) usage {
 // the fast path, the others over gRPC), each calling call(c, i) for i =
 // its index, +clients, ... until deadline; their connections are closed
 // when it returns.
-func load(t *testing.T, addr string, clients int, deadline time.Time, call func(apiv1.NsplugClient, int) error) (calls, failures int64, firstErr error) {
+func load(t *testing.T, addr string, clients int, deadline time.Time, call func(apisvc.NsplugClient, int) error) (calls, failures int64, firstErr error) {
 	t.Helper()
 	var n, failed atomic.Int64
 	var first atomic.Value
 	var wg sync.WaitGroup
 	var conns []io.Closer
 	for k := range clients {
-		var c apiv1.NsplugClient
+		var c apisvc.NsplugClient
 		if k%2 == 1 {
 			fc, err := fast.Dial(addr)
 			if err != nil {
@@ -168,7 +169,7 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 				t.Fatal(err)
 			}
 			conns = append(conns, conn)
-			c = apiv1.NewNsplugClient(conn)
+			c = apisvc.NewNsplugClient(conn)
 		}
 		wg.Add(1)
 		go func() {
@@ -190,11 +191,11 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 	return n.Load(), failed.Load(), firstErr
 }
 
-// fastNsplug is a fast-path client as an apiv1.NsplugClient, for Call
+// fastNsplug is a fast-path client as an apisvc.NsplugClient, for Call
 // alone (the other calls are gRPC's only).
 type fastNsplug struct {
-	apiv1.NsplugClient // nil
-	c                  *fast.Client
+	apisvc.NsplugClient // nil
+	c                   *fast.Client
 }
 
 func (f fastNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.CallOption) (*apiv1.CallResponse, error) {

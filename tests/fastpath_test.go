@@ -29,6 +29,7 @@ import (
 
 	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
+	apisvc "github.com/nsplug/nsplug/api/v1/service"
 	"github.com/nsplug/nsplug/sandbox"
 	"github.com/nsplug/nsplug/server"
 	"github.com/nsplug/nsplug/wire"
@@ -96,7 +97,7 @@ socket.send_fds(socket.socket(fileno=3), [b"c"], [s.fileno()])
 }
 
 // grpcOver is a gRPC client on conn alone.
-func grpcOver(t *testing.T, conn net.Conn) apiv1.NsplugClient {
+func grpcOver(t *testing.T, conn net.Conn) apisvc.NsplugClient {
 	t.Helper()
 	used := false
 	cc, err := grpc.NewClient("passthrough:///nsplug", grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -111,7 +112,7 @@ func grpcOver(t *testing.T, conn net.Conn) apiv1.NsplugClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return apiv1.NewNsplugClient(cc)
+	return apisvc.NewNsplugClient(cc)
 }
 
 // rawFast speaks the fast path by hand: what goes out is the test's to

@@ -28,7 +28,7 @@ func TestPythonClient(t *testing.T) {
 	d := startDaemon(t, "[[server.allow]]\nuids = [4242]\ntypes = [\"procfs.*\"]\ntargets = \"owned\"\n", "")
 	// The script and the proto, where every user can read them.
 	dir := filepath.Dir(d.conf)
-	for _, f := range [][2]string{{"testdata/pyclient/nsplug_client.py", "nsplug_client.py"}, {"../api/v1/nsplug.proto", "api/v1/nsplug.proto"}} {
+	for _, f := range [][2]string{{"testdata/pyclient/nsplug_client.py", "nsplug_client.py"}, {"../api/v1/nsplug.proto", "api/v1/nsplug.proto"}, {"../api/v1/service/service.proto", "api/v1/service/service.proto"}} {
 		data, err := os.ReadFile(f[0])
 		if err != nil {
 			t.Fatal(err)

@@ -11,6 +11,11 @@
 // follows from the errno (see README.md, "The node daemon") and whose
 // details hold one Error with the errno's number and name and the message.
 //
+// This file holds the messages; the service that carries them is
+// service/service.proto, in the same proto package (so its methods are
+// /nsplug.api.v1.Nsplug/...), apart so that Go code that only encodes the
+// messages (the fast path's client, api/fast) links no gRPC.
+//
 // Compatibility: this is nsplug.api.v1; fields and calls are only added.
 // A change that is not additive is a new package, nsplug.api.v2.
 
@@ -1148,13 +1153,7 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x0ePrepareRequest\x12-\n" +
 	"\x06target\x18\x01 \x01(\v2\x15.nsplug.api.v1.TargetR\x06target\x12\x14\n" +
 	"\x05types\x18\x02 \x03(\tR\x05types\"\x11\n" +
-	"\x0fPrepareResponse2\xf1\x02\n" +
-	"\x06Nsplug\x12?\n" +
-	"\x04Call\x12\x1a.nsplug.api.v1.CallRequest\x1a\x1b.nsplug.api.v1.CallResponse\x12B\n" +
-	"\x05Types\x12\x1b.nsplug.api.v1.TypesRequest\x1a\x1c.nsplug.api.v1.TypesResponse\x12H\n" +
-	"\aPlugins\x12\x1d.nsplug.api.v1.PluginsRequest\x1a\x1e.nsplug.api.v1.PluginsResponse\x12N\n" +
-	"\tInstances\x12\x1f.nsplug.api.v1.InstancesRequest\x1a .nsplug.api.v1.InstancesResponse\x12H\n" +
-	"\aPrepare\x12\x1d.nsplug.api.v1.PrepareRequest\x1a\x1e.nsplug.api.v1.PrepareResponseB'Z%github.com/nsplug/nsplug/api/v1;apiv1b\x06proto3"
+	"\x0fPrepareResponseB'Z%github.com/nsplug/nsplug/api/v1;apiv1b\x06proto3"
 
 var (
 	file_v1_nsplug_proto_rawDescOnce sync.Once
@@ -1201,18 +1200,8 @@ var file_v1_nsplug_proto_depIdxs = []int32{
 	8,  // 7: nsplug.api.v1.PluginInfo.types:type_name -> nsplug.api.v1.TypeInfo
 	14, // 8: nsplug.api.v1.InstancesResponse.instances:type_name -> nsplug.api.v1.InstanceInfo
 	0,  // 9: nsplug.api.v1.PrepareRequest.target:type_name -> nsplug.api.v1.Target
-	1,  // 10: nsplug.api.v1.Nsplug.Call:input_type -> nsplug.api.v1.CallRequest
-	6,  // 11: nsplug.api.v1.Nsplug.Types:input_type -> nsplug.api.v1.TypesRequest
-	9,  // 12: nsplug.api.v1.Nsplug.Plugins:input_type -> nsplug.api.v1.PluginsRequest
-	12, // 13: nsplug.api.v1.Nsplug.Instances:input_type -> nsplug.api.v1.InstancesRequest
-	15, // 14: nsplug.api.v1.Nsplug.Prepare:input_type -> nsplug.api.v1.PrepareRequest
-	4,  // 15: nsplug.api.v1.Nsplug.Call:output_type -> nsplug.api.v1.CallResponse
-	7,  // 16: nsplug.api.v1.Nsplug.Types:output_type -> nsplug.api.v1.TypesResponse
-	10, // 17: nsplug.api.v1.Nsplug.Plugins:output_type -> nsplug.api.v1.PluginsResponse
-	13, // 18: nsplug.api.v1.Nsplug.Instances:output_type -> nsplug.api.v1.InstancesResponse
-	16, // 19: nsplug.api.v1.Nsplug.Prepare:output_type -> nsplug.api.v1.PrepareResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1231,7 +1220,7 @@ func file_v1_nsplug_proto_init() {
 			NumEnums:      0,
 			NumMessages:   17,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   0,
 		},
 		GoTypes:           file_v1_nsplug_proto_goTypes,
 		DependencyIndexes: file_v1_nsplug_proto_depIdxs,

@@ -29,12 +29,14 @@ def stubs(proto_dir):
     atexit.register(shutil.rmtree, out, True)
     wkt = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     rc = protoc.main(["protoc", "-I", proto_dir, "-I", wkt, "--python_out=" + out,
-                      "--grpc_python_out=" + out, os.path.join(proto_dir, "v1", "nsplug.proto")])
+                      "--grpc_python_out=" + out, os.path.join(proto_dir, "v1", "nsplug.proto"),
+                      os.path.join(proto_dir, "v1", "service", "service.proto")])
     if rc != 0:
         sys.exit("protoc failed: %d" % rc)
     sys.path.insert(0, out)
-    from v1 import nsplug_pb2, nsplug_pb2_grpc  # noqa: E402
-    return nsplug_pb2, nsplug_pb2_grpc
+    from v1 import nsplug_pb2  # noqa: E402
+    from v1.service import service_pb2_grpc  # noqa: E402
+    return nsplug_pb2, service_pb2_grpc
 
 
 def rpc_status_type():
