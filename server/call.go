@@ -1,6 +1,8 @@
 package server
 
 import (
+	"github.com/nsplug/nsplug/internal/apiconv"
+
 	"context"
 	"os"
 	"syscall"
@@ -53,7 +55,7 @@ func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest, t tr
 }
 
 func (s *Server) dispatch(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {
-	req, err := coreRequest(in)
+	req, err := apiconv.CoreRequest(in)
 	if err != nil {
 		return nil, err
 	}

@@ -1,105 +1,14 @@
 package server
 
 import (
-	"syscall"
-
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/core"
-	"github.com/nsplug/nsplug/wire"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"github.com/nsplug/nsplug/internal/apiconv"
 )
 
-// The API's messages and the core's types, both ways: the daemon answers
-// with the core's descriptions, and a client (nsplug's CLI) turns them back
-// into the core's types, to print them as it does in-process.
+// CallRequest is the API's CallRequest for a core.Request (for Go clients
+// of the daemon).
+func CallRequest(req core.Request) *apiv1.CallRequest { return apiconv.CallRequest(req) }
 
-// coreRequest is the core.Request a CallRequest asks for, or EINVAL naming
-// what is wrong with it.
-func coreRequest(in *apiv1.CallRequest) (core.Request, error) {
-	if in.GetTarget().GetPid() <= 0 {
-		return core.Request{}, wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", in.GetTarget().GetPid())
-	}
-	req := core.Request{PID: int(in.Target.Pid), StartTime: startTime(in.Target), Type: in.Type, Payload: in.Payload, Namespaces: in.Namespaces}
-	if c := in.Credentials; c != nil {
-		req.Credentials = &core.Credentials{UID: c.Uid, GID: c.Gid, Groups: c.Groups, Root: c.Root, Cwd: c.Cwd}
-		if cs := c.Capabilities; cs != nil {
-			req.Credentials.Capabilities = &core.CapabilitySets{Effective: cs.Effective, Permitted: cs.Permitted, Inheritable: cs.Inheritable}
-		}
-	}
-	if t := in.Timeout; t != nil {
-		if err := t.CheckValid(); err != nil || t.AsDuration() <= 0 {
-			return core.Request{}, wire.Errorf(syscall.EINVAL, "timeout: want a positive duration, got %ds %dns", t.Seconds, t.Nanos)
-		}
-	}
-	return req, nil
-}
-
-// CallRequest is the CallRequest that asks for req (a client's side of
-// coreRequest).
-func CallRequest(req core.Request) *apiv1.CallRequest {
-	out := &apiv1.CallRequest{Target: apiTarget(req.PID, req.StartTime), Type: req.Type,
-		Payload: req.Payload, Namespaces: req.Namespaces}
-	if c := req.Credentials; c != nil {
-		out.Credentials = &apiv1.Credentials{Uid: c.UID, Gid: c.GID, Groups: c.Groups, Root: c.Root, Cwd: c.Cwd}
-		if cs := c.Capabilities; cs != nil {
-			out.Credentials.Capabilities = &apiv1.CapabilitySets{Effective: cs.Effective, Permitted: cs.Permitted, Inheritable: cs.Inheritable}
-		}
-	}
-	return out
-}
-
-func typeInfo(t core.TypeInfo) *apiv1.TypeInfo {
-	return &apiv1.TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: t.Plugin, Changes: t.Changes, MayChange: t.MayChange}
-}
-
-func coreTypeInfo(t *apiv1.TypeInfo) core.TypeInfo {
-	return core.TypeInfo{Name: t.Name, Version: t.Version, Description: t.Description, Plugin: t.Plugin, Changes: t.Changes, MayChange: t.MayChange}
-}
-
-func typeInfos(ts []core.TypeInfo) []*apiv1.TypeInfo {
-	out := make([]*apiv1.TypeInfo, len(ts))
-	for i, t := range ts {
-		out[i] = typeInfo(t)
-	}
-	return out
-}
-
-func pluginInfo(p core.PluginInfo) *apiv1.PluginInfo {
-	return &apiv1.PluginInfo{Name: p.Name, Builtin: p.Builtin, Path: p.Path, Sha256: p.SHA256, Mode: p.Mode,
-		Status: p.Status, Error: p.Error, Types: typeInfos(p.Types)}
-}
-
-// PluginInfos are the core.PluginInfos of a PluginsResponse.
-func PluginInfos(resp *apiv1.PluginsResponse) []core.PluginInfo {
-	out := make([]core.PluginInfo, len(resp.Plugins))
-	for i, p := range resp.Plugins {
-		out[i] = core.PluginInfo{Name: p.Name, Builtin: p.Builtin, Path: p.Path, SHA256: p.Sha256, Mode: p.Mode,
-			Status: p.Status, Error: p.Error, Types: make([]core.TypeInfo, len(p.Types))}
-		for j, t := range p.Types {
-			out[i].Types[j] = coreTypeInfo(t)
-		}
-	}
-	return out
-}
-
-func instanceInfo(in core.InstanceInfo) *apiv1.InstanceInfo {
-	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight), Plugins: in.Plugins}
-}
-
-// startTime is the start time t names, nil when it names none.
-func startTime(t *apiv1.Target) *uint64 {
-	if st := t.GetStartTime(); st != nil {
-		v := st.GetValue()
-		return &v
-	}
-	return nil
-}
-
-// apiTarget is the Target of pid, with its start time when known.
-func apiTarget(pid int, start *uint64) *apiv1.Target {
-	t := &apiv1.Target{Pid: int32(pid)}
-	if start != nil {
-		t.StartTime = wrapperspb.UInt64(*start)
-	}
-	return t
-}
+// PluginInfos are the core's descriptions of a Plugins answer.
+func PluginInfos(resp *apiv1.PluginsResponse) []core.PluginInfo { return apiconv.PluginInfos(resp) }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"github.com/nsplug/nsplug/internal/apiconv"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -308,7 +310,7 @@ func (s *Server) Types(ctx context.Context, _ *apiv1.TypesRequest) (*apiv1.Types
 	}
 	g := s.acquire()
 	defer s.release(g)
-	return &apiv1.TypesResponse{Types: typeInfos(g.d.Types())}, nil
+	return &apiv1.TypesResponse{Types: apiconv.TypeInfos(g.d.Types())}, nil
 }
 
 // Plugins lists the configured plugins with their load status.
@@ -320,7 +322,7 @@ func (s *Server) Plugins(ctx context.Context, _ *apiv1.PluginsRequest) (*apiv1.P
 	defer s.release(g)
 	out := &apiv1.PluginsResponse{ProtocolVersion: wire.ProtocolVersion}
 	for _, p := range g.d.Plugins() {
-		out.Plugins = append(out.Plugins, pluginInfo(p))
+		out.Plugins = append(out.Plugins, apiconv.PluginInfo(p))
 	}
 	return out, nil
 }
@@ -335,7 +337,7 @@ func (s *Server) Instances(ctx context.Context, _ *apiv1.InstancesRequest) (*api
 	defer s.release(g)
 	out := &apiv1.InstancesResponse{}
 	for _, in := range g.d.Instances() {
-		out.Instances = append(out.Instances, instanceInfo(in))
+		out.Instances = append(out.Instances, apiconv.InstanceInfo(in))
 	}
 	return out, nil
 }
@@ -348,7 +350,7 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 	}
 	g := s.acquire()
 	defer s.release(g)
-	denied, err := s.gate(g).Prepare(caller(ctx), core.Target{PID: int(tg.Pid), StartTime: startTime(tg)}, in.Types,
+	denied, err := s.gate(g).Prepare(caller(ctx), core.Target{PID: int(tg.Pid), StartTime: apiconv.StartTime(tg)}, in.Types,
 		func(t core.Target, types []string) error { return g.d.Prepare(ctx, t, types...) })
 	if denied != "" {
 		s.metrics.Denied(denied)

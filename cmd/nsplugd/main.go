@@ -19,7 +19,7 @@ func main() {
 	cli.Main(cli.Hooks{
 		Serve:         cmdServe,
 		Health:        cmdHealth,
-		CallDaemon:    callDaemon,
+		CallDaemon:    callGRPC,
 		PluginsDaemon: pluginsDaemon,
 		ThirdParty:    true,
 	})

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,9 +15,7 @@ import (
 
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/server"
-	"github.com/nsplug/nsplug/wire"
 
-	"github.com/nsplug/nsplug/api/fast"
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 )
 
@@ -27,28 +24,8 @@ import (
 // core's (server.ErrorFromStatus), so that output and exit codes are those
 // of an in-process core.
 
-// callDaemon calls through the daemon's fast path (api/fast), which also
-// hands back the files a handler opened; a daemon that does not speak it
-// is called through gRPC.
-func callDaemon(ctx context.Context, addr string, req core.Request) (*core.Response, error) {
-	client, err := fast.Dial(addr)
-	if err != nil {
-		if _, ok := err.(*wire.Error); ok {
-			return nil, err
-		}
-		return nil, cli.UsageErr("%v", err)
-	}
-	defer client.Close()
-	resp, files, err := client.Call(ctx, server.CallRequest(req))
-	if errors.Is(err, fast.ErrNotSpoken) {
-		return callGRPC(ctx, addr, req)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &core.Response{Payload: resp.Payload, Files: files}, nil
-}
-
+// callGRPC is a call through the daemon's gRPC API, for a daemon that
+// does not speak the fast path (internal/cli tries that first).
 func callGRPC(ctx context.Context, addr string, req core.Request) (*core.Response, error) {
 	client, conn, err := server.Dial(addr)
 	if err != nil {

@@ -90,7 +90,9 @@ type Hooks struct {
 	Serve  func(args []string, stderr io.Writer) error
 	Health func(args []string, stdout io.Writer) error
 	// CallDaemon and PluginsDaemon are call and plugins through the
-	// daemon at addr (--addr, NSPLUG_ADDR).
+	// daemon's gRPC API at addr (--addr, NSPLUG_ADDR); a call goes through
+	// its fast path first, and through CallDaemon only to a daemon that
+	// does not speak it.
 	CallDaemon    func(ctx context.Context, addr string, req core.Request) (*core.Response, error)
 	PluginsDaemon func(addr string) ([]core.PluginInfo, uint32, error)
 	// ThirdParty says the binary can load plugins with a path (it links
@@ -396,10 +398,7 @@ func cmdCall(h Hooks, args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	var resp *core.Response
 	if addr != "" {
-		if h.CallDaemon == nil {
-			return errFull
-		}
-		resp, err = h.CallDaemon(ctx, addr, req)
+		resp, err = callDaemon(ctx, h, addr, req)
 	} else {
 		resp, err = callInProcess(ctx, h, &c, stderr, req)
 	}
