@@ -1,14 +1,13 @@
 package server
 
 import (
-	"github.com/nsplug/nsplug/internal/apiconv"
-
 	"context"
 	"os"
 	"syscall"
 
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/internal/apiconv"
 	"github.com/nsplug/nsplug/wire"
 )
 

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"github.com/nsplug/nsplug/internal/apiconv"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +23,7 @@ import (
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	_ "github.com/nsplug/nsplug/core/goplugin" // a daemon loads third-party plugins
+	"github.com/nsplug/nsplug/internal/apiconv"
 	"github.com/nsplug/nsplug/wire"
 )
 
