@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"syscall"
 	"testing"
 	"unsafe"
 
@@ -20,11 +21,7 @@ import (
 // uid 65534, gid 3000 and groups 1000, 2000.
 func TestPeerCallerFromTheKernel(t *testing.T) {
 	groups := []uint32{1000, 2000}
-	fds := socketPairAs(t, [][4]uintptr{
-		{unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(unsafe.Pointer(&groups[0]))},
-		{unix.SYS_SETRESGID, 3000, 3000, 3000},
-		{unix.SYS_SETRESUID, 65534, 65534, 65534},
-	})
+	fds := socketPairAs(t, setgroups(groups), setres(unix.SYS_SETRESGID, 3000), setres(unix.SYS_SETRESUID, 65534))
 	defer unix.Close(fds[1])
 	f := os.NewFile(uintptr(fds[0]), "peer")
 	fc, err := net.FileConn(f)
@@ -51,7 +48,7 @@ func TestPeerGroupsGrow(t *testing.T) {
 	for i := range want {
 		want[i] = uint32(5000 + i)
 	}
-	fds := socketPairAs(t, [][4]uintptr{{unix.SYS_SETGROUPS, uintptr(len(want)), uintptr(unsafe.Pointer(&want[0]))}})
+	fds := socketPairAs(t, setgroups(want))
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
 	got, err := peerGroups(fds[0])
@@ -60,11 +57,30 @@ func TestPeerGroupsGrow(t *testing.T) {
 	}
 }
 
+// setgroups is setgroups(2) for this thread alone (the libc call would
+// set every thread's). The pointer is made in the call's own argument
+// list, where the compiler keeps groups alive and in place: a uintptr kept
+// any longer could outlive the slice or point where it has moved from.
+func setgroups(groups []uint32) func() syscall.Errno {
+	return func() syscall.Errno {
+		_, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(unsafe.Pointer(&groups[0])), 0)
+		return errno
+	}
+}
+
+// setres is setresuid(2) or setresgid(2) to id, for this thread alone.
+func setres(trap uintptr, id uintptr) func() syscall.Errno {
+	return func() syscall.Errno {
+		_, _, errno := unix.RawSyscall(trap, id, id, id)
+		return errno
+	}
+}
+
 // socketPairAs makes a socket pair on a thread that first makes the given
 // raw system calls (credentials are per thread to the kernel, so the rest
 // of the test process keeps its own). The thread is locked and never
 // unlocked: it ends with its goroutine.
-func socketPairAs(t *testing.T, calls [][4]uintptr) [2]int {
+func socketPairAs(t *testing.T, calls ...func() syscall.Errno) [2]int {
 	t.Helper()
 	type result struct {
 		fds [2]int
@@ -74,7 +90,7 @@ func socketPairAs(t *testing.T, calls [][4]uintptr) [2]int {
 	go func() {
 		runtime.LockOSThread()
 		for _, call := range calls {
-			if _, _, errno := unix.RawSyscall(call[0], call[1], call[2], call[3]); errno != 0 {
+			if errno := call(); errno != 0 {
 				done <- result{err: errno}
 				return
 			}
