@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -221,4 +222,21 @@ func (s *Server) reply(conn *net.UnixConn, buf []byte, id string, st *spb.Status
 		_, err = conn.Write(out[n:])
 	}
 	return buf, err
+}
+
+// refuseFast answers a fast-path connection the daemon will not serve (its
+// preface read, its request not): the preface, then err as the reply to a
+// breach of the protocol (no request id), which the client returns as its
+// call's error. Best effort, bounded: the connection is closed after.
+func refuseFast(conn *net.UnixConn, err error) {
+	msg, merr := proto.Marshal(statusOf(err))
+	if merr != nil {
+		return
+	}
+	buf, aerr := fast.AppendMessage([]byte(fast.Preface), wire.FrameResponse, "", msg)
+	if aerr != nil {
+		return
+	}
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	conn.Write(buf)
 }

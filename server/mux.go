@@ -6,11 +6,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nsplug/nsplug/api/fast"
+	"github.com/nsplug/nsplug/wire"
 )
 
 // The daemon's socket carries two protocols, told apart by a connection's
@@ -31,6 +33,14 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // and the fast path's alike).
 const prefaceTimeout = 3 * time.Second
 
+// MaxConnsPerUser bounds the connections one non-root uid holds open at
+// once, over both protocols: each may hold a message of up to
+// fast.MaxMessage being read, and a user allowed on the socket is not to
+// exhaust the daemon's memory or fds by opening more. A connection past it
+// is told so (the fast path gets an EMFILE status naming the limit; gRPC
+// is closed before its handshake) and closed. Root is not limited.
+const MaxConnsPerUser = 32
+
 // mux is the listener gRPC serves (Accept returns its connections only);
 // it accepts on the daemon's socket and sorts the connections.
 type mux struct {
@@ -46,11 +56,12 @@ type mux struct {
 	mu      sync.Mutex
 	closed  bool
 	sorting map[*net.UnixConn]struct{} // connections whose first bytes are awaited
+	perUID  map[uint32]int             // open connections of each non-root uid
 }
 
 func newMux(l net.Listener, log hclog.Logger, fast func(*net.UnixConn, Caller)) *mux {
 	m := &mux{l: l, log: log, fast: fast, conns: make(chan net.Conn), errs: make(chan error),
-		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{})}
+		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{}), perUID: make(map[uint32]int)}
 	go m.acceptLoop()
 	return m
 }
@@ -118,23 +129,59 @@ func (m *mux) sort(c *net.UnixConn) {
 		c.Close()
 		return
 	}
+	admitted := m.admit(caller)
+	release := sync.OnceFunc(func() { m.release(caller) })
 	head, proto, err := readPreface(c)
 	if !m.sorted(c) {
+		release()
 		c.Close()
 		return
 	}
 	switch {
 	case err != nil:
+		release()
 		m.log.Debug("api: closed a connection before its protocol was known", "caller_uid", caller.UID, "caller_pid", caller.PID, "error", err)
+		c.Close()
+	case !admitted:
+		release()
+		m.log.Warn("api: refused a connection: the caller's uid holds the most it may", "caller_uid", caller.UID, "caller_pid", caller.PID, "max_conns_per_user", MaxConnsPerUser)
+		if proto == "fast" {
+			refuseFast(c, wire.Errorf(syscall.EMFILE, "uid %d has %d connections open to the nsplug daemon, the most a user may (server.MaxConnsPerUser); close some", caller.UID, MaxConnsPerUser))
+		}
 		c.Close()
 	case proto == "fast":
 		m.fast(c, caller)
+		release()
 	default:
 		select {
-		case m.conns <- &sortedConn{UnixConn: c, head: head, caller: caller}:
+		case m.conns <- &sortedConn{UnixConn: c, head: head, caller: caller, release: release}:
 		case <-m.done:
+			release()
 			c.Close()
 		}
+	}
+}
+
+// admit counts a new connection of the caller's and says whether it is
+// within MaxConnsPerUser; release uncounts it (also when refused).
+func (m *mux) admit(c Caller) bool {
+	if c.Root() {
+		return true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.perUID[c.UID]++
+	return m.perUID[c.UID] <= MaxConnsPerUser
+}
+
+func (m *mux) release(c Caller) {
+	if c.Root() {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.perUID[c.UID]--; m.perUID[c.UID] <= 0 {
+		delete(m.perUID, c.UID)
 	}
 }
 
@@ -201,8 +248,17 @@ func (m *mux) Addr() net.Addr { return m.l.Addr() }
 // read again first. It carries its Caller to peerCreds.
 type sortedConn struct {
 	*net.UnixConn
-	head   []byte
-	caller Caller
+	head    []byte
+	caller  Caller
+	release func() // uncounts it for its uid (mux.admit); idempotent
+}
+
+// Close closes the connection and uncounts it.
+func (c *sortedConn) Close() error {
+	if c.release != nil {
+		c.release()
+	}
+	return c.UnixConn.Close()
 }
 
 func (c *sortedConn) Read(p []byte) (int, error) {

@@ -1,15 +1,24 @@
 package server
 
 import (
+	"context"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/api/fast"
+	apiv1 "github.com/nsplug/nsplug/api/v1"
+	"github.com/nsplug/nsplug/wire"
 )
 
 func unixPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
@@ -69,5 +78,134 @@ func TestReadPreface(t *testing.T) {
 				t.Errorf("%s: gRPC reads %q %v", c.name, got, err)
 			}
 		}
+	}
+}
+
+// A non-root user holds at most MaxConnsPerUser connections at once: the
+// ones past it are told EMFILE, naming the limit, and closed, and a closed
+// connection frees its place. Root is not limited.
+func TestConnectionsPerUserAreBounded(t *testing.T) {
+	dir, err := os.MkdirTemp("", "nsplug-mux-") // t.TempDir's parent is 0700: uid 4242 could not reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "api.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan uint32, 4*MaxConnsPerUser)
+	hold := make(chan struct{})
+	m := newMux(l, hclog.NewNullLogger(), func(c *net.UnixConn, caller Caller) {
+		served <- caller.UID
+		<-hold
+		c.Close()
+	})
+	defer m.Close()
+
+	// Connections made on a thread that is uid 4242 to the kernel.
+	dialAs := func(uid uintptr, n int) []*net.UnixConn {
+		got := make(chan []*net.UnixConn, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			var conns []*net.UnixConn
+			if uid != 0 {
+				if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uid, uid, uid); errno != 0 {
+					t.Error(errno)
+					got <- nil
+					return
+				}
+			}
+			for i := 0; i < n; i++ {
+				c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+				if err != nil {
+					t.Error(err)
+					break
+				}
+				conns = append(conns, c)
+			}
+			got <- conns
+		}()
+		return <-got
+	}
+	call := func(c *net.UnixConn) error {
+		_, _, err := fast.NewClient(c).Call(context.Background(), &apiv1.CallRequest{Type: "procfs.read"})
+		return err
+	}
+
+	const extra = 3
+	conns := dialAs(4242, MaxConnsPerUser+extra)
+	if len(conns) != MaxConnsPerUser+extra {
+		t.Fatalf("dialled %d", len(conns))
+	}
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		go func() { errs <- call(c) }()
+	}
+	for i := 0; i < extra; i++ {
+		select {
+		case err := <-errs:
+			if e := wire.AsError(err); e == nil || e.Errno != syscall.EMFILE || !strings.Contains(e.Message, "uid 4242") || !strings.Contains(e.Message, strconv.Itoa(MaxConnsPerUser)) {
+				t.Errorf("a connection past the limit: %v, want EMFILE naming uid 4242 and the limit", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the connections past the limit were not refused")
+		}
+	}
+	for i := 0; i < MaxConnsPerUser; i++ {
+		select {
+		case <-served:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d of the first %d connections were served", i, MaxConnsPerUser)
+		}
+	}
+	// Root is not counted: as many more again get through.
+	root := dialAs(0, MaxConnsPerUser+extra)
+	for _, c := range root {
+		go call(c)
+	}
+	for i := range root {
+		select {
+		case uid := <-served:
+			if uid != 0 {
+				t.Errorf("served uid %d", uid)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d of root's %d connections were served", i, len(root))
+		}
+	}
+	// Closing the user's connections frees their places.
+	for _, c := range conns {
+		c.Close()
+	}
+	close(hold)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		m.mu.Lock()
+		n := m.perUID[4242]
+		m.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uid 4242 still counted for %d connections after closing them all", n)
+		}
+	}
+	again := dialAs(4242, 1)
+	go call(again[0])
+	select {
+	case <-served:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a new connection was not served after the others closed")
+	}
+	again[0].Close()
+	for _, c := range root {
+		c.Close()
 	}
 }
