@@ -41,6 +41,12 @@ const prefaceTimeout = 3 * time.Second
 // is closed before its handshake) and closed. Root is not limited.
 const MaxConnsPerUser = 32
 
+// MaxStreamsPerConn bounds the gRPC calls one connection has in flight at
+// once (HTTP/2 streams; the fast path serves one call at a time): each may
+// hold a message of up to fast.MaxMessage. Calls past it wait in the
+// client until one ends.
+const MaxStreamsPerConn = 16
+
 // mux is the listener gRPC serves (Accept returns its connections only);
 // it accepts on the daemon's socket and sorts the connections.
 type mux struct {

@@ -97,6 +97,9 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 		grpc.ChainStreamInterceptor(withCallerStream),
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
+		// Bounds what one connection holds in flight, as MaxConnsPerUser
+		// bounds a user's connections: more calls wait in the client.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 		// Stop returns once no handler runs, so that the dispatchers
 		// close after the last call has left them.
 		grpc.WaitForHandlers(true),

@@ -564,3 +564,39 @@ func TestDaemonDescribesAndPrepares(t *testing.T) {
 		t.Errorf("Prepare of an unknown type: %v", err)
 	}
 }
+
+// One gRPC connection has at most server.MaxStreamsPerConn calls in the
+// daemon at once: the calls past it wait in the client, and run when one
+// ends. (With MaxConnsPerUser this bounds what a user has in flight.)
+func TestDaemonBoundsCallsPerConnection(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	metrics := freeLoopbackAddr(t)
+	d := startDaemon(t, fmt.Sprintf("metrics_address = %q", metrics), "")
+	c := d.client(t) // one connection
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const calls = server.MaxStreamsPerConn + 4
+	done := make(chan error, calls)
+	for i := 0; i < calls; i++ {
+		go func() {
+			_, err := c.Call(ctx, &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(target.PID())}, Type: "extprobe.hang"})
+			done <- err
+		}()
+	}
+	inflight := func() float64 { return scrape(t, metrics, "nsplug_requests_in_flight") }
+	deadline := time.Now().Add(20 * time.Second)
+	for inflight() < server.MaxStreamsPerConn && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // time for any call past the bound to arrive, were it let in
+	if n := inflight(); n != server.MaxStreamsPerConn {
+		t.Fatalf("%v calls in the daemon from one connection with %d made, want %d", n, calls, server.MaxStreamsPerConn)
+	}
+	cancel()
+	for i := 0; i < calls; i++ {
+		if err := <-done; status.Code(err) != codes.Canceled {
+			t.Errorf("a cancelled call: %v", err)
+		}
+	}
+}
