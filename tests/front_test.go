@@ -1,11 +1,16 @@
 package tests
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/nsplug/nsplug/sandbox"
 )
 
 // The front (bin/nsplug) hands serve, health and third-party plugins to
@@ -88,4 +93,24 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// A call whose payload comes on stdin ("-") and that the front hands to
+// nsplugd (here, for a configuration with a third-party plugin) reaches
+// nsplugd with the same payload: the front read stdin before it knew.
+func TestFrontHandsOverThePayloadOnStdin(t *testing.T) {
+	t.Parallel()
+	target := newTarget(t, sandbox.Options{Hostname: "front-stdin", MountProc: true})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := cliConfig(t, fmt.Sprintf("[[plugin]]\nname = \"extprobe\"\npath = %q\n", self))
+	cmd := exec.Command(nsplugBin, "call", "--config", conf, "--pid", strconv.Itoa(target.PID()), "procfs.read", "-")
+	cmd.Stdin = strings.NewReader(`{"path":"/proc/sys/kernel/hostname"}`)
+	out, err := cmd.Output()
+	var resp struct{ Data []byte }
+	if err != nil || json.Unmarshal(out, &resp) != nil || string(resp.Data) != "front-stdin\n" {
+		t.Errorf("out %q, err %v: want the target's hostname", out, err)
+	}
 }

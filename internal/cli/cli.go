@@ -122,12 +122,18 @@ func UsageErr(format string, args ...any) error {
 // errFull is a command this binary hands to the full one.
 var errFull = errors.New("for the full binary")
 
+// stdinRead is what the command read of stdin (a payload "-"), which the
+// full binary is to read again when the command is handed to it.
+var stdinRead []byte
+
 // Run runs one command line (args without the program name) and returns
 // its exit status.
 func Run(h Hooks, args []string, stdout, stderr io.Writer) int {
 	code, err := run(h, args, stdout, stderr)
 	if errors.Is(err, errFull) && h.Full != nil {
-		err = h.Full(args)
+		if err = restoreStdin(stdinRead); err == nil {
+			err = h.Full(args)
+		}
 		code = -1
 	}
 	if code >= 0 {
@@ -168,6 +174,36 @@ func run(h Hooks, args []string, stdout, stderr io.Writer) (int, error) {
 		err = UsageErr("unknown command %q (want call, id, plugins, serve, health or demo)", args[0])
 	}
 	return -1, err
+}
+
+// restoreStdin makes data this process's stdin again, from its start (a
+// sealed memfd on fd 0), for a command that read it before finding that
+// the full binary is to run it. Nothing read: stdin stays as it is.
+func restoreStdin(data []byte) error {
+	if data == nil {
+		return nil
+	}
+	fd, err := unix.MemfdCreate("nsplug-stdin", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return fmt.Errorf("handing the payload on stdin over: %v", err)
+	}
+	defer unix.Close(fd)
+	for rest := data; len(rest) > 0; {
+		n, err := unix.Write(fd, rest)
+		if err != nil {
+			return fmt.Errorf("handing the payload on stdin over: %v", err)
+		}
+		rest = rest[n:]
+	}
+	if _, err := unix.Seek(fd, 0, 0); err != nil {
+		return fmt.Errorf("handing the payload on stdin over: %v", err)
+	}
+	unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
+	// dup3 without O_CLOEXEC: fd 0 survives the exec.
+	if err := unix.Dup3(fd, 0, 0); err != nil {
+		return fmt.Errorf("handing the payload on stdin over: %v", err)
+	}
+	return nil
 }
 
 // exitStatus reports err as the command's one line on stderr and returns
@@ -377,6 +413,7 @@ func cmdCall(h Hooks, args []string, stdout, stderr io.Writer) error {
 				return fmt.Errorf("the payload on stdin is larger than %d bytes", wire.MaxMessageBytes)
 			}
 			req.Payload = data
+			stdinRead = data
 		}
 	}
 	if *nsList != "" {
