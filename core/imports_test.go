@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nsplug/nsplug/internal/depcheck"
 )
 
 // The core knows the contract (wire) and not the sdk: a plugin author's
@@ -36,22 +38,6 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// heavy are what only the go-plugin adapter (core/goplugin) and the daemon
-// (server) may link: go-plugin, gRPC and what comes with them, and
-// prometheus. A binary that embeds the core for built-ins (a lean
-// `nsplug call`) then runs none of their init at every exec.
-var heavy = []string{"github.com/hashicorp/go-plugin", "google.golang.org/grpc", "github.com/prometheus/",
-	"net/rpc", "encoding/gob", "html/template", "golang.org/x/net/trace"}
-
-func isHeavy(pkg string) bool {
-	for _, h := range heavy {
-		if pkg == h || strings.HasPrefix(pkg, strings.TrimSuffix(h, "/")+"/") {
-			return true
-		}
-	}
-	return false
-}
-
 // The core and config link no go-plugin, gRPC or prometheus: describing a
 // third-party plugin through go-plugin is core/goplugin's, imported for
 // its effect by the binaries that load such plugins. The failure names
@@ -77,7 +63,7 @@ func TestCoreLinksNoGoPlugin(t *testing.T) {
 					continue
 				}
 				from[dep] = p
-				if isHeavy(dep) {
+				if depcheck.IsOneOf(dep, depcheck.Heavy) {
 					chain := dep
 					for q := p; q != ""; q = from[q] {
 						chain = q + " -> " + chain

@@ -12,11 +12,12 @@ import (
 
 // Heavy are the packages a lean binary must not link (a prefix when it ends
 // in "/"): gRPC and protobuf's descriptor builder, go-plugin with net/rpc,
-// gob and html/template, prometheus.
+// gob and html/template, prometheus, x/net/trace (gRPC's).
 var Heavy = []string{
-	"google.golang.org/grpc",
+	"google.golang.org/grpc", "google.golang.org/grpc/",
+	"golang.org/x/net/trace",
 	"google.golang.org/protobuf/reflect/protodesc",
-	"github.com/hashicorp/go-plugin",
+	"github.com/hashicorp/go-plugin", "github.com/hashicorp/go-plugin/",
 	"github.com/prometheus/",
 	"net/rpc",
 	"encoding/gob",
@@ -36,10 +37,19 @@ func Forbid(t testing.TB, pkg string, forbidden ...string) {
 		t.Fatalf("go list -deps %s: implausible output %q", pkg, deps)
 	}
 	for _, dep := range deps {
-		for _, f := range forbidden {
-			if dep == f || strings.HasSuffix(f, "/") && strings.HasPrefix(dep, f) {
-				t.Errorf("%s links %s", pkg, dep)
-			}
+		if IsOneOf(dep, forbidden) {
+			t.Errorf("%s links %s", pkg, dep)
 		}
 	}
+}
+
+// IsOneOf says whether pkg is one of list (an entry ending in "/" is a
+// prefix).
+func IsOneOf(pkg string, list []string) bool {
+	for _, f := range list {
+		if pkg == f || strings.HasSuffix(f, "/") && strings.HasPrefix(pkg, f) {
+			return true
+		}
+	}
+	return false
 }
