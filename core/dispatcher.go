@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/proto"
@@ -237,9 +238,9 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	defer t.release()
 
 	if timeout := e.settings.RequestTimeout.Duration; timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
+		var release func()
+		ctx, release = withDeadlineAt(ctx, time.Now().Add(timeout))
+		defer release()
 	}
 	oneshot := e.settings.Mode == "oneshot"
 	id := strconv.FormatUint(d.reqSeq.Add(1), 10)

@@ -132,7 +132,9 @@ func (c *frameConn) await(ctx context.Context, s *frameSlot) error {
 // read reads frames until s's answer is in, ctx ends or the channel dies.
 func (c *frameConn) read(ctx context.Context, s *frameSlot) {
 	// A cancelled caller must stop reading: the eventfd wakes its poll.
-	stop := context.AfterFunc(ctx, func() {
+	// Its deadline, when it holds one as a time, is poll's timeout.
+	_, cancelled := pollTimeout(ctx)
+	stop := context.AfterFunc(cancelled, func() {
 		c.fdmu.RLock()
 		defer c.fdmu.RUnlock()
 		if c.fd >= 0 {
@@ -150,8 +152,12 @@ func (c *frameConn) read(ctx context.Context, s *frameSlot) {
 	for !isClosed(s.arrived) {
 		n, oobn, flags, _, err := unix.Recvmsg(c.fd, c.buf, c.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
+			timeout, _ := pollTimeout(ctx)
+			if timeout == 0 { // the deadline passed
+				return
+			}
 			pfd := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.wake), Events: unix.POLLIN}}
-			if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+			if _, err := unix.Poll(pfd, timeout); err != nil && err != unix.EINTR {
 				c.markDead()
 				return
 			}
