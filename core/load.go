@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core/internal/describe"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -108,14 +110,25 @@ func (l *loader) describeBuiltin(e *pluginEntry, pc *config.Plugin) (*wire.Descr
 // check it against (a handler of another build then fails to start,
 // saying so); else this process's executable, re-executed. A handler
 // there that others could have replaced is refused, not skipped.
+//
+// A binary built without cgo has no nsexec preamble and cannot be
+// re-executed to serve: it needs the handler executable beside it.
 func (l *loader) builtinExecutable() (string, error) {
 	self, err := os.Executable()
-	if err != nil || l.d.build == "" {
+	if err != nil {
 		return self, err
 	}
-	lean, err := handlerNextTo(self)
-	if err != nil || lean == "" {
-		return self, err
+	lean := ""
+	if l.d.build != "" {
+		if lean, err = handlerNextTo(self); err != nil {
+			return self, err
+		}
+	}
+	if lean == "" {
+		if !boot.PreambleLinked() {
+			return self, fmt.Errorf("built-ins: no %s beside %s, and %s cannot serve them itself (it was built without cgo, so without the nsexec preamble): install %s from the same build beside it", HandlerExecutable, self, filepath.Base(self), HandlerExecutable)
+		}
+		return self, nil
 	}
 	l.d.log.Debug("built-ins start from the handler executable", "path", lean)
 	return lean, nil

@@ -1,15 +1,5 @@
-// Package nsexec joins a target process's namespaces before the Go runtime
-// starts.
-//
-// Importing the package links a small C constructor (nsexec.c) into the
-// binary. The constructor does nothing unless the process was started with a
-// bootstrap (see Bootstrap): then it joins the target's namespaces, forks into
-// its pid namespace when needed, takes the target's root credentials and
-// returns into the Go runtime, which starts already inside. Every nsplug plugin
-// carries it through the sdk, as runc's init carries its nsenter package.
-//
-// The host side builds a Bootstrap and applies it to an exec.Cmd; the
-// in-namespace side reads what happened with Self.
+//go:build cgo
+
 package nsexec
 
 /*
@@ -30,39 +20,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// State is what the constructor did in this process.
-type State struct {
-	// Active is true when the process was started with a bootstrap and
-	// now runs inside the target's namespaces.
-	Active bool
-	// Joined are the namespaces joined (CLONE_NEW* flags): those where the
-	// target differs from the core. The process shares the others with
-	// the core.
-	Joined uintptr
-	// Proc and Sys are detached fresh procfs and sysfs mounts made for
-	// this process (nil when not asked for). Resolve paths beneath them
-	// with openat; they belong to the target's pid and network namespaces.
-	Proc, Sys *os.File
-	// Cgroup is a detached fresh cgroup2 mount rooted at the root of the
-	// target's cgroup namespace (nil when not asked for).
-	Cgroup *os.File
-	// Cwd is where the process is to work once it has bound its socket
-	// (the credentials' cwd); "/" by default.
-	Cwd string
-	// Frames is the frame channel to the core (fd 6; wire/README.md):
-	// requests arrive and responses and handed-back files leave on it;
-	// nil when the core gave none.
-	Frames *os.File
-}
-
-var (
-	self   State
-	status *os.File
+	"github.com/nsplug/nsplug/nsexec/boot"
 )
 
 func init() {
+	boot.MarkPreambleLinked()
 	if C.active() == 0 {
 		return
 	}
@@ -92,9 +55,6 @@ func init() {
 	os.Unsetenv(EnvCwd)
 }
 
-// Self reports what the constructor did in this process.
-func Self() State { return self }
-
 // EnterRoot moves the process into the target's filesystem: its root
 // (or the credentials' root) becomes the process's root, and Cwd its working
 // directory. Until then the constructor keeps the process's root and cwd in
@@ -119,22 +79,4 @@ func EnterRoot() error {
 		return fmt.Errorf("entering the working directory %s: %w", self.Cwd, err)
 	}
 	return nil
-}
-
-// ReportFailure tells the core, over the status pipe, why this process
-// cannot serve. The core shows the message as the start error.
-func ReportFailure(msg string) {
-	if status != nil {
-		status.WriteString(msg + "\n")
-	}
-}
-
-// CloseStatus closes the status pipe. Call it once the process is ready
-// to serve: from then on the core learns of failures through the plugin
-// protocol, and the process keeps no fd it does not need.
-func CloseStatus() {
-	if status != nil {
-		status.Close()
-		status = nil
-	}
 }

@@ -15,33 +15,74 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/core"
+	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/plugins/builtin"
 	"github.com/nsplug/nsplug/sandbox"
+	"github.com/nsplug/nsplug/wire"
 )
 
-// The command runs its built-ins from bin/nsplug-handler when that is
-// next to it, and re-executes itself when it is not: seen from the host,
-// on the handler process of a request blocked in the target (its
-// /proc/PID/exe names the file on the detached overlay, "/NAME", and has
-// that file's size).
+// The command runs its built-ins from bin/nsplug-handler next to it: seen
+// from the host, on the handler process of a request blocked in the
+// target (its /proc/PID/exe names the file on the detached overlay,
+// "/NAME", and has that file's size). Alone, it refuses, saying what to
+// install: it is built without cgo, so it cannot serve them itself, and
+// nothing of it runs in the target.
 func TestCLIStartsBuiltinsFromTheHandlerBinary(t *testing.T) {
 	parallel(t)
+	exe, size := blockedCLIHandler(t, nsplugBin)
+	st, err := os.Stat(handlerBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exe != "/"+filepath.Base(handlerBin) || size != st.Size() {
+		t.Errorf("the handler runs %s (%d bytes), want %s (%d bytes)", exe, size, "/"+filepath.Base(handlerBin), st.Size())
+	}
+
 	alone := filepath.Join(t.TempDir(), "nsplug")
 	copyExecutable(t, nsplugBin, alone)
-	for _, c := range []struct{ name, cli, want string }{
-		{"next to it", nsplugBin, handlerBin},
-		{"alone", alone, nsplugBin},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			exe, size := blockedCLIHandler(t, c.cli)
-			st, err := os.Stat(c.want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if exe != "/"+filepath.Base(c.want) || size != st.Size() {
-				t.Errorf("the handler runs %s (%d bytes), want %s (%d bytes)", exe, size, "/"+filepath.Base(c.want), st.Size())
-			}
-		})
+	target := newTarget(t, sandbox.Options{Hostname: "alone", MountProc: true})
+	out, err := exec.Command(alone, "call", "--config", cliConfig(t, ""), "--pid", strconv.Itoa(target.PID()),
+		"procfs.read", `{"path":"/proc/sys/kernel/hostname"}`).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no "+core.HandlerExecutable+" beside") || !strings.Contains(string(out), "without cgo") {
+		t.Errorf("nsplug call without nsplug-handler beside it: %v, output:\n%s", err, out)
+	}
+	if procs := processesInPIDNamespaceOf(t, target.PID()); len(procs) != 1 {
+		t.Errorf("processes in the target after the refused call: %v", procs)
+	}
+}
+
+// The front has no nsexec preamble (built without cgo): started as a
+// built-in's process, with a bootstrap, it says so on the status pipe,
+// where a core reads a failed start, and exits before serving anything.
+func TestFrontNeverServesInATarget(t *testing.T) {
+	parallel(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(nsplugBin, "plugins")
+	cmd.Env = append(os.Environ(), boot.EnvName+"=1", wire.EnvBuiltin+"=procfs")
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	cmd.ExtraFiles = make([]*os.File, boot.StatusFD-2) // fds 3 and up
+	for i := range cmd.ExtraFiles {
+		cmd.ExtraFiles[i] = null
+	}
+	cmd.ExtraFiles[boot.StatusFD-3] = w
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	err = cmd.Run()
+	w.Close()
+	status, _ := io.ReadAll(r)
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(status), "built without cgo") {
+		t.Errorf("the front started with a bootstrap: exit %d (%v), status pipe %q; want exit 1 and the reason", code, err, status)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("the front ran its command anyway: %q", stdout.String())
 	}
 }
 

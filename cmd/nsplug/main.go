@@ -1,3 +1,9 @@
+// A front process lives for one command: GOMAXPROCS is taken from the
+// CPUs without reading cgroup files at start, and never updated.
+
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
+
 // Command nsplug runs nsplug handlers inside a process's namespaces.
 //
 //	nsplug call [--config FILE | --addr unix:///PATH] --pid PID[:STARTTIME] [--ns LIST] [--as UID:GID[:GROUPS]] [--root DIR] [--cwd DIR] TYPE [PAYLOAD_JSON]
@@ -13,16 +19,14 @@
 // built-ins, or through the daemon), ids, plugins and the demo itself, and
 // hands the rest (serve, health, plugins through the daemon, a
 // configuration with third-party plugins) to bin/nsplugd beside it, with
-// the same arguments (see full.go). The same binary serves the built-in
-// plugins: a core starts them by executing it (plugins/builtin.Main).
+// the same arguments (see full.go). It is built without cgo (Makefile):
+// it holds the built-ins' descriptions but never serves them, which is
+// the work of nsplug-handler beside it (core.HandlerExecutable), the
+// binary with the nsexec preamble.
 package main
 
-import (
-	"github.com/nsplug/nsplug/internal/cli"
-	"github.com/nsplug/nsplug/plugins/builtin"
-)
+import "github.com/nsplug/nsplug/internal/cli"
 
 func main() {
-	builtin.Main() // serves a built-in plugin when started as one; else returns
 	cli.Main(cli.Hooks{Full: execFull})
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -167,3 +168,16 @@ func (b Bootstrap) Apply(cmd *exec.Cmd, pidfd, sockDir, frames *os.File) (status
 	cmd.ExtraFiles = []*os.File{pidfd, sockDir, statusW, frames}
 	return statusR, statusW, nil
 }
+
+// preambleLinked is set when package nsexec's constructor is in the
+// binary (built with cgo). Only such a binary may be executed to serve in
+// a target: one without it would run the plugin in the core's namespaces.
+var preambleLinked atomic.Bool
+
+// MarkPreambleLinked records that the constructor is linked; package
+// nsexec calls it from init in a cgo build.
+func MarkPreambleLinked() { preambleLinked.Store(true) }
+
+// PreambleLinked reports whether this binary holds the nsexec constructor,
+// so that it can be re-executed to serve built-ins.
+func PreambleLinked() bool { return preambleLinked.Load() }
