@@ -39,11 +39,11 @@ func TestStormOfNewTargetsUnderDefaultTimeouts(t *testing.T) {
 	for range targets {
 		pids = append(pids, newTarget(t, sandbox.Options{Hostname: "storm"}).PID())
 	}
-	// The plugins are bin/nsplug's built-ins, not this test binary's:
+	// The plugins are bin/nsplug-handler's built-ins, not this test binary's:
 	// built with the race detector, each of its starts costs several
 	// times a real one. (So only bin/nsplug's built-ins are configured:
 	// they share one process per target.)
-	d, _ := newDispatcherWith(t, fmt.Sprintf("max_instances = %d\n", targets+16), core.Options{Executable: nsplugBin, Builtins: builtin.All()})
+	d, _ := newDispatcherWith(t, fmt.Sprintf("max_instances = %d\n", targets+16), core.Options{Executable: handlerBin, Builtins: builtin.All()})
 	start := time.Now()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
