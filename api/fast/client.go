@@ -14,8 +14,6 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/wire"
@@ -35,10 +33,11 @@ type Client struct {
 	rights  *rightsReader
 	r       *Reader
 	buf     []byte
-	sent    bool  // the preface was sent
-	greeted bool  // the daemon's preface was read
-	next    int   // request ids: decimal, from 1
-	broken  error // once set, every Call fails with it
+	body    []byte // the request's encoding, reused
+	sent    bool   // the preface was sent
+	greeted bool   // the daemon's preface was read
+	next    int    // request ids: decimal, from 1
+	broken  error  // once set, every Call fails with it
 }
 
 // SocketPath is the socket of a daemon address, "unix:///PATH" (the form
@@ -91,12 +90,12 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 	if c.broken != nil {
 		return nil, nil, c.broken
 	}
-	if n := proto.Size(req); n > MaxMessage {
-		return nil, nil, TooLarge("request", n)
+	body := appendCallRequest(c.body[:0], req)
+	if cap(body) <= 1<<16 {
+		c.body = body
 	}
-	body, err := proto.Marshal(req)
-	if err != nil {
-		return nil, nil, wire.Errorf(syscall.EINVAL, "request: %v", err)
+	if len(body) > MaxMessage {
+		return nil, nil, TooLarge("request", len(body))
 	}
 	c.next++
 	id := strconv.Itoa(c.next)
@@ -104,7 +103,8 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 	if !c.sent {
 		buf = append(buf, Preface...)
 	}
-	if buf, err = AppendMessage(buf, wire.FrameRequest, id, body); err != nil {
+	buf, err := AppendMessage(buf, wire.FrameRequest, id, body)
+	if err != nil {
 		return nil, nil, wire.Errorf(syscall.EINVAL, "request: %v", err)
 	}
 	if cap(buf) <= 1<<16 {
@@ -138,12 +138,12 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 }
 
 // exchange sends one request and reads its reply and files.
-func (c *Client) exchange(buf []byte, id string) (*spb.Status, []*os.File, error) {
+func (c *Client) exchange(buf []byte, id string) (replyStatus, []*os.File, error) {
 	if _, err := c.conn.Write(buf); err != nil {
 		if !c.greeted {
-			return nil, nil, notSpoken(err)
+			return replyStatus{}, nil, notSpoken(err)
 		}
-		return nil, nil, err
+		return replyStatus{}, nil, err
 	}
 	c.sent = true
 	if !c.greeted {
@@ -151,7 +151,7 @@ func (c *Client) exchange(buf []byte, id string) (*spb.Status, []*os.File, error
 			if err == nil {
 				err = errors.New("its first bytes are not the preface")
 			}
-			return nil, nil, notSpoken(err)
+			return replyStatus{}, nil, notSpoken(err)
 		}
 		c.greeted = true
 	}
@@ -166,31 +166,40 @@ func (c *Client) exchange(buf []byte, id string) (*spb.Status, []*os.File, error
 		err = wire.Errorf(syscall.EPROTO, "nsplug daemon: the reply to request %q came for %q", id, rid)
 	}
 	if err != nil {
-		return nil, files, err
+		return replyStatus{}, files, err
 	}
-	var st spb.Status
-	if err := proto.Unmarshal(msg, &st); err != nil {
-		return nil, files, wire.Errorf(syscall.EPROTO, "nsplug daemon: a reply that does not decode: %v", err)
+	st, err := decodeStatus(msg)
+	if err != nil {
+		return replyStatus{}, files, wire.Errorf(syscall.EPROTO, "nsplug daemon: a reply that does not decode: %v", err)
 	}
-	return &st, files, nil
+	return st, files, nil
 }
 
+// Full names of the messages a reply's details hold.
+const (
+	callResponseName = "nsplug.api.v1.CallResponse"
+	errorName        = "nsplug.api.v1.Error"
+)
+
 // decodeReply is the response of a reply, or its error as the core's.
-func decodeReply(st *spb.Status) (*apiv1.CallResponse, error) {
-	if st.Code == 0 {
-		var resp apiv1.CallResponse
-		if len(st.Details) != 1 || st.Details[0].UnmarshalTo(&resp) != nil {
-			return nil, wire.Errorf(syscall.EPROTO, "nsplug daemon: a successful reply without its CallResponse")
+func decodeReply(st replyStatus) (*apiv1.CallResponse, error) {
+	if st.code == 0 {
+		if len(st.details) == 1 && st.details[0].name == callResponseName {
+			if resp, err := decodeCallResponse(st.details[0].value); err == nil {
+				return resp, nil
+			}
 		}
-		return &resp, nil
+		return nil, wire.Errorf(syscall.EPROTO, "nsplug daemon: a successful reply without its CallResponse")
 	}
-	for _, d := range st.Details {
-		var e apiv1.Error
-		if d.UnmarshalTo(&e) == nil {
+	for _, d := range st.details {
+		if d.name != errorName {
+			continue
+		}
+		if e, err := decodeError(d.value); err == nil {
 			return nil, &wire.Error{Errno: syscall.Errno(e.Errno), Message: e.Message}
 		}
 	}
-	return nil, wire.Errorf(syscall.EIO, "nsplug daemon: %s (gRPC code %d)", st.Message, st.Code)
+	return nil, wire.Errorf(syscall.EIO, "nsplug daemon: %s (gRPC code %d)", st.message, st.code)
 }
 
 func notSpoken(err error) error { return fmt.Errorf("%w: %v", ErrNotSpoken, err) }
