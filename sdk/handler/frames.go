@@ -182,11 +182,27 @@ func (fs *frameServer) send(id string, msg []byte, files []*os.File) error {
 
 // recv reads one frame (SOCK_SEQPACKET: read(2) takes one record).
 func (fs *frameServer) recv(buf []byte) (int, error) {
+	return rawIO(fs.raw.Read, syscall.SYS_READ, buf)
+}
+
+// write sends one frame without files.
+func (fs *frameServer) write(frame []byte) error {
+	n, err := rawIO(fs.raw.Write, syscall.SYS_WRITE, frame)
+	if err == nil && n != len(frame) {
+		err = syscall.EMSGSIZE
+	}
+	return err
+}
+
+// rawIO makes one read(2) or write(2) (trap) of p, waiting through the
+// runtime's poller (wait: the RawConn's Read or Write) while it would
+// block.
+func rawIO(wait func(func(uintptr) bool) error, trap uintptr, p []byte) (int, error) {
 	var n uintptr
 	var errno syscall.Errno
-	err := fs.raw.Read(func(fd uintptr) bool {
+	err := wait(func(fd uintptr) bool {
 		for {
-			n, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			n, _, errno = syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 			if errno != syscall.EINTR {
 				return errno != syscall.EAGAIN
 			}
@@ -199,30 +215,6 @@ func (fs *frameServer) recv(buf []byte) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
-}
-
-// write sends one frame without files.
-func (fs *frameServer) write(frame []byte) error {
-	var n uintptr
-	var errno syscall.Errno
-	err := fs.raw.Write(func(fd uintptr) bool {
-		for {
-			n, _, errno = syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&frame[0])), uintptr(len(frame)))
-			if errno != syscall.EINTR {
-				return errno != syscall.EAGAIN
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if errno != 0 {
-		return errno
-	}
-	if int(n) != len(frame) {
-		return syscall.EMSGSIZE
-	}
-	return nil
 }
 
 func closeAll(files []*os.File) {
