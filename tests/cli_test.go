@@ -242,7 +242,7 @@ func TestCLIStartFailuresAreOneLine(t *testing.T) {
 		{"plugin exits at start", []string{"--config", cliConfig(t, "[[plugin]]\nname = \"x\"\npath = \"/bin/false\"\ntypes = [\"x.y\"]\n"), "--pid", pid, "x.y"}, "exit status 1"},
 		{"root that does not exist", append([]string{"--config", conf, "--pid", pid, "--root", "/nonexistent"}, read...), "credentials' root"},
 		{"cwd that does not exist", append([]string{"--config", conf, "--pid", pid, "--cwd", "/nonexistent"}, read...), "/nonexistent"},
-		{"start timeout", append([]string{"--config", cliConfig(t, "[defaults]\nstart_timeout = \"1ms\"\n"), "--pid", pid}, read...), "timeout"},
+		{"start timeout", append([]string{"--config", cliConfig(t, "[defaults]\nstart_timeout = \"1ns\"\n"), "--pid", pid}, read...), "timeout"},
 		{"target died", append([]string{"--config", conf, "--pid", zpid}, read...), "ESRCH"},
 		{"bad config", append([]string{"--config", cliConfig(t, "[defaults]\nfresh_mounts = [\"dev\"]\n"), "--pid", pid}, read...), "fresh_mounts"},
 	}
