@@ -44,16 +44,18 @@ const (
 	// rather than serve requests the core checked against other code.
 	EnvBuiltinBuild = "NSPLUG_BUILTIN_BUILD"
 	// EnvGOGC is the GOGC the sdk sets (debug.SetGCPercent) once a
-	// serving process has lived GCDelay. GOGC itself would apply from
-	// the first allocation: a heap goal under the ~1 MB that package
-	// init allocates makes the runtime collect during init, ~2 ms of
-	// CPU on every plugin start, which a oneshot process never needs.
+	// serving process has sent its first response, or has lived
+	// GCDelay, whichever comes first. GOGC itself would apply from the
+	// first allocation: a heap goal under the ~1 MB that package init
+	// allocates makes the runtime collect during init, ~2 ms of CPU on
+	// every plugin start, which a oneshot process never needs.
 	EnvGOGC = "NSPLUG_GOGC"
 )
 
-// GCDelay is how long a serving process runs with the runtime's default
-// GOGC before EnvGOGC applies: longer than a oneshot instance lives,
-// short against a pooled one's idle timeout.
+// GCDelay is how long, at most, a serving process runs with the
+// runtime's default GOGC before EnvGOGC applies: a process that serves
+// sooner has it from its first response on, so that a burst of requests
+// in its first second does not grow its heap to the default goal.
 const GCDelay = time.Second
 
 // PluginConfig is what the core tells a plugin about its configuration

@@ -34,6 +34,8 @@ type frameServer struct {
 	// what serving takes, so the next request does not grow a new
 	// goroutine's stack (a fifth of a warm request's CPU in the handler).
 	spare chan []byte
+
+	served func() // called after each response is sent, or nil
 }
 
 // handleFunc handles one request: a plugin's server (server.handle), or
@@ -41,8 +43,9 @@ type frameServer struct {
 type handleFunc func(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File)
 
 // serveFrames serves the frame channel in the background, or until it
-// closes when wait is set.
-func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool) error {
+// closes when wait is set; served, if not nil, is called after each
+// response is sent.
+func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool, served func()) error {
 	c, err := net.FileConn(f)
 	if err != nil {
 		return err
@@ -54,7 +57,7 @@ func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool) err
 		return err
 	}
 	fs := &frameServer{handle: handle, log: log, conn: uc, raw: raw, partial: make(map[string]*wire.Message),
-		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{}), spare: make(chan []byte)}
+		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{}), spare: make(chan []byte), served: served}
 	go fs.run(make([]byte, wire.MaxFrame))
 	if wait {
 		<-fs.closed
@@ -151,6 +154,9 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
 	}
 	if err := fs.send(id, out, files); err != nil {
 		fs.log.Error("sending a response", "request_id", id, "error", err)
+	}
+	if fs.served != nil {
+		fs.served()
 	}
 }
 

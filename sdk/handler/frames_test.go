@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,28 +22,7 @@ import (
 // server goes on serving. Over a plain socketpair: the core's end is
 // played by the test.
 func TestFrameRequestOverTheLimit(t *testing.T) {
-	srv, err := newServer(&Plugin{Name: "echo", Handlers: []Handler{Handle("echo.say", "echo", echo)}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plugin := os.NewFile(uintptr(fds[1]), "frames:plugin")
-	defer plugin.Close()
-	if err := serveFrames(plugin, srv.log, srv.handle, false); err != nil {
-		t.Fatal(err)
-	}
-	coreEnd := os.NewFile(uintptr(fds[0]), "frames:core")
-	c, err := net.FileConn(coreEnd)
-	coreEnd.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	conn := c.(*net.UnixConn)
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	conn := echoFrameServer(t, nil)
 
 	roundTrip := func(id string, req *wire.HandleRequest) *wire.HandleResponse {
 		t.Helper()
@@ -100,5 +80,59 @@ func TestFrameRequestOverTheLimit(t *testing.T) {
 	resp := roundTrip("3", &wire.HandleRequest{Type: "echo.say", RequestId: "3", Payload: []byte(`{"text":"hi"}`)})
 	if resp.Error != nil || string(resp.Payload) != `{"text":"hi"}` {
 		t.Errorf("after an oversized request: %+v", resp)
+	}
+}
+
+// echoFrameServer serves an echo plugin's frame channel over a plain
+// socketpair and returns the core's end, whose part the test plays.
+func echoFrameServer(t *testing.T, served func()) *net.UnixConn {
+	t.Helper()
+	srv, err := newServer(&Plugin{Name: "echo", Handlers: []Handler{Handle("echo.say", "echo", echo)}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugin := os.NewFile(uintptr(fds[1]), "frames:plugin")
+	t.Cleanup(func() { plugin.Close() })
+	if err := serveFrames(plugin, srv.log, srv.handle, false, served); err != nil {
+		t.Fatal(err)
+	}
+	coreEnd := os.NewFile(uintptr(fds[0]), "frames:core")
+	c, err := net.FileConn(coreEnd)
+	coreEnd.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	conn := c.(*net.UnixConn)
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+
+	return conn
+}
+
+// The hook after each response (the sdk applies wire.EnvGOGC from the
+// first one on) runs once per response, after it was sent.
+func TestFrameServerCallsServedAfterEachResponse(t *testing.T) {
+	var n atomic.Int32
+	conn := echoFrameServer(t, func() { n.Add(1) })
+	buf := make([]byte, wire.MaxFrame)
+	for i := 1; i <= 3; i++ {
+		msg, _ := proto.Marshal(&wire.HandleRequest{Type: "echo.say", Payload: []byte(`{}`), RequestId: strconv.Itoa(i)})
+		frame, _ := wire.AppendFrame(nil, wire.FrameRequest, strconv.Itoa(i), msg)
+		if _, err := conn.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); n.Load() < int32(i) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		if got := n.Load(); got != int32(i) {
+			t.Fatalf("after %d responses the hook ran %d times", i, got)
+		}
 	}
 }

@@ -223,7 +223,7 @@ func start(plugin any) (inproc.Server, hclog.Logger) {
 		serveFramesOnly(self, log, server.handle)
 	}
 	if self.Frames != nil {
-		if err := serveFrames(self.Frames, log, server.handle, false); err != nil {
+		if err := serveFrames(self.Frames, log, server.handle, false, nil); err != nil {
 			fail("frame channel: " + err.Error())
 		}
 	}
@@ -244,9 +244,10 @@ func serveFramesOnly(self nsexec.State, log hclog.Logger, handle handleFunc) {
 	// Closing the status pipe tells the core the process serves.
 	nsexec.CloseStatus()
 	log.Debug("serving on the frame channel", "pid", os.Getpid())
-	time.AfterFunc(wire.GCDelay, setGOGC(os.Getenv(wire.EnvGOGC)))
+	applyGOGC := sync.OnceFunc(setGOGC(os.Getenv(wire.EnvGOGC)))
+	time.AfterFunc(wire.GCDelay, applyGOGC)
 	os.Unsetenv(wire.EnvGOGC)
-	if err := serveFrames(self.Frames, log, handle, true); err != nil {
+	if err := serveFrames(self.Frames, log, handle, true, applyGOGC); err != nil {
 		fail("frame channel: " + err.Error())
 	}
 	os.Exit(0)
