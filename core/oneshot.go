@@ -38,7 +38,7 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 	}
 	d.startEvent(began, l.plugin, true, &inst, &err)
 	d.pool.running(slot) // serving: no start slot of other targets' held
-	expired := inst.runner.limitStart(l.plugin.settings.StartTimeout.Duration)
+	expired := inst.runner.limitStart(began, l.plugin.settings.StartTimeout.Duration)
 	resp, broken, err := inst.call(ctx, req)
 	if expired() {
 		err = errorf(syscall.ETIMEDOUT, "starting plugin %s in target pid %d: it did not start within its start_timeout of %v", l.plugin.name, l.target.pid, l.plugin.settings.StartTimeout.Duration)

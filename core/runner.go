@@ -50,6 +50,7 @@ type nsRunner struct {
 	stdout, stderr io.ReadCloser
 	status         chan string   // the bootstrap's failure message, "" if none
 	booted         chan struct{} // closed when the status pipe closes: the bootstrap is done, or the process gone
+	bootedAt       time.Time     // when it closed; read once booted is
 	statusMsg      string
 	statusMu       sync.Mutex
 	killed         atomic.Bool // Kill was called while the process lived
@@ -166,6 +167,7 @@ func (r *nsRunner) Start(ctx context.Context) (err error) {
 		msg, _ := io.ReadAll(io.LimitReader(statusR, 4096))
 		statusR.Close()
 		r.status <- strings.TrimSpace(string(msg))
+		r.bootedAt = time.Now()
 		close(r.booted)
 	}()
 	return nil
@@ -200,12 +202,17 @@ func (r *nsRunner) ready(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// limitStart kills the process unless its bootstrap is done within d: the
-// start_timeout of a start without a handshake to wait for (a oneshot
-// one). expired stops the clock and reports whether it killed it.
-func (r *nsRunner) limitStart(d time.Duration) (expired func() bool) {
+// limitStart kills the process unless its bootstrap is done within d of
+// began, when it was started: the start_timeout of a start without a
+// handshake to wait for (a oneshot one). expired stops the clock and
+// reports whether the start overran, killed or not: a bootstrap that
+// finished after the deadline but before the clock's goroutine ran (or
+// before the clock was even set, the process having booted while its
+// start returned) overran it all the same.
+func (r *nsRunner) limitStart(began time.Time, d time.Duration) (expired func() bool) {
+	deadline := began.Add(d)
 	var fired atomic.Bool
-	t := time.AfterFunc(d, func() {
+	t := time.AfterFunc(time.Until(deadline), func() {
 		select {
 		case <-r.booted:
 		default:
@@ -215,7 +222,15 @@ func (r *nsRunner) limitStart(d time.Duration) (expired func() bool) {
 	})
 	return func() bool {
 		t.Stop()
-		return fired.Load()
+		if fired.Load() {
+			return true
+		}
+		select {
+		case <-r.booted:
+			return r.bootedAt.After(deadline)
+		default: // not seen booted yet: it has overrun once the deadline passed
+			return time.Now().After(deadline)
+		}
 	}
 }
 
