@@ -32,6 +32,10 @@ type Server struct {
 	// ShutdownGrace is how long SIGTERM or SIGINT lets calls in flight
 	// finish before every plugin process is killed.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
+	// MaxInstancesPerUser bounds the plugin instances, running or
+	// starting, charged to the calls of one uid other than root (see
+	// core.Account).
+	MaxInstancesPerUser int `toml:"max_instances_per_user"`
 	// Allow are the [[server.allow]] rules. Root (uid 0) may always call
 	// everything; everyone else needs a rule that names them, the type and
 	// the target.
@@ -89,6 +93,9 @@ func (v *validator) server(k key, s *Server) {
 	}
 	if gk := k.child("shutdown_grace"); s.ShutdownGrace.Duration < 0 {
 		v.fail(gk, "", "must not be negative, got %q", s.ShutdownGrace.String())
+	}
+	if mk := k.child("max_instances_per_user"); s.MaxInstancesPerUser < 1 {
+		v.fail(mk, "", "must be at least 1, got %d", s.MaxInstancesPerUser)
 	}
 	ak := k.child("allow")
 	for i := range s.Allow {

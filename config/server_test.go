@@ -70,6 +70,8 @@ func TestServerTableErrors(t *testing.T) {
 			[]string{`config.toml:2: key "server.audit_log": must be an absolute path, got "audit.log"`}},
 		{"grace", tomlLines(`[server]`, `shutdown_grace = "-1s"`),
 			[]string{`config.toml:2: key "server.shutdown_grace": must not be negative, got "-1s"`}},
+		{"no instances per user", tomlLines(`[server]`, `audit_log = ""`, `max_instances_per_user = 0`),
+			[]string{`config.toml:3: key "server.max_instances_per_user": must be at least 1, got 0`}},
 		{"rule names nobody", tomlLines(`[server]`, `socket_group = ""`, `[[server.allow]]`, `types = ["*"]`, `targets = "any"`),
 			[]string{`config.toml:3: key "server.allow": rule #1 names nobody: set uids or gids`}},
 		{"rule without types or targets", tomlLines(`[[server.allow]]`, `uids = [5]`),

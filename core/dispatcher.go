@@ -253,9 +253,9 @@ func (d *Dispatcher) Call(ctx context.Context, req Request) (*Response, error) {
 	}
 	l := launch{plugin: e.proc, target: t, join: join, creds: req.Credentials}
 	if oneshot {
-		return d.callOneshot(ctx, l, hreq)
+		return d.callOneshot(ctx, l, req.Account, hreq)
 	}
-	inst, err := d.acquire(ctx, key, l)
+	inst, err := d.acquire(ctx, key, req.Account, l)
 	if err != nil {
 		return nil, err
 	}
@@ -287,6 +287,9 @@ func (d *Dispatcher) route(e *pluginEntry, req Request) (t *target, join uintptr
 		join &= narrowed
 	}
 	if err := req.Credentials.validate(); err != nil {
+		return nil, 0, "", err
+	}
+	if err := req.Account.validate(); err != nil {
 		return nil, 0, "", err
 	}
 	if t, err = d.pin(Target{PID: req.PID, StartTime: req.StartTime, Authorize: req.Authorize}); err != nil {
@@ -324,8 +327,8 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 }
 
 // acquire gets the instance for key from the pool, starting it if need be.
-func (d *Dispatcher) acquire(ctx context.Context, key string, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, l.target.admissionKey(), func() (startFunc, func()) {
+func (d *Dispatcher) acquire(ctx context.Context, key string, acct *Account, l launch) (*instance, error) {
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), acct, func() (startFunc, func()) {
 		// The start may outlive this request (see pool): it holds the
 		// target for itself, and knows nothing of the request's ctx.
 		l.target.refs.Add(1)
@@ -376,6 +379,9 @@ func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) er
 	}
 	// The target is checked once, before anything starts, and pinned for
 	// all of them: as a request without namespaces or credentials would be.
+	if err := tg.Account.validate(); err != nil {
+		return err
+	}
 	t, err := d.pin(tg)
 	if err != nil {
 		return err
@@ -384,7 +390,7 @@ func (d *Dispatcher) Prepare(ctx context.Context, tg Target, types ...string) er
 	var errs []error
 	for _, e := range plugins {
 		join, key := d.instanceKey(e, t, e.join)
-		inst, err := d.acquire(ctx, key, launch{plugin: e, target: t, join: join})
+		inst, err := d.acquire(ctx, key, tg.Account, launch{plugin: e, target: t, join: join})
 		if err != nil {
 			errs = append(errs, err)
 			continue

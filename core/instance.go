@@ -27,6 +27,9 @@ type instance struct {
 	runner *nsRunner
 	pid    int // host pid of the process the core started
 	target int // host pid of its target
+	// account is who it is charged to (Account.Name; "" for nobody),
+	// until it is killed. Guarded by pool.mu.
+	account string
 
 	// Guarded by pool.mu.
 	inflight int

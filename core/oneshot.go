@@ -15,7 +15,7 @@ import (
 // model (a process per request) at the cost of little more than an exec.
 // The request goes through instance.call like any other; only the start
 // and the end differ.
-func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.HandleRequest) (*Response, error) {
+func (d *Dispatcher) callOneshot(ctx context.Context, l launch, acct *Account, req *wire.HandleRequest) (*Response, error) {
 	sp, err := l.spec()
 	if err != nil {
 		return nil, err
@@ -23,12 +23,12 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, req *wire.Handle
 	// The start slot is held for the whole request: a oneshot instance
 	// starts and serves in one go, and a request that breaks it is a
 	// failed start. A handler's own error is a start that went well.
-	slot, err := d.pool.reserve(ctx, l.target.admissionKey())
+	slot, err := d.pool.reserve(ctx, l.target.admissionKey(), acct)
 	if err != nil {
 		return nil, err
 	}
 	var startErr error
-	defer func() { d.pool.started(ctx, slot, startErr); d.pool.unreserve() }()
+	defer func() { d.pool.started(ctx, slot, startErr); d.pool.unreserve(acct) }()
 	began := time.Now()
 	inst, err := d.startFramed(ctx, sp)
 	if err != nil {

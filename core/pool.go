@@ -12,7 +12,8 @@ import (
 // credentials), kills them after their idle timeout, and caps how many
 // plugin processes live at once, evicting the least recently used idle
 // one to make room. Cold starts go through admission: bounded per target
-// and in all, queued fairly across targets.
+// and in all, queued fairly across targets. Instances started for an
+// Account count against its MaxInstances (charge).
 //
 // A cold start belongs to the pool, not to the request that asked for it:
 // every caller of its key waits for it within its own deadline, and a
@@ -29,6 +30,7 @@ type pool struct {
 	live     map[*instance]struct{} // started and not yet killed
 	idle     *list.List             // idle warm instances, most recently used first
 	idleElem map[*instance]*list.Element
+	charged  map[string]int // instances running or starting, by account name
 	kills    sync.WaitGroup
 	starts   sync.WaitGroup // cold starts queued or running, and reserved oneshot slots
 	closed   bool
@@ -55,6 +57,7 @@ type startCall struct {
 	key     string
 	done    chan struct{}
 	ticket  *startTicket // its place in admission
+	account string       // charged for it: the account of the caller that queued it
 	start   startFunc
 	drop    func()
 	waiters int  // callers waiting for it (under mu)
@@ -73,6 +76,7 @@ func newPool(max int, admit *admission) *pool {
 		live:     make(map[*instance]struct{}),
 		idle:     list.New(),
 		idleElem: make(map[*instance]*list.Element),
+		charged:  make(map[string]int),
 		stop:     (*instance).end,
 	}
 }
@@ -82,9 +86,9 @@ var errClosed = errorf(syscall.ESHUTDOWN, "dispatcher is closed")
 // acquire returns an instance for key: warm if there is one, otherwise
 // started with what hold makes (concurrent callers of one key share one
 // start), within ctx: every wait ends with ctx. target names the target
-// for admission. (Oneshot instances do not come here: they take a slot
-// with reserve.)
-func (p *pool) acquire(ctx context.Context, key, target string, h hold) (*instance, error) {
+// for admission; a start is charged to acct. (Oneshot instances do not
+// come here: they take a slot with reserve.)
+func (p *pool) acquire(ctx context.Context, key, target string, acct *Account, h hold) (*instance, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -98,7 +102,7 @@ func (p *pool) acquire(ctx context.Context, key, target string, h hold) (*instan
 	call := p.starting[key]
 	if call == nil {
 		var err error
-		if call, err = p.queue(key, target, h); err != nil {
+		if call, err = p.queue(key, target, acct, h); err != nil {
 			p.mu.Unlock()
 			return nil, err
 		}
@@ -139,14 +143,18 @@ func (p *pool) acquire(ctx context.Context, key, target string, h hold) (*instan
 
 // queue registers a cold start of key and queues it for admission; begin
 // runs it once admitted. Called with mu held.
-func (p *pool) queue(key, target string, h hold) (*startCall, error) {
+func (p *pool) queue(key, target string, acct *Account, h hold) (*startCall, error) {
 	if len(p.live)+p.pending >= p.max && p.idle.Len() == 0 {
 		return nil, p.full()
 	}
-	call := &startCall{key: key, done: make(chan struct{})}
+	if err := p.charge(acct); err != nil {
+		return nil, err
+	}
+	call := &startCall{key: key, done: make(chan struct{}), account: acct.name()}
 	call.start, call.drop = h()
 	ticket, err := p.admit.enqueue(target, func(t *startTicket, err error) { go p.begin(call, t, err) })
 	if err != nil {
+		p.uncharge(call.account)
 		call.drop()
 		return nil, err
 	}
@@ -158,6 +166,34 @@ func (p *pool) queue(key, target string, h hold) (*startCall, error) {
 
 func (p *pool) full() error {
 	return errorf(syscall.EAGAIN, "all %d plugin instances are busy (max_instances)", p.max)
+}
+
+// charge counts one more instance against acct (nil: nobody), first
+// ending its least recently used idle instance when it holds its most.
+// Called with mu held.
+func (p *pool) charge(acct *Account) error {
+	if acct == nil {
+		return nil
+	}
+	if n := p.charged[acct.Name]; n >= acct.MaxInstances && !p.evictIdleOf(acct.Name) {
+		setting := ""
+		if acct.Setting != "" {
+			setting = " (" + acct.Setting + ")"
+		}
+		return errorf(syscall.EAGAIN, "%s has %d plugin instances running or starting, the most it may%s, and none of them is idle", acct.Name, n, setting)
+	}
+	p.charged[acct.Name]++
+	return nil
+}
+
+// uncharge gives back one instance of account name. Called with mu held.
+func (p *pool) uncharge(name string) {
+	if name == "" {
+		return
+	}
+	if p.charged[name]--; p.charged[name] <= 0 {
+		delete(p.charged, name)
+	}
 }
 
 // begin runs an admitted cold start (refused, when err is set: its target
@@ -214,7 +250,10 @@ func (p *pool) finish(call *startCall, inst *instance, err error) {
 		inst, err = nil, errorf(syscall.EIO, "the plugin instance exited as soon as it started")
 	}
 	call.inst, call.err = inst, err
-	if err == nil {
+	if err != nil {
+		p.uncharge(call.account)
+	} else {
+		inst.account = call.account // the start's charge is the instance's now
 		inst.key = call.key
 		inst.lastUsed = time.Now()
 		p.live[inst] = struct{}{}
@@ -228,9 +267,10 @@ func (p *pool) finish(call *startCall, inst *instance, err error) {
 
 // reserve takes a slot of the instance cap, and one of target's start
 // slots, for a process the pool does not keep (a oneshot one), evicting
-// an idle instance if it must. started gives the start slot back with the
-// start's outcome, unreserve the slot of the cap.
-func (p *pool) reserve(ctx context.Context, target string) (*startTicket, error) {
+// an idle instance if it must, and charges it to acct. started gives the
+// start slot back with the start's outcome, unreserve the slot of the cap
+// and the charge.
+func (p *pool) reserve(ctx context.Context, target string, acct *Account) (*startTicket, error) {
 	ticket, err := p.admit.take(ctx, target)
 	if err != nil {
 		return nil, err
@@ -244,6 +284,10 @@ func (p *pool) reserve(ctx context.Context, target string) (*startTicket, error)
 	if len(p.live)+p.pending >= p.max && !p.evictIdle() {
 		p.admit.give(ticket, nil)
 		return nil, p.full()
+	}
+	if err := p.charge(acct); err != nil {
+		p.admit.give(ticket, nil)
+		return nil, err
 	}
 	p.pending++
 	p.starts.Add(1)
@@ -260,8 +304,9 @@ func (p *pool) started(ctx context.Context, ticket *startTicket, err error) {
 	p.admit.give(ticket, startOutcome(ctx, err))
 }
 
-func (p *pool) unreserve() {
+func (p *pool) unreserve(acct *Account) {
 	p.mu.Lock()
+	p.uncharge(acct.name())
 	p.pending--
 	p.mu.Unlock()
 	p.starts.Done()
@@ -348,6 +393,20 @@ func (p *pool) evictIdle() bool {
 	return true
 }
 
+// evictIdleOf is evictIdle among the idle instances charged to account
+// name. Called with mu held.
+func (p *pool) evictIdleOf(name string) bool {
+	for e := p.idle.Back(); e != nil; e = e.Prev() {
+		if inst := e.Value.(*instance); inst.account == name {
+			inst.ending(InstanceEvicted, nil)
+			p.retire(inst)
+			p.killLocked(inst)
+			return true
+		}
+	}
+	return false
+}
+
 // exited is called when an instance's process is gone, however it went.
 func (p *pool) exited(inst *instance) {
 	p.mu.Lock()
@@ -373,6 +432,8 @@ func (p *pool) killLocked(inst *instance) {
 		inst.idle.Stop()
 	}
 	delete(p.live, inst)
+	p.uncharge(inst.account)
+	inst.account = ""
 	p.kills.Add(1)
 	go func(abrupt bool) {
 		defer p.kills.Done()

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -113,7 +114,7 @@ func (fp *fakePool) killedNames() []string {
 // once, failing the test on error.
 func (fp *fakePool) acquireNow(key string, inst *instance) *instance {
 	fp.t.Helper()
-	got, err := fp.acquire(context.Background(), key, "T", fp.start(inst, nil, nil))
+	got, err := fp.acquire(context.Background(), key, "T", nil, fp.start(inst, nil, nil))
 	if err != nil {
 		fp.t.Fatalf("acquire %s: %v", key, err)
 	}
@@ -170,7 +171,7 @@ type acquired struct {
 func (fp *fakePool) goAcquire(ctx context.Context, key, target string, start hold) <-chan acquired {
 	ch := make(chan acquired, 1)
 	go func() {
-		inst, err := fp.acquire(ctx, key, target, start)
+		inst, err := fp.acquire(ctx, key, target, nil, start)
 		ch <- acquired{inst, err}
 	}()
 	return ch
@@ -286,7 +287,7 @@ func TestPoolCapEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatalf("a after the eviction: got %v, want it still warm", got)
 	}
 	// a and c are busy: no room.
-	_, err := fp.acquire(context.Background(), "d", "T", fp.start(fakeInstance("d", time.Hour), nil, nil))
+	_, err := fp.acquire(context.Background(), "d", "T", nil, fp.start(fakeInstance("d", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "all 2 plugin instances are busy (max_instances)") {
 		t.Fatalf("cold start with every instance busy: %v, want EAGAIN naming max_instances", err)
 	}
@@ -299,7 +300,7 @@ func TestPoolCapEvictsLeastRecentlyUsed(t *testing.T) {
 	e := fakeInstance("e", time.Hour)
 	pending := fp.startedShared("e", e, gate) // evicts c, the only idle one
 	waitFor(t, c.gone, "c to be killed")
-	_, err = fp.acquire(context.Background(), "f", "T", fp.start(fakeInstance("f", time.Hour), nil, nil))
+	_, err = fp.acquire(context.Background(), "f", "T", nil, fp.start(fakeInstance("f", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.EAGAIN) {
 		t.Errorf("cold start while a busy and e starting: %v, want EAGAIN", err)
 	}
@@ -367,7 +368,7 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 			runtime.Gosched() // close sets closed first thing
 		}
 	}
-	_, err := fp.acquire(context.Background(), "other", "T", fp.start(fakeInstance("x", time.Hour), nil, nil))
+	_, err := fp.acquire(context.Background(), "other", "T", nil, fp.start(fakeInstance("x", time.Hour), nil, nil))
 	if !errnoIs(err, syscall.ESHUTDOWN) {
 		t.Errorf("acquire while closing: %v, want ESHUTDOWN", err)
 	}
@@ -386,7 +387,7 @@ func TestPoolCloseWhileStarting(t *testing.T) {
 			t.Errorf("caller %d of the start: %v, %v; want ESHUTDOWN", i, r.inst, r.err)
 		}
 	}
-	if _, err := fp.acquire(context.Background(), "k", "T", fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
+	if _, err := fp.acquire(context.Background(), "k", "T", nil, fp.start(nil, nil, nil)); !errnoIs(err, syscall.ESHUTDOWN) {
 		t.Errorf("acquire after close: %v, want ESHUTDOWN", err)
 	}
 	if n := fp.starts.Load(); n != 1 {
@@ -447,7 +448,7 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	waitFor(t, ctx.asked, "a caller to block")
 	// Another target is not held up.
 	u := fakeInstance("u", time.Hour)
-	if got, err := fp.acquire(context.Background(), "ku", "U", fp.start(u, nil, nil)); got != u || err != nil {
+	if got, err := fp.acquire(context.Background(), "ku", "U", nil, fp.start(u, nil, nil)); got != u || err != nil {
 		t.Fatalf("target U while T's slots are taken: %v, %v", got, err)
 	}
 	cancel()
@@ -472,12 +473,12 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	// After backoffAfter failed starts, T's starts fail at once.
 	fail := errorf(syscall.EIO, "start timed out")
 	for i := range backoffAfter {
-		if _, err := fp.acquire(context.Background(), "bad", "T", fp.start(nil, fail, nil)); err != fail {
+		if _, err := fp.acquire(context.Background(), "bad", "T", nil, fp.start(nil, fail, nil)); err != fail {
 			t.Fatalf("failing start %d: %v", i, err)
 		}
 	}
 	before := fp.starts.Load()
-	_, err := fp.acquire(context.Background(), "bad", "T", fp.start(nil, fail, nil))
+	_, err := fp.acquire(context.Background(), "bad", "T", nil, fp.start(nil, fail, nil))
 	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "start timed out") {
 		t.Fatalf("start after %d failures: %v, want EAGAIN with the last failure", backoffAfter, err)
 	}
@@ -487,7 +488,7 @@ func TestPoolStartSlotsBoundColdStartsPerTarget(t *testing.T) {
 	if got := fp.acquireNow("k1", nil); got == nil || got.plugin.name != "k1" {
 		t.Errorf("a warm instance of T during its backoff: %v", got)
 	}
-	if _, err := fp.acquire(context.Background(), "ku2", "U", fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
+	if _, err := fp.acquire(context.Background(), "ku2", "U", nil, fp.start(fakeInstance("u2", time.Hour), nil, nil)); err != nil {
 		t.Errorf("target U during T's backoff: %v", err)
 	}
 }
@@ -594,5 +595,73 @@ func TestPoolNewTargetIsNotStarved(t *testing.T) {
 	}
 	if got, want := strings.Join(order, " "), "a1 b1 a2 a3 a4"; got != want {
 		t.Errorf("started %s, want %s", got, want)
+	}
+}
+
+// An account holds at most its MaxInstances: a start beyond them ends its
+// own least recently used idle instance, never another's, and fails with
+// EAGAIN naming the account when all of its instances are busy. A failed
+// start and a killed instance give their charge back.
+func TestPoolAccountCapsItsOwnInstances(t *testing.T) {
+	fp := newFakePool(t, 100, 4)
+	user := &Account{Name: "uid 1000", MaxInstances: 2, Setting: "server.max_instances_per_user"}
+	acquireAs := func(key string, acct *Account, inst *instance) (*instance, error) {
+		return fp.acquire(context.Background(), key, "T", acct, fp.start(inst, nil, nil))
+	}
+	root := fakeInstance("root", time.Hour)
+	fp.release(fp.acquireNow("root", root), false) // the least recently used of all, charged to nobody
+	u1, u2, u3 := fakeInstance("u1", time.Hour), fakeInstance("u2", time.Hour), fakeInstance("u3", time.Hour)
+	for _, inst := range []*instance{u1, u2} {
+		got, err := acquireAs(inst.plugin.name, user, inst)
+		if err != nil || got != inst {
+			t.Fatalf("%s: %v", inst.plugin.name, err)
+		}
+		fp.release(got, false)
+	}
+	if got, err := acquireAs("u3", user, u3); err != nil || got != u3 {
+		t.Fatalf("u3: %v", err)
+	}
+	waitFor(t, u1.gone, "u1, the account's least recently used, to be killed")
+	if got := fp.killedNames(); strings.Join(got, ",") != "u1" {
+		t.Fatalf("killed %v, want [u1]: root's idle instance is not the account's to end", got)
+	}
+	// u3 busy, u2 taken again: nothing of the account's is idle.
+	if got, err := acquireAs("u2", user, nil); err != nil || got != u2 {
+		t.Fatalf("warm u2: %v", err)
+	}
+	_, err := acquireAs("u4", user, fakeInstance("u4", time.Hour))
+	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "uid 1000 has 2 plugin instances running or starting, the most it may (server.max_instances_per_user), and none of them is idle") {
+		t.Fatalf("third busy instance: %v, want EAGAIN naming the account and its setting", err)
+	}
+	// Warm instances serve whoever maps to them, uncharged; others start.
+	if got, err := acquireAs("root", user, nil); err != nil || got != root {
+		t.Fatalf("root's warm instance for the account: %v", err)
+	}
+	fp.release(root, false)
+	other := &Account{Name: "uid 2000", MaxInstances: 1}
+	o1 := fakeInstance("o1", time.Hour)
+	if got, err := acquireAs("o1", other, o1); err != nil || got != o1 {
+		t.Fatalf("another account: %v", err)
+	}
+	// A failed start gives its charge back.
+	fp.release(o1, false)
+	fail := errorf(syscall.EIO, "boom")
+	if _, err := fp.acquire(context.Background(), "o2", "T", other, fp.start(nil, fail, nil)); err != fail {
+		t.Fatalf("failing start: %v", err)
+	}
+	fp.mu.Lock()
+	charged := fmt.Sprint(fp.charged)
+	fp.mu.Unlock()
+	// o1 was evicted to make room for o2's start, which failed.
+	if charged != "map[uid 1000:2]" {
+		t.Errorf("charges %s, want map[uid 1000:2] (uid 2000's instance ended, its failed start gave its charge back)", charged)
+	}
+	fp.release(u2, false)
+	fp.release(u3, false)
+	fp.close()
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	if len(fp.charged) != 0 {
+		t.Errorf("charges after close: %v", fp.charged)
 	}
 }

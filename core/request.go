@@ -20,6 +20,8 @@ type Target struct {
 	// Authorize, when set, is Request.Authorize for Prepare: called
 	// once, for the pinned process, before any instance starts.
 	Authorize func(TargetInfo) error
+	// Account, when set, is Request.Account for Prepare.
+	Account *Account
 }
 
 // Request is one piece of work to do inside a target's namespaces.
@@ -50,6 +52,44 @@ type Request struct {
 	// error ends the request: an *Error as it is, any other as EACCES.
 	// It must not block.
 	Authorize func(TargetInfo) error
+	// Account, when set, is who the plugin processes this request
+	// starts are charged to (see Account); nil charges nobody.
+	Account *Account
+}
+
+// An Account is who plugin processes are charged to, for a program that
+// starts them for callers it does not trust alike: nsplug serve charges
+// each uid other than root to its own, so that one user cannot fill
+// max_instances (and the node's process table) with handlers for their
+// own targets, each credential, working directory or namespace set a new
+// instance, and evict everyone else's warm ones.
+//
+// An account holds at most MaxInstances instances, running or starting,
+// oneshot ones included. A start beyond that ends the account's least
+// recently used idle instance to make room, or fails with EAGAIN when
+// none is idle. An instance is charged to the account whose request
+// started it, whoever it serves later.
+type Account struct {
+	Name         string // names it in errors: "uid 1000"
+	MaxInstances int    // at least 1
+	// Setting names where MaxInstances comes from, for the error
+	// ("server.max_instances_per_user"); empty: none named.
+	Setting string
+}
+
+func (a *Account) validate() error {
+	if a != nil && (a.Name == "" || a.MaxInstances < 1) {
+		return errorf(syscall.EINVAL, "account %q: want a name and MaxInstances of at least 1, got %d", a.Name, a.MaxInstances)
+	}
+	return nil
+}
+
+// name is the account's key in the pool's charges; "" for none.
+func (a *Account) name() string {
+	if a == nil {
+		return ""
+	}
+	return a.Name
 }
 
 // Credentials are who a request acts for, as the target sees them.

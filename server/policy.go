@@ -25,6 +25,9 @@ import (
 // A Policy is immutable: a reload builds a new one.
 type Policy struct {
 	rules []config.AllowRule
+	// perUser bounds the plugin instances the calls of one uid other than
+	// root hold (server.max_instances_per_user); 0: unbounded.
+	perUser int
 }
 
 // NewPolicy returns the policy of rules (config.Server.Allow, validated).
@@ -35,6 +38,23 @@ func NewPolicy(rules []config.AllowRule) *Policy {
 		r.UIDs, r.GIDs, r.Types = slices.Clone(r.UIDs), slices.Clone(r.GIDs), slices.Clone(r.Types)
 	}
 	return p
+}
+
+// WithInstancesPerUser is p charging the plugin instances that the calls
+// of each uid other than root start to that uid, at most n of them
+// (server.max_instances_per_user; see core.Account).
+func (p *Policy) WithInstancesPerUser(n int) *Policy {
+	q := *p
+	q.perUser = n
+	return &q
+}
+
+// account is what c's calls are charged to: nothing for root.
+func (p *Policy) account(c Caller) *core.Account {
+	if c.Root() || p.perUser <= 0 {
+		return nil
+	}
+	return &core.Account{Name: fmt.Sprintf("uid %d", c.UID), MaxInstances: p.perUser, Setting: "server.max_instances_per_user"}
 }
 
 // Registry is what the policy and the Gate need to know of the message
@@ -82,7 +102,8 @@ func (p *Policy) AdmitTarget(c Caller, typ string, t core.TargetInfo) error {
 // has more privilege than the owner of that namespace; a plugin whose
 // namespaces setting leaves "user" out is refused; and req.Authorize is
 // set to decide on the pinned target (AdmitTarget), after any hook it
-// had. A request for root is left as it is. A type reg does not know is
+// had; the instances it starts are charged to c's uid
+// (WithInstancesPerUser). A request for root is left as it is. A type reg does not know is
 // left for the dispatcher to refuse.
 func (p *Policy) Constrain(c Caller, req *core.Request, reg Registry) error {
 	if err := p.Admit(c, req.Type); err != nil {
@@ -98,6 +119,7 @@ func (p *Policy) Constrain(c Caller, req *core.Request, reg Registry) error {
 		req.Namespaces = append(slices.Clip(req.Namespaces), "user")
 	}
 	req.Authorize = p.targetHook(c, []string{req.Type}, req.Authorize)
+	req.Account = p.account(c)
 	return nil
 }
 
@@ -121,6 +143,7 @@ func (p *Policy) ConstrainPrepare(c Caller, tg *core.Target, types []string, reg
 		}
 	}
 	tg.Authorize = p.targetHook(c, slices.Clone(types), tg.Authorize)
+	tg.Account = p.account(c)
 	return nil
 }
 

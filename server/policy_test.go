@@ -217,3 +217,33 @@ func TestPolicyCopiesRules(t *testing.T) {
 		t.Error("the policy follows the caller's slice")
 	}
 }
+
+// WithInstancesPerUser charges a user's calls and prepares to their uid,
+// and root's to nobody; without it nobody is charged.
+func TestPolicyChargesUsersInstances(t *testing.T) {
+	reg := registry{"procfs.read": allNS}
+	user := Caller{UID: 4242, GID: 4242}
+	p := NewPolicy(rules).WithInstancesPerUser(3)
+	req := core.Request{PID: 77, Type: "procfs.read"}
+	if err := p.Constrain(user, &req, reg); err != nil {
+		t.Fatal(err)
+	}
+	if a := req.Account; a == nil || a.Name != "uid 4242" || a.MaxInstances != 3 || a.Setting != "server.max_instances_per_user" {
+		t.Errorf("user's account %+v", a)
+	}
+	tg := core.Target{PID: 77}
+	if err := p.ConstrainPrepare(user, &tg, []string{"procfs.read"}, reg); err != nil {
+		t.Fatal(err)
+	}
+	if a := tg.Account; a == nil || a.Name != "uid 4242" || a.MaxInstances != 3 {
+		t.Errorf("user's prepare account %+v", a)
+	}
+	root := core.Request{PID: 77, Type: "procfs.read"}
+	if err := p.Constrain(Caller{}, &root, reg); err != nil || root.Account != nil {
+		t.Errorf("root: %v, account %+v", err, root.Account)
+	}
+	unbounded := core.Request{PID: 77, Type: "procfs.read"}
+	if err := NewPolicy(rules).Constrain(user, &unbounded, reg); err != nil || unbounded.Account != nil {
+		t.Errorf("without a bound: %v, account %+v", err, unbounded.Account)
+	}
+}

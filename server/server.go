@@ -116,7 +116,7 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 // calls. An audit log of a path not seen before is opened; the ones
 // replaced stay open for the calls that still hold them, until Shutdown.
 func (s *Server) setServerConfig(cfg *config.Config) {
-	s.policy.Store(NewPolicy(cfg.Server.Allow))
+	s.policy.Store(NewPolicy(cfg.Server.Allow).WithInstancesPerUser(cfg.Server.MaxInstancesPerUser))
 	var audit *AuditLog
 	if path := cfg.Server.AuditLog; path != "" {
 		for _, a := range s.audits {

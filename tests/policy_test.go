@@ -115,3 +115,60 @@ func TestPluginWithoutUserServesRootOnly(t *testing.T) {
 		t.Errorf("root: %v", err)
 	}
 }
+
+// One user cannot fill the daemon with handlers. Each working directory
+// (or credential set, or namespace set) is an instance of its own, so an
+// unprivileged user with one rootless container could otherwise start as
+// many handler processes as max_instances allows and evict everyone
+// else's. With server.max_instances_per_user = 2, six calls with six
+// working directories all succeed, the user never holds more than two
+// live instances (counted from the host: their processes), and root's
+// idle instance, the least recently used of all, is still the same
+// process at the end.
+func TestOneUserCannotFillTheDaemon(t *testing.T) {
+	parallel(t)
+	mine := ownedTarget(t, 4545)
+	d, _ := newDispatcher(t, "")
+	g := &server.Gate{Policy: server.NewPolicy([]config.AllowRule{{UIDs: []uint32{4545}, Types: []string{"probe.*"}, Targets: config.TargetsOwned}}).WithInstancesPerUser(2), Registry: d}
+	user := server.Caller{UID: 4545, GID: 4545, PID: int32(os.Getpid())}
+
+	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: mine, Type: "probe.whoami"}); err != nil {
+		t.Fatalf("root: %v", err)
+	}
+	rootInst := d.Instances()
+	if len(rootInst) != 1 {
+		t.Fatalf("instances after root's call: %+v", rootInst)
+	}
+	for i, cwd := range []string{"/", "/usr", "/etc", "/tmp", "/var", "/usr/bin"} {
+		resp, _, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami", Credentials: &core.Credentials{Cwd: cwd}})
+		if err != nil {
+			t.Fatalf("call %d (cwd %s): %v", i+1, cwd, err)
+		}
+		var w whoami
+		if err := json.Unmarshal(resp.Payload, &w); err != nil || w.Cwd != cwd {
+			t.Fatalf("call %d: cwd %q (%v), want %s", i+1, w.Cwd, err, cwd)
+		}
+		waitFor(t, "the user to hold at most two instances", func() bool {
+			n := 0
+			for _, inst := range d.Instances() {
+				if inst.PID != rootInst[0].PID {
+					n++
+					if _, err := os.Stat(fmt.Sprintf("/proc/%d/status", inst.PID)); err != nil {
+						t.Errorf("listed instance %d has no process: %v", inst.PID, err)
+					}
+				}
+			}
+			return n <= 2
+		})
+	}
+	live := d.Instances()
+	if !slices.ContainsFunc(live, func(i core.InstanceInfo) bool { return i.PID == rootInst[0].PID }) {
+		t.Errorf("root's idle instance (pid %d) was ended for the user's: live %+v", rootInst[0].PID, live)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/status", rootInst[0].PID)); err != nil {
+		t.Errorf("root's instance process: %v", err)
+	}
+	if len(live) != 3 {
+		t.Errorf("%d live instances, want root's and the user's two: %+v", len(live), live)
+	}
+}
