@@ -21,7 +21,9 @@ import (
 //     runs at most perTarget starts at a time (max_starts_per_target),
 //     holding no more of max_instances than that while others start as
 //     usual, and after backoffAfter consecutive failures its starts fail at
-//     once for a while instead of piling up again.
+//     once for a while instead of piling up again. A caller charged to an
+//     Account has a record of its own in each target (startsKey): its
+//     failures are not everyone's.
 //   - A start is mostly CPU (exec, runtime and package init, page faults):
 //     more of them at once than the machine runs only makes each one
 //     slower, and every first request behind them later. So all targets
@@ -386,4 +388,17 @@ func (t *target) admissionKey() string {
 	k := b.String()
 	t.keys.Store(admissionKeyInput{}, k)
 	return k
+}
+
+// startsKey names whose starts in t share one record (its bound on starts
+// at once, its failures and backoff): the target's for requests charged
+// to nobody, and the target's and the account's for others. A start can
+// fail for what its request asked (a working directory that does not
+// exist, credentials the target does not map), so one caller's failures
+// must not make a target refuse everyone else's starts.
+func startsKey(t *target, acct *Account) string {
+	if acct == nil {
+		return t.admissionKey()
+	}
+	return t.admissionKey() + "account:" + acct.Name
 }

@@ -172,3 +172,25 @@ func TestOneUserCannotFillTheDaemon(t *testing.T) {
 		t.Errorf("%d live instances, want root's and the user's two: %+v", len(live), live)
 	}
 }
+
+// A start can fail for what its request asked: a working directory that
+// does not exist in the target. Three such failures put the caller's
+// starts in that target in backoff, but only the caller's: a monitoring
+// user allowed on every container must not be able to make a container
+// refuse root's (or anyone's) first request for up to 30 s.
+func TestOneUsersFailedStartsDoNotBlockOthers(t *testing.T) {
+	parallel(t)
+	tg := newTarget(t, sandbox.Options{Rootless: true, HostUID: 4646, HostGID: 4646})
+	d, _ := newDispatcher(t, "")
+	g := &server.Gate{Policy: server.NewPolicy([]config.AllowRule{{UIDs: []uint32{4747}, Types: []string{"probe.*"}, Targets: config.TargetsAny}}).WithInstancesPerUser(8), Registry: d}
+	monitor := server.Caller{UID: 4747, GID: 4747, PID: int32(os.Getpid())}
+	for i := 1; i <= 3; i++ {
+		_, _, err := gateCall(g, d, monitor, core.Request{PID: tg.PID(), Type: "probe.whoami", Credentials: &core.Credentials{Cwd: fmt.Sprintf("/nonexistent%d", i)}})
+		wantErrno(t, err, syscall.EIO, "chdir")
+	}
+	_, _, err := gateCall(g, d, monitor, core.Request{PID: tg.PID(), Type: "probe.whoami"})
+	wantErrno(t, err, syscall.EAGAIN, "its last 3 starts failed")
+	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: tg.PID(), Type: "probe.whoami"}); err != nil {
+		t.Errorf("root's first request after another caller's failed starts: %v", err)
+	}
+}
