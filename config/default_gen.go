@@ -28,4 +28,5 @@ var decodedDefault = Config{LogLevel: "info",
 		AuditLog:            "",
 		ShutdownGrace:       Duration{Duration: 10000000000},
 		MaxInstancesPerUser: 64,
+		MaxUserRequestBytes: 1048576,
 		Allow:               []AllowRule(nil)}}

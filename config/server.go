@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nsplug/nsplug/wire"
 )
 
 // Server is the [server] table: the settings of `nsplug serve`, the node
@@ -36,6 +38,10 @@ type Server struct {
 	// starting, charged to the calls of one uid other than root (see
 	// core.Account).
 	MaxInstancesPerUser int `toml:"max_instances_per_user"`
+	// MaxUserRequestBytes bounds one request message (a whole Call,
+	// payload and fields, over either protocol) from a uid other than
+	// root; root's are bounded by the API's own limit, MaxRequestBytes.
+	MaxUserRequestBytes int `toml:"max_user_request_bytes"`
 	// Allow are the [[server.allow]] rules. Root (uid 0) may always call
 	// everything; everyone else needs a rule that names them, the type and
 	// the target.
@@ -59,6 +65,14 @@ type AllowRule struct {
 	// the caller's own rootless containers. Required.
 	Targets string `toml:"targets"`
 }
+
+// The bounds of Server.MaxUserRequestBytes: MaxRequestBytes is the API's
+// limit on any one message (the contract's largest payload, with room for
+// the fields around it).
+const (
+	MinUserRequestBytes = 4096
+	MaxRequestBytes     = wire.MaxMessageBytes + 1<<20
+)
 
 // The values of AllowRule.Targets.
 const (
@@ -96,6 +110,9 @@ func (v *validator) server(k key, s *Server) {
 	}
 	if mk := k.child("max_instances_per_user"); s.MaxInstancesPerUser < 1 {
 		v.fail(mk, "", "must be at least 1, got %d", s.MaxInstancesPerUser)
+	}
+	if rk := k.child("max_user_request_bytes"); s.MaxUserRequestBytes < MinUserRequestBytes || s.MaxUserRequestBytes > MaxRequestBytes {
+		v.fail(rk, "", "must be between %d and %d, got %d", MinUserRequestBytes, MaxRequestBytes, s.MaxUserRequestBytes)
 	}
 	ak := k.child("allow")
 	for i := range s.Allow {

@@ -145,6 +145,9 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 		return
 	}
 	r := fast.NewReader(conn)
+	if !c.Root() {
+		r.Limit(s.userLimit, "server.max_user_request_bytes")
+	}
 	var out []byte
 	for {
 		id, msg, err := r.Read(wire.FrameRequest)

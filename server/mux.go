@@ -34,16 +34,17 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 const prefaceTimeout = 3 * time.Second
 
 // MaxConnsPerUser bounds the connections one non-root uid holds open at
-// once, over both protocols: each may hold a message of up to
-// fast.MaxMessage being read, and a user allowed on the socket is not to
-// exhaust the daemon's memory or fds by opening more. A connection past it
+// once, over both protocols: each may hold requests of up to
+// server.max_user_request_bytes being read, and a user allowed on the
+// socket is not to exhaust the daemon's memory or fds by opening more. A connection past it
 // is told so (the fast path gets an EMFILE status naming the limit; gRPC
 // is closed before its handshake) and closed. Root is not limited.
 const MaxConnsPerUser = 32
 
 // MaxStreamsPerConn bounds the gRPC calls one connection has in flight at
 // once (HTTP/2 streams; the fast path serves one call at a time): each may
-// hold a message of up to fast.MaxMessage. Calls past it wait in the
+// hold a request of up to fast.MaxMessage (root's) or
+// server.max_user_request_bytes (anyone else's). Calls past it wait in the
 // client until one ends.
 const MaxStreamsPerConn = 16
 
@@ -54,7 +55,8 @@ type mux struct {
 	log  hclog.Logger
 	fast func(*net.UnixConn, Caller) // serves a fast-path connection, in its own goroutine
 
-	conns chan net.Conn // gRPC's, sorted
+	conns chan net.Conn // gRPC's, sorted: root's
+	user  chan net.Conn // and every other uid's (users)
 	errs  chan error    // from accept(2), for gRPC's Serve
 	done  chan struct{}
 	once  sync.Once
@@ -63,10 +65,11 @@ type mux struct {
 	closed  bool
 	sorting map[*net.UnixConn]struct{} // connections whose first bytes are awaited
 	perUID  map[uint32]int             // open connections of each non-root uid
+	failed  error                      // accept(2)'s error that ended the mux, if one did
 }
 
 func newMux(l net.Listener, log hclog.Logger, fast func(*net.UnixConn, Caller)) *mux {
-	m := &mux{l: l, log: log, fast: fast, conns: make(chan net.Conn), errs: make(chan error),
+	m := &mux{l: l, log: log, fast: fast, conns: make(chan net.Conn), user: make(chan net.Conn), errs: make(chan error),
 		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{}), perUID: make(map[uint32]int)}
 	go m.acceptLoop()
 	return m
@@ -76,12 +79,17 @@ func (m *mux) acceptLoop() {
 	for {
 		c, err := m.l.Accept()
 		if err != nil {
-			select {
-			case m.errs <- err: // gRPC backs off before it asks again, or stops
-			case <-m.done:
+			if errors.Is(err, net.ErrClosed) || !isTemporary(err) {
+				// Both gRPC servers stop: their Accept returns it.
+				m.mu.Lock()
+				m.failed = err
+				m.mu.Unlock()
+				m.Close()
 				return
 			}
-			if errors.Is(err, net.ErrClosed) || !isTemporary(err) {
+			select {
+			case m.errs <- err: // one gRPC server backs off before it asks again
+			case <-m.done:
 				return
 			}
 			continue
@@ -159,8 +167,12 @@ func (m *mux) sort(c *net.UnixConn) {
 		m.fast(c, caller)
 		release()
 	default:
+		to := m.conns
+		if !caller.Root() {
+			to = m.user
+		}
 		select {
-		case m.conns <- &sortedConn{UnixConn: c, head: head, caller: caller, release: release}:
+		case to <- &sortedConn{UnixConn: c, head: head, caller: caller, release: release}:
 		case <-m.done:
 			release()
 			c.Close()
@@ -218,17 +230,38 @@ func readPreface(c *net.UnixConn) (head []byte, proto string, err error) {
 	}
 }
 
-// Accept returns the next gRPC connection.
-func (m *mux) Accept() (net.Conn, error) {
+// Accept returns the next gRPC connection of root's.
+func (m *mux) Accept() (net.Conn, error) { return m.accept(m.conns) }
+
+func (m *mux) accept(conns chan net.Conn) (net.Conn, error) {
 	select {
-	case c := <-m.conns:
+	case c := <-conns:
 		return c, nil
 	case err := <-m.errs:
 		return nil, err
 	case <-m.done:
+		if err := m.failure(); err != nil {
+			return nil, err
+		}
 		return nil, net.ErrClosed
 	}
 }
+
+// failure is the error of accept(2) that ended the mux; nil when it was
+// closed.
+func (m *mux) failure() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.failed
+}
+
+// users is the listener of the gRPC connections of every uid but root's;
+// closing it closes the mux.
+func (m *mux) users() net.Listener { return userListener{m} }
+
+type userListener struct{ *mux }
+
+func (u userListener) Accept() (net.Conn, error) { return u.accept(u.user) }
 
 // Close stops accepting (closing the socket, which removes it) and closes
 // the connections whose first bytes are still awaited. Connections

@@ -43,12 +43,17 @@ const maxMessage = fast.MaxMessage
 // retire with it, and the new one starts its own.
 type Server struct {
 	apisvc.UnimplementedNsplugServer
-	log    hclog.Logger
-	opts   core.Options
-	cfg    atomic.Pointer[config.Config]
-	grpc   *grpc.Server
-	health *health.Server
-	fast   fastConns
+	log  hclog.Logger
+	opts core.Options
+	cfg  atomic.Pointer[config.Config]
+	grpc *grpc.Server // root's connections
+	// userGRPC serves every other uid's connections: the same service,
+	// with their requests bounded by userLimit (max_user_request_bytes,
+	// as of New), before any of a larger one is read.
+	userGRPC  *grpc.Server
+	userLimit int
+	health    *health.Server
+	fast      fastConns
 
 	metrics *Metrics
 	policy  atomic.Pointer[Policy]
@@ -91,11 +96,22 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 	}
 	s.gen = &generation{d: d, built: pluginKeys(cfg)}
 	s.setServerConfig(cfg)
-	s.grpc = grpc.NewServer(
+	s.userLimit = cfg.Server.MaxUserRequestBytes
+	s.grpc = s.newGRPC(maxMessage)
+	s.userGRPC = s.newGRPC(s.userLimit)
+	// "" (the daemon) is SERVING from the start; so is the API by name.
+	s.health.SetServingStatus(apisvc.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s, nil
+}
+
+// newGRPC is the API's gRPC server, taking requests of up to maxRecv
+// bytes.
+func (s *Server) newGRPC(maxRecv int) *grpc.Server {
+	g := grpc.NewServer(
 		grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(withCaller),
 		grpc.ChainStreamInterceptor(withCallerStream),
-		grpc.MaxRecvMsgSize(maxMessage),
+		grpc.MaxRecvMsgSize(maxRecv),
 		grpc.MaxSendMsgSize(maxMessage),
 		// Bounds what one connection holds in flight, as MaxConnsPerUser
 		// bounds a user's connections: more calls wait in the client.
@@ -105,11 +121,9 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 		grpc.WaitForHandlers(true),
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
-	apisvc.RegisterNsplugServer(s.grpc, s)
-	healthpb.RegisterHealthServer(s.grpc, s.health)
-	// "" (the daemon) is SERVING from the start; so is the API by name.
-	s.health.SetServingStatus(apisvc.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	return s, nil
+	apisvc.RegisterNsplugServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+	return g
 }
 
 // setServerConfig puts cfg, its policy and its audit log in force for new
@@ -165,8 +179,18 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	m := newMux(l, s.log, s.serveFast)
 	defer m.Close()
-	if err := s.grpc.Serve(m); err != nil && err != grpc.ErrServerStopped {
-		return err
+	users := make(chan error, 1)
+	go func() { users <- s.userGRPC.Serve(m.users()); m.Close() }()
+	err := s.grpc.Serve(m)
+	m.Close() // ends the other Serve too
+	uerr := <-users
+	if failed := m.failure(); failed != nil {
+		return failed
+	}
+	for _, e := range []error{err, uerr} {
+		if e != nil && e != grpc.ErrServerStopped {
+			return e
+		}
 	}
 	return nil
 }
@@ -271,7 +295,12 @@ func (s *Server) Shutdown(grace time.Duration) {
 	s.health.Shutdown()
 	drained := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop() // closes the listener (the mux) first
+		var both sync.WaitGroup
+		for _, g := range []*grpc.Server{s.grpc, s.userGRPC} {
+			both.Add(1)
+			go func() { defer both.Done(); g.GracefulStop() }() // closes the listener (the mux) first
+		}
+		both.Wait()
 		s.fast.stop()
 		s.fast.wg.Wait()
 		close(drained)
@@ -281,6 +310,7 @@ func (s *Server) Shutdown(grace time.Duration) {
 	case <-time.After(grace):
 		s.log.Warn("shutdown: calls still in flight after shutdown_grace are ended", "shutdown_grace", grace)
 		s.grpc.Stop()
+		s.userGRPC.Stop()
 		s.fast.stop()
 		s.fast.cancel()
 		<-drained

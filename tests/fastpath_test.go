@@ -579,3 +579,58 @@ func TestFastPathClientGoneAndShutdown(t *testing.T) {
 	}
 	assertEmptyDir(t, d.runDir)
 }
+
+// A user's request is bounded by max_user_request_bytes on both protocols,
+// and refused before the daemon reads it whole: a user who may connect
+// (here one no rule names) cannot make the daemon hold 64 MiB per call in
+// flight. Root's requests have the API's own bound; the user's smaller
+// ones are served (denied here, by the policy, as usual).
+func TestUsersRequestsAreBounded(t *testing.T) {
+	parallel(t)
+	d := startDaemon(t, "max_user_request_bytes = 8192", "")
+	pid := int32(hostTarget(t))
+	big := &apiv1.CallRequest{Target: &apiv1.Target{Pid: pid}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime","pad":"` + strings.Repeat("x", 16<<10) + `"}`)}
+	small := &apiv1.CallRequest{Target: &apiv1.Target{Pid: pid}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}
+
+	g := grpcOver(t, connectAs(t, nobody, d.socket))
+	_, err := g.Call(context.Background(), big)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "8192") {
+		t.Errorf("gRPC: a user's request of 16 KiB: %v, want RESOURCE_EXHAUSTED naming the bound", err)
+	}
+	if _, err := g.Call(context.Background(), small); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC: a user's small request on the same connection: %v, want the policy's denial", err)
+	}
+
+	conn := connectAs(t, nobody, d.socket)
+	raw := newRawFast(t, conn)
+	st := raw.callNoID(t, big)
+	if codes.Code(st.Code) != codes.Internal || !strings.Contains(st.Message, "exceeds the limit of one message (8192 bytes, server.max_user_request_bytes)") {
+		t.Errorf("fast path: a user's request of 16 KiB: %v, want EIO naming the setting", st)
+	}
+	wantClosed(t, conn, 10*time.Second)
+	if st := newRawFast(t, connectAs(t, nobody, d.socket)).call(t, small); codes.Code(st.Code) != codes.PermissionDenied {
+		t.Errorf("fast path: a user's small request: %v, want the policy's denial", st)
+	}
+
+	// Root: the same request is not refused for its size (procfs.read
+	// refuses its unknown field).
+	_, err = d.client(t).Call(context.Background(), big)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "pad") {
+		t.Errorf("gRPC: root's request of 16 KiB: %v, want procfs.read's own refusal", err)
+	}
+	if st := newRawFast(t, dialSocket(t, d)).call(t, big); codes.Code(st.Code) != codes.InvalidArgument {
+		t.Errorf("fast path: root's request of 16 KiB: %v, want procfs.read's own refusal", st)
+	}
+}
+
+// callNoID sends req and reads the reply to a breach of the protocol,
+// which carries no request id.
+func (f *rawFast) callNoID(t *testing.T, req *apiv1.CallRequest) *spb.Status {
+	t.Helper()
+	msg, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.send(t, "7", msg)
+	return f.reply(t, "")
+}

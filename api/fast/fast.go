@@ -68,14 +68,23 @@ const MaxMessage = wire.MaxMessageBytes + 1<<20
 
 // Reader reads the messages of one direction of a connection.
 type Reader struct {
-	r     *bufio.Reader
-	frame []byte
+	r       *bufio.Reader
+	frame   []byte
+	limit   int    // the largest message; 0: MaxMessage
+	setting string // names limit in the error, when set
 }
 
 // NewReader reads messages from r (buffered: one read(2) usually takes a
 // whole small message).
 func NewReader(r io.Reader) *Reader {
 	return &Reader{r: bufio.NewReaderSize(r, lenSize+wire.MaxFrame), frame: make([]byte, wire.MaxFrame)}
+}
+
+// Limit lowers the largest message Read takes to n bytes (at most
+// MaxMessage), and names where it comes from in the error of a message
+// over it (setting: "server.max_user_request_bytes"; may be empty).
+func (r *Reader) Limit(n int, setting string) {
+	r.limit, r.setting = min(n, MaxMessage), setting
 }
 
 // ReadPreface reads the peer's first bytes and reports whether they are
@@ -130,7 +139,9 @@ func (r *Reader) Read(final byte) (id string, msg []byte, err error) {
 		} else if fid != id {
 			return "", nil, breach(errno, "%s: a frame of request %q inside the message of request %q", what, fid, id)
 		}
-		if size += len(body); size > MaxMessage {
+		if size += len(body); r.limit > 0 && size > r.limit {
+			return "", nil, &ProtocolError{tooLarge(what, size, r.limit, r.setting)}
+		} else if size > MaxMessage {
 			return "", nil, &ProtocolError{TooLarge(what, size)}
 		}
 		msg = append(msg, body...)
@@ -145,6 +156,11 @@ func (r *Reader) Read(final byte) (id string, msg []byte, err error) {
 
 // TooLarge is the EIO error of a message over MaxMessage, of which n bytes
 // came (or would go).
-func TooLarge(what string, n int) *wire.Error {
-	return wire.Errorf(syscall.EIO, "nsplug fast path: %s of %d bytes or more exceeds the limit of one message (%d bytes)", what, n, MaxMessage)
+func TooLarge(what string, n int) *wire.Error { return tooLarge(what, n, MaxMessage, "") }
+
+func tooLarge(what string, n, limit int, setting string) *wire.Error {
+	if setting != "" {
+		setting = ", " + setting
+	}
+	return wire.Errorf(syscall.EIO, "nsplug fast path: %s of %d bytes or more exceeds the limit of one message (%d bytes%s)", what, n, limit, setting)
 }
