@@ -171,12 +171,19 @@ func (f *rawFast) reply(t *testing.T, id string) *spb.Status {
 
 func (f *rawFast) call(t *testing.T, req *apiv1.CallRequest) *spb.Status {
 	t.Helper()
+	return f.callReplied(t, req, "7")
+}
+
+// callReplied sends req as request "7" and reads the reply of id: "7", or
+// "" for the reply to a breach of the protocol.
+func (f *rawFast) callReplied(t *testing.T, req *apiv1.CallRequest, id string) *spb.Status {
+	t.Helper()
 	msg, err := proto.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.send(t, "7", msg)
-	return f.reply(t, "7")
+	return f.reply(t, id)
 }
 
 // wantClosed reads until the daemon closes the connection, which it must
@@ -603,7 +610,7 @@ func TestUsersRequestsAreBounded(t *testing.T) {
 
 	conn := connectAs(t, nobody, d.socket)
 	raw := newRawFast(t, conn)
-	st := raw.callNoID(t, big)
+	st := raw.callReplied(t, big, "") // a breach: no request id
 	if codes.Code(st.Code) != codes.Internal || !strings.Contains(st.Message, "exceeds the limit of one message (8192 bytes, server.max_user_request_bytes)") {
 		t.Errorf("fast path: a user's request of 16 KiB: %v, want EIO naming the setting", st)
 	}
@@ -621,16 +628,4 @@ func TestUsersRequestsAreBounded(t *testing.T) {
 	if st := newRawFast(t, dialSocket(t, d)).call(t, big); codes.Code(st.Code) != codes.InvalidArgument {
 		t.Errorf("fast path: root's request of 16 KiB: %v, want procfs.read's own refusal", st)
 	}
-}
-
-// callNoID sends req and reads the reply to a breach of the protocol,
-// which carries no request id.
-func (f *rawFast) callNoID(t *testing.T, req *apiv1.CallRequest) *spb.Status {
-	t.Helper()
-	msg, err := proto.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.send(t, "7", msg)
-	return f.reply(t, "")
 }
