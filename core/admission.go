@@ -27,7 +27,10 @@ import (
 //   - A start is mostly CPU (exec, runtime and package init, page faults):
 //     more of them at once than the machine runs only makes each one
 //     slower, and every first request behind them later. So all targets
-//     together run at most limit starts at a time (max_starts).
+//     together run at most limit starts at a time (max_starts), and the
+//     starts charged to one Account at most half of them (at least one):
+//     starts that a user's own targets make hang until start_timeout
+//     cannot hold every slot, so everyone else's always find some.
 //
 // Starts beyond either bound wait in the start queue, at most maxQueued of
 // them (max_queued_starts; one more fails at once with EAGAIN), and are
@@ -42,7 +45,11 @@ type admission struct {
 	limit     int
 	maxQueued int
 	running   int // admitted starts not yet given back
-	queued    int // tickets waiting
+	// perAccount bounds the admitted starts of one account (half of
+	// limit); accounts counts them, by account name.
+	perAccount int
+	accounts   map[string]int
+	queued     int // tickets waiting
 	// turns holds the targets with waiting tickets, the next to be served
 	// first: a target that was served goes to the back.
 	turns   list.List
@@ -52,6 +59,7 @@ type admission struct {
 // targetStarts is one target's starts and failure record.
 type targetStarts struct {
 	key     string
+	account string // the Account its starts are charged to; "" for none
 	running int
 	waiting []*startTicket // in the order they came
 	turn    *list.Element  // its place in admission.turns while waiting is not empty
@@ -91,20 +99,27 @@ const (
 )
 
 func newAdmission(perTarget, limit, maxQueued int) *admission {
-	return &admission{perTarget: perTarget, limit: limit, maxQueued: maxQueued, targets: make(map[string]*targetStarts)}
+	return &admission{perTarget: perTarget, limit: limit, maxQueued: maxQueued, targets: make(map[string]*targetStarts),
+		perAccount: max(1, limit/2), accounts: make(map[string]int)}
 }
 
-// enqueue asks for a start in target: ready is called once it may run,
-// at once (before enqueue returns) when there is room. A target backing
-// off, or a full queue, is EAGAIN.
-func (a *admission) enqueue(target string, ready func(*startTicket, error)) (*startTicket, error) {
+// fits reports whether ts may start one more now. Called with mu held.
+func (a *admission) fits(ts *targetStarts) bool {
+	return ts.running < a.perTarget && a.running < a.limit && (ts.account == "" || a.accounts[ts.account] < a.perAccount)
+}
+
+// enqueue asks for a start in target, charged to account ("" for none;
+// one target key is always of one account: see startsKey): ready is
+// called once it may run, at once (before enqueue returns) when there is
+// room. A target backing off, or a full queue, is EAGAIN.
+func (a *admission) enqueue(target, account string, ready func(*startTicket, error)) (*startTicket, error) {
 	a.mu.Lock()
 	ts := a.targets[target]
 	if ts == nil {
 		if len(a.targets) >= sweepAbove {
 			a.sweep()
 		}
-		ts = &targetStarts{key: target}
+		ts = &targetStarts{key: target, account: account}
 		a.targets[target] = ts
 	}
 	if err := ts.backingOff(); err != nil {
@@ -114,7 +129,7 @@ func (a *admission) enqueue(target string, ready func(*startTicket, error)) (*st
 	t := &startTicket{ts: ts, ready: ready}
 	// Room now means nobody waits who could use it (dispatch admits
 	// whatever fits whenever a start ends): taking it jumps no queue.
-	if ts.running < a.perTarget && a.running < a.limit {
+	if a.fits(ts) {
 		ts.refs++
 		a.admit(t)
 		a.mu.Unlock()
@@ -144,13 +159,26 @@ func (a *admission) admit(t *startTicket) {
 	t.state = ticketRunning
 	t.ts.running++
 	a.running++
+	if t.ts.account != "" {
+		a.accounts[t.ts.account]++
+	}
+}
+
+// unaccount gives back t's share of its account's starts. Called with mu
+// held.
+func (a *admission) unaccount(t *startTicket) {
+	if name := t.ts.account; name != "" {
+		if a.accounts[name]--; a.accounts[name] <= 0 {
+			delete(a.accounts, name)
+		}
+	}
 }
 
 // take waits, within ctx, for a start in target: enqueue for a caller
 // that waits itself.
-func (a *admission) take(ctx context.Context, target string) (*startTicket, error) {
+func (a *admission) take(ctx context.Context, target, account string) (*startTicket, error) {
 	ready := make(chan error, 1)
-	t, err := a.enqueue(target, func(_ *startTicket, err error) { ready <- err })
+	t, err := a.enqueue(target, account, func(_ *startTicket, err error) { ready <- err })
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +236,9 @@ func (a *admission) waitingFor(t *startTicket) string {
 	if t.ts.running >= a.perTarget {
 		return fmt.Sprintf("one of the target's %d start slots (max_starts_per_target)", a.perTarget)
 	}
+	if name := t.ts.account; name != "" && a.accounts[name] >= a.perAccount {
+		return fmt.Sprintf("a cold start slot: %s runs %d starts, the most one caller may (half of max_starts %d)", name, a.accounts[name], a.limit)
+	}
 	return fmt.Sprintf("a cold start slot: %d starts running (max_starts), %d waiting", a.running, a.queued)
 }
 
@@ -251,6 +282,7 @@ func (a *admission) started(t *startTicket) {
 	}
 	t.local = true
 	a.running--
+	a.unaccount(t)
 	admitted := a.dispatch()
 	a.mu.Unlock()
 	for _, w := range admitted {
@@ -271,6 +303,7 @@ func (a *admission) give(t *startTicket, r *startResult) {
 	ts.running--
 	if !t.local {
 		a.running--
+		a.unaccount(t)
 	}
 	var refused []*startTicket
 	switch {
@@ -320,7 +353,7 @@ func (a *admission) dispatch() []*startTicket {
 	var admitted []*startTicket
 	for a.running < a.limit {
 		e := a.turns.Front()
-		for e != nil && e.Value.(*targetStarts).running >= a.perTarget {
+		for e != nil && !a.fits(e.Value.(*targetStarts)) {
 			e = e.Next()
 		}
 		if e == nil {

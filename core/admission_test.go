@@ -55,7 +55,7 @@ func (r *admitted) next() (string, *startTicket) {
 
 func mustEnqueue(t *testing.T, a *admission, target string, ready func(*startTicket, error)) *startTicket {
 	t.Helper()
-	tk, err := a.enqueue(target, ready)
+	tk, err := a.enqueue(target, "", ready)
 	if err != nil {
 		t.Fatalf("enqueue %s: %v", target, err)
 	}
@@ -67,24 +67,24 @@ func mustEnqueue(t *testing.T, a *admission, target string, ready func(*startTic
 func TestAdmissionBoundsStartsPerTarget(t *testing.T) {
 	a := newAdmission(2, 100, 100)
 	ctx := context.Background()
-	s1, err1 := a.take(ctx, "A")
-	s2, err2 := a.take(ctx, "A")
+	s1, err1 := a.take(ctx, "A", "")
+	s2, err2 := a.take(ctx, "A", "")
 	if err1 != nil || err2 != nil {
 		t.Fatal(err1, err2)
 	}
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := a.take(short, "A"); !errnoIs(err, syscall.ETIMEDOUT) || !strings.Contains(err.Error(), "max_starts_per_target") {
+	if _, err := a.take(short, "A", ""); !errnoIs(err, syscall.ETIMEDOUT) || !strings.Contains(err.Error(), "max_starts_per_target") {
 		t.Fatalf("third slot of A: %v, want ETIMEDOUT naming max_starts_per_target", err)
 	}
-	if b, err := a.take(ctx, "B"); err != nil {
+	if b, err := a.take(ctx, "B", ""); err != nil {
 		t.Fatalf("B while A is full: %v", err)
 	} else {
 		a.give(b, &startResult{})
 	}
 	got := make(chan *startTicket)
 	go func() {
-		s, err := a.take(ctx, "A")
+		s, err := a.take(ctx, "A", "")
 		if err != nil {
 			t.Error(err)
 		}
@@ -163,12 +163,12 @@ func TestAdmissionQueueBoundAndDeadline(t *testing.T) {
 	mustEnqueue(t, a, "B", r.ready("B"))
 	short, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
-	_, err := a.take(short, "C") // the second place in the queue
+	_, err := a.take(short, "C", "") // the second place in the queue
 	if !errnoIs(err, syscall.ETIMEDOUT) || !strings.Contains(err.Error(), "a cold start slot: 1 starts running (max_starts)") {
 		t.Fatalf("take behind a full max_starts: %v, want ETIMEDOUT naming max_starts", err)
 	}
 	mustEnqueue(t, a, "D", r.ready("D"))
-	_, err = a.enqueue("E", r.ready("E"))
+	_, err = a.enqueue("E", "", r.ready("E"))
 	if !errnoIs(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "2 cold starts wait (max_queued_starts)") {
 		t.Fatalf("enqueue on a full queue: %v, want EAGAIN naming max_queued_starts", err)
 	}
@@ -194,15 +194,15 @@ func TestAdmissionBacksOffAfterFailures(t *testing.T) {
 	ctx := context.Background()
 	fail := &startResult{err: errorf(syscall.EIO, "start timed out")}
 	for i := range backoffAfter - 1 {
-		s, err := a.take(ctx, "A")
+		s, err := a.take(ctx, "A", "")
 		if err != nil {
 			t.Fatalf("start %d: %v", i, err)
 		}
 		a.give(s, fail)
 	}
-	s, _ := a.take(ctx, "A")
+	s, _ := a.take(ctx, "A", "")
 	a.give(s, nil) // not the target's failure
-	s, err := a.take(ctx, "A")
+	s, err := a.take(ctx, "A", "")
 	if err != nil {
 		t.Fatalf("after %d failures and a neutral start: %v", backoffAfter-1, err)
 	}
@@ -212,7 +212,7 @@ func TestAdmissionBacksOffAfterFailures(t *testing.T) {
 	if len(r.errs) != 1 || !errnoIs(r.errs[0], syscall.EAGAIN) || len(r.order) != 0 {
 		t.Fatalf("a start waiting as the backoff began: admitted %v, errors %v; want it refused with EAGAIN", r.order, r.errs)
 	}
-	_, err = a.take(ctx, "A")
+	_, err = a.take(ctx, "A", "")
 	if !errnoIs(err, syscall.EAGAIN) {
 		t.Fatalf("after %d failures: %v, want EAGAIN", backoffAfter, err)
 	}
@@ -226,7 +226,7 @@ func TestAdmissionBacksOffAfterFailures(t *testing.T) {
 	a.mu.Lock()
 	a.targets["A"].until = time.Now().Add(-time.Millisecond)
 	a.mu.Unlock()
-	s, err = a.take(ctx, "A")
+	s, err = a.take(ctx, "A", "")
 	if err != nil {
 		t.Fatalf("after the backoff: %v", err)
 	}
@@ -257,5 +257,49 @@ func TestAdmissionStartedFreesTheGlobalSlot(t *testing.T) {
 	a.give(serving, &startResult{})
 	if got := strings.Join(r.order, ""); got != "ABA" {
 		t.Fatalf("admitted %s once A's first is given back, want ABA", got)
+	}
+}
+
+// The starts of one account hold at most half of max_starts, whatever
+// targets they are for, so that starts a user's own targets make hang
+// cannot hold every slot: others are admitted past the user's waiting
+// ones, which run as the user's own starts end.
+func TestAdmissionBoundsOneAccountToHalfTheSlots(t *testing.T) {
+	a := newAdmission(4, 4, 100)
+	var r admitted
+	var users []*startTicket
+	for _, target := range []string{"U1", "U2", "U3", "U4"} {
+		tk, err := a.enqueue(target, "uid 1000", r.ready(target))
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, tk)
+	}
+	if got := strings.Join(r.order, ","); got != "U1,U2" {
+		t.Fatalf("admitted %s, want U1,U2: half of 4 slots", got)
+	}
+	if why := a.why(users[2]); !strings.Contains(why, "uid 1000 runs 2 starts, the most one caller may (half of max_starts 4)") {
+		t.Errorf("U3 waits for %q", why)
+	}
+	mustEnqueue(t, a, "R", r.ready("R")) // charged to nobody: a free slot
+	o1, err := a.enqueue("O", "uid 2000", r.ready("O"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.order, ","); got != "U1,U2,R,O" {
+		t.Fatalf("admitted %s, want U1,U2,R,O", got)
+	}
+	a.give(o1, &startResult{}) // a slot, but uid 1000 still runs its half
+	if got := strings.Join(r.order, ","); got != "U1,U2,R,O" {
+		t.Fatalf("after O: admitted %s, want no more of uid 1000's", got)
+	}
+	a.give(users[0], &startResult{})
+	if got := strings.Join(r.order, ","); got != "U1,U2,R,O,U3" {
+		t.Fatalf("after U1: admitted %s, want U3 next", got)
+	}
+	// A oneshot start that serves gives its account's share back too.
+	a.started(users[1])
+	if got := strings.Join(r.order, ","); got != "U1,U2,R,O,U3,U4" {
+		t.Fatalf("after U2 started: admitted %s, want U4", got)
 	}
 }

@@ -152,7 +152,7 @@ func (p *pool) queue(key, target string, acct *Account, h hold) (*startCall, err
 	}
 	call := &startCall{key: key, done: make(chan struct{}), account: acct.name()}
 	call.start, call.drop = h()
-	ticket, err := p.admit.enqueue(target, func(t *startTicket, err error) { go p.begin(call, t, err) })
+	ticket, err := p.admit.enqueue(target, acct.name(), func(t *startTicket, err error) { go p.begin(call, t, err) })
 	if err != nil {
 		p.uncharge(call.account)
 		call.drop()
@@ -271,7 +271,7 @@ func (p *pool) finish(call *startCall, inst *instance, err error) {
 // start slot back with the start's outcome, unreserve the slot of the cap
 // and the charge.
 func (p *pool) reserve(ctx context.Context, target string, acct *Account) (*startTicket, error) {
-	ticket, err := p.admit.take(ctx, target)
+	ticket, err := p.admit.take(ctx, target, acct.name())
 	if err != nil {
 		return nil, err
 	}
