@@ -210,8 +210,8 @@ func (s *Server) Reload(cfg *config.Config) error {
 		return errors.New("the daemon is shutting down")
 	}
 	old := s.Config()
-	if o, n := old.Server, cfg.Server; o.Socket != n.Socket || o.SocketMode != n.SocketMode || o.SocketGroup != n.SocketGroup || o.MetricsAddress != n.MetricsAddress {
-		s.log.Warn("reload: socket, socket_mode, socket_group and metrics_address take effect when the daemon restarts", "socket", o.Socket)
+	if o, n := old.Server, cfg.Server; o.Socket != n.Socket || o.SocketMode != n.SocketMode || o.SocketGroup != n.SocketGroup || o.MetricsAddress != n.MetricsAddress || o.MaxUserRequestBytes != n.MaxUserRequestBytes {
+		s.log.Warn("reload: socket, socket_mode, socket_group, metrics_address and max_user_request_bytes take effect when the daemon restarts", "socket", o.Socket)
 	}
 	built := pluginKeys(cfg)
 	s.mu.Lock()
