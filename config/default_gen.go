@@ -29,4 +29,5 @@ var decodedDefault = Config{LogLevel: "info",
 		ShutdownGrace:       Duration{Duration: 10000000000},
 		MaxInstancesPerUser: 64,
 		MaxUserRequestBytes: 1048576,
+		MaxCallsPerUser:     16,
 		Allow:               []AllowRule(nil)}}

@@ -42,6 +42,9 @@ type Server struct {
 	// payload and fields, over either protocol) from a uid other than
 	// root; root's are bounded by the API's own limit, MaxRequestBytes.
 	MaxUserRequestBytes int `toml:"max_user_request_bytes"`
+	// MaxCallsPerUser bounds the Call and Prepare requests of one uid
+	// other than root in flight at once, over every connection.
+	MaxCallsPerUser int `toml:"max_calls_per_user"`
 	// Allow are the [[server.allow]] rules. Root (uid 0) may always call
 	// everything; everyone else needs a rule that names them, the type and
 	// the target.
@@ -113,6 +116,9 @@ func (v *validator) server(k key, s *Server) {
 	}
 	if rk := k.child("max_user_request_bytes"); s.MaxUserRequestBytes < MinUserRequestBytes || s.MaxUserRequestBytes > MaxRequestBytes {
 		v.fail(rk, "", "must be between %d and %d, got %d", MinUserRequestBytes, MaxRequestBytes, s.MaxUserRequestBytes)
+	}
+	if ck := k.child("max_calls_per_user"); s.MaxCallsPerUser < 1 {
+		v.fail(ck, "", "must be at least 1, got %d", s.MaxCallsPerUser)
 	}
 	ak := k.child("allow")
 	for i := range s.Allow {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"os"
+	"sync"
 	"syscall"
 
 	apiv1 "github.com/nsplug/nsplug/api/v1"
@@ -48,9 +49,44 @@ func (t transport) carriesFiles() bool { return t == viaFast }
 func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {
 	done := s.metrics.StartCall(in.GetType())
 	s.metrics.Over(t)
-	resp, err := s.dispatch(ctx, c, in, t)
+	var resp *core.Response
+	end, err := s.userCalls.begin(c, s.Config().Server.MaxCallsPerUser)
+	if err == nil {
+		resp, err = s.dispatch(ctx, c, in, t)
+		end()
+	}
 	done(err)
 	return resp, err
+}
+
+// userCalls counts the calls in flight of each uid other than root.
+type userCalls struct {
+	mu    sync.Mutex
+	byUID map[uint32]int
+}
+
+// begin counts one more call of c's, and refuses it (EAGAIN) past max;
+// end uncounts it. Root is not counted.
+func (u *userCalls) begin(c Caller, max int) (end func(), err error) {
+	if c.Root() {
+		return func() {}, nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if n := u.byUID[c.UID]; n >= max {
+		return nil, wire.Errorf(syscall.EAGAIN, "uid %d has %d calls in flight, the most a user may (server.max_calls_per_user); one must end first", c.UID, n)
+	}
+	if u.byUID == nil {
+		u.byUID = make(map[uint32]int)
+	}
+	u.byUID[c.UID]++
+	return func() {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.byUID[c.UID]--; u.byUID[c.UID] <= 0 {
+			delete(u.byUID, c.UID)
+		}
+	}, nil
 }
 
 func (s *Server) dispatch(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {

@@ -54,6 +54,7 @@ type Server struct {
 	userLimit int
 	health    *health.Server
 	fast      fastConns
+	userCalls userCalls
 
 	metrics *Metrics
 	policy  atomic.Pointer[Policy]
@@ -380,9 +381,15 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 	if tg.GetPid() <= 0 {
 		return nil, Status(wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", tg.GetPid()))
 	}
+	c := caller(ctx)
+	end, err := s.userCalls.begin(c, s.Config().Server.MaxCallsPerUser)
+	if err != nil {
+		return nil, Status(err)
+	}
+	defer end()
 	g := s.acquire()
 	defer s.release(g)
-	denied, err := s.gate(g).Prepare(caller(ctx), core.Target{PID: int(tg.Pid), StartTime: apiconv.StartTime(tg)}, in.Types,
+	denied, err := s.gate(g).Prepare(c, core.Target{PID: int(tg.Pid), StartTime: apiconv.StartTime(tg)}, in.Types,
 		func(t core.Target, types []string) error { return g.d.Prepare(ctx, t, types...) })
 	if denied != "" {
 		s.metrics.Denied(denied)
