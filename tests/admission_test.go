@@ -3,14 +3,19 @@ package tests
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
+	"github.com/nsplug/nsplug/server"
 )
 
 // A target whose plugin starts hang, hammered with requests that cannot
@@ -86,5 +91,72 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Starts that a user's targets make hang hold at most half of max_starts:
+// with max_starts = 2, a user's four hanging starts (each for other
+// credentials, so none shares another's) run one at a time, and root's
+// first request into another container is admitted past them, long
+// before their start_timeout would free a slot; so is another user's.
+func TestOneUsersHangingStartsLeaveSlotsForOthers(t *testing.T) {
+	parallel(t)
+	bin := sdkBuild(t, "./testdata/stallstart")
+	hostile := newTarget(t, sandbox.Options{Rootless: true, Hostname: "stall-starts"})
+	benign := newTarget(t, sandbox.Options{Rootless: true})
+	d, _ := newDispatcher(t, `max_starts = 2
+[[plugin]]
+name = "stallstart"
+path = "`+bin+`"
+sha256 = "`+sha256File(t, bin)+`"
+start_timeout = "8s"
+request_timeout = "30s"
+`)
+	rule := config.AllowRule{UIDs: []uint32{4848, 4949}, Types: []string{"stallstart.*"}, Targets: config.TargetsAny}
+	g := &server.Gate{Policy: server.NewPolicy([]config.AllowRule{rule}).WithInstancesPerUser(16), Registry: d}
+	callAs := func(ctx context.Context, c server.Caller, pid int, creds *core.Credentials) error {
+		_, _, err := g.Call(c, core.Request{PID: pid, Type: "stallstart.ping", Credentials: creds}, func(r core.Request) (*core.Response, error) { return d.Call(ctx, r) })
+		return err
+	}
+	user := server.Caller{UID: 4848, GID: 4848, PID: int32(os.Getpid())}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			callAs(ctx, user, hostile.PID(), &core.Credentials{UID: uint32(i), GID: 0})
+		}()
+	}
+	// A start under way is a process in the hostile target's uts
+	// namespace other than the target itself.
+	uts, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/uts", hostile.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the user's first start to begin", func() bool {
+		dirs, _ := os.ReadDir("/proc")
+		for _, e := range dirs {
+			if pid, err := strconv.Atoi(e.Name()); err == nil && pid != hostile.PID() {
+				if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/uts", pid)); l == uts {
+					return true
+				}
+			}
+		}
+		return false
+	})
+
+	// Well within the user's start_timeout of 8s, which is when a slot
+	// they held would come free.
+	for _, who := range []server.Caller{{}, {UID: 4949, GID: 4949, PID: int32(os.Getpid())}} {
+		short, done := context.WithTimeout(ctx, 4*time.Second)
+		err := callAs(short, who, benign.PID(), nil)
+		done()
+		if err != nil {
+			t.Errorf("uid %d's first request into another container, behind the user's hanging starts: %v", who.UID, err)
+		}
 	}
 }
