@@ -24,18 +24,8 @@ import (
 // served meanwhile. After repeated failures its starts fail at once,
 // without a process, until the backoff ends.
 func TestHangingStartsDoNotStarveOtherTargets(t *testing.T) {
-	bin := sdkBuild(t, "./testdata/stallstart")
-	hostile := newTarget(t, sandbox.Options{Rootless: true, Hostname: "stall-starts"})
-	benign := newTarget(t, sandbox.Options{Rootless: true})
-	d, _ := newDispatcher(t, `max_instances = 4
-max_starts_per_target = 2
-[[plugin]]
-name = "stallstart"
-path = "`+bin+`"
-sha256 = "`+sha256File(t, bin)+`"
-start_timeout = "2s"
-request_timeout = "30s"
-`)
+	d, hostile, benign := stallSetup(t, "max_instances = 4\nmax_starts_per_target = 2", `start_timeout = "2s"
+request_timeout = "30s"`)
 	call := func(ctx context.Context, pid int, uid uint32) error {
 		_, err := d.Dispatch(ctx, core.Request{PID: pid, Type: "stallstart.ping", Credentials: &core.Credentials{UID: uid, GID: 0}})
 		return err
@@ -82,6 +72,18 @@ request_timeout = "30s"
 	}
 }
 
+// stallSetup is a dispatcher of top-level keys top and the stallstart
+// plugin (keys of its entry: plugin), a target where its starts hang and
+// one where they do not.
+func stallSetup(t *testing.T, top, plugin string) (d *core.Dispatcher, hostile, benign *sandbox.Sandbox) {
+	t.Helper()
+	bin := sdkBuild(t, "./testdata/stallstart")
+	hostile = newTarget(t, sandbox.Options{Rootless: true, Hostname: "stall-starts"})
+	benign = newTarget(t, sandbox.Options{Rootless: true})
+	d, _ = newDispatcher(t, fmt.Sprintf("%s\n[[plugin]]\nname = \"stallstart\"\npath = %q\nsha256 = %q\n%s\n", top, bin, sha256File(t, bin), plugin))
+	return d, hostile, benign
+}
+
 // waitFor polls cond until it holds, failing the test after 20 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -101,17 +103,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // before their start_timeout would free a slot; so is another user's.
 func TestOneUsersHangingStartsLeaveSlotsForOthers(t *testing.T) {
 	parallel(t)
-	bin := sdkBuild(t, "./testdata/stallstart")
-	hostile := newTarget(t, sandbox.Options{Rootless: true, Hostname: "stall-starts"})
-	benign := newTarget(t, sandbox.Options{Rootless: true})
-	d, _ := newDispatcher(t, `max_starts = 2
-[[plugin]]
-name = "stallstart"
-path = "`+bin+`"
-sha256 = "`+sha256File(t, bin)+`"
-start_timeout = "8s"
-request_timeout = "30s"
-`)
+	d, hostile, benign := stallSetup(t, "max_starts = 2", `start_timeout = "8s"
+request_timeout = "30s"`)
 	rule := config.AllowRule{UIDs: []uint32{4848, 4949}, Types: []string{"stallstart.*"}, Targets: config.TargetsAny}
 	g := &server.Gate{Policy: server.NewPolicy([]config.AllowRule{rule}).WithInstancesPerUser(16), Registry: d}
 	callAs := func(ctx context.Context, c server.Caller, pid int, creds *core.Credentials) error {

@@ -94,16 +94,7 @@ func runsIn(target *sandbox.Sandbox) bool {
 // (which only start_timeout ends) is still under way.
 func TestDeadlineHoldsWhileWaitingForAColdStart(t *testing.T) {
 	parallel(t)
-	bin := sdkBuild(t, "./testdata/stallstart")
-	hostile := newTarget(t, sandbox.Options{Rootless: true, Hostname: "stall-starts"})
-	benign := newTarget(t, sandbox.Options{Rootless: true})
-	d, _ := newDispatcher(t, `max_starts = 1
-[[plugin]]
-name = "stallstart"
-path = "`+bin+`"
-sha256 = "`+sha256File(t, bin)+`"
-request_timeout = "60s" # start_timeout (10s) ends the hanging start
-`)
+	d, hostile, benign := stallSetup(t, "max_starts = 1", `request_timeout = "60s" # start_timeout (10s) ends the hanging start`)
 	call := func(ctx context.Context, pid int) error {
 		_, err := d.Dispatch(ctx, core.Request{PID: pid, Type: "stallstart.ping"})
 		return err
