@@ -194,3 +194,32 @@ func TestOneUsersFailedStartsDoNotBlockOthers(t *testing.T) {
 		t.Errorf("root's first request after another caller's failed starts: %v", err)
 	}
 }
+
+// Oneshot processes count against a user's bound while they run, and give
+// their charge back when they exit: with max_instances_per_user = 1, a
+// second call while the first one's process starts is EAGAIN naming the
+// setting; once it has ended, the next call runs.
+func TestOneshotProcessesCountAgainstTheUser(t *testing.T) {
+	parallel(t)
+	mine := ownedTarget(t, 5050)
+	d, _ := newDispatcher(t, "[defaults]\nmode = \"oneshot\"\n[[plugin]]\nname = \"probe\"\n[plugin.options]\nstart_delay_ms = 800\n")
+	g := &server.Gate{Policy: server.NewPolicy([]config.AllowRule{{UIDs: []uint32{5050}, Types: []string{"probe.*"}, Targets: config.TargetsOwned}}).WithInstancesPerUser(1), Registry: d}
+	user := server.Caller{UID: 5050, GID: 5050, PID: int32(os.Getpid())}
+	first := make(chan error, 1)
+	go func() {
+		_, _, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami"})
+		first <- err
+	}()
+	waitFor(t, "the first call's process", func() bool { return len(processesOf(d)) > 0 })
+	_, _, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami"})
+	wantErrno(t, err, syscall.EAGAIN, "uid 5050 has 1 plugin instances running or starting", "server.max_instances_per_user")
+	if err := <-first; err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	if _, _, err := gateCall(g, d, user, core.Request{PID: mine, Type: "probe.whoami"}); err != nil {
+		t.Errorf("a call after the first ended: %v", err)
+	}
+	if _, _, err := gateCall(g, d, server.Caller{}, core.Request{PID: mine, Type: "probe.whoami"}); err != nil {
+		t.Errorf("root: %v", err)
+	}
+}
