@@ -2,8 +2,11 @@ package config
 
 import (
 	_ "embed"
+	"errors"
 	"fmt"
 	"os"
+
+	"github.com/nsplug/nsplug/internal/safefile"
 )
 
 // defaultTOML is the default configuration, and the only statement of the
@@ -28,7 +31,16 @@ func Default() *Config {
 
 // Load reads, decodes and validates the TOML configuration file at path.
 // Error messages refer to the file as path.
+//
+// Loaded by root, the file, and every directory above it, must be root's
+// (or this process's user's) and writable by no one else (safefile.Check):
+// whoever could write it would decide what nsplug runs as root and whom
+// it serves.
 func Load(path string) (*Config, error) {
+	var unsafe *safefile.UnsafeError
+	if os.Geteuid() == 0 && errors.As(safefile.Check(path, true), &unsafe) {
+		return nil, fmt.Errorf("config: refusing %s: %v; whoever can write it decides what nsplug runs as root and who may call it", path, unsafe)
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)

@@ -11,9 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsplug/nsplug/internal/safefile"
 )
 
 // sealedExecutable is what a plugin's processes are started from, never
@@ -170,7 +171,7 @@ func openExecutable(name, path string, max int64) (*os.File, *unix.Stat_t, error
 	case err != nil:
 		err = fmt.Errorf("plugin %s: %w", name, err)
 	case !st.Mode().IsRegular():
-		err = fmt.Errorf("plugin %s: %s is not a regular file (%s)", name, path, fileKind(st.Mode()))
+		err = fmt.Errorf("plugin %s: %s is not a regular file (%s)", name, path, safefile.Kind(st.Mode()))
 	case st.Mode().Perm()&0o111 == 0:
 		err = fmt.Errorf("plugin %s: %s is not executable (mode %v)", name, path, st.Mode().Perm())
 	case st.Size() > max:
@@ -204,23 +205,6 @@ func highFile(fd int, name string) (*os.File, error) {
 		return nil, err
 	}
 	return os.NewFile(uintptr(high), name), nil
-}
-
-// fileKind names the type of a file that is not a regular one.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m&os.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	case m.IsDir():
-		return "a directory"
-	}
-	return "mode " + m.String()
 }
 
 // path names the copy for execve in a child of this process.
@@ -273,32 +257,12 @@ const HandlerExecutable = "nsplug-handler"
 // another user or writable by group or others; not a regular file) is an
 // error: the core would run it in every target.
 func handlerNextTo(exe string) (string, error) {
-	dir := filepath.Dir(exe)
-	path := filepath.Join(dir, HandlerExecutable)
-	st, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
+	path := filepath.Join(filepath.Dir(exe), HandlerExecutable)
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}
-	if err != nil {
-		return "", fmt.Errorf("built-ins: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("built-ins: refusing %s: it is not a regular file (%s)", path, fileKind(st.Mode()))
-	}
-	dst, err := os.Stat(dir)
-	if err != nil {
-		return "", fmt.Errorf("built-ins: %w", err)
-	}
-	for _, fi := range []os.FileInfo{st, dst} {
-		uid := fi.Sys().(*syscall.Stat_t).Uid
-		if uid != 0 && int(uid) != os.Geteuid() {
-			return "", fmt.Errorf("built-ins: refusing %s: %s is owned by uid %d, neither root nor this process's user", path, fi.Name(), uid)
-		}
-		// Others may write to a sticky directory, but not rename or
-		// remove a file they do not own: the file's owner decides.
-		if writable := fi.Mode().Perm()&0o022 != 0; writable && (fi == st || fi.Mode()&os.ModeSticky == 0) {
-			return "", fmt.Errorf("built-ins: refusing %s: %s is writable by group or others (mode %v)", path, fi.Name(), fi.Mode().Perm())
-		}
+	if err := safefile.Check(path, false); err != nil {
+		return "", fmt.Errorf("built-ins: refusing %s: %w", path, err)
 	}
 	return path, nil
 }

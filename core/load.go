@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core/internal/describe"
+	"github.com/nsplug/nsplug/internal/safefile"
 	"github.com/nsplug/nsplug/nsexec/boot"
 	"github.com/nsplug/nsplug/wire"
 )
@@ -42,6 +43,14 @@ func (l *loader) load(e *pluginEntry, pc *config.Plugin) error {
 	} else if describe.Registered() == nil {
 		return l.keyError(pc, "path", errNoDescriber) // before sealing: nothing to seal it for
 	} else {
+		// Without sha256 the file's content is whoever can write it:
+		// as root, only root's (or this user's) may run in every target.
+		// (A missing file or one of another kind is sealExecutable's to
+		// report.)
+		var unsafe *safefile.UnsafeError
+		if pc.SHA256 == "" && os.Geteuid() == 0 && errors.As(safefile.Check(pc.Path, true), &unsafe) {
+			return l.keyError(pc, "path", fmt.Errorf("refusing %s: %v; whoever can write it would run code as root in every target: make it and its directories root's and writable by no one else, or pin its content with sha256", pc.Path, unsafe))
+		}
 		if e.exe, err = sealExecutable(pc.Name, pc.Path, strings.ToLower(pc.SHA256), l.cfg.MaxPluginBytes); err != nil {
 			key := "path"
 			if errors.As(err, new(checksumError)) {

@@ -300,3 +300,49 @@ types = ["badsum.x"]
 		t.Errorf("ids.user at debug: exit %d, stderr:\n%s", code, stderr)
 	}
 }
+
+// What root runs is root's alone. A configuration file that others may
+// write is refused, naming it (whoever can write it decides what nsplug
+// runs as root and who may call it), and so is a third-party plugin
+// executable without sha256 that others may write: it is shown as failed
+// at its path key, and loads once its content is pinned with sha256.
+func TestRootRunsOnlyWhatOthersCannotWrite(t *testing.T) {
+	parallel(t)
+	conf := cliConfig(t, "")
+	os.Chmod(conf, 0o666)
+	_, stderr, code := runNsplug(t, nil, nil, "plugins", "--config", conf)
+	if code == 0 || !strings.Contains(stderr, "refusing "+conf) || !strings.Contains(stderr, "writable by group or others") {
+		t.Errorf("a configuration others may write: exit %d, %s", code, stderr)
+	}
+	serveConf := daemonConfig(t, "", "")
+	os.Chmod(filepath.Dir(serveConf), 0o777)
+	_, stderr, code = runNsplug(t, nil, nil, "serve", "--config", serveConf)
+	if code == 0 || !strings.Contains(stderr, "refusing "+serveConf) || !strings.Contains(stderr, "is writable by group or others") {
+		t.Errorf("serve, with a configuration in a directory others may write: exit %d, %s", code, stderr)
+	}
+
+	dir := t.TempDir()
+	plugin := filepath.Join(dir, "extprobe")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(plugin, data, 0o775); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(plugin, 0o775)
+	entry := fmt.Sprintf("[[plugin]]\nname = \"extprobe\"\npath = %q\n", plugin)
+	out, _, code := runNsplug(t, nil, nil, "plugins", "--json", "--config", cliConfig(t, entry))
+	if code != 0 || !strings.Contains(out, "refusing "+plugin) || !strings.Contains(out, "writable by group or others") || !strings.Contains(out, "sha256") {
+		t.Errorf("a plugin others may write: exit %d, %s", code, out)
+	}
+	pinned := entry + fmt.Sprintf("sha256 = %q\n", sha256File(t, plugin))
+	out, _, code = runNsplug(t, nil, nil, "plugins", "--json", "--config", cliConfig(t, pinned))
+	if code != 0 || strings.Contains(out, "refusing") || !strings.Contains(out, `"extprobe`) {
+		t.Errorf("the same plugin pinned with sha256: exit %d, %s", code, out)
+	}
+}
