@@ -523,6 +523,9 @@ type InstanceInfo struct {
 	Inflight  int      `json:"inflight"`
 	// Target is the host pid of the target the process serves.
 	Target int `json:"target_pid"`
+	// Account is the Account it is charged to (Account.Name); empty
+	// for none.
+	Account string `json:"account,omitempty"`
 }
 
 // Instances lists the live plugin processes.
@@ -532,7 +535,7 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 	var out []InstanceInfo
 	for inst := range d.pool.live {
 		info := InstanceInfo{Plugin: inst.plugin.name, Plugins: inst.plugin.served(), PID: inst.pid, RunnerPID: inst.pid,
-			Joined: boot.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target}
+			Joined: boot.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target, Account: inst.account}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
 				// The waiter's other child, the root keeper, is gone

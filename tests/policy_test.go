@@ -171,6 +171,15 @@ func TestOneUserCannotFillTheDaemon(t *testing.T) {
 	if len(live) != 3 {
 		t.Errorf("%d live instances, want root's and the user's two: %+v", len(live), live)
 	}
+	for _, inst := range live {
+		want := "uid 4545"
+		if inst.PID == rootInst[0].PID {
+			want = "" // root's: charged to nobody
+		}
+		if inst.Account != want {
+			t.Errorf("instance %d charged to %q, want %q", inst.PID, inst.Account, want)
+		}
+	}
 }
 
 // A start can fail for what its request asked: a working directory that
