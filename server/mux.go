@@ -36,9 +36,10 @@ const prefaceTimeout = 3 * time.Second
 // MaxConnsPerUser bounds the connections one non-root uid holds open at
 // once, over both protocols: each may hold requests of up to
 // server.max_user_request_bytes being read, and a user allowed on the
-// socket is not to exhaust the daemon's memory or fds by opening more. A connection past it
-// is told so (the fast path gets an EMFILE status naming the limit; gRPC
-// is closed before its handshake) and closed. Root is not limited.
+// socket is not to exhaust the daemon's memory or fds by opening more. A
+// connection past it is told so (the fast path gets an EMFILE status
+// naming the limit; gRPC is closed before its handshake) and closed. Root
+// is not limited.
 const MaxConnsPerUser = 32
 
 // MaxStreamsPerConn bounds the gRPC calls one connection has in flight at
@@ -80,10 +81,13 @@ func (m *mux) acceptLoop() {
 		c, err := m.l.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || !isTemporary(err) {
-				// Both gRPC servers stop: their Accept returns it.
-				m.mu.Lock()
-				m.failed = err
-				m.mu.Unlock()
+				// Both gRPC servers stop: their Accept returns a failure,
+				// or net.ErrClosed once the listener is closed.
+				if !errors.Is(err, net.ErrClosed) {
+					m.mu.Lock()
+					m.failed = err
+					m.mu.Unlock()
+				}
 				m.Close()
 				return
 			}

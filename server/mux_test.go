@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -207,5 +208,29 @@ func TestConnectionsPerUserAreBounded(t *testing.T) {
 	again[0].Close()
 	for _, c := range root {
 		c.Close()
+	}
+}
+
+// Closing the mux (as Shutdown's GracefulStop does) is no failure: both
+// gRPC servers' Accept return net.ErrClosed and no failure is recorded; a
+// failing accept(2) is one, which both return.
+func TestMuxCloseIsNoFailure(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "api.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(l, hclog.NewNullLogger(), func(c *net.UnixConn, _ Caller) { c.Close() })
+	errs := make(chan error, 2)
+	go func() { _, err := m.Accept(); errs <- err }()
+	go func() { _, err := m.users().Accept(); errs <- err }()
+	m.Close()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+		}
+	}
+	if err := m.failure(); err != nil {
+		t.Errorf("failure after Close: %v, want none", err)
 	}
 }
