@@ -9,6 +9,25 @@ import (
 )
 
 // lastNum is the last element of a list of numbers in v, 0 if none.
+// pauseNote is one target's p50 after the caller's pauses (pausePhase).
+func pauseNote(v map[string]any) string {
+	pauses, _ := v["scale_pause_us"].([]int)
+	p50s, _ := v["scale_p50_after_pause_us"].([]float64)
+	if len(pauses) == 0 || len(pauses) != len(p50s) {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("after a pause of")
+	for i, p := range pauses {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %d µs %.1f", p, p50s[i])
+	}
+	fmt.Fprintf(&b, " µs (guest_halt_poll_ns %v)", v["guest_halt_poll_ns"])
+	return b.String()
+}
+
 func lastNum(v map[string]any, key string) float64 {
 	switch l := v[key].(type) {
 	case []float64:
@@ -93,7 +112,7 @@ func checks(v map[string]any) []Check {
 		{Check{Name: "core fds per target <= 8", Value: num(v, "core_fds_per_target"), Limit: 8, Unit: "fds", AtMost: true},
 			[]string{"core_fds_per_target"}},
 		{Check{Name: "procfs.read p50 round-robin <= 1.3 x one target", Value: lastNum(v, "scale_p50_us"), Limit: round(1.3*num(v, "scale_p50_single_us"), 1), Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("over %v targets; one target %.1f µs", lastNum(v, "scale_targets"), num(v, "scale_p50_single_us"))},
+			Note: fmt.Sprintf("over %v targets; one target %.1f µs, %s", lastNum(v, "scale_targets"), num(v, "scale_p50_single_us"), pauseNote(v))},
 			[]string{"scale_p50_us", "scale_p50_single_us"}},
 		{Check{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
 			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,6 +131,9 @@ func scalePhase(e *Env, p Params, say func(string, ...any), v map[string]any) er
 	v["scale_p50_us"] = p50s
 	v["scale_p50_single_steps_us"] = p50Singles
 	v["scale_p50_single_us"] = us(Summarize(single).P50)
+	if err := pausePhase(ctx, d, targets[0].PID(), samples/4, v); err != nil {
+		return err
+	}
 
 	// Memory at the last step: every plugin process (waiters included).
 	n := len(targets)
@@ -177,6 +181,54 @@ func scalePhase(e *Env, p Params, say func(string, ...any), v map[string]any) er
 	}
 	v["bare_plugin_anon_mib"] = MiB(bm.RSSAnon)
 	return nil
+}
+
+// scalePauses are the caller's busy pauses before each request of
+// pausePhase, in µs.
+var scalePauses = []int{0, 20, 200, 1000}
+
+// pausePhase measures what round-robin over targets costs without
+// another target: the p50 against one warm target when the caller pauses
+// before each request (spinning, so that its own CPU stays busy). A
+// target's handler that has waited a while for its next request is
+// slower to answer; round-robin over n targets makes every handler wait
+// for n-1 others. Also recorded: the guest's halt polling, which decides
+// whether an idle vCPU halts at once (bench/README, "Why spreading
+// requests over targets costs about 2×").
+func pausePhase(ctx context.Context, d *core.Dispatcher, pid, samples int, v map[string]any) error {
+	var p50s []float64
+	for _, pause := range scalePauses {
+		wait := time.Duration(pause) * time.Microsecond
+		var got []time.Duration
+		for i := 0; i < samples; i++ {
+			for start := time.Now(); time.Since(start) < wait; {
+			}
+			start := time.Now()
+			if err := read(ctx, d, pid); err != nil {
+				return err
+			}
+			got = append(got, time.Since(start))
+		}
+		p50s = append(p50s, us(Summarize(got).P50))
+	}
+	v["scale_pause_us"] = scalePauses
+	v["scale_p50_after_pause_us"] = p50s
+	v["guest_halt_poll_ns"] = guestHaltPollNs()
+	return nil
+}
+
+// guestHaltPollNs is the haltpoll cpuidle driver's polling time before an
+// idle vCPU halts (0: it halts at once), or -1 without that driver.
+func guestHaltPollNs() int64 {
+	b, err := os.ReadFile("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // warmTarget starts every built-in's instance in the target, has each
