@@ -104,6 +104,15 @@ func TestPythonClient(t *testing.T) {
 	if v, code := client(user, "call", fmt.Sprint(mine), "procfs.read", `{"path":"/proc/self/uid_map"}`); code != 0 || !strings.Contains(fmt.Sprint(v["payload"]), "data:") {
 		t.Errorf("uid 4242 on its own container: %v (exit %d)", v, code)
 	}
+	// Instances says whom each handler is charged to: the user's, and
+	// root's (the first target's) to nobody.
+	accounts := map[string]int{}
+	for _, in := range d.instances(t, d.client(t)) {
+		accounts[in.Account]++
+	}
+	if accounts["uid 4242"] != 1 || accounts[""] != 1 || len(accounts) != 2 {
+		t.Errorf("instances by account %v, want one of uid 4242's and one of root's", accounts)
+	}
 	v, code = client(user, "call", fmt.Sprint(theirs), "procfs.read", `{"path":"/proc/self/uid_map"}`)
 	if code != 1 || v["code"] != "PERMISSION_DENIED" || v["errno_name"] != "EACCES" || !strings.Contains(fmt.Sprint(v["message"]), "owned by uid 4343") {
 		t.Errorf("uid 4242 on uid 4343's container: %v (exit %d)", v, code)

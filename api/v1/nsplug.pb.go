@@ -912,7 +912,11 @@ type InstanceInfo struct {
 	Inflight int32 `protobuf:"varint,5,opt,name=inflight,proto3" json:"inflight,omitempty"`
 	// The plugins it serves: one, or the built-ins that share one process
 	// per target (plugin then names them joined by "+").
-	Plugins       []string `protobuf:"bytes,6,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	Plugins []string `protobuf:"bytes,6,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	// Who it is charged to: "uid N" for a process started by a call of a
+	// uid other than root (server.max_instances_per_user counts these),
+	// empty for root's.
+	Account       string `protobuf:"bytes,7,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -987,6 +991,13 @@ func (x *InstanceInfo) GetPlugins() []string {
 		return x.Plugins
 	}
 	return nil
+}
+
+func (x *InstanceInfo) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
 }
 
 type PrepareRequest struct {
@@ -1141,7 +1152,7 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x05types\x18\b \x03(\v2\x17.nsplug.api.v1.TypeInfoR\x05types\"\x12\n" +
 	"\x10InstancesRequest\"N\n" +
 	"\x11InstancesResponse\x129\n" +
-	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\xa5\x01\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\xbf\x01\n" +
 	"\fInstanceInfo\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1d\n" +
@@ -1149,7 +1160,8 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"runner_pid\x18\x03 \x01(\x05R\trunnerPid\x12\x16\n" +
 	"\x06joined\x18\x04 \x03(\tR\x06joined\x12\x1a\n" +
 	"\binflight\x18\x05 \x01(\x05R\binflight\x12\x18\n" +
-	"\aplugins\x18\x06 \x03(\tR\aplugins\"U\n" +
+	"\aplugins\x18\x06 \x03(\tR\aplugins\x12\x18\n" +
+	"\aaccount\x18\a \x01(\tR\aaccount\"U\n" +
 	"\x0ePrepareRequest\x12-\n" +
 	"\x06target\x18\x01 \x01(\v2\x15.nsplug.api.v1.TargetR\x06target\x12\x14\n" +
 	"\x05types\x18\x02 \x03(\tR\x05types\"\x11\n" +
