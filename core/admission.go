@@ -22,7 +22,7 @@ import (
 //     holding no more of max_instances than that while others start as
 //     usual, and after backoffAfter consecutive failures its starts fail at
 //     once for a while instead of piling up again. A caller charged to an
-//     Account has a record of its own in each target (startsKey): its
+//     Account has a record of its own in each target (recordKey): its
 //     failures are not everyone's.
 //   - A start is mostly CPU (exec, runtime and package init, page faults):
 //     more of them at once than the machine runs only makes each one
@@ -108,11 +108,11 @@ func (a *admission) fits(ts *targetStarts) bool {
 	return ts.running < a.perTarget && a.running < a.limit && (ts.account == "" || a.accounts[ts.account] < a.perAccount)
 }
 
-// enqueue asks for a start in target, charged to account ("" for none;
-// one target key is always of one account: see startsKey): ready is
-// called once it may run, at once (before enqueue returns) when there is
-// room. A target backing off, or a full queue, is EAGAIN.
+// enqueue asks for a start in target, charged to account ("" for none):
+// ready is called once it may run, at once (before enqueue returns) when
+// there is room. A target backing off, or a full queue, is EAGAIN.
 func (a *admission) enqueue(target, account string, ready func(*startTicket, error)) (*startTicket, error) {
+	target = recordKey(target, account)
 	a.mu.Lock()
 	ts := a.targets[target]
 	if ts == nil {
@@ -423,15 +423,16 @@ func (t *target) admissionKey() string {
 	return k
 }
 
-// startsKey names whose starts in t share one record (its bound on starts
-// at once, its failures and backoff): the target's for requests charged
-// to nobody, and the target's and the account's for others. A start can
-// fail for what its request asked (a working directory that does not
-// exist, credentials the target does not map), so one caller's failures
-// must not make a target refuse everyone else's starts.
-func startsKey(t *target, acct *Account) string {
-	if acct == nil {
-		return t.admissionKey()
+// recordKey names whose starts in target share one record (its bound on
+// starts at once, its failures and backoff): the target's for starts
+// charged to nobody, and the target's and the account's for others. A
+// start can fail for what its request asked (a working directory that
+// does not exist, credentials the target does not map), so one caller's
+// failures must not make a target refuse everyone else's starts. Made
+// only for a start (enqueue), not for a warm request.
+func recordKey(target, account string) string {
+	if account == "" {
+		return target
 	}
-	return t.admissionKey() + "account:" + acct.Name
+	return target + "account:" + account
 }

@@ -328,7 +328,7 @@ func (d *Dispatcher) pin(tg Target) (*target, error) {
 
 // acquire gets the instance for key from the pool, starting it if need be.
 func (d *Dispatcher) acquire(ctx context.Context, key string, acct *Account, l launch) (*instance, error) {
-	return d.pool.acquire(ctx, key, startsKey(l.target, acct), acct, func() (startFunc, func()) {
+	return d.pool.acquire(ctx, key, l.target.admissionKey(), acct, func() (startFunc, func()) {
 		// The start may outlive this request (see pool): it holds the
 		// target for itself, and knows nothing of the request's ctx.
 		l.target.refs.Add(1)

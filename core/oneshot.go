@@ -23,7 +23,7 @@ func (d *Dispatcher) callOneshot(ctx context.Context, l launch, acct *Account, r
 	// The start slot is held for the whole request: a oneshot instance
 	// starts and serves in one go, and a request that breaks it is a
 	// failed start. A handler's own error is a start that went well.
-	slot, err := d.pool.reserve(ctx, startsKey(l.target, acct), acct)
+	slot, err := d.pool.reserve(ctx, l.target.admissionKey(), acct)
 	if err != nil {
 		return nil, err
 	}
