@@ -2,7 +2,6 @@ package handler
 
 import (
 	"context"
-	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -12,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nsplug/nsplug/internal/fdwait"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -20,9 +20,14 @@ import (
 type frameServer struct {
 	handle handleFunc
 	log    hclog.Logger
-	conn   *net.UnixConn
-	raw    syscall.RawConn // conn's fd, for reads and writes without entersyscall
-	idle   idleReturn
+	// The socket is never the runtime poller's: the poller would wake
+	// for it each time the core reads a response (fdwait). Reads and
+	// writes are raw non-blocking system calls, which wait through
+	// fdwait's Waiters.
+	fd       int
+	readable *fdwait.Waiter
+	writable *fdwait.Waiter // made at the first write that would block
+	idle     idleReturn
 
 	mu      sync.Mutex
 	partial map[string]*wire.Message      // request bodies still arriving
@@ -46,17 +51,19 @@ type handleFunc func(ctx context.Context, req *wire.HandleRequest) (*wire.Handle
 // closes when wait is set; served, if not nil, is called after each
 // response is sent.
 func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool, served func()) error {
-	c, err := net.FileConn(f)
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
+		return os.NewSyscallError("dup", err)
+	}
+	readable, err := fdwait.Readable(fd)
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		unix.Close(fd)
 		return err
 	}
-	uc := c.(*net.UnixConn)
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		uc.Close()
-		return err
-	}
-	fs := &frameServer{handle: handle, log: log, conn: uc, raw: raw, partial: make(map[string]*wire.Message),
+	fs := &frameServer{handle: handle, log: log, fd: fd, readable: readable, partial: make(map[string]*wire.Message),
 		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{}), spare: make(chan []byte), served: served}
 	go fs.run(make([]byte, wire.MaxFrame))
 	if wait {
@@ -174,41 +181,78 @@ func (fs *frameServer) send(id string, msg []byte, files []*os.File) error {
 		if len(oob) == 0 {
 			return fs.write(frame)
 		}
-		_, _, err := fs.conn.WriteMsgUnix(frame, oob, nil)
-		return err
+		return fs.sendmsg(frame, oob)
 	}, wire.FrameResponse, id, msg, oob)
 }
 
 // The frame channel's reads and writes never block (the socket is
-// non-blocking; the runtime's poller waits for it), so they are made as
-// raw system calls: through the runtime's entersyscall, each would wake
-// its sysmon thread whenever that sleeps, as it does whenever the process
-// waits for a request, and an awake sysmon moves the only P to another
-// thread when a system call is slow to return.
+// non-blocking; fdwait waits for it), so they are made as raw system
+// calls: through the runtime's entersyscall, each would wake its sysmon
+// thread whenever that sleeps, as it does whenever the process waits for
+// a request, and an awake sysmon moves the only P to another thread when
+// a system call is slow to return.
 
 // recv reads one frame (SOCK_SEQPACKET: read(2) takes one record).
 func (fs *frameServer) recv(buf []byte) (int, error) {
-	return rawIO(fs.raw.Read, syscall.SYS_READ, buf)
+	return rawIO(fs.readable, fs.fd, syscall.SYS_READ, buf)
 }
 
 // write sends one frame without files.
 func (fs *frameServer) write(frame []byte) error {
-	n, err := rawIO(fs.raw.Write, syscall.SYS_WRITE, frame)
+	w, err := fs.writer()
+	if err != nil {
+		return err
+	}
+	n, err := rawIO(w, fs.fd, syscall.SYS_WRITE, frame)
 	if err == nil && n != len(frame) {
 		err = syscall.EMSGSIZE
 	}
 	return err
 }
 
-// rawIO makes one read(2) or write(2) (trap) of p, waiting through the
-// runtime's poller (wait: the RawConn's Read or Write) while it would
-// block.
-func rawIO(wait func(func(uintptr) bool) error, trap uintptr, p []byte) (int, error) {
+// sendmsg sends one frame with files (oob, SCM_RIGHTS).
+func (fs *frameServer) sendmsg(frame, oob []byte) error {
+	w, err := fs.writer()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := w.Wait(func() bool {
+		for {
+			_, serr = unix.SendmsgN(fs.fd, frame, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			if serr != unix.EINTR {
+				return serr != unix.EAGAIN
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// writer is the Waiter for writes; the one writing goroutine at a time
+// (wire.Send's caller holds the response) makes it once.
+func (fs *frameServer) writer() (*fdwait.Waiter, error) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.writable == nil {
+		w, err := fdwait.Writable(fs.fd)
+		if err != nil {
+			return nil, err
+		}
+		fs.writable = w
+	}
+	return fs.writable, nil
+}
+
+// rawIO makes one read(2) or write(2) (trap) of p on fd, waiting through
+// w while it would block.
+func rawIO(w *fdwait.Waiter, fd int, trap uintptr, p []byte) (int, error) {
 	var n uintptr
 	var errno syscall.Errno
-	err := wait(func(fd uintptr) bool {
+	err := w.Wait(func() bool {
 		for {
-			n, _, errno = syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			n, _, errno = syscall.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 			if errno != syscall.EINTR {
 				return errno != syscall.EAGAIN
 			}
