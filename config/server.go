@@ -31,6 +31,13 @@ type Server struct {
 	// AuditLog is the absolute path of the file that receives one JSON line
 	// per call that changes state and per denial. Empty: no audit log.
 	AuditLog string `toml:"audit_log"`
+	// AuditDenialsPerMinutePerUser and AuditDenialsPerMinute bound the
+	// denials that get an audit line of their own: a minute's worth for
+	// each uid other than root, and for all of them together. Past them,
+	// denials are counted, and one line a minute says how many there were
+	// and whose (server.DenialsSummary).
+	AuditDenialsPerMinutePerUser int `toml:"audit_denials_per_minute_per_user"`
+	AuditDenialsPerMinute        int `toml:"audit_denials_per_minute"`
 	// ShutdownGrace is how long SIGTERM or SIGINT lets calls in flight
 	// finish before every plugin process is killed.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
@@ -107,6 +114,12 @@ func (v *validator) server(k key, s *Server) {
 	}
 	if al := k.child("audit_log"); s.AuditLog != "" && !filepath.IsAbs(s.AuditLog) {
 		v.fail(al, "", "must be an absolute path, got %q", s.AuditLog)
+	}
+	if dk := k.child("audit_denials_per_minute_per_user"); s.AuditDenialsPerMinutePerUser < 1 {
+		v.fail(dk, "", "must be at least 1, got %d", s.AuditDenialsPerMinutePerUser)
+	}
+	if dk := k.child("audit_denials_per_minute"); s.AuditDenialsPerMinute < 1 {
+		v.fail(dk, "", "must be at least 1, got %d", s.AuditDenialsPerMinute)
 	}
 	if gk := k.child("shutdown_grace"); s.ShutdownGrace.Duration < 0 {
 		v.fail(gk, "", "must not be negative, got %q", s.ShutdownGrace.String())

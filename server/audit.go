@@ -19,7 +19,7 @@ import (
 )
 
 // AuditLog is the audit_log file: one JSON line (AuditLine) per call that
-// changes state and per denial.
+// changes state and per denial, denials within a budget (WriteDenial).
 //
 // Each line is one write(2) on a file opened O_APPEND, so lines from
 // concurrent calls never interleave; a write the file system cuts short
@@ -44,6 +44,8 @@ type AuditLog struct {
 	bad    error // why the last open or write failed; nil after a line is written
 	// badSpace: bad is a lack of room, which Ready can see has ended.
 	badSpace bool
+
+	denials denialBudget
 }
 
 // AuditReserve is the room Ready makes sure of for the lines to come:
@@ -204,6 +206,38 @@ func (a *AuditLog) Write(r *AuditRecord) error {
 	return err
 }
 
+// WriteDenial is Write for a denial, within its caller's budget and the
+// budget of all (denials.go): perUser and total are the lines a minute,
+// 0 for no bound. Root's denials are always written. A denial past the
+// budget is counted for the next "denials_not_logged" line instead.
+func (a *AuditLog) WriteDenial(r *AuditRecord, perUser, total int) error {
+	if a == nil {
+		return nil
+	}
+	if !r.Caller.Root() && !a.denials.take(r.Caller.UID, time.Now(), perUser, total, a.writeSummary) {
+		return nil
+	}
+	return a.Write(r)
+}
+
+// writeSummary writes the line of the denials not logged, if any.
+func (a *AuditLog) writeSummary() {
+	line := a.denials.summary(time.Now())
+	if line == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f, err := a.currentLocked()
+	if err == nil {
+		err = a.writeLocked(f, line)
+		a.bad = err
+	}
+	if err != nil {
+		a.log.Error("audit: the line counting denials not logged was not written", "line", string(line), "error", err)
+	}
+}
+
 // writeLocked writes line, or fails and sets badSpace to whether for lack
 // of room.
 func (a *AuditLog) writeLocked(f *os.File, line []byte) error {
@@ -236,6 +270,7 @@ func (a *AuditLog) Close() error {
 	if a == nil {
 		return nil
 	}
+	a.writeSummary()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closed = true

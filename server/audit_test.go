@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -261,5 +262,70 @@ func TestAuditLogNilAndClosed(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("a closed log reopened its path: %v", err)
+	}
+}
+
+// Denials are written within their caller's budget and the budget of all
+// (they were not: one user with no rule wrote 19 MB of lines a second);
+// the rest are counted in one "denials_not_logged" line, written when the
+// log closes at the latest. Root's denials and other lines are not
+// budgeted, and a budget refills with time.
+func TestAuditDenialsWithinBudget(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	a := NewAuditLog(path, nil)
+	deny := func(uid uint32) {
+		r := AuditRecord{Op: "call", Caller: Caller{UID: uid, GID: uid}, Type: "t.t", Denied: true, Err: wire.Errorf(syscall.EACCES, "no")}
+		if err := a.WriteDenial(&r, 5, 8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 {
+		deny(1000) // 5 lines, 95 counted
+	}
+	for range 10 {
+		deny(1001) // 3 lines (8 in all), 7 counted
+	}
+	for range 3 {
+		deny(0)
+	}
+	if err := a.Write(&AuditRecord{Op: "call", Caller: Caller{UID: 1000}, Type: "t.set"}); err != nil {
+		t.Fatal(err)
+	}
+	// A minute's refill, as if it had passed: one more line for 1001.
+	a.denials.mu.Lock()
+	a.denials.users[1001].at = a.denials.users[1001].at.Add(-time.Minute)
+	a.denials.all.at = a.denials.all.at.Add(-time.Minute)
+	a.denials.mu.Unlock()
+	deny(1001)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.SplitAfter(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	byUID := map[uint32]int{}
+	for _, line := range lines[:len(lines)-1] {
+		l := parseLine(t, line)
+		if l.Result == "denied" {
+			byUID[l.Caller.UID]++
+		}
+	}
+	if byUID[1000] != 5 || byUID[1001] != 4 || byUID[0] != 3 || len(lines) != 5+4+3+1+1 {
+		t.Errorf("denial lines by uid %v in %d lines, want 1000: 5, 1001: 4 (3, then 1 after the refill), 0: 3, and 2 more", byUID, len(lines))
+	}
+	var s DenialsSummary
+	dec := json.NewDecoder(bytes.NewReader(lines[len(lines)-1]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
+	}
+	want := []UIDCount{{UID: 1000, Count: 95}, {UID: 1001, Count: 7}}
+	since, err1 := time.Parse(time.RFC3339Nano, s.Since)
+	at, err2 := time.Parse(time.RFC3339Nano, s.Time)
+	if s.Op != "denials_not_logged" || s.Count != 102 || s.Callers != 2 || !slices.Equal(s.ByUID, want) || err1 != nil || err2 != nil || since.After(at) {
+		t.Errorf("summary %+v, want 102 denials of uids %v", s, want)
 	}
 }

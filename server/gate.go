@@ -30,6 +30,10 @@ type Gate struct {
 	Audit    *AuditLog // nil: no audit log
 	Registry Registry  // the dispatcher
 	Log      hclog.Logger
+	// DenialsPerMinutePerUser and DenialsPerMinute bound the denials
+	// that get an audit line of their own (AuditLog.WriteDenial); 0: no
+	// bound.
+	DenialsPerMinutePerUser, DenialsPerMinute int
 }
 
 // Call authorizes req for c (Policy.Constrain, then the target check in
@@ -123,7 +127,12 @@ func (g *Gate) deny(rec *AuditRecord, err error) error {
 // finish writes rec's line, logging a failure, which it returns.
 func (g *Gate) finish(rec *AuditRecord, err error) error {
 	rec.Err, rec.Duration = err, time.Since(rec.Time)
-	werr := g.Audit.Write(rec)
+	var werr error
+	if rec.Denied {
+		werr = g.Audit.WriteDenial(rec, g.DenialsPerMinutePerUser, g.DenialsPerMinute)
+	} else {
+		werr = g.Audit.Write(rec)
+	}
 	if werr != nil && g.Log != nil {
 		g.Log.Error("audit line not written", "type", rec.Type, "uid", rec.Caller.UID, "call_error", err, "error", werr)
 	}

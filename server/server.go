@@ -163,7 +163,9 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 
 // gate is what decides and audits a call on g's dispatcher.
 func (s *Server) gate(g *generation) *Gate {
-	return &Gate{Policy: s.policy.Load(), Audit: s.audit.Load(), Registry: g.d, Log: s.log}
+	srv := s.Config().Server
+	return &Gate{Policy: s.policy.Load(), Audit: s.audit.Load(), Registry: g.d, Log: s.log,
+		DenialsPerMinutePerUser: srv.AuditDenialsPerMinutePerUser, DenialsPerMinute: srv.AuditDenialsPerMinute}
 }
 
 // Config is the configuration in force: the one the last successful

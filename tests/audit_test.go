@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,7 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 
+	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/config"
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/sandbox"
@@ -330,5 +333,70 @@ func TestAuditUnwritableLog(t *testing.T) {
 	wantErrno(t, err, syscall.EACCES)
 	if denied != server.DeniedType {
 		t.Errorf("denial reported as %q", denied)
+	}
+}
+
+// A user whom no rule names cannot fill the audit log with denials. Before
+// the budget, one such user wrote 19 MB of denial lines a second through
+// the fast path, and a full disk then refuses every call that changes
+// state. Now their first denials get lines, the rest are counted in one
+// "denials_not_logged" line (written at shutdown at the latest), and
+// root's call that changes state is still served and audited.
+func TestOneUsersDenialsCannotFloodTheAuditLog(t *testing.T) {
+	parallel(t)
+	logPath := filepath.Join(t.TempDir(), "audit.log")
+	d := startDaemon(t, fmt.Sprintf("audit_log = %q\naudit_denials_per_minute_per_user = 20", logPath), "")
+	target := newTarget(t, sandbox.Options{Rootless: true})
+	read := &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(target.PID())}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}
+	raw := newRawFast(t, connectAs(t, nobody, d.socket))
+	const calls = 500
+	for i := range calls {
+		if st := raw.call(t, read); codes.Code(st.Code) != codes.PermissionDenied {
+			t.Fatalf("call %d of uid %d: %v, want the policy's denial", i, nobody.Uid, st)
+		}
+	}
+	set := &apiv1.CallRequest{Target: read.Target, Type: "sysctl.set", Payload: []byte(`{"name":"net.core.somaxconn","value":"1234"}`)}
+	if _, err := d.client(t).Call(context.Background(), set); err != nil {
+		t.Fatalf("root's sysctl.set after the flood: %v", err)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t, time.Minute); code != 0 {
+		t.Fatalf("daemon exited %d; its log:\n%s", code, d.log)
+	}
+
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var denials, sets int
+	var summary *server.DenialsSummary
+	for _, line := range bytes.SplitAfter(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
+		var l struct {
+			Op     string `json:"op"`
+			Result string `json:"result"`
+			Type   string `json:"type"`
+			Caller struct {
+				UID uint32 `json:"uid"`
+			} `json:"caller"`
+		}
+		if err := json.Unmarshal(line, &l); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		switch {
+		case l.Op == "denials_not_logged":
+			summary = &server.DenialsSummary{}
+			json.Unmarshal(line, summary)
+		case l.Result == "denied" && l.Caller.UID == nobody.Uid:
+			denials++
+		case l.Type == "sysctl.set" && l.Result == "ok" && l.Caller.UID == 0:
+			sets++
+		}
+	}
+	if denials != 20 || sets != 1 {
+		t.Errorf("%d denial lines of uid %d (want 20, its budget) and %d of root's sysctl.set (want 1), in %d bytes", denials, nobody.Uid, sets, len(data))
+	}
+	want := []server.UIDCount{{UID: nobody.Uid, Count: calls - 20}}
+	if summary == nil || summary.Count != calls-20 || summary.Callers != 1 || !slices.Equal(summary.ByUID, want) {
+		t.Errorf("summary %+v, want %d denials not logged, all uid %d's", summary, calls-20, nobody.Uid)
 	}
 }
