@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsplug/nsplug/api/fast"
 	"github.com/nsplug/nsplug/wire"
@@ -42,6 +43,22 @@ const prefaceTimeout = 3 * time.Second
 // is not limited.
 const MaxConnsPerUser = 32
 
+// Connections are counted the moment they are accepted, before their
+// first bytes come: the wait for them (prefaceTimeout) is otherwise a way
+// to hold the daemon's fds. Measured before: uid 65534, connecting over
+// and over and sending nothing, held all 20,000 of the daemon's fds
+// within 5 seconds, and root's `nsplug call --addr` failed with EAGAIN.
+//
+// Past MaxConnsPerUser, a uid's next MaxRefusalsPerUser connections wait
+// at most refusalTimeout for their first bytes, so that a client is told
+// why (EMFILE on the fast path); any more are closed at once, unread.
+// And the connections of all uids but root together, a user's
+// subordinate uids being uids of their own, are at most a quarter of the
+// daemon's fd limit (userConnsLimit); past that, they are closed at once.
+const MaxRefusalsPerUser = 8
+
+const refusalTimeout = time.Second
+
 // MaxStreamsPerConn bounds the gRPC calls one connection has in flight at
 // once (HTTP/2 streams; the fast path serves one call at a time): each may
 // hold a request of up to fast.MaxMessage (root's) or
@@ -62,16 +79,22 @@ type mux struct {
 	done  chan struct{}
 	once  sync.Once
 
-	mu      sync.Mutex
-	closed  bool
-	sorting map[*net.UnixConn]struct{} // connections whose first bytes are awaited
-	perUID  map[uint32]int             // open connections of each non-root uid
-	failed  error                      // accept(2)'s error that ended the mux, if one did
+	mu        sync.Mutex
+	closed    bool
+	sorting   map[*net.UnixConn]struct{} // connections whose first bytes are awaited
+	perUID    map[uint32]int             // open connections of each non-root uid
+	refused   map[uint32]int             // of those, the ones past MaxConnsPerUser being refused
+	userConns int                        // open connections of all non-root uids
+	maxUser   int                        // the bound of userConns (userConnsLimit)
+	dropped   int                        // connections closed unread since the last warning
+	warned    time.Time                  // of the last warning of a refusal
+	failed    error                      // accept(2)'s error that ended the mux, if one did
 }
 
 func newMux(l net.Listener, log hclog.Logger, fast func(*net.UnixConn, Caller)) *mux {
 	m := &mux{l: l, log: log, fast: fast, conns: make(chan net.Conn), user: make(chan net.Conn), errs: make(chan error),
-		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{}), perUID: make(map[uint32]int)}
+		done: make(chan struct{}), sorting: make(map[*net.UnixConn]struct{}), perUID: make(map[uint32]int),
+		refused: make(map[uint32]int), maxUser: userConnsLimit()}
 	go m.acceptLoop()
 	return m
 }
@@ -104,12 +127,34 @@ func (m *mux) acceptLoop() {
 			c.Close()
 			continue
 		}
+		caller, err := peerCaller(uc)
+		if err != nil {
+			m.log.Debug("api: closed a connection without kernel credentials", "error", err)
+			uc.Close()
+			continue
+		}
+		v := m.admit(caller)
+		if v == dropped {
+			uc.Close()
+			continue
+		}
 		if !m.track(uc) {
+			m.release(caller, v)
 			uc.Close()
 			return
 		}
-		go m.sort(uc)
+		go m.sort(uc, caller, v)
 	}
+}
+
+// userConnsLimit is the bound of all non-root connections: a quarter of
+// this process's fd limit, at least 4 × MaxConnsPerUser.
+func userConnsLimit() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<24 {
+		return 1 << 16
+	}
+	return max(int(lim.Cur/4), 4*MaxConnsPerUser)
 }
 
 // isTemporary reports a failure of accept(2) that passes (EMFILE, ...), as
@@ -138,18 +183,14 @@ func (m *mux) sorted(c *net.UnixConn) bool {
 	return !m.closed
 }
 
-// sort reads c's first bytes and hands it on.
-func (m *mux) sort(c *net.UnixConn) {
-	caller, err := peerCaller(c)
-	if err != nil {
-		m.sorted(c)
-		m.log.Debug("api: closed a connection without kernel credentials", "error", err)
-		c.Close()
-		return
+// sort reads c's first bytes and hands it on, or refuses it (v).
+func (m *mux) sort(c *net.UnixConn, caller Caller, v verdict) {
+	release := sync.OnceFunc(func() { m.release(caller, v) })
+	wait := prefaceTimeout
+	if v == refused {
+		wait = refusalTimeout
 	}
-	admitted := m.admit(caller)
-	release := sync.OnceFunc(func() { m.release(caller) })
-	head, proto, err := readPreface(c)
+	head, proto, err := readPreface(c, wait)
 	if !m.sorted(c) {
 		release()
 		c.Close()
@@ -160,9 +201,8 @@ func (m *mux) sort(c *net.UnixConn) {
 		release()
 		m.log.Debug("api: closed a connection before its protocol was known", "caller_uid", caller.UID, "caller_pid", caller.PID, "error", err)
 		c.Close()
-	case !admitted:
+	case v == refused:
 		release()
-		m.log.Warn("api: refused a connection: the caller's uid holds the most it may", "caller_uid", caller.UID, "caller_pid", caller.PID, "max_conns_per_user", MaxConnsPerUser)
 		if proto == "fast" {
 			refuseFast(c, wire.Errorf(syscall.EMFILE, "uid %d has %d connections open to the nsplug daemon, the most a user may (server.MaxConnsPerUser); close some", caller.UID, MaxConnsPerUser))
 		}
@@ -184,35 +224,82 @@ func (m *mux) sort(c *net.UnixConn) {
 	}
 }
 
-// admit counts a new connection of the caller's and says whether it is
-// within MaxConnsPerUser; release uncounts it (also when refused).
-func (m *mux) admit(c Caller) bool {
+// A verdict is what admit decides of a new connection.
+type verdict int
+
+const (
+	admitted verdict = iota // served
+	refused                 // told why, then closed
+	dropped                 // closed at once, unread
+)
+
+// admit counts a new connection of the caller's and decides its fate (see
+// MaxRefusalsPerUser); release uncounts what admit counted. Root's
+// connections are always admitted, and not counted.
+func (m *mux) admit(c Caller) verdict {
 	if c.Root() {
-		return true
+		return admitted
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.perUID[c.UID]++
-	return m.perUID[c.UID] <= MaxConnsPerUser
+	n := m.perUID[c.UID]
+	switch {
+	case m.userConns >= m.maxUser:
+		m.warnLocked("api: closed a connection unread: the connections of users other than root hold the most fds they may", "caller_uid", c.UID, "user_connections", m.userConns)
+		return dropped
+	case n < MaxConnsPerUser:
+		m.perUID[c.UID]++
+		m.userConns++
+		return admitted
+	case m.refused[c.UID] < MaxRefusalsPerUser:
+		m.warnLocked("api: refused a connection: the caller's uid holds the most it may", "caller_uid", c.UID, "caller_pid", c.PID, "max_conns_per_user", MaxConnsPerUser)
+		m.refused[c.UID]++
+		m.userConns++
+		return refused
+	default:
+		m.warnLocked("api: closed a connection unread: the caller's uid holds the most it may, and is being refused others", "caller_uid", c.UID, "max_conns_per_user", MaxConnsPerUser)
+		return dropped
+	}
 }
 
-func (m *mux) release(c Caller) {
-	if c.Root() {
+// warnLocked logs a refusal, at most once a second: a client can make
+// them as fast as it connects. The connections refused meanwhile are
+// counted in the next line.
+func (m *mux) warnLocked(msg string, args ...any) {
+	now := time.Now()
+	if now.Sub(m.warned) < time.Second {
+		m.dropped++
+		return
+	}
+	if m.dropped > 0 {
+		args = append(args, "refused_since_last_warning", m.dropped)
+	}
+	m.log.Warn(msg, args...)
+	m.warned, m.dropped = now, 0
+}
+
+func (m *mux) release(c Caller, v verdict) {
+	if c.Root() || v == dropped {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.perUID[c.UID]--; m.perUID[c.UID] <= 0 {
-		delete(m.perUID, c.UID)
+	m.userConns--
+	counts := m.perUID
+	if v == refused {
+		counts = m.refused
+	}
+	if counts[c.UID]--; counts[c.UID] <= 0 {
+		delete(counts, c.UID)
 	}
 }
 
-// readPreface reads c's first bytes, for at most prefaceTimeout, until
+// readPreface reads c's first bytes, for at most wait, until
 // they tell the protocol: "fast" once fast.Preface has come whole, "grpc"
 // at the first byte that starts an HTTP/2 preface (gRPC checks the rest);
 // head is what was read. Anything else is an error.
-func readPreface(c *net.UnixConn) (head []byte, proto string, err error) {
-	if err := c.SetReadDeadline(time.Now().Add(prefaceTimeout)); err != nil {
+func readPreface(c *net.UnixConn, wait time.Duration) (head []byte, proto string, err error) {
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
 		return nil, "", err
 	}
 	buf := make([]byte, len(fast.Preface))

@@ -61,7 +61,7 @@ func TestReadPreface(t *testing.T) {
 		for _, w := range c.writes {
 			client.Write([]byte(w))
 		}
-		head, proto, err := readPreface(srv)
+		head, proto, err := readPreface(srv, prefaceTimeout)
 		if proto != c.proto || (c.proto == "") != (err != nil) {
 			t.Errorf("%s: %q %q %v", c.name, proto, head, err)
 			continue
@@ -85,12 +85,16 @@ func TestReadPreface(t *testing.T) {
 // A non-root user holds at most MaxConnsPerUser connections at once: the
 // ones past it are told EMFILE, naming the limit, and closed, and a closed
 // connection frees its place. Root is not limited.
-func TestConnectionsPerUserAreBounded(t *testing.T) {
+// muxAt is a mux on a socket that every uid may reach, whose served
+// connections wait for hold, reporting their uid on served; dialAs makes
+// n connections on a thread that is uid to the kernel.
+func muxAt(t *testing.T) (m *mux, served chan uint32, hold chan struct{}, dialAs func(uid uintptr, n int) []*net.UnixConn) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "nsplug-mux-") // t.TempDir's parent is 0700: uid 4242 could not reach it
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
@@ -102,17 +106,15 @@ func TestConnectionsPerUserAreBounded(t *testing.T) {
 	if err := os.Chmod(path, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan uint32, 4*MaxConnsPerUser)
-	hold := make(chan struct{})
-	m := newMux(l, hclog.NewNullLogger(), func(c *net.UnixConn, caller Caller) {
+	served = make(chan uint32, 4*MaxConnsPerUser)
+	hold = make(chan struct{})
+	m = newMux(l, hclog.NewNullLogger(), func(c *net.UnixConn, caller Caller) {
 		served <- caller.UID
 		<-hold
 		c.Close()
 	})
-	defer m.Close()
-
-	// Connections made on a thread that is uid 4242 to the kernel.
-	dialAs := func(uid uintptr, n int) []*net.UnixConn {
+	t.Cleanup(func() { m.Close() })
+	dialAs = func(uid uintptr, n int) []*net.UnixConn {
 		got := make(chan []*net.UnixConn, 1)
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
@@ -136,6 +138,11 @@ func TestConnectionsPerUserAreBounded(t *testing.T) {
 		}()
 		return <-got
 	}
+	return m, served, hold, dialAs
+}
+
+func TestConnectionsPerUserAreBounded(t *testing.T) {
+	m, served, hold, dialAs := muxAt(t)
 	call := func(c *net.UnixConn) error {
 		_, _, err := fast.NewClient(c).Call(context.Background(), &apiv1.CallRequest{Type: "procfs.read"})
 		return err
@@ -232,5 +239,63 @@ func TestMuxCloseIsNoFailure(t *testing.T) {
 	}
 	if err := m.failure(); err != nil {
 		t.Errorf("failure after Close: %v, want none", err)
+	}
+}
+
+// Connections are counted before they send a byte. A uid's connections
+// past MaxConnsPerUser and MaxRefusalsPerUser are closed at once, unread
+// (before, each was held for prefaceTimeout, and one uid connecting over
+// and over held all of the daemon's fds); and past the bound of all
+// users' connections, another uid's are closed at once too, while root's
+// are served.
+func TestUnreadConnectionsAreBounded(t *testing.T) {
+	m, served, hold, dialAs := muxAt(t)
+	defer close(hold)
+	m.mu.Lock()
+	m.maxUser = MaxConnsPerUser + MaxRefusalsPerUser + 4
+	m.mu.Unlock()
+
+	const past = 20
+	conns := dialAs(4242, MaxConnsPerUser+MaxRefusalsPerUser+past)
+	closedAtOnce := func(conns []*net.UnixConn) int {
+		n := 0
+		for _, c := range conns {
+			c.SetReadDeadline(time.Now().Add(prefaceTimeout / 3))
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				n++
+			}
+		}
+		return n
+	}
+	if n := closedAtOnce(conns[MaxConnsPerUser+MaxRefusalsPerUser:]); n != past {
+		t.Errorf("%d of uid 4242's %d connections past %d were closed at once, want all", n, past, MaxConnsPerUser+MaxRefusalsPerUser)
+	}
+	m.mu.Lock()
+	held, refusing, all := m.perUID[4242], m.refused[4242], m.userConns
+	m.mu.Unlock()
+	if held != MaxConnsPerUser || refusing != MaxRefusalsPerUser || all != MaxConnsPerUser+MaxRefusalsPerUser {
+		t.Errorf("counted %d connections of uid 4242 and %d being refused, %d of all users; want %d, %d and their sum", held, refusing, all, MaxConnsPerUser, MaxRefusalsPerUser)
+	}
+
+	// Another uid: 4 more fit in the bound of all users.
+	other := dialAs(4243, 10)
+	if n := closedAtOnce(other[4:]); n != 6 {
+		t.Errorf("%d of uid 4243's 6 connections past the bound of all users were closed at once, want 6", n)
+	}
+	for _, c := range dialAs(0, 5) {
+		go fast.NewClient(c).Call(context.Background(), &apiv1.CallRequest{Type: "procfs.read"})
+	}
+	for i := 0; i < 5; i++ {
+		select {
+		case uid := <-served:
+			if uid != 0 {
+				t.Errorf("served uid %d, which sent nothing", uid)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d of root's 5 connections were served past the bound of users'", i)
+		}
+	}
+	for _, c := range append(conns, other...) {
+		c.Close()
 	}
 }

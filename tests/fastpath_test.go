@@ -629,3 +629,51 @@ func TestUsersRequestsAreBounded(t *testing.T) {
 		t.Errorf("fast path: root's request of 16 KiB: %v, want procfs.read's own refusal", st)
 	}
 }
+
+// A user who connects over and over and sends nothing holds no more of
+// the daemon's fds than their bound of connections, and root is served
+// meanwhile. Before, each such connection was held for 3 s: one uid held
+// all 20,000 of the daemon's fds within 5 s, and root's `nsplug call
+// --addr` failed with EAGAIN.
+func TestUnreadConnectionsDoNotExhaustTheDaemon(t *testing.T) {
+	parallel(t)
+	d := startDaemon(t, "", "")
+	before := d.fds(t)
+	const script = `import socket, sys
+conns = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    conns.append(s)
+print("connected", flush=True)
+sys.stdin.read()
+`
+	const n = 400
+	cmd := execAs(nobody, "/usr/bin/python3", "-c", script, d.socket, strconv.Itoa(n))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "connected\n" {
+		t.Fatalf("uid %d's %d connections: %q %v", nobody.Uid, n, line, err)
+	}
+	time.Sleep(100 * time.Millisecond) // the daemon has accepted what it will
+	bound := server.MaxConnsPerUser + server.MaxRefusalsPerUser
+	if got := d.fds(t); got > before+bound+4 {
+		t.Errorf("with %d unread connections of uid %d open, the daemon holds %d fds, %d before: want at most %d more", n, nobody.Uid, got, before, bound)
+	}
+	pid := int32(hostTarget(t))
+	if _, err := d.client(t).Call(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: pid}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}); err != nil {
+		t.Errorf("root's call meanwhile: %v", err)
+	}
+}
