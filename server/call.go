@@ -10,6 +10,7 @@ import (
 	"github.com/nsplug/nsplug/core"
 	"github.com/nsplug/nsplug/internal/apiconv"
 	"github.com/nsplug/nsplug/wire"
+	"google.golang.org/grpc/tap"
 )
 
 // Call is the gRPC transport's Call (see call): a response holding files
@@ -50,7 +51,7 @@ func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest, t tr
 	done := s.metrics.StartCall(in.GetType())
 	s.metrics.Over(t)
 	var resp *core.Response
-	end, err := s.userCalls.begin(c, s.Config().Server.MaxCallsPerUser)
+	end, err := s.userCalls.beginUnlessCounted(ctx, c, s.Config().Server.MaxCallsPerUser)
 	if err == nil {
 		resp, err = s.dispatch(ctx, c, in, t)
 		end()
@@ -59,14 +60,25 @@ func (s *Server) call(ctx context.Context, c Caller, in *apiv1.CallRequest, t tr
 	return resp, err
 }
 
-// userCalls counts the calls in flight of each uid other than root.
+// MaxUserCalls bounds the calls in flight of all uids but root together,
+// over both protocols: each may hold a request of up to
+// server.max_user_request_bytes, and a user's subordinate uids are uids
+// of their own, each with a max_calls_per_user.
+const MaxUserCalls = 1024
+
+// userCalls counts the calls in flight of each uid other than root. A
+// gRPC call of theirs counts from the moment its stream opens (tap), so
+// that requests still being read count too: before, only calls whose
+// request had been read did, and one uid's 32 connections of 16 streams
+// could each hold a request being read.
 type userCalls struct {
 	mu    sync.Mutex
 	byUID map[uint32]int
+	total int
 }
 
-// begin counts one more call of c's, and refuses it (EAGAIN) past max;
-// end uncounts it. Root is not counted.
+// begin counts one more call of c's, and refuses it (EAGAIN) past max,
+// or past MaxUserCalls for all; end uncounts it. Root is not counted.
 func (u *userCalls) begin(c Caller, max int) (end func(), err error) {
 	if c.Root() {
 		return func() {}, nil
@@ -76,17 +88,51 @@ func (u *userCalls) begin(c Caller, max int) (end func(), err error) {
 	if n := u.byUID[c.UID]; n >= max {
 		return nil, wire.Errorf(syscall.EAGAIN, "uid %d has %d calls in flight, the most a user may (server.max_calls_per_user); one must end first", c.UID, n)
 	}
+	if u.total >= MaxUserCalls {
+		return nil, wire.Errorf(syscall.EAGAIN, "users other than root have %d calls in flight, the most they may together (server.MaxUserCalls); try again", u.total)
+	}
 	if u.byUID == nil {
 		u.byUID = make(map[uint32]int)
 	}
 	u.byUID[c.UID]++
-	return func() {
+	u.total++
+	return sync.OnceFunc(func() {
 		u.mu.Lock()
 		defer u.mu.Unlock()
+		u.total--
 		if u.byUID[c.UID]--; u.byUID[c.UID] <= 0 {
 			delete(u.byUID, c.UID)
 		}
-	}, nil
+	}), nil
+}
+
+// countedKey marks the context of a gRPC call that tap counted.
+type countedKey struct{}
+
+// tap counts a user's gRPC call as its stream opens (grpc.InTapHandle of
+// the users' server), and uncounts it when the stream ends; past the
+// bounds the stream is refused before its request is read.
+func (u *userCalls) tap(max func() int) func(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	return func(ctx context.Context, _ *tap.Info) (context.Context, error) {
+		ctx, err := callerContext(ctx)
+		if err != nil {
+			return nil, err
+		}
+		end, err := u.begin(caller(ctx), max())
+		if err != nil {
+			return nil, Status(err)
+		}
+		context.AfterFunc(ctx, end) // the stream's context ends with it
+		return context.WithValue(ctx, countedKey{}, true), nil
+	}
+}
+
+// beginUnlessCounted is begin, for a call tap has not counted already.
+func (u *userCalls) beginUnlessCounted(ctx context.Context, c Caller, max int) (end func(), err error) {
+	if counted, _ := ctx.Value(countedKey{}).(bool); counted {
+		return func() {}, nil
+	}
+	return u.begin(c, max)
 }
 
 func (s *Server) dispatch(ctx context.Context, c Caller, in *apiv1.CallRequest, t transport) (*core.Response, error) {

@@ -46,3 +46,32 @@ func TestUserCallsBoundEachUser(t *testing.T) {
 		t.Errorf("counts left: %v", u.byUID)
 	}
 }
+
+// All users but root together have at most MaxUserCalls calls in flight:
+// a user's subordinate uids are uids of their own.
+func TestUserCallsBoundAllUsers(t *testing.T) {
+	var u userCalls
+	var ends []func()
+	for uid := uint32(100000); uid < 100000+MaxUserCalls; uid++ {
+		end, err := u.begin(Caller{UID: uid, GID: uid}, 1)
+		if err != nil {
+			t.Fatalf("uid %d: %v", uid, err)
+		}
+		ends = append(ends, end)
+	}
+	_, err := u.begin(Caller{UID: 5, GID: 5}, 1)
+	if e := wire.AsError(err); e == nil || e.Errno != syscall.EAGAIN || !strings.Contains(e.Message, "server.MaxUserCalls") {
+		t.Fatalf("one more uid's call: %v, want EAGAIN naming the bound of all", err)
+	}
+	if _, err := u.begin(Caller{}, 1); err != nil {
+		t.Errorf("root past the bound of users: %v", err)
+	}
+	ends[0]()
+	ends[0]() // ending twice uncounts once
+	if _, err := u.begin(Caller{UID: 5, GID: 5}, 1); err != nil {
+		t.Errorf("after one ended: %v", err)
+	}
+	if _, err := u.begin(Caller{UID: 6, GID: 6}, 1); err == nil {
+		t.Error("a second call fit in the room one call made")
+	}
+}

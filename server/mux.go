@@ -54,7 +54,8 @@ const MaxConnsPerUser = 32
 // why (EMFILE on the fast path); any more are closed at once, unread.
 // And the connections of all uids but root together, a user's
 // subordinate uids being uids of their own, are at most a quarter of the
-// daemon's fd limit (userConnsLimit); past that, they are closed at once.
+// daemon's fd limit and MaxUserConns (userConnsLimit); past that, they
+// are closed at once.
 const MaxRefusalsPerUser = 8
 
 const refusalTimeout = time.Second
@@ -147,14 +148,20 @@ func (m *mux) acceptLoop() {
 	}
 }
 
+// MaxUserConns bounds the connections of all non-root uids together,
+// with a quarter of the fd limit (userConnsLimit): each may hold a
+// request of up to server.max_user_request_bytes being read.
+const MaxUserConns = 1024
+
 // userConnsLimit is the bound of all non-root connections: a quarter of
-// this process's fd limit, at least 4 × MaxConnsPerUser.
+// this process's fd limit, at least 4 × MaxConnsPerUser, at most
+// MaxUserConns.
 func userConnsLimit() int {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<24 {
-		return 1 << 16
+		return MaxUserConns
 	}
-	return max(int(lim.Cur/4), 4*MaxConnsPerUser)
+	return min(max(int(lim.Cur/4), 4*MaxConnsPerUser), MaxUserConns)
 }
 
 // isTemporary reports a failure of accept(2) that passes (EMFILE, ...), as

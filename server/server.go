@@ -99,16 +99,16 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 	s.setServerConfig(cfg)
 	s.userLimit = cfg.Server.MaxUserRequestBytes
 	s.grpc = s.newGRPC(maxMessage)
-	s.userGRPC = s.newGRPC(s.userLimit)
+	s.userGRPC = s.newGRPC(s.userLimit, grpc.InTapHandle(s.userCalls.tap(func() int { return s.Config().Server.MaxCallsPerUser })))
 	// "" (the daemon) is SERVING from the start; so is the API by name.
 	s.health.SetServingStatus(apisvc.Nsplug_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
 }
 
 // newGRPC is the API's gRPC server, taking requests of up to maxRecv
-// bytes.
-func (s *Server) newGRPC(maxRecv int) *grpc.Server {
-	g := grpc.NewServer(
+// bytes, with more options.
+func (s *Server) newGRPC(maxRecv int, more ...grpc.ServerOption) *grpc.Server {
+	g := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(withCaller),
 		grpc.ChainStreamInterceptor(withCallerStream),
@@ -121,7 +121,7 @@ func (s *Server) newGRPC(maxRecv int) *grpc.Server {
 		// close after the last call has left them.
 		grpc.WaitForHandlers(true),
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	)
+	}, more...)...)
 	apisvc.RegisterNsplugServer(g, s)
 	healthpb.RegisterHealthServer(g, s.health)
 	return g
@@ -384,7 +384,7 @@ func (s *Server) Prepare(ctx context.Context, in *apiv1.PrepareRequest) (*apiv1.
 		return nil, Status(wire.Errorf(syscall.EINVAL, "target.pid: want a pid, got %d", tg.GetPid()))
 	}
 	c := caller(ctx)
-	end, err := s.userCalls.begin(c, s.Config().Server.MaxCallsPerUser)
+	end, err := s.userCalls.beginUnlessCounted(ctx, c, s.Config().Server.MaxCallsPerUser)
 	if err != nil {
 		return nil, Status(err)
 	}

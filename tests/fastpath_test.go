@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -99,6 +100,12 @@ socket.send_fds(socket.socket(fileno=3), [b"c"], [s.fileno()])
 // grpcOver is a gRPC client on conn alone.
 func grpcOver(t *testing.T, conn net.Conn) apisvc.NsplugClient {
 	t.Helper()
+	return apisvc.NewNsplugClient(grpcConnOver(t, conn))
+}
+
+// grpcConnOver is a gRPC client connection on conn alone.
+func grpcConnOver(t *testing.T, conn net.Conn) *grpc.ClientConn {
+	t.Helper()
 	used := false
 	cc, err := grpc.NewClient("passthrough:///nsplug", grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
@@ -112,7 +119,7 @@ func grpcOver(t *testing.T, conn net.Conn) apisvc.NsplugClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return apisvc.NewNsplugClient(cc)
+	return cc
 }
 
 // rawFast speaks the fast path by hand: what goes out is the test's to
@@ -675,5 +682,44 @@ sys.stdin.read()
 	pid := int32(hostTarget(t))
 	if _, err := d.client(t).Call(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: pid}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}); err != nil {
 		t.Errorf("root's call meanwhile: %v", err)
+	}
+}
+
+// A user's gRPC calls count from the moment their streams open, not once
+// their requests have been read: 16 streams of uid 65534 still open (here
+// health watches; a request whose bytes are still coming is another)
+// leave no room for a 17th call, which is refused at once. Before, only
+// Call and Prepare counted, once their request was read, so each of a
+// user's 32 connections could hold 16 requests being read.
+func TestUsersStreamsCountAsTheyOpen(t *testing.T) {
+	parallel(t)
+	d := startDaemon(t, "", "")
+	health := healthpb.NewHealthClient(grpcConnOver(t, connectAs(t, nobody, d.socket)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range server.MaxStreamsPerConn {
+		w, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		if err != nil {
+			t.Fatalf("watch %d of uid %d: %v", i+1, nobody.Uid, err)
+		}
+	}
+	call := &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(hostTarget(t))}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/uptime"}`)}
+	g := grpcOver(t, connectAs(t, nobody, d.socket))
+	_, err := g.Call(context.Background(), call)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "max_calls_per_user") {
+		t.Errorf("a call of uid %d with 16 streams open: %v, want UNAVAILABLE naming server.max_calls_per_user", nobody.Uid, err)
+	}
+	cancel() // the watches end, and their places with them
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, err = g.Call(context.Background(), call)
+		if status.Code(err) == codes.PermissionDenied || time.Now().After(deadline) {
+			break
+		}
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the call once the watches ended: %v, want the policy's denial", err)
 	}
 }
