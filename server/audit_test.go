@@ -329,3 +329,38 @@ func TestAuditDenialsWithinBudget(t *testing.T) {
 		t.Errorf("summary %+v, want 102 denials of uids %v", s, want)
 	}
 }
+
+// Denials from more uids than the budget tracks (a user's subordinate
+// uids) keep its memory bounded, and are all counted.
+func TestAuditDenialsOfManyUIDs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	a := NewAuditLog(path, nil)
+	const uids = maxTrackedUsers + 1000
+	for uid := uint32(100000); uid < 100000+uids; uid++ {
+		for range 2 {
+			r := AuditRecord{Op: "call", Caller: Caller{UID: uid, GID: uid}, Type: "t.t", Denied: true, Err: wire.Errorf(syscall.EACCES, "no")}
+			if err := a.WriteDenial(&r, 1, 10); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a.denials.mu.Lock()
+	tracked, skipped := len(a.denials.users), len(a.denials.skipped)
+	a.denials.mu.Unlock()
+	if tracked > maxTrackedUsers || skipped > maxTrackedUsers {
+		t.Errorf("tracking %d uids' budgets and %d uids' skipped denials, want at most %d each", tracked, skipped, maxTrackedUsers)
+	}
+	a.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	var s DenialsSummary
+	if err := json.Unmarshal(lines[len(lines)-1], &s); err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 11 || s.Count != 2*uids-10 || s.Callers != maxTrackedUsers || !s.OtherCallers || len(s.ByUID) != MaxSummaryUIDs {
+		t.Errorf("%d lines, summary of %d denials from %d callers (others %v, %d listed); want 11 lines and %d denials", len(lines), s.Count, s.Callers, s.OtherCallers, len(s.ByUID), 2*uids-10)
+	}
+}

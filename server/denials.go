@@ -27,6 +27,7 @@ type denialBudget struct {
 	users   map[uint32]*bucket
 	all     bucket
 	skipped map[uint32]int // denials without a line since since
+	others  int            // of those, the ones of uids past maxTrackedUsers
 	since   time.Time
 	timer   *time.Timer // writes the summary; nil when nothing is skipped
 }
@@ -65,7 +66,9 @@ func (d *denialBudget) take(uid uint32, now time.Time, perUser, total int, summa
 			d.pruneLocked(now, perUser)
 		}
 		u = &bucket{}
-		d.users[uid] = u
+		if len(d.users) < maxTrackedUsers {
+			d.users[uid] = u
+		} // else a bucket of its own for this denial: the bound of all holds
 	}
 	if perUser > 0 {
 		u.refill(now, perUser)
@@ -85,11 +88,15 @@ func (d *denialBudget) take(uid uint32, now time.Time, perUser, total int, summa
 	if d.skipped == nil {
 		d.skipped = make(map[uint32]int)
 	}
-	if len(d.skipped) == 0 {
+	if len(d.skipped) == 0 && d.others == 0 {
 		d.since = now
 		d.timer = time.AfterFunc(time.Minute, summarize)
 	}
-	d.skipped[uid]++
+	if _, ok := d.skipped[uid]; ok || len(d.skipped) < maxTrackedUsers {
+		d.skipped[uid]++
+	} else {
+		d.others++
+	}
 	return false
 }
 
@@ -112,6 +119,9 @@ type DenialsSummary struct {
 	// Count is the denials in all; Callers, the uids they came from.
 	Count   int `json:"count"`
 	Callers int `json:"callers"`
+	// OtherCallers: some of Count came from uids past the first
+	// maxTrackedUsers (4096), which Callers does not count.
+	OtherCallers bool `json:"other_callers,omitempty"`
 	// ByUID has the uids with the most of them (up to MaxSummaryUIDs),
 	// most first.
 	ByUID []UIDCount `json:"by_uid"`
@@ -130,17 +140,18 @@ const MaxSummaryUIDs = 16
 // there are none.
 func (d *denialBudget) summary(now time.Time) []byte {
 	d.mu.Lock()
-	skipped, since := d.skipped, d.since
-	d.skipped = nil
+	skipped, others, since := d.skipped, d.others, d.since
+	d.skipped, d.others = nil, 0
 	if d.timer != nil {
 		d.timer.Stop()
 		d.timer = nil
 	}
 	d.mu.Unlock()
-	if len(skipped) == 0 {
+	if len(skipped) == 0 && others == 0 {
 		return nil
 	}
-	s := DenialsSummary{Time: now.UTC().Format(time.RFC3339Nano), Op: "denials_not_logged", Since: since.UTC().Format(time.RFC3339Nano), Callers: len(skipped)}
+	s := DenialsSummary{Time: now.UTC().Format(time.RFC3339Nano), Op: "denials_not_logged", Since: since.UTC().Format(time.RFC3339Nano),
+		Callers: len(skipped), Count: others, OtherCallers: others > 0}
 	for uid, n := range skipped {
 		s.Count += n
 		s.ByUID = append(s.ByUID, UIDCount{UID: uid, Count: n})
