@@ -84,10 +84,10 @@ type mux struct {
 	closed    bool
 	sorting   map[*net.UnixConn]struct{} // connections whose first bytes are awaited
 	perUID    map[uint32]int             // open connections of each non-root uid
-	refused   map[uint32]int             // of those, the ones past MaxConnsPerUser being refused
+	refused   map[uint32]int             // connections of each non-root uid past MaxConnsPerUser, being refused
 	userConns int                        // open connections of all non-root uids
 	maxUser   int                        // the bound of userConns (userConnsLimit)
-	dropped   int                        // connections closed unread since the last warning
+	dropped   int                        // refusals not logged since the last warning
 	warned    time.Time                  // of the last warning of a refusal
 	failed    error                      // accept(2)'s error that ended the mux, if one did
 }
