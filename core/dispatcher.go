@@ -63,6 +63,11 @@ type Options struct {
 	// requests' goroutines and the pool's, concurrently, and must not
 	// block.
 	Events func(Event)
+	// ChannelServed, when set, is told what the requests of each direct
+	// channel (OpenChannel) did, about every ChannelWatchInterval while
+	// they come: they never pass through the core. Called from the
+	// core's goroutines, it must not block.
+	ChannelServed func(ChannelServed)
 }
 
 // TypeInfo describes one registered message type.
@@ -118,7 +123,10 @@ type Dispatcher struct {
 	pool    *pool
 	targets targetCache
 	reqSeq  atomic.Uint64
-	closed  atomic.Bool
+	chanSeq atomic.Uint64 // channel ids (OpenChannel)
+	// channelServed is Options.ChannelServed.
+	channelServed func(ChannelServed)
+	closed        atomic.Bool
 }
 
 // New starts a dispatcher: it validates the configuration, seals each
@@ -153,6 +161,7 @@ func New(cfg *config.Config, opts Options) (_ *Dispatcher, err error) {
 	}
 	d := &Dispatcher{cfg: cfg, log: log, started: opts.Started, oneshot: opts.Oneshot, types: make(map[string]*pluginEntry), failed: make(map[string]*pluginEntry), pool: newPool(cfg.MaxInstances, newAdmission(cfg.MaxStartsPerTarget, cfg.StartLimit(), cfg.MaxQueuedStarts))}
 	d.events, d.pool.events = opts.Events, opts.Events
+	d.channelServed = opts.ChannelServed
 	// The namespaces plugins start in are the spawner thread's. Read them
 	// there: /proc/self shows the main thread's, which a thread locked by
 	// some other code of the process (and left in a foreign namespace,

@@ -261,20 +261,7 @@ func (c *frameConn) markDead() {
 	}
 }
 
-func parseRights(oob []byte) []*os.File {
-	var files []*os.File
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	for _, m := range msgs {
-		fds, _ := unix.ParseUnixRights(&m)
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "from-plugin"))
-		}
-	}
-	return files
-}
+func parseRights(oob []byte) []*os.File { return wire.ParseRights(oob, "from-plugin") }
 
 func isClosed(ch chan struct{}) bool {
 	select {
@@ -298,6 +285,12 @@ var errChannelClosed = errorf(syscall.EPIPE, "the plugin's frame channel is clos
 
 // roundTrip sends req on the frame channel and waits for its response.
 func (c *frameConn) roundTrip(ctx context.Context, req *wire.HandleRequest) (*wire.HandleResponse, []*os.File, error) {
+	return c.roundTripWith(ctx, req, nil)
+}
+
+// roundTripWith is roundTrip with oob (SCM_RIGHTS) on the request's final
+// frame: a direct channel's socket (channel.go).
+func (c *frameConn) roundTripWith(ctx context.Context, req *wire.HandleRequest, oob []byte) (*wire.HandleResponse, []*os.File, error) {
 	id := req.RequestId
 	msg, err := proto.Marshal(req)
 	if err != nil {
@@ -316,7 +309,7 @@ func (c *frameConn) roundTrip(ctx context.Context, req *wire.HandleRequest) (*wi
 		delete(c.mail, id)
 		c.mu.Unlock()
 	}()
-	if err := wire.Send(c.write, wire.FrameRequest, id, msg, nil); err != nil {
+	if err := wire.Send(c.write, wire.FrameRequest, id, msg, oob); err != nil {
 		return nil, nil, err
 	}
 	if err := c.await(ctx, s); err != nil {

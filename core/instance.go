@@ -39,6 +39,8 @@ type instance struct {
 	gone     chan struct{} // closed once killed and reaped
 	idle     *time.Timer
 	lastUsed time.Time
+	channels map[uint64]*Channel // open direct channels (channel.go), each holding one inflight
+	watched  bool                // a watch goroutine looks at its channels
 
 	ended atomic.Pointer[instanceEnd] // why it ends, for Options.Events (see ending)
 }
@@ -199,7 +201,12 @@ var errNoDescriber = errors.New("a plugin with a path is described at load throu
 // oneshot. Handler errors come back as *Error with their errno; broken
 // reports whether the instance is unfit for further requests.
 func (inst *instance) call(ctx context.Context, req *wire.HandleRequest) (*Response, bool, error) {
-	resp, files, err := inst.runner.frames.roundTrip(ctx, req)
+	return inst.callWith(ctx, req, nil)
+}
+
+// callWith is call with oob on the request's final frame (roundTripWith).
+func (inst *instance) callWith(ctx context.Context, req *wire.HandleRequest, oob []byte) (*Response, bool, error) {
+	resp, files, err := inst.runner.frames.roundTripWith(ctx, req, oob)
 	if err != nil {
 		// A handler that stopped when told to leaves a healthy instance.
 		broken := err != errStopped

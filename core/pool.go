@@ -414,6 +414,9 @@ func (p *pool) exited(inst *instance) {
 	inst.ending(InstanceCrashed, nil) // unless the core meant it
 	inst.abrupt = true
 	p.retire(inst)
+	if len(inst.channels) > 0 {
+		go p.revokeChannels(inst) // each holds it: released, it is killed
+	}
 	if inst.inflight == 0 {
 		p.killLocked(inst) // reaps go-plugin's side, removes the socket dir
 	}
@@ -438,6 +441,7 @@ func (p *pool) killLocked(inst *instance) {
 	go func(abrupt bool) {
 		defer p.kills.Done()
 		p.stop(inst, abrupt)
+		p.revokeChannels(inst)
 		close(inst.gone)
 		emit(p.events, inst.endEvent(false))
 	}(inst.abrupt)

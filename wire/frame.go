@@ -13,6 +13,9 @@ package wire
 
 import (
 	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Frame kinds (README.md, "Frame kinds"). Kind 6 was protocol 1's
@@ -126,3 +129,20 @@ func (m *Message) Add(part []byte) {
 
 // TooLarge reports whether the message exceeds MaxMessageBytes.
 func (m *Message) TooLarge() bool { return m.Size > MaxMessageBytes }
+
+// ParseRights is the files of a received frame's control message (oob,
+// as recvmsg(2) filled it): the SCM_RIGHTS descriptors, named name.
+func ParseRights(oob []byte, name string) []*os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, _ := unix.ParseUnixRights(&m)
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), name))
+		}
+	}
+	return files
+}

@@ -54,6 +54,9 @@ func CheckTypeName(name string) error {
 	if dot == 0 {
 		return fmt.Errorf("message type %q: want <plugin>.<verb>", name)
 	}
+	if strings.HasPrefix(name, ReservedPrefix) {
+		return fmt.Errorf("message type %q: the prefix %q is reserved for the frame channel's own requests", name, ReservedPrefix)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -27,7 +28,13 @@ type frameServer struct {
 	fd       int
 	readable *fdwait.Waiter
 	writable *fdwait.Waiter // made at the first write that would block
-	idle     idleReturn
+	idle     *idleReturn    // the process's: shared by its channels
+	oob      []byte         // the core's channel only: a grant's socket comes with its request
+
+	// grant is set on a direct channel (channel.go), which serves one
+	// request at a time of the one type it grants; nil on the core's.
+	grant *wire.ChannelGrant
+	stats *channelStats // a direct channel's counts
 
 	mu      sync.Mutex
 	partial map[string]*wire.Message      // request bodies still arriving
@@ -51,20 +58,13 @@ type handleFunc func(ctx context.Context, req *wire.HandleRequest) (*wire.Handle
 // closes when wait is set; served, if not nil, is called after each
 // response is sent.
 func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool, served func()) error {
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	fd, readable, err := rawSocket(f)
 	if err != nil {
-		return os.NewSyscallError("dup", err)
-	}
-	readable, err := fdwait.Readable(fd)
-	if err == nil {
-		err = unix.SetNonblock(fd, true)
-	}
-	if err != nil {
-		unix.Close(fd)
 		return err
 	}
-	fs := &frameServer{handle: handle, log: log, fd: fd, readable: readable, partial: make(map[string]*wire.Message),
-		cancels: make(map[string]context.CancelFunc), closed: make(chan struct{}), spare: make(chan []byte), served: served}
+	fs := &frameServer{handle: handle, log: log, fd: fd, readable: readable, idle: &idleReturn{}, oob: make([]byte, unix.CmsgSpace(4)),
+		partial: make(map[string]*wire.Message), cancels: make(map[string]context.CancelFunc), closed: make(chan struct{}),
+		spare: make(chan []byte), served: served}
 	go fs.run(make([]byte, wire.MaxFrame))
 	if wait {
 		<-fs.closed
@@ -80,14 +80,22 @@ func serveFrames(f *os.File, log hclog.Logger, handle handleFunc, wait bool, ser
 // requests once served at the same time.
 func (fs *frameServer) run(buf []byte) {
 	for {
-		n, err := fs.recv(buf)
+		n, file, err := fs.recv(buf)
 		if err != nil || n == 0 {
-			close(fs.closed) // the core is gone; go-plugin ends the process
+			if file != nil {
+				file.Close()
+			}
+			fs.end()
 			return
 		}
 		kind, id, body, err := wire.ParseFrame(buf[:n])
-		if err != nil {
-			fs.log.Error("bad frame from the core", "error", err)
+		if err != nil || (file != nil && kind != wire.FrameRequest) {
+			if file != nil {
+				file.Close()
+			}
+			if err != nil {
+				fs.log.Error("bad frame from the core", "error", err)
+			}
 			continue
 		}
 		switch kind {
@@ -108,6 +116,13 @@ func (fs *frameServer) run(buf []byte) {
 			}
 			p.Add(body) // a copy: buf goes on to the next reader
 			delete(fs.partial, id)
+			if fs.grant != nil {
+				// A direct channel: one request at a time, the next
+				// read only once this one is answered.
+				fs.mu.Unlock()
+				fs.serve(context.Background(), id, p, nil)
+				continue
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			fs.cancels[id] = cancel
 			fs.mu.Unlock()
@@ -116,7 +131,7 @@ func (fs *frameServer) run(buf []byte) {
 			default:
 				go fs.run(buf)
 			}
-			fs.serve(ctx, id, p)
+			fs.serve(ctx, id, p, file)
 			select {
 			case buf = <-fs.spare:
 			case <-fs.closed:
@@ -132,9 +147,16 @@ func (fs *frameServer) run(buf []byte) {
 	}
 }
 
-func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
+// serve answers one complete request; file is the socket that came with
+// it (a channel's grant), closed unless a grant keeps it.
+func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message, file *os.File) {
 	fs.idle.begin()
 	defer fs.idle.end()
+	defer func() {
+		if file != nil {
+			file.Close()
+		}
+	}()
 	defer func() {
 		fs.mu.Lock()
 		if cancel := fs.cancels[id]; cancel != nil {
@@ -150,6 +172,10 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message) {
 		resp = wire.ErrorResponse(wire.TooLarge("request", p.Size))
 	} else if err := proto.Unmarshal(p.Body, req); err != nil {
 		resp = wire.ErrorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
+	} else if fs.grant != nil {
+		resp, files = fs.serveGranted(req)
+	} else if strings.HasPrefix(req.Type, wire.ReservedPrefix) {
+		resp = fs.serveChannelRequest(req, &file)
 	} else {
 		resp, files = fs.handle(ctx, req)
 	}
@@ -185,6 +211,27 @@ func (fs *frameServer) send(id string, msg []byte, files []*os.File) error {
 	}, wire.FrameResponse, id, msg, oob)
 }
 
+// rawSocket is a non-blocking copy of f's descriptor, never the runtime
+// poller's, with its Waiter for reads.
+func rawSocket(f *os.File) (int, *fdwait.Waiter, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, nil, os.NewSyscallError("dup", err)
+	}
+	readable, err := fdwait.Readable(fd)
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		if readable != nil {
+			readable.Close()
+		}
+		unix.Close(fd)
+		return -1, nil, err
+	}
+	return fd, readable, nil
+}
+
 // The frame channel's reads and writes never block (the socket is
 // non-blocking; fdwait waits for it), so they are made as raw system
 // calls: through the runtime's entersyscall, each would wake its sysmon
@@ -192,9 +239,16 @@ func (fs *frameServer) send(id string, msg []byte, files []*os.File) error {
 // a request, and an awake sysmon moves the only P to another thread when
 // a system call is slow to return.
 
-// recv reads one frame (SOCK_SEQPACKET: read(2) takes one record).
-func (fs *frameServer) recv(buf []byte) (int, error) {
-	return rawIO(fs.readable, fs.fd, syscall.SYS_READ, buf)
+// recv reads one frame (SOCK_SEQPACKET: one read takes one record). On
+// the core's channel it takes the one socket a frame may carry (a
+// channel's grant) with recvmsg(2); a direct channel's caller can send
+// none: read(2) discards them.
+func (fs *frameServer) recv(buf []byte) (int, *os.File, error) {
+	if fs.oob == nil {
+		n, err := rawIO(fs.readable, fs.fd, syscall.SYS_READ, buf)
+		return n, nil, err
+	}
+	return rawRecvmsg(fs.readable, fs.fd, buf, fs.oob)
 }
 
 // write sends one frame without files.
