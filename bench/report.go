@@ -156,7 +156,7 @@ func PrintTable(w io.Writer, mode string, r *Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (µs)\tn\tp50\tp90\tp99\tmin\tmean\tp50 vs floor\t")
 	floor := r.Summary["floor"].P50
-	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "cli_standalone", "cli_standalone_nsenter", "daemon_call", "daemon_grpc_call", "cli_daemon", "cli_daemon_nsenter", "warm_long"} {
+	for _, name := range []string{"floor", "warm", "nsenter_cli", "oneshot", "cold", "bare_plugin", "bare_plugin_start_call", "cli_standalone", "cli_standalone_nsenter", "daemon_call", "daemon_relay", "daemon_grpc_call", "cli_daemon", "cli_daemon_nsenter", "warm_long"} {
 		s, ok := r.Summary[name]
 		if !ok {
 			continue

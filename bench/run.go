@@ -233,6 +233,11 @@ func Run(cfg Config) (*Results, error) {
 			return nil, err
 		}
 		add(call, p.Daemon)
+		relay, err := env.DaemonRelayCase(daemon)
+		if err != nil {
+			return nil, err
+		}
+		add(relay, p.Daemon)
 		grpcCall, err := env.DaemonGRPCCallCase(daemon)
 		if err != nil {
 			return nil, err
@@ -313,7 +318,7 @@ func Run(cfg Config) (*Results, error) {
 	// The daemon's two ways in, against the in-process warm path of the
 	// same run.
 	if w := res.Summary["warm"].P50; w > 0 {
-		for _, name := range []string{"daemon_call", "daemon_grpc_call"} {
+		for _, name := range []string{"daemon_call", "daemon_relay", "daemon_grpc_call"} {
 			if s, ok := res.Summary[name]; ok {
 				v[name+"_vs_warm"] = round(float64(s.P50)/float64(w), 2)
 			}

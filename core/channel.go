@@ -37,6 +37,9 @@ type Channel struct {
 	ID   uint64
 	Type string
 	PID  int // the target's, as the core sees it
+	// Timeout bounds each of its requests (the plugin's request_timeout,
+	// or less as asked); 0 for none.
+	Timeout time.Duration
 
 	inst   *instance
 	d      *Dispatcher
@@ -149,7 +152,7 @@ func (d *Dispatcher) grant(ctx context.Context, inst *instance, t *target, req R
 		}
 		return nil, broken, err
 	}
-	return &Channel{File: os.NewFile(uintptr(fds[0]), "nsplug-channel"), ID: id, Type: req.Type, PID: req.PID,
+	return &Channel{File: os.NewFile(uintptr(fds[0]), "nsplug-channel"), ID: id, Type: req.Type, PID: req.PID, Timeout: timeout,
 		inst: inst, d: d, revoke: fds[1], done: make(chan struct{})}, false, nil
 }
 

@@ -285,7 +285,7 @@ func (a *AuditLog) Close() error {
 // AuditRecord is what is known of one audited call.
 type AuditRecord struct {
 	Time   time.Time // when the call arrived
-	Op     string    // "call" or "prepare"
+	Op     string    // "call", "channel" or "prepare"
 	Caller Caller
 	// PID and StartTime are the target as the caller named it; Target,
 	// when set, is the process the core pinned.

@@ -34,6 +34,7 @@ type transport int
 const (
 	viaGRPC transport = iota
 	viaFast
+	viaChannel // a direct channel's requests, which the daemon does not see (channels.go)
 )
 
 // carriesFiles reports whether the transport can hand files to the

@@ -41,6 +41,8 @@ type fastConn struct {
 	cancel context.CancelFunc // of its request in flight; nil when idle
 	hungUp bool               // the client closed its end (hangups)
 	watch  uint64             // its key in hangups, 0 for none
+	// channels it opened, by id (channels.go; under Server.channels.mu)
+	channels map[uint64]*openChannel
 }
 
 func (f *fastConns) add(fc *fastConn) bool {
@@ -137,6 +139,7 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 		return
 	}
 	defer s.fast.remove(fc)
+	defer s.closeConnChannels(fc)
 	if err := s.fast.hangups.add(fc); err != nil {
 		s.log.Warn("api: fast path: cannot watch a connection for its client hanging up; closing it", "error", err)
 		return
@@ -150,7 +153,7 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 	}
 	var out []byte
 	for {
-		id, msg, err := r.Read(wire.FrameRequest)
+		kind, id, msg, err := r.ReadRequest()
 		if err != nil {
 			var pe *fast.ProtocolError
 			if errors.As(err, &pe) { // answered, then closed: the stream is lost
@@ -166,7 +169,16 @@ func (s *Server) serveFast(conn *net.UnixConn, c Caller) {
 			s.reply(conn, out, id, statusOf(wire.Errorf(syscall.ESHUTDOWN, "the daemon is shutting down")), nil)
 			return
 		}
-		st, files := s.fastCall(ctx, c, msg)
+		var st *spb.Status
+		var files []*os.File
+		switch kind {
+		case fast.FrameOpenChannel:
+			st, files = s.openFastChannel(ctx, c, fc, msg)
+		case fast.FrameCloseChannel:
+			st = s.closeFastChannel(fc, msg)
+		default:
+			st, files = s.fastCall(ctx, c, msg)
+		}
 		out, err = s.reply(conn, out, id, st, files)
 		closeAll(files) // sent or not, the daemon keeps no copy
 		if !s.fast.end(fc) || err != nil {

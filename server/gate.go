@@ -47,7 +47,20 @@ type Gate struct {
 // A denial whose line cannot be written is still a denial. Every line is
 // written before Call returns.
 func (g *Gate) Call(c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (resp *core.Response, denied string, err error) {
-	rec := AuditRecord{Time: time.Now(), Op: "call", Caller: c, PID: req.PID, StartTime: req.StartTime, Type: req.Type, Payload: req.Payload}
+	return g.call("call", c, req, do)
+}
+
+// Channel is Call for opening a direct channel of req's type to its
+// target (do: the dispatcher's OpenChannel), audited as op "channel".
+// The caller refuses types that change state: their calls are audited
+// one by one, which a channel's are not.
+func (g *Gate) Channel(c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (denied string, err error) {
+	_, denied, err = g.call("channel", c, req, do)
+	return denied, err
+}
+
+func (g *Gate) call(op string, c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (resp *core.Response, denied string, err error) {
+	rec := AuditRecord{Time: time.Now(), Op: op, Caller: c, PID: req.PID, StartTime: req.StartTime, Type: req.Type, Payload: req.Payload}
 	info, _, known := g.Registry.Type(req.Type)
 	mutating := known && (len(info.Changes) > 0 || len(info.MayChange) > 0)
 

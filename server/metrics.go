@@ -60,7 +60,8 @@ type Metrics struct {
 	startFailures *prometheus.CounterVec
 	startDuration *prometheus.HistogramVec
 	exits         *prometheus.CounterVec
-	transports    [2]prometheus.Counter // by transport: viaGRPC, viaFast
+	transports    [3]prometheus.Counter // by transport: viaGRPC, viaFast, viaChannel
+	channels      prometheus.Gauge
 
 	known atomic.Pointer[knownTypes]
 }
@@ -132,11 +133,16 @@ func NewMetrics(dispatcher func() *core.Dispatcher) *Metrics {
 	}
 	byTransport := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nsplug_requests_by_transport_total",
-		Help: `Call requests begun, by the transport they came over: "grpc" or "fast" (the fast path, api/fast).`,
+		Help: `Call requests begun, by the transport they came over: "grpc", "fast" (the fast path, api/fast) or "channel" (a direct channel, counted as its handler reports them).`,
 	}, []string{"transport"})
-	m.transports = [2]prometheus.Counter{viaGRPC: byTransport.WithLabelValues("grpc"), viaFast: byTransport.WithLabelValues("fast")}
+	m.transports = [3]prometheus.Counter{viaGRPC: byTransport.WithLabelValues("grpc"), viaFast: byTransport.WithLabelValues("fast"),
+		viaChannel: byTransport.WithLabelValues("channel")}
+	m.channels = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nsplug_channels_open",
+		Help: "Direct channels open (api/fast, Channels).",
+	})
 	m.reg.MustRegister(m.requests, m.duration, m.inFlight, m.denials, instanceCollector{m},
-		m.starts, m.startFailures, m.startDuration, m.exits, byTransport,
+		m.starts, m.startFailures, m.startDuration, m.exits, byTransport, m.channels,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -229,6 +235,29 @@ func resultOf(err error) string {
 		return name
 	}
 	return labelOther
+}
+
+// ChannelServed is the core.Options.ChannelServed that counts a direct
+// channel's requests in nsplug_requests_total as their handler reports
+// them (about once a second); their durations are the client's to
+// measure, so the histogram has none of them.
+func (m *Metrics) ChannelServed() func(core.ChannelServed) {
+	return func(s core.ChannelServed) {
+		_, known := m.current()
+		ts := known.types[s.Type]
+		if ts == nil {
+			ts = known.other
+		}
+		failed := uint64(0)
+		for errno, n := range s.Errors {
+			failed += n
+			m.requests.WithLabelValues(ts.label, resultOf(wire.Errorf(errno, ""))).Add(float64(n))
+		}
+		if s.Requests > failed {
+			ts.ok.Add(float64(s.Requests - failed))
+		}
+		m.transports[viaChannel].Add(float64(s.Requests))
+	}
 }
 
 // Over counts a Call request begun over transport t.

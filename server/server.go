@@ -55,6 +55,7 @@ type Server struct {
 	health    *health.Server
 	fast      fastConns
 	userCalls userCalls
+	channels  channelSet
 
 	metrics *Metrics
 	policy  atomic.Pointer[Policy]
@@ -90,6 +91,12 @@ func New(cfg *config.Config, log hclog.Logger, opts core.Options) (*Server, erro
 		events = func(e core.Event) { ours(e); theirs(e) }
 	}
 	opts.Events = events
+	served := s.metrics.ChannelServed()
+	if theirs := opts.ChannelServed; theirs != nil {
+		ours := served
+		served = func(c core.ChannelServed) { ours(c); theirs(c) }
+	}
+	opts.ChannelServed = served
 	s.opts = opts
 	d, err := core.New(cfg, opts)
 	if err != nil {
@@ -224,6 +231,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.mu.Unlock()
 	if same {
+		s.revokeReloaded()
 		return nil
 	}
 	d, err := core.New(cfg, s.opts)
@@ -240,11 +248,20 @@ func (s *Server) Reload(cfg *config.Config) error {
 		s.retired.Add(1)
 	}
 	s.mu.Unlock()
+	s.revokeReloaded()
 	if idle {
 		go s.close(prev)
 	}
 	s.log.Info("reload: new dispatcher; the previous one retires after its calls in flight")
 	return nil
+}
+
+// revokeReloaded revokes the channels opened under the configuration a
+// reload replaced: each was authorized by its rules.
+func (s *Server) revokeReloaded() {
+	if n := s.revokeChannels(false); n > 0 {
+		s.log.Info("reload: direct channels revoked; their clients open new ones under the new rules", "channels", n)
+	}
 }
 
 // pluginKeys is what a dispatcher is built from: every key of cfg but
@@ -296,6 +313,7 @@ func (s *Server) Shutdown(grace time.Duration) {
 	defer s.reload.Unlock()
 	s.stopped = true
 	s.health.Shutdown()
+	s.revokeChannels(true) // a channel is no call in flight: none is drained
 	drained := make(chan struct{})
 	go func() {
 		var both sync.WaitGroup

@@ -36,6 +36,8 @@ type Channel struct {
 	oob    []byte
 	out    []byte
 	broken error
+	id     uint64  // the daemon's, when it opened the channel
+	client *Client // that opened it, told of Close
 }
 
 // NewChannel is a Channel on f, a channel's socket (core.Channel.File,
@@ -166,5 +168,10 @@ func (ch *Channel) Close() error {
 	if ch.broken == nil {
 		ch.broken = wire.Errorf(syscall.EBADF, "nsplug channel: closed")
 	}
-	return ch.file.Close()
+	err := ch.file.Close()
+	if ch.client != nil {
+		ch.client.closeChannel(ch.id)
+		ch.client = nil
+	}
+	return err
 }

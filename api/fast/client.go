@@ -87,9 +87,6 @@ func (c *Client) Close() error { return c.conn.Close() }
 func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallResponse, []*os.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.broken != nil {
-		return nil, nil, c.broken
-	}
 	body := appendCallRequest(c.body[:0], req)
 	if cap(body) <= 1<<16 {
 		c.body = body
@@ -97,15 +94,32 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 	if len(body) > MaxMessage {
 		return nil, nil, TooLarge("request", len(body))
 	}
+	status, files, err := c.roundTrip(ctx, wire.FrameRequest, body)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := decodeReply(status)
+	if err != nil {
+		closeFiles(files)
+		return nil, nil, err
+	}
+	return resp, files, nil
+}
+
+// roundTrip sends one message of kind and reads its reply, with mu held.
+func (c *Client) roundTrip(ctx context.Context, kind byte, body []byte) (replyStatus, []*os.File, error) {
+	if c.broken != nil {
+		return replyStatus{}, nil, c.broken
+	}
 	c.next++
 	id := strconv.Itoa(c.next)
 	buf := c.buf[:0]
 	if !c.sent {
 		buf = append(buf, Preface...)
 	}
-	buf, err := AppendMessage(buf, wire.FrameRequest, id, body)
+	buf, err := AppendMessage(buf, kind, id, body)
 	if err != nil {
-		return nil, nil, wire.Errorf(syscall.EINVAL, "request: %v", err)
+		return replyStatus{}, nil, wire.Errorf(syscall.EINVAL, "request: %v", err)
 	}
 	if cap(buf) <= 1<<16 {
 		c.buf = buf
@@ -117,9 +131,9 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 		closeFiles(files)
 		c.broken = wire.Errorf(syscall.ECANCELED, "nsplug daemon: the connection was closed when a call was cancelled")
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, nil, wire.Errorf(syscall.ETIMEDOUT, "nsplug daemon: %v", ctx.Err())
+			return replyStatus{}, nil, wire.Errorf(syscall.ETIMEDOUT, "nsplug daemon: %v", ctx.Err())
 		}
-		return nil, nil, wire.Errorf(syscall.ECANCELED, "nsplug daemon: %v", ctx.Err())
+		return replyStatus{}, nil, wire.Errorf(syscall.ECANCELED, "nsplug daemon: %v", ctx.Err())
 	}
 	if err != nil {
 		closeFiles(files)
@@ -127,14 +141,52 @@ func (c *Client) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallR
 			err = daemonError(err)
 		}
 		c.broken = err
-		return nil, nil, err
+		return replyStatus{}, nil, err
 	}
-	resp, err := decodeReply(status)
+	return status, files, nil
+}
+
+// OpenChannel asks the daemon for a direct channel (README.md,
+// "Channels") for requests of req's type to req's target, with its
+// namespaces, credentials and timeout (its payload is not used). The
+// daemon authorizes it as it would a Call of that type to that target;
+// a type that changes state is refused (EOPNOTSUPP: each of its calls is
+// audited, so they go through Call). The channel lives until it is
+// closed or revoked, and at the latest until this connection closes.
+func (c *Client) OpenChannel(ctx context.Context, req *apiv1.CallRequest) (*Channel, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tmpl := &apiv1.CallRequest{Target: req.Target, Type: req.Type, Namespaces: req.Namespaces, Credentials: req.Credentials, Timeout: req.Timeout}
+	status, files, err := c.roundTrip(ctx, FrameOpenChannel, appendCallRequest(nil, tmpl))
 	if err != nil {
-		closeFiles(files)
-		return nil, nil, err
+		return nil, err
 	}
-	return resp, files, nil
+	if status.code != 0 {
+		closeFiles(files)
+		_, err := decodeReply(status)
+		return nil, err
+	}
+	var grant *apiv1.ChannelGrant
+	if len(status.details) == 1 && status.details[0].name == channelGrantName {
+		grant, err = decodeChannelGrant(status.details[0].value)
+	}
+	if grant == nil || err != nil || len(files) != 1 {
+		closeFiles(files)
+		return nil, wire.Errorf(syscall.EPROTO, "nsplug daemon: a channel's reply without its grant and socket")
+	}
+	ch := NewChannel(files[0], grant.Type)
+	ch.id, ch.client = grant.Id, c
+	return ch, nil
+}
+
+// closeChannel tells the daemon a channel is closed (best effort: a
+// broken connection has revoked it already).
+func (c *Client) closeChannel(id uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken == nil {
+		c.roundTrip(context.Background(), FrameCloseChannel, strconv.AppendUint(nil, id, 10))
+	}
 }
 
 // exchange sends one request and reads its reply and files.
@@ -178,6 +230,7 @@ func (c *Client) exchange(buf []byte, id string) (replyStatus, []*os.File, error
 // Full names of the messages a reply's details hold.
 const (
 	callResponseName = "nsplug.api.v1.CallResponse"
+	channelGrantName = "nsplug.api.v1.ChannelGrant"
 	errorName        = "nsplug.api.v1.Error"
 )
 

@@ -148,6 +148,23 @@ func decodeCallResponse(b []byte) (*apiv1.CallResponse, error) {
 	return resp, err
 }
 
+// decodeChannelGrant decodes a ChannelGrant.
+func decodeChannelGrant(b []byte) (*apiv1.ChannelGrant, error) {
+	g := &apiv1.ChannelGrant{}
+	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, raw []byte) error {
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			g.Id = v
+		case num == 2 && typ == protowire.BytesType:
+			g.Type = string(raw)
+		case num == 3 && typ == protowire.VarintType:
+			g.TimeoutMs = int64(v)
+		}
+		return nil
+	})
+	return g, err
+}
+
 // decodeError decodes an Error.
 func decodeError(b []byte) (*apiv1.Error, error) {
 	e := &apiv1.Error{}

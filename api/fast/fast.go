@@ -15,6 +15,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"io"
+	"slices"
 	"syscall"
 
 	"github.com/nsplug/nsplug/wire"
@@ -24,6 +25,18 @@ import (
 // daemon answers with the same bytes before it serves anything. An HTTP/2
 // client's first bytes ("PRI * HTTP/2.0...") differ from its first byte on.
 const Preface = "NSPLUG-FAST/1\n"
+
+// The fast path's own frame kinds, client → daemon, beside the frame
+// channel's (wire): each message is one final frame, never split.
+const (
+	// FrameOpenChannel asks for a direct channel: its body is a
+	// CallRequest (its payload unused); the reply's details hold a
+	// ChannelGrant, its socket comes with it (SCM_RIGHTS).
+	FrameOpenChannel byte = 7
+	// FrameCloseChannel closes a channel the connection opened: its body
+	// is the ChannelGrant's id, in decimal.
+	FrameCloseChannel byte = 8
+)
 
 // lenSize is the size of the big-endian length before each frame.
 const lenSize = 4
@@ -103,6 +116,19 @@ func (r *Reader) ReadPreface() (bool, error) {
 // response, EIO for a message over MaxMessage (refused as soon as it is
 // known to be: nothing more of it is read).
 func (r *Reader) Read(final byte) (id string, msg []byte, err error) {
+	_, id, msg, err = r.read(final)
+	return id, msg, err
+}
+
+// ReadRequest is Read of a request, which may also be one of the fast
+// path's own (FrameOpenChannel, FrameCloseChannel); kind says which.
+func (r *Reader) ReadRequest() (kind byte, id string, msg []byte, err error) {
+	return r.read(wire.FrameRequest, FrameOpenChannel, FrameCloseChannel)
+}
+
+// read reads one message of kind final, or of one of the kinds single,
+// which are never split.
+func (r *Reader) read(final byte, single ...byte) (kind byte, id string, msg []byte, err error) {
 	what, errno := "request", syscall.EINVAL
 	if final == wire.FrameResponse {
 		what, errno = "response", syscall.EPROTO
@@ -114,42 +140,45 @@ func (r *Reader) Read(final byte) (id string, msg []byte, err error) {
 			if !first && err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return "", nil, err
+			return 0, "", nil, err
 		}
 		n := binary.BigEndian.Uint32(head[:])
 		if n < 2 || n > wire.MaxFrame {
-			return "", nil, breach(errno, "%s: a frame of %d bytes (want 2 to %d)", what, n, wire.MaxFrame)
+			return 0, "", nil, breach(errno, "%s: a frame of %d bytes (want 2 to %d)", what, n, wire.MaxFrame)
 		}
 		frame := r.frame[:n]
 		if _, err := io.ReadFull(r.r, frame); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return "", nil, err
+			return 0, "", nil, err
 		}
-		kind, fid, body, err := wire.ParseFrame(frame)
+		k, fid, body, err := wire.ParseFrame(frame)
 		if err != nil {
-			return "", nil, breach(errno, "%s: %v", what, err)
+			return 0, "", nil, breach(errno, "%s: %v", what, err)
 		}
-		if kind != final && kind != partOf(final) {
-			return "", nil, breach(errno, "%s: a frame of kind %d (want %d or %d)", what, kind, partOf(final), final)
+		if first && slices.Contains(single, k) {
+			return k, fid, append([]byte{}, body...), nil
+		}
+		if k != final && k != partOf(final) {
+			return 0, "", nil, breach(errno, "%s: a frame of kind %d (want %d or %d)", what, k, partOf(final), final)
 		}
 		if first {
 			id = fid
 		} else if fid != id {
-			return "", nil, breach(errno, "%s: a frame of request %q inside the message of request %q", what, fid, id)
+			return 0, "", nil, breach(errno, "%s: a frame of request %q inside the message of request %q", what, fid, id)
 		}
 		if size += len(body); r.limit > 0 && size > r.limit {
-			return "", nil, &ProtocolError{tooLarge(what, size, r.limit, r.setting)}
+			return 0, "", nil, &ProtocolError{tooLarge(what, size, r.limit, r.setting)}
 		} else if size > MaxMessage {
-			return "", nil, &ProtocolError{TooLarge(what, size)}
+			return 0, "", nil, &ProtocolError{TooLarge(what, size)}
 		}
 		msg = append(msg, body...)
-		if kind == final {
+		if k == final {
 			if msg == nil {
 				msg = []byte{}
 			}
-			return id, msg, nil
+			return k, id, msg, nil
 		}
 	}
 }

@@ -345,6 +345,74 @@ func (x *CapabilitySets) GetInheritable() uint64 {
 	return 0
 }
 
+// The fast path's answer to a channel request (api/fast/README.md,
+// "Channels"): a direct channel to the handler, whose socket comes with
+// the reply (SCM_RIGHTS). gRPC cannot carry it, so the service has no
+// such call.
+type ChannelGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The daemon's id of the channel, for closing it on the connection
+	// that opened it.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The one message type it serves.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Each request's timeout on it, in milliseconds; 0 for none.
+	TimeoutMs     int64 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChannelGrant) Reset() {
+	*x = ChannelGrant{}
+	mi := &file_v1_nsplug_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChannelGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChannelGrant) ProtoMessage() {}
+
+func (x *ChannelGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_v1_nsplug_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChannelGrant.ProtoReflect.Descriptor instead.
+func (*ChannelGrant) Descriptor() ([]byte, []int) {
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ChannelGrant) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ChannelGrant) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ChannelGrant) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
 type CallResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The handler's JSON response.
@@ -355,7 +423,7 @@ type CallResponse struct {
 
 func (x *CallResponse) Reset() {
 	*x = CallResponse{}
-	mi := &file_v1_nsplug_proto_msgTypes[4]
+	mi := &file_v1_nsplug_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +435,7 @@ func (x *CallResponse) String() string {
 func (*CallResponse) ProtoMessage() {}
 
 func (x *CallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[4]
+	mi := &file_v1_nsplug_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +448,7 @@ func (x *CallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
 func (*CallResponse) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{4}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CallResponse) GetPayload() []byte {
@@ -405,7 +473,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_v1_nsplug_proto_msgTypes[5]
+	mi := &file_v1_nsplug_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +485,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[5]
+	mi := &file_v1_nsplug_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +498,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{5}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Error) GetErrno() int32 {
@@ -462,7 +530,7 @@ type TypesRequest struct {
 
 func (x *TypesRequest) Reset() {
 	*x = TypesRequest{}
-	mi := &file_v1_nsplug_proto_msgTypes[6]
+	mi := &file_v1_nsplug_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +542,7 @@ func (x *TypesRequest) String() string {
 func (*TypesRequest) ProtoMessage() {}
 
 func (x *TypesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[6]
+	mi := &file_v1_nsplug_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +555,7 @@ func (x *TypesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypesRequest.ProtoReflect.Descriptor instead.
 func (*TypesRequest) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{6}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{7}
 }
 
 type TypesResponse struct {
@@ -499,7 +567,7 @@ type TypesResponse struct {
 
 func (x *TypesResponse) Reset() {
 	*x = TypesResponse{}
-	mi := &file_v1_nsplug_proto_msgTypes[7]
+	mi := &file_v1_nsplug_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +579,7 @@ func (x *TypesResponse) String() string {
 func (*TypesResponse) ProtoMessage() {}
 
 func (x *TypesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[7]
+	mi := &file_v1_nsplug_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +592,7 @@ func (x *TypesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypesResponse.ProtoReflect.Descriptor instead.
 func (*TypesResponse) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{7}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TypesResponse) GetTypes() []*TypeInfo {
@@ -552,7 +620,7 @@ type TypeInfo struct {
 
 func (x *TypeInfo) Reset() {
 	*x = TypeInfo{}
-	mi := &file_v1_nsplug_proto_msgTypes[8]
+	mi := &file_v1_nsplug_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +632,7 @@ func (x *TypeInfo) String() string {
 func (*TypeInfo) ProtoMessage() {}
 
 func (x *TypeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[8]
+	mi := &file_v1_nsplug_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +645,7 @@ func (x *TypeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypeInfo.ProtoReflect.Descriptor instead.
 func (*TypeInfo) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{8}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TypeInfo) GetName() string {
@@ -630,7 +698,7 @@ type PluginsRequest struct {
 
 func (x *PluginsRequest) Reset() {
 	*x = PluginsRequest{}
-	mi := &file_v1_nsplug_proto_msgTypes[9]
+	mi := &file_v1_nsplug_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +710,7 @@ func (x *PluginsRequest) String() string {
 func (*PluginsRequest) ProtoMessage() {}
 
 func (x *PluginsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[9]
+	mi := &file_v1_nsplug_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +723,7 @@ func (x *PluginsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginsRequest.ProtoReflect.Descriptor instead.
 func (*PluginsRequest) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{9}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{10}
 }
 
 type PluginsResponse struct {
@@ -670,7 +738,7 @@ type PluginsResponse struct {
 
 func (x *PluginsResponse) Reset() {
 	*x = PluginsResponse{}
-	mi := &file_v1_nsplug_proto_msgTypes[10]
+	mi := &file_v1_nsplug_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +750,7 @@ func (x *PluginsResponse) String() string {
 func (*PluginsResponse) ProtoMessage() {}
 
 func (x *PluginsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[10]
+	mi := &file_v1_nsplug_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +763,7 @@ func (x *PluginsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginsResponse.ProtoReflect.Descriptor instead.
 func (*PluginsResponse) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{10}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PluginsResponse) GetPlugins() []*PluginInfo {
@@ -732,7 +800,7 @@ type PluginInfo struct {
 
 func (x *PluginInfo) Reset() {
 	*x = PluginInfo{}
-	mi := &file_v1_nsplug_proto_msgTypes[11]
+	mi := &file_v1_nsplug_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +812,7 @@ func (x *PluginInfo) String() string {
 func (*PluginInfo) ProtoMessage() {}
 
 func (x *PluginInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[11]
+	mi := &file_v1_nsplug_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +825,7 @@ func (x *PluginInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginInfo.ProtoReflect.Descriptor instead.
 func (*PluginInfo) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{11}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PluginInfo) GetName() string {
@@ -824,7 +892,7 @@ type InstancesRequest struct {
 
 func (x *InstancesRequest) Reset() {
 	*x = InstancesRequest{}
-	mi := &file_v1_nsplug_proto_msgTypes[12]
+	mi := &file_v1_nsplug_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +904,7 @@ func (x *InstancesRequest) String() string {
 func (*InstancesRequest) ProtoMessage() {}
 
 func (x *InstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[12]
+	mi := &file_v1_nsplug_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +917,7 @@ func (x *InstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstancesRequest.ProtoReflect.Descriptor instead.
 func (*InstancesRequest) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{12}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{13}
 }
 
 type InstancesResponse struct {
@@ -861,7 +929,7 @@ type InstancesResponse struct {
 
 func (x *InstancesResponse) Reset() {
 	*x = InstancesResponse{}
-	mi := &file_v1_nsplug_proto_msgTypes[13]
+	mi := &file_v1_nsplug_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +941,7 @@ func (x *InstancesResponse) String() string {
 func (*InstancesResponse) ProtoMessage() {}
 
 func (x *InstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[13]
+	mi := &file_v1_nsplug_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +954,7 @@ func (x *InstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstancesResponse.ProtoReflect.Descriptor instead.
 func (*InstancesResponse) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{13}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InstancesResponse) GetInstances() []*InstanceInfo {
@@ -923,7 +991,7 @@ type InstanceInfo struct {
 
 func (x *InstanceInfo) Reset() {
 	*x = InstanceInfo{}
-	mi := &file_v1_nsplug_proto_msgTypes[14]
+	mi := &file_v1_nsplug_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1003,7 @@ func (x *InstanceInfo) String() string {
 func (*InstanceInfo) ProtoMessage() {}
 
 func (x *InstanceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[14]
+	mi := &file_v1_nsplug_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1016,7 @@ func (x *InstanceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceInfo.ProtoReflect.Descriptor instead.
 func (*InstanceInfo) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{14}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InstanceInfo) GetPlugin() string {
@@ -1011,7 +1079,7 @@ type PrepareRequest struct {
 
 func (x *PrepareRequest) Reset() {
 	*x = PrepareRequest{}
-	mi := &file_v1_nsplug_proto_msgTypes[15]
+	mi := &file_v1_nsplug_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1091,7 @@ func (x *PrepareRequest) String() string {
 func (*PrepareRequest) ProtoMessage() {}
 
 func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[15]
+	mi := &file_v1_nsplug_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1104,7 @@ func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRequest) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{15}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PrepareRequest) GetTarget() *Target {
@@ -1061,7 +1129,7 @@ type PrepareResponse struct {
 
 func (x *PrepareResponse) Reset() {
 	*x = PrepareResponse{}
-	mi := &file_v1_nsplug_proto_msgTypes[16]
+	mi := &file_v1_nsplug_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1141,7 @@ func (x *PrepareResponse) String() string {
 func (*PrepareResponse) ProtoMessage() {}
 
 func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_nsplug_proto_msgTypes[16]
+	mi := &file_v1_nsplug_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1154,7 @@ func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareResponse.ProtoReflect.Descriptor instead.
 func (*PrepareResponse) Descriptor() ([]byte, []int) {
-	return file_v1_nsplug_proto_rawDescGZIP(), []int{16}
+	return file_v1_nsplug_proto_rawDescGZIP(), []int{17}
 }
 
 var File_v1_nsplug_proto protoreflect.FileDescriptor
@@ -1117,7 +1185,12 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x0eCapabilitySets\x12\x1c\n" +
 	"\teffective\x18\x01 \x01(\x04R\teffective\x12\x1c\n" +
 	"\tpermitted\x18\x02 \x01(\x04R\tpermitted\x12 \n" +
-	"\vinheritable\x18\x03 \x01(\x04R\vinheritable\"(\n" +
+	"\vinheritable\x18\x03 \x01(\x04R\vinheritable\"Q\n" +
+	"\fChannelGrant\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"(\n" +
 	"\fCallResponse\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\"V\n" +
 	"\x05Error\x12\x14\n" +
@@ -1179,38 +1252,39 @@ func file_v1_nsplug_proto_rawDescGZIP() []byte {
 	return file_v1_nsplug_proto_rawDescData
 }
 
-var file_v1_nsplug_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_v1_nsplug_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_v1_nsplug_proto_goTypes = []any{
 	(*Target)(nil),                 // 0: nsplug.api.v1.Target
 	(*CallRequest)(nil),            // 1: nsplug.api.v1.CallRequest
 	(*Credentials)(nil),            // 2: nsplug.api.v1.Credentials
 	(*CapabilitySets)(nil),         // 3: nsplug.api.v1.CapabilitySets
-	(*CallResponse)(nil),           // 4: nsplug.api.v1.CallResponse
-	(*Error)(nil),                  // 5: nsplug.api.v1.Error
-	(*TypesRequest)(nil),           // 6: nsplug.api.v1.TypesRequest
-	(*TypesResponse)(nil),          // 7: nsplug.api.v1.TypesResponse
-	(*TypeInfo)(nil),               // 8: nsplug.api.v1.TypeInfo
-	(*PluginsRequest)(nil),         // 9: nsplug.api.v1.PluginsRequest
-	(*PluginsResponse)(nil),        // 10: nsplug.api.v1.PluginsResponse
-	(*PluginInfo)(nil),             // 11: nsplug.api.v1.PluginInfo
-	(*InstancesRequest)(nil),       // 12: nsplug.api.v1.InstancesRequest
-	(*InstancesResponse)(nil),      // 13: nsplug.api.v1.InstancesResponse
-	(*InstanceInfo)(nil),           // 14: nsplug.api.v1.InstanceInfo
-	(*PrepareRequest)(nil),         // 15: nsplug.api.v1.PrepareRequest
-	(*PrepareResponse)(nil),        // 16: nsplug.api.v1.PrepareResponse
-	(*wrapperspb.UInt64Value)(nil), // 17: google.protobuf.UInt64Value
-	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
+	(*ChannelGrant)(nil),           // 4: nsplug.api.v1.ChannelGrant
+	(*CallResponse)(nil),           // 5: nsplug.api.v1.CallResponse
+	(*Error)(nil),                  // 6: nsplug.api.v1.Error
+	(*TypesRequest)(nil),           // 7: nsplug.api.v1.TypesRequest
+	(*TypesResponse)(nil),          // 8: nsplug.api.v1.TypesResponse
+	(*TypeInfo)(nil),               // 9: nsplug.api.v1.TypeInfo
+	(*PluginsRequest)(nil),         // 10: nsplug.api.v1.PluginsRequest
+	(*PluginsResponse)(nil),        // 11: nsplug.api.v1.PluginsResponse
+	(*PluginInfo)(nil),             // 12: nsplug.api.v1.PluginInfo
+	(*InstancesRequest)(nil),       // 13: nsplug.api.v1.InstancesRequest
+	(*InstancesResponse)(nil),      // 14: nsplug.api.v1.InstancesResponse
+	(*InstanceInfo)(nil),           // 15: nsplug.api.v1.InstanceInfo
+	(*PrepareRequest)(nil),         // 16: nsplug.api.v1.PrepareRequest
+	(*PrepareResponse)(nil),        // 17: nsplug.api.v1.PrepareResponse
+	(*wrapperspb.UInt64Value)(nil), // 18: google.protobuf.UInt64Value
+	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
 }
 var file_v1_nsplug_proto_depIdxs = []int32{
-	17, // 0: nsplug.api.v1.Target.start_time:type_name -> google.protobuf.UInt64Value
+	18, // 0: nsplug.api.v1.Target.start_time:type_name -> google.protobuf.UInt64Value
 	0,  // 1: nsplug.api.v1.CallRequest.target:type_name -> nsplug.api.v1.Target
 	2,  // 2: nsplug.api.v1.CallRequest.credentials:type_name -> nsplug.api.v1.Credentials
-	18, // 3: nsplug.api.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	19, // 3: nsplug.api.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
 	3,  // 4: nsplug.api.v1.Credentials.capabilities:type_name -> nsplug.api.v1.CapabilitySets
-	8,  // 5: nsplug.api.v1.TypesResponse.types:type_name -> nsplug.api.v1.TypeInfo
-	11, // 6: nsplug.api.v1.PluginsResponse.plugins:type_name -> nsplug.api.v1.PluginInfo
-	8,  // 7: nsplug.api.v1.PluginInfo.types:type_name -> nsplug.api.v1.TypeInfo
-	14, // 8: nsplug.api.v1.InstancesResponse.instances:type_name -> nsplug.api.v1.InstanceInfo
+	9,  // 5: nsplug.api.v1.TypesResponse.types:type_name -> nsplug.api.v1.TypeInfo
+	12, // 6: nsplug.api.v1.PluginsResponse.plugins:type_name -> nsplug.api.v1.PluginInfo
+	9,  // 7: nsplug.api.v1.PluginInfo.types:type_name -> nsplug.api.v1.TypeInfo
+	15, // 8: nsplug.api.v1.InstancesResponse.instances:type_name -> nsplug.api.v1.InstanceInfo
 	0,  // 9: nsplug.api.v1.PrepareRequest.target:type_name -> nsplug.api.v1.Target
 	10, // [10:10] is the sub-list for method output_type
 	10, // [10:10] is the sub-list for method input_type
@@ -1230,7 +1304,7 @@ func file_v1_nsplug_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_v1_nsplug_proto_rawDesc), len(file_v1_nsplug_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
