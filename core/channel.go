@@ -43,6 +43,7 @@ type Channel struct {
 
 	inst   *instance
 	d      *Dispatcher
+	target *target // pinned: a target that exits revokes its channels
 	revoke int // a copy of the handler's end: shutdown(2) ends it for both
 	once   sync.Once
 	done   chan struct{}
@@ -69,6 +70,9 @@ type ChannelOptions struct {
 	// Timeout bounds each request of the channel, below the plugin's
 	// request_timeout; 0: request_timeout alone.
 	Timeout time.Duration
+	// MaxRequestBytes bounds each request, below wire.MaxMessageBytes;
+	// 0: that.
+	MaxRequestBytes int
 }
 
 // OpenChannel opens a direct channel for requests of req.Type to the
@@ -106,7 +110,7 @@ func (d *Dispatcher) OpenChannel(ctx context.Context, req Request, opts ChannelO
 	if err != nil {
 		return nil, err
 	}
-	ch, broken, err := d.grant(ctx, inst, t, req, timeout)
+	ch, broken, err := d.grant(ctx, inst, t, req, timeout, opts.MaxRequestBytes)
 	if err != nil {
 		d.pool.release(inst, broken)
 		return nil, err
@@ -134,13 +138,13 @@ func (d *Dispatcher) OpenChannel(ctx context.Context, req Request, opts ChannelO
 
 // grant makes the socketpair and hands the handler its end with the
 // grant; the instance stays held (inflight) for the channel.
-func (d *Dispatcher) grant(ctx context.Context, inst *instance, t *target, req Request, timeout time.Duration) (*Channel, bool, error) {
+func (d *Dispatcher) grant(ctx context.Context, inst *instance, t *target, req Request, timeout time.Duration, maxRequest int) (*Channel, bool, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, false, errorf(syscall.EMFILE, "%s: a channel's socket: %v", req.Type, err)
 	}
 	id := d.chanSeq.Add(1)
-	g := wire.ChannelGrant{ID: id, Type: req.Type, TimeoutMs: timeout.Milliseconds(), TargetPID: int32(req.PID), TargetNsPID: int32(t.nsPID)}
+	g := wire.ChannelGrant{ID: id, Type: req.Type, TimeoutMs: timeout.Milliseconds(), TargetPID: int32(req.PID), TargetNsPID: int32(t.nsPID), MaxRequestBytes: maxRequest}
 	payload, _ := json.Marshal(g)
 	hreq := &wire.HandleRequest{Type: wire.ChannelOpenType, Payload: payload, RequestId: strconv.FormatUint(d.reqSeq.Add(1), 10), TargetPid: int32(req.PID), TargetNsPid: int32(t.nsPID)}
 	_, broken, err := inst.callWith(ctx, hreq, unix.UnixRights(fds[1]))
@@ -152,8 +156,9 @@ func (d *Dispatcher) grant(ctx context.Context, inst *instance, t *target, req R
 		}
 		return nil, broken, err
 	}
+	t.refs.Add(1) // the channel's, until it is revoked
 	return &Channel{File: os.NewFile(uintptr(fds[0]), "nsplug-channel"), ID: id, Type: req.Type, PID: req.PID, Timeout: timeout,
-		inst: inst, d: d, revoke: fds[1], done: make(chan struct{})}, false, nil
+		inst: inst, d: d, target: t, revoke: fds[1], done: make(chan struct{})}, false, nil
 }
 
 // Done is closed once the channel is revoked: by Close, or because its
@@ -177,6 +182,7 @@ func (ch *Channel) close() {
 		unix.Shutdown(ch.revoke, unix.SHUT_RDWR)
 		unix.Close(ch.revoke)
 		close(ch.done)
+		ch.target.release()
 		ch.d.pool.release(ch.inst, false)
 	})
 }
@@ -214,11 +220,14 @@ func (d *Dispatcher) watch(inst *instance) {
 			err = d.account(inst, stats)
 		}
 		d.pool.mu.Lock()
-		left := len(inst.channels)
-		if err != nil || left == 0 || inst.killed {
+		left, killed := len(inst.channels), inst.killed
+		if err != nil || left == 0 || killed {
 			inst.watched = false
 		}
 		d.pool.mu.Unlock()
+		if killed { // by the pool (Close, a crash): it revokes them
+			return
+		}
 		if err != nil {
 			d.log.Warn("a channel's instance is ended", "plugin", inst.plugin.name, "pid", inst.pid, "error", err)
 			inst.ending(InstanceKilled, err)
@@ -229,7 +238,7 @@ func (d *Dispatcher) watch(inst *instance) {
 			d.pool.revokeChannels(inst)
 			return
 		}
-		if left == 0 || inst.killed {
+		if left == 0 {
 			return
 		}
 	}
@@ -252,7 +261,8 @@ func (d *Dispatcher) channelStats(ctx context.Context, inst *instance) (*wire.Ch
 
 // account reports what each channel served since the last look, and
 // closes the channels whose holder has closed its end (the process says
-// so, or no longer lists them); an overdue request is an error.
+// so, or no longer lists them) or whose target has exited; an overdue
+// request is an error.
 func (d *Dispatcher) account(inst *instance, stats *wire.ChannelStats) error {
 	var served []ChannelServed
 	var gone []*Channel
@@ -289,7 +299,9 @@ func (d *Dispatcher) account(inst *instance, stats *wire.ChannelStats) error {
 		}
 	}
 	for id, ch := range inst.channels {
-		if !listed[id] {
+		// Its target exited: the channel was granted for that process,
+		// not for whatever keeps its namespaces now.
+		if !listed[id] || !ch.target.alive() {
 			delete(inst.channels, id)
 			gone = append(gone, ch)
 		}

@@ -124,6 +124,9 @@ func (s *Server) openChannel(ctx context.Context, c Caller, fc *fastConn, in *ap
 		return nil, err
 	}
 	var opts core.ChannelOptions
+	if !c.Root() {
+		opts.MaxRequestBytes = s.userLimit // as its calls are bounded
+	}
 	if in.Timeout != nil {
 		opts.Timeout = in.Timeout.AsDuration()
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -136,7 +138,7 @@ func TestChannelIsHeldToItsGrant(t *testing.T) {
 	if n, err := unix.Read(int(ch.File.Fd()), buf); err != nil || n == 0 {
 		t.Fatalf("no answer to a request with an fd attached: %v", err)
 	}
-	if after := countFDsOf(t, servingPID(t, d, "probe")); after != before {
+	if after := countFDsOf(t, servingPID(t, d, "probe")); after > before {
 		t.Errorf("the handler holds %d fds after a request with an fd attached, %d before", after, before)
 	}
 	if _, _, err := c.Call(context.Background(), nil); err != nil {
@@ -267,4 +269,70 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A channel's caller sends one request at a time, of at most the grant's
+// size: a request over it is refused (EIO, naming the limit), and parts
+// of two requests interleaved end the channel, whose handler holds none
+// of them.
+func TestChannelBoundsWhatItsCallerSends(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "")
+	ch, c := openChannel(t, d, target.PID(), "probe.whoami", core.ChannelOptions{MaxRequestBytes: 100 << 10})
+	_, _, err := c.Call(context.Background(), []byte(`{"pad":"`+strings.Repeat("x", 200<<10)+`"}`))
+	if errnoOfErr(err) != syscall.EIO || !strings.Contains(err.Error(), "channel's limit of 102400 bytes") {
+		t.Fatalf("a request of 200 KiB on a channel of 100 KiB: %v", err)
+	}
+	if _, _, err := c.Call(context.Background(), nil); err != nil {
+		t.Fatalf("the channel after a request over its limit: %v", err)
+	}
+	fd := int(ch.File.Fd())
+	for _, id := range []string{"a", "b"} {
+		frame, _ := wire.AppendFrame(nil, wire.FrameRequestPart, id, []byte("part"))
+		if _, err := unix.Write(fd, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unix.SetNonblock(fd, false)
+	buf := make([]byte, wire.MaxFrame)
+	if n, err := unix.Read(fd, buf); n != 0 || err != nil {
+		t.Fatalf("after two requests' parts interleaved the channel reads %d bytes (%v), want its end", n, err)
+	}
+	select {
+	case <-ch.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the core did not let go of a channel its handler ended")
+	}
+	mustCall(t, d, target.PID(), "probe.whoami", `{}`, nil)
+}
+
+// A channel is granted for a target process: once it exits, the channel
+// is revoked even where the instance lives on (here it joined the target's
+// uts namespace alone, so the target's end does not end it).
+func TestChannelOfAnExitedTargetIsRevoked(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{Hostname: "gone-soon", MountProc: true})
+	d, _ := newDispatcher(t, "")
+	ch, err := d.OpenChannel(context.Background(), core.Request{PID: target.PID(), Type: "probe.whoami", Namespaces: []string{"uts"}}, core.ChannelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := fast.NewChannel(ch.File, "probe.whoami")
+	defer c.Close()
+	h := servingPID(t, d, "probe")
+	if err := target.Close(); err != nil {
+		t.Logf("closing the target: %v", err)
+	}
+	select {
+	case <-ch.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the channel of an exited target is not revoked")
+	}
+	if _, _, err := c.Call(context.Background(), nil); errnoOfErr(err) != syscall.EPIPE {
+		t.Errorf("a call on it: %v, want EPIPE", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", h)); err != nil {
+		t.Errorf("the instance is gone too (%v): this test no longer tells the target's end from the instance's", err)
+	}
 }

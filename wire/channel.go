@@ -20,14 +20,19 @@ const (
 // ChannelGrant is the payload of a ChannelOpenType request: what the
 // channel serves. The serving process holds its requests to it: another
 // type is refused (EACCES), the target fields of HandleRequest are the
-// grant's whatever the caller sent, and each request runs for at most
-// Timeout.
+// grant's whatever the caller sent, each request runs for at most
+// Timeout and is at most MaxRequestBytes. The caller sends one request at
+// a time: a frame of another request while one is arriving, or a frame
+// that does not parse, ends the channel.
 type ChannelGrant struct {
 	ID          uint64 `json:"id"`   // the core's, unique in the process
 	Type        string `json:"type"` // the one type it serves
 	TimeoutMs   int64  `json:"timeout_ms"`
 	TargetPID   int32  `json:"target_pid"`
 	TargetNsPID int32  `json:"target_ns_pid"`
+	// MaxRequestBytes bounds each request, below MaxMessageBytes; 0:
+	// MaxMessageBytes. A daemon grants a user what it takes from them.
+	MaxRequestBytes int `json:"max_request_bytes,omitempty"`
 }
 
 // Timeout is the grant's per-request timeout; 0 for none.

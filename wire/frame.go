@@ -115,20 +115,28 @@ func Send(write func(frame, oob []byte) error, final byte, id string, msg, oob [
 type Message struct {
 	Body []byte // the bytes so far; nil once too large
 	Size int    // bytes received, kept or not
+	Max  int    // the limit, when below MaxMessageBytes; 0: MaxMessageBytes
+}
+
+func (m *Message) limit() int {
+	if m.Max > 0 && m.Max < MaxMessageBytes {
+		return m.Max
+	}
+	return MaxMessageBytes
 }
 
 // Add appends one frame's body (a copy: the caller's buffer is reused).
 func (m *Message) Add(part []byte) {
 	m.Size += len(part)
-	if m.Size > MaxMessageBytes {
+	if m.Size > m.limit() {
 		m.Body = nil
 	} else {
 		m.Body = append(m.Body, part...)
 	}
 }
 
-// TooLarge reports whether the message exceeds MaxMessageBytes.
-func (m *Message) TooLarge() bool { return m.Size > MaxMessageBytes }
+// TooLarge reports whether the message exceeds its limit.
+func (m *Message) TooLarge() bool { return m.Size > m.limit() }
 
 // ParseRights is the files of a received frame's control message (oob,
 // as recvmsg(2) filled it): the SCM_RIGHTS descriptors, named name.

@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"sort"
 	"sync"
@@ -99,6 +100,35 @@ func (fs *frameServer) openChannel(g wire.ChannelGrant, sock *os.File) error {
 	channels.mu.Unlock()
 	go ch.run(make([]byte, wire.MaxFrame))
 	return nil
+}
+
+// breached reports a direct channel's frame that ends it: one that does
+// not parse, or a part of another request while one is arriving (each
+// request in assembly would be held). Only debug-logged: the caller, not
+// the core, sent it, and must not fill the core's log.
+func (fs *frameServer) breached(kind byte, id string, err error) bool {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if err == nil && (kind == wire.FrameRequestPart || kind == wire.FrameRequest) {
+		for other := range fs.partial {
+			if other != id {
+				err = errors.New("a frame of another request while one is arriving")
+			}
+		}
+	}
+	if err != nil {
+		fs.log.Debug("closing a channel whose caller broke the protocol", "error", err)
+		return true
+	}
+	return false
+}
+
+// newMessage is a request being received, under the channel's limit.
+func (fs *frameServer) newMessage() *wire.Message {
+	if fs.grant != nil {
+		return &wire.Message{Max: fs.grant.MaxRequestBytes}
+	}
+	return &wire.Message{}
 }
 
 // serveGranted serves one request of a direct channel, held to its grant.

@@ -89,6 +89,10 @@ func (fs *frameServer) run(buf []byte) {
 			return
 		}
 		kind, id, body, err := wire.ParseFrame(buf[:n])
+		if fs.grant != nil && fs.breached(kind, id, err) {
+			fs.end()
+			return
+		}
 		if err != nil || (file != nil && kind != wire.FrameRequest) {
 			if file != nil {
 				file.Close()
@@ -103,7 +107,7 @@ func (fs *frameServer) run(buf []byte) {
 			fs.mu.Lock()
 			p := fs.partial[id]
 			if p == nil {
-				p = &wire.Message{}
+				p = fs.newMessage()
 				fs.partial[id] = p
 			}
 			p.Add(body)
@@ -112,7 +116,7 @@ func (fs *frameServer) run(buf []byte) {
 			fs.mu.Lock()
 			p := fs.partial[id]
 			if p == nil {
-				p = &wire.Message{}
+				p = fs.newMessage()
 			}
 			p.Add(body) // a copy: buf goes on to the next reader
 			delete(fs.partial, id)
@@ -168,7 +172,9 @@ func (fs *frameServer) serve(ctx context.Context, id string, p *wire.Message, fi
 	req := &wire.HandleRequest{}
 	var resp *wire.HandleResponse
 	var files []*os.File
-	if p.TooLarge() {
+	if p.TooLarge() && p.Max > 0 {
+		resp = wire.ErrorResponse(Errorf(syscall.EIO, "request of %d bytes or more exceeds this channel's limit of %d bytes", p.Size, p.Max))
+	} else if p.TooLarge() {
 		resp = wire.ErrorResponse(wire.TooLarge("request", p.Size))
 	} else if err := proto.Unmarshal(p.Body, req); err != nil {
 		resp = wire.ErrorResponse(Errorf(syscall.EINVAL, "malformed request frame: %v", err))
