@@ -44,7 +44,7 @@ type Channel struct {
 	inst   *instance
 	d      *Dispatcher
 	target *target // pinned: a target that exits revokes its channels
-	revoke int // a copy of the handler's end: shutdown(2) ends it for both
+	revoke int     // a copy of the handler's end: shutdown(2) ends it for both
 	once   sync.Once
 	done   chan struct{}
 
