@@ -106,6 +106,22 @@ func TestDaemonChannel(t *testing.T) {
 	if got := scrape(t, metrics, "nsplug_channels_open"); got != 0 {
 		t.Errorf("nsplug_channels_open = %v after closing them all, want 0", got)
 	}
+
+	// SIGTERM with a channel open: revoked, the daemon exits 0 and leaves
+	// nothing in runtime_dir.
+	last, err := client.OpenChannel(context.Background(), &apiv1.CallRequest{Target: tg, Type: "procfs.read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer last.Close()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t, time.Minute); code != 0 {
+		t.Fatalf("daemon exited %d on SIGTERM with a channel open; its log:\n%s", code, d.log)
+	}
+	assertEmptyDir(t, d.runDir)
+	if _, _, err := last.Call(context.Background(), []byte(`{"path":"/proc/uptime"}`)); errnoOfErr(err) != syscall.EPIPE {
+		t.Errorf("a channel of a daemon that exited: %v, want EPIPE", err)
+	}
 }
 
 // A user opens channels to their own rootless container only, as their

@@ -37,8 +37,8 @@ func loadDuration(t *testing.T) time.Duration {
 	return 30 * time.Second
 }
 
-// 64 concurrent clients, each on its own connection (half on the fast
-// path, half over gRPC), call the daemon over 16 targets for 30 s: no
+// 64 concurrent clients, each on its own connection (half over gRPC, a
+// quarter on the fast path, a quarter on direct channels), call the daemon over 16 targets for 30 s: no
 // call fails, and afterwards the daemon holds no more fds, goroutines,
 // threads, processes or socket files than once its targets were warm, and
 // its memory stays bounded. (Serial: it takes both CPUs.)
@@ -144,8 +144,9 @@ func daemonUsage(t *testing.T, d *daemon, metrics string) usage {
 	return u
 }
 
-// load runs clients callers, each on its own connection (half of them on
-// the fast path, the others over gRPC), each calling call(c, i) for i =
+// load runs clients callers, each on its own connection (half of them
+// over gRPC, a quarter on the fast path, a quarter on direct channels
+// opened on the fast path), each calling call(c, i) for i =
 // its index, +clients, ... until deadline; their connections are closed
 // when it returns.
 func load(t *testing.T, addr string, clients int, deadline time.Time, call func(apisvc.NsplugClient, int) error) (calls, failures int64, firstErr error) {
@@ -161,8 +162,13 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 			if err != nil {
 				t.Fatal(err)
 			}
-			conns = append(conns, fc)
 			c = fastNsplug{c: fc}
+			var closer io.Closer = fc
+			if k%4 == 3 {
+				cn := &channelNsplug{c: fc, open: make(map[string]*fast.Channel)}
+				c, closer = cn, cn
+			}
+			conns = append(conns, closer)
 		} else {
 			_, conn, err := server.Dial(addr)
 			if err != nil {
@@ -204,4 +210,42 @@ func (f fastNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.C
 		file.Close()
 	}
 	return resp, err
+}
+
+// channelNsplug calls on a direct channel per target and type, opened on
+// first use on its fast-path connection (whose closing revokes them).
+type channelNsplug struct {
+	apisvc.NsplugClient // nil
+	c                   *fast.Client
+	open                map[string]*fast.Channel
+}
+
+// Close closes the connection, which revokes its channels, then their
+// sockets here.
+func (f *channelNsplug) Close() error {
+	err := f.c.Close()
+	for _, ch := range f.open {
+		ch.Close()
+	}
+	return err
+}
+
+func (f *channelNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.CallOption) (*apiv1.CallResponse, error) {
+	key := fmt.Sprint(in.Target.Pid, in.Type)
+	ch := f.open[key]
+	if ch == nil {
+		var err error
+		if ch, err = f.c.OpenChannel(ctx, in); err != nil {
+			return nil, err
+		}
+		f.open[key] = ch
+	}
+	out, files, err := ch.Call(ctx, in.Payload)
+	for _, file := range files {
+		file.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.CallResponse{Payload: out}, nil
 }
