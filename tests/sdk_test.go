@@ -189,6 +189,13 @@ func TestPluginWithoutTheSDK(t *testing.T) {
 				}
 			}
 			wantErrno(t, call(t, d, target.PID(), "raw.fail", `{}`, nil), syscall.ENOENT, "asked to fail")
+			// A plugin that knows no direct channels answers the core's
+			// request for one as any unknown type: EOPNOTSUPP, said so.
+			if !oneshot {
+				_, err := d.OpenChannel(context.Background(), core.Request{PID: target.PID(), Type: "raw.whoami"}, core.ChannelOptions{})
+				wantErrno(t, err, syscall.EOPNOTSUPP, "raw.whoami", "serves no direct channels")
+				mustCall(t, d, target.PID(), "raw.whoami", `{}`, nil)
+			}
 
 			// A response of several frames: part frames, then the final one.
 			var big struct{ X string }
