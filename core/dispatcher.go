@@ -529,7 +529,11 @@ type InstanceInfo struct {
 	PID       int      `json:"pid"`
 	RunnerPID int      `json:"runner_pid"`
 	Joined    []string `json:"joined"` // namespaces joined
-	Inflight  int      `json:"inflight"`
+	// Inflight counts its requests in flight and its open channels
+	// (each holds it as a request would).
+	Inflight int `json:"inflight"`
+	// Channels is its open direct channels (OpenChannel).
+	Channels int `json:"channels"`
 	// Target is the host pid of the target the process serves.
 	Target int `json:"target_pid"`
 	// Account is the Account it is charged to (Account.Name); empty
@@ -544,7 +548,7 @@ func (d *Dispatcher) Instances() []InstanceInfo {
 	var out []InstanceInfo
 	for inst := range d.pool.live {
 		info := InstanceInfo{Plugin: inst.plugin.name, Plugins: inst.plugin.served(), PID: inst.pid, RunnerPID: inst.pid,
-			Joined: boot.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Target: inst.target, Account: inst.account}
+			Joined: boot.NamespaceNames(inst.runner.boot.Join), Inflight: inst.inflight, Channels: len(inst.channels), Target: inst.target, Account: inst.account}
 		if inst.runner.boot.Forks() {
 			if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", inst.pid, inst.pid)); err == nil {
 				// The waiter's other child, the root keeper, is gone

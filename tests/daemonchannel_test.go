@@ -53,6 +53,9 @@ func TestDaemonChannel(t *testing.T) {
 	for _, in := range d.instances(t, g) {
 		if slices.Contains(in.Plugins, "procfs") {
 			serving = int(in.Pid)
+			if in.Channels != 1 || in.Inflight != 1 {
+				t.Errorf("the instance serving the channel reports %d channels, %d in flight; want 1 and 1", in.Channels, in.Inflight)
+			}
 		}
 	}
 	assertNamespaces(t, serving, target.PID(), noUserNS)

@@ -976,7 +976,8 @@ type InstanceInfo struct {
 	RunnerPid int32 `protobuf:"varint,3,opt,name=runner_pid,json=runnerPid,proto3" json:"runner_pid,omitempty"`
 	// The namespaces joined.
 	Joined []string `protobuf:"bytes,4,rep,name=joined,proto3" json:"joined,omitempty"`
-	// Requests in flight.
+	// Requests in flight, and open direct channels (each holds the
+	// process as a request would).
 	Inflight int32 `protobuf:"varint,5,opt,name=inflight,proto3" json:"inflight,omitempty"`
 	// The plugins it serves: one, or the built-ins that share one process
 	// per target (plugin then names them joined by "+").
@@ -984,7 +985,9 @@ type InstanceInfo struct {
 	// Who it is charged to: "uid N" for a process started by a call of a
 	// uid other than root (server.max_instances_per_user counts these),
 	// empty for root's.
-	Account       string `protobuf:"bytes,7,opt,name=account,proto3" json:"account,omitempty"`
+	Account string `protobuf:"bytes,7,opt,name=account,proto3" json:"account,omitempty"`
+	// Direct channels open to it (api/fast "Channels").
+	Channels      int32 `protobuf:"varint,8,opt,name=channels,proto3" json:"channels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1066,6 +1069,13 @@ func (x *InstanceInfo) GetAccount() string {
 		return x.Account
 	}
 	return ""
+}
+
+func (x *InstanceInfo) GetChannels() int32 {
+	if x != nil {
+		return x.Channels
+	}
+	return 0
 }
 
 type PrepareRequest struct {
@@ -1225,7 +1235,7 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x05types\x18\b \x03(\v2\x17.nsplug.api.v1.TypeInfoR\x05types\"\x12\n" +
 	"\x10InstancesRequest\"N\n" +
 	"\x11InstancesResponse\x129\n" +
-	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\xbf\x01\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1b.nsplug.api.v1.InstanceInfoR\tinstances\"\xdb\x01\n" +
 	"\fInstanceInfo\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1d\n" +
@@ -1234,7 +1244,8 @@ const file_v1_nsplug_proto_rawDesc = "" +
 	"\x06joined\x18\x04 \x03(\tR\x06joined\x12\x1a\n" +
 	"\binflight\x18\x05 \x01(\x05R\binflight\x12\x18\n" +
 	"\aplugins\x18\x06 \x03(\tR\aplugins\x12\x18\n" +
-	"\aaccount\x18\a \x01(\tR\aaccount\"U\n" +
+	"\aaccount\x18\a \x01(\tR\aaccount\x12\x1a\n" +
+	"\bchannels\x18\b \x01(\x05R\bchannels\"U\n" +
 	"\x0ePrepareRequest\x12-\n" +
 	"\x06target\x18\x01 \x01(\v2\x15.nsplug.api.v1.TargetR\x06target\x12\x14\n" +
 	"\x05types\x18\x02 \x03(\tR\x05types\"\x11\n" +

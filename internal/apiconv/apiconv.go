@@ -83,7 +83,7 @@ func PluginInfos(resp *apiv1.PluginsResponse) []core.PluginInfo {
 }
 
 func InstanceInfo(in core.InstanceInfo) *apiv1.InstanceInfo {
-	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight), Plugins: in.Plugins, Account: in.Account}
+	return &apiv1.InstanceInfo{Plugin: in.Plugin, Pid: int32(in.PID), RunnerPid: int32(in.RunnerPID), Joined: in.Joined, Inflight: int32(in.Inflight), Channels: int32(in.Channels), Plugins: in.Plugins, Account: in.Account}
 }
 
 // StartTime is the start time t names, nil when it names none.
