@@ -28,7 +28,7 @@ func TestPythonClient(t *testing.T) {
 	d := startDaemon(t, "[[server.allow]]\nuids = [4242]\ntypes = [\"procfs.*\"]\ntargets = \"owned\"\n", "")
 	// The script and the proto, where every user can read them.
 	dir := filepath.Dir(d.conf)
-	for _, f := range [][2]string{{"testdata/pyclient/nsplug_client.py", "nsplug_client.py"}, {"../api/v1/nsplug.proto", "api/v1/nsplug.proto"}, {"../api/v1/service/service.proto", "api/v1/service/service.proto"}} {
+	for _, f := range [][2]string{{"testdata/pyclient/nsplug_client.py", "nsplug_client.py"}, {"../api/v1/nsplug.proto", "api/v1/nsplug.proto"}, {"../api/v1/service/service.proto", "api/v1/service/service.proto"}, {"../wire/plugin.proto", "api/wire/plugin.proto"}} {
 		data, err := os.ReadFile(f[0])
 		if err != nil {
 			t.Fatal(err)
@@ -39,6 +39,7 @@ func TestPythonClient(t *testing.T) {
 		}
 	}
 	os.Chmod(filepath.Join(dir, "api"), 0o755)
+	os.Chmod(filepath.Join(dir, "api", "wire"), 0o755)
 	client := func(cred *syscall.Credential, args ...string) (map[string]any, int) {
 		t.Helper()
 		cmd := exec.Command(python, append([]string{filepath.Join(dir, "nsplug_client.py"), filepath.Join(dir, "api"), d.socket}, args...)...)
@@ -116,6 +117,14 @@ func TestPythonClient(t *testing.T) {
 	v, code = client(user, "call", fmt.Sprint(theirs), "procfs.read", `{"path":"/proc/self/uid_map"}`)
 	if code != 1 || v["code"] != "PERMISSION_DENIED" || v["errno_name"] != "EACCES" || !strings.Contains(fmt.Sprint(v["message"]), "owned by uid 4343") {
 		t.Errorf("uid 4242 on uid 4343's container: %v (exit %d)", v, code)
+	}
+	// A direct channel, opened and used by hand: the fast path's frames,
+	// the socket taken from SCM_RIGHTS, the plugin contract's messages.
+	if v, code := client(user, "channel", fmt.Sprint(mine), "procfs.read", "100", `{"path":"/proc/self/uid_map"}`); code != 0 || v["served"] != 100.0 || !strings.Contains(fmt.Sprint(v["payload"]), "data:") {
+		t.Errorf("uid 4242's channel to its own container: %v (exit %d)", v, code)
+	}
+	if v, code := client(user, "channel", fmt.Sprint(theirs), "procfs.read", "1"); code != 1 || v["errno_name"] != "EACCES" {
+		t.Errorf("uid 4242's channel to uid 4343's container: %v (exit %d)", v, code)
 	}
 	v, code = client(user, "call", fmt.Sprint(mine), "sysctl.get", `{"name":"kernel.hostname"}`)
 	if code != 1 || v["code"] != "PERMISSION_DENIED" || !strings.Contains(fmt.Sprint(v["message"]), "sysctl.get") {
