@@ -75,11 +75,16 @@ def failure(err, pb):
     out = {"code": err.code().name, "message": err.details()}
     for key, value in (err.trailing_metadata() or ()):
         if key == "grpc-status-details-bin":
-            st = rpc_status_type().FromString(value)
-            for d in st.details:
-                e = pb.Error()
-                if d.Unpack(e):
-                    out.update(errno=e.errno, errno_name=e.errno_name, message=e.message)
+            fail_with(out, rpc_status_type().FromString(value), pb)
+    fail_with(out, None, pb)
+
+
+def fail_with(out, st, pb):
+    """Prints out, with the errno of st's nsplug.api.v1.Error detail, and exits 1."""
+    for d in (st.details if st is not None else ()):
+        e = pb.Error()
+        if d.Unpack(e):
+            out.update(errno=e.errno, errno_name=e.errno_name, message=e.message)
     print(json.dumps(out))
     sys.exit(1)
 
@@ -129,13 +134,7 @@ def direct_channel(pb, sock):
     reply, fds = read_reply(conn)
     st = rpc_status_type().FromString(reply)
     if st.code != 0:
-        out = {"code": st.code, "message": st.message}
-        for d in st.details:
-            e = pb.Error()
-            if d.Unpack(e):
-                out.update(errno=e.errno, errno_name=e.errno_name, message=e.message)
-        print(json.dumps(out))
-        sys.exit(1)
+        fail_with({"code": st.code, "message": st.message}, st, pb)
     grant = pb.ChannelGrant()
     if len(st.details) != 1 or not st.details[0].Unpack(grant) or len(fds) != 1:
         sys.exit("a channel's reply without its grant and socket")
