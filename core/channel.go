@@ -121,6 +121,7 @@ func (d *Dispatcher) OpenChannel(ctx context.Context, req Request, opts ChannelO
 		// out a channel nobody watches.
 		d.pool.mu.Unlock()
 		ch.close()
+		ch.File.Close()
 		return nil, errorf(syscall.EAGAIN, "%s: its instance ended while the channel opened; try again", req.Type)
 	}
 	if inst.channels == nil {
