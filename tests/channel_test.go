@@ -336,3 +336,27 @@ func TestChannelOfAnExitedTargetIsRevoked(t *testing.T) {
 		t.Errorf("the instance is gone too (%v): this test no longer tells the target's end from the instance's", err)
 	}
 }
+
+// Closing a channel ends its caller's Call in flight at once, whatever
+// the handler is doing.
+func TestClosingAChannelEndsItsCall(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "")
+	_, c := openChannel(t, d, target.PID(), "probe.wait", core.ChannelOptions{Timeout: 5 * time.Second})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.Call(context.Background(), nil)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if errnoOfErr(err) != syscall.EPIPE {
+			t.Errorf("the call in flight when its channel closed: %v, want EPIPE", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("closing the channel did not end the call in flight")
+	}
+}

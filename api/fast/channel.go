@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -27,17 +28,18 @@ import (
 // caller opens a new one (which is authorized afresh) or calls through
 // the daemon.
 type Channel struct {
-	mu     sync.Mutex
-	file   *os.File
-	fd     int
-	typ    string
-	next   uint64
-	buf    []byte
-	oob    []byte
-	out    []byte
-	broken error
-	id     uint64  // the daemon's, when it opened the channel
-	client *Client // that opened it, told of Close
+	mu      sync.Mutex
+	file    *os.File
+	fd      int
+	typ     string
+	next    uint64
+	buf     []byte
+	oob     []byte
+	out     []byte
+	broken  error
+	closing atomic.Bool
+	id      uint64  // the daemon's, when it opened the channel
+	client  *Client // that opened it, told of Close
 }
 
 // NewChannel is a Channel on f, a channel's socket (core.Channel.File,
@@ -162,7 +164,12 @@ func (ch *Channel) exchange(id string, msg []byte) (*wire.HandleResponse, []*os.
 }
 
 // Close closes the channel (and tells the daemon, for one it opened).
+// A Call in flight ends (EPIPE) rather than holding Close up.
 func (ch *Channel) Close() error {
+	if ch.closing.Swap(true) {
+		return nil
+	}
+	unix.Shutdown(ch.fd, unix.SHUT_RDWR) // wakes a Call in flight
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if ch.broken == nil {
