@@ -177,3 +177,59 @@ func TestDaemonChannelIsAuthorizedAsACall(t *testing.T) {
 	}
 	ch.Close()
 }
+
+// fast.Channels makes a Go program's repeated calls on channels: opened on
+// first use, reopened once when revoked (a reload), and a type that
+// changes state through Call instead.
+func TestChannelsReopenAndFallBack(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{Hostname: "cached", MountProc: true})
+	metrics := freeLoopbackAddr(t)
+	d := startDaemon(t, fmt.Sprintf("metrics_address = %q", metrics), "")
+	client, err := fast.Dial(d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := fast.NewChannels(client, 2)
+	defer cs.Close()
+	tg := &apiv1.Target{Pid: int32(target.PID())}
+	read := &apiv1.CallRequest{Target: tg, Type: "procfs.read", Payload: []byte(`{"path":"/proc/sys/kernel/hostname"}`)}
+	for i := 0; i < 10; i++ {
+		if _, _, err := cs.Call(context.Background(), read); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if got := scrape(t, metrics, "nsplug_channels_open"); got != 1 {
+		t.Errorf("%v channels open after 10 calls of one type to one target, want 1", got)
+	}
+	viaFast := scrape(t, metrics, `nsplug_requests_by_transport_total{transport="fast"}`)
+	_, _, err = cs.Call(context.Background(), &apiv1.CallRequest{Target: tg, Type: "mount.mount", Payload: []byte(`{"mounts":[]}`)})
+	if errnoOfErr(err) == syscall.EOPNOTSUPP {
+		t.Errorf("mount.mount through Channels: %v; want it called through Call", err)
+	}
+	if got := scrape(t, metrics, `nsplug_requests_by_transport_total{transport="fast"}`); got != viaFast+1 {
+		t.Errorf("fast-path calls %v -> %v: mount.mount did not go through Call", viaFast, got)
+	}
+	// A reload revokes the channel: the next call reopens it.
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "reloaded", 1)
+	out, _, err := cs.Call(context.Background(), read)
+	if err != nil || !strings.Contains(string(out.Payload), "data") {
+		t.Fatalf("the first call after a reload: %v %v", out, err)
+	}
+	// Past its bound the least recently used channel is closed.
+	for _, typ := range []string{"procfs.stat", "sysctl.get"} {
+		payload := `{"path":"/proc/self"}`
+		if typ == "sysctl.get" {
+			payload = `{"name":"kernel.hostname"}`
+		}
+		if _, _, err := cs.Call(context.Background(), &apiv1.CallRequest{Target: tg, Type: typ, Payload: []byte(payload)}); err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); scrape(t, metrics, "nsplug_channels_open") != 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v channels open with a bound of 2", scrape(t, metrics, "nsplug_channels_open"))
+		}
+	}
+}

@@ -165,7 +165,7 @@ func load(t *testing.T, addr string, clients int, deadline time.Time, call func(
 			c = fastNsplug{c: fc}
 			var closer io.Closer = fc
 			if k%4 == 3 {
-				cn := &channelNsplug{c: fc, open: make(map[string]*fast.Channel)}
+				cn := channelNsplug{c: fast.NewChannels(fc, 0)}
 				c, closer = cn, cn
 			}
 			conns = append(conns, closer)
@@ -212,40 +212,19 @@ func (f fastNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.C
 	return resp, err
 }
 
-// channelNsplug calls on a direct channel per target and type, opened on
-// first use on its fast-path connection (whose closing revokes them).
+// channelNsplug calls through fast.Channels: a direct channel per target
+// and type, opened on first use on its fast-path connection.
 type channelNsplug struct {
 	apisvc.NsplugClient // nil
-	c                   *fast.Client
-	open                map[string]*fast.Channel
+	c                   *fast.Channels
 }
 
-// Close closes the connection, which revokes its channels, then their
-// sockets here.
-func (f *channelNsplug) Close() error {
-	err := f.c.Close()
-	for _, ch := range f.open {
-		ch.Close()
-	}
-	return err
-}
+func (f channelNsplug) Close() error { return f.c.Close() }
 
-func (f *channelNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.CallOption) (*apiv1.CallResponse, error) {
-	key := fmt.Sprint(in.Target.Pid, in.Type)
-	ch := f.open[key]
-	if ch == nil {
-		var err error
-		if ch, err = f.c.OpenChannel(ctx, in); err != nil {
-			return nil, err
-		}
-		f.open[key] = ch
-	}
-	out, files, err := ch.Call(ctx, in.Payload)
+func (f channelNsplug) Call(ctx context.Context, in *apiv1.CallRequest, _ ...grpc.CallOption) (*apiv1.CallResponse, error) {
+	resp, files, err := f.c.Call(ctx, in)
 	for _, file := range files {
 		file.Close()
 	}
-	if err != nil {
-		return nil, err
-	}
-	return &apiv1.CallResponse{Payload: out}, nil
+	return resp, err
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	apiv1 "github.com/nsplug/nsplug/api/v1"
 	"github.com/nsplug/nsplug/wire"
 )
 
@@ -181,4 +182,119 @@ func (ch *Channel) Close() error {
 		ch.client = nil
 	}
 	return err
+}
+
+// Channels makes calls on direct channels it opens as they are needed,
+// one for each target, type, namespaces, credentials and timeout, on
+// Client c: what a Go program making repeated calls uses instead of
+// Client.Call. A type the daemon serves only through Call (one that
+// changes state: EOPNOTSUPP) goes through Call; a revoked channel (EPIPE:
+// a reload, its instance or target ended) is reopened once, which is
+// safe because channels serve only types that change nothing. At most
+// max channels stay open (the least recently used is closed to make
+// room; 0: 8). Safe for concurrent use; calls on one channel wait their
+// turn.
+type Channels struct {
+	c       *Client
+	max     int
+	mu      sync.Mutex
+	open    map[string]*cachedChannel
+	clock   uint64
+	viaCall map[string]bool // types the daemon refused a channel for
+}
+
+type cachedChannel struct {
+	ch   *Channel
+	used uint64
+}
+
+// NewChannels is a Channels on c, which it closes on Close.
+func NewChannels(c *Client, max int) *Channels {
+	if max <= 0 {
+		max = 8
+	}
+	return &Channels{c: c, max: max, open: make(map[string]*cachedChannel), viaCall: make(map[string]bool)}
+}
+
+// Call is Client.Call, on a channel where it can be.
+func (cs *Channels) Call(ctx context.Context, req *apiv1.CallRequest) (*apiv1.CallResponse, []*os.File, error) {
+	key := string(appendCallRequest(nil, &apiv1.CallRequest{Target: req.Target, Type: req.Type, Namespaces: req.Namespaces, Credentials: req.Credentials, Timeout: req.Timeout}))
+	for attempt := 0; ; attempt++ {
+		ch, err := cs.channel(ctx, key, req)
+		if err != nil {
+			if e, ok := err.(*wire.Error); ok && e.Errno == syscall.EOPNOTSUPP {
+				cs.mu.Lock()
+				cs.viaCall[req.Type] = true
+				cs.mu.Unlock()
+				return cs.c.Call(ctx, req)
+			}
+			return nil, nil, err
+		}
+		if ch == nil {
+			return cs.c.Call(ctx, req)
+		}
+		out, files, err := ch.Call(ctx, req.Payload)
+		if e, ok := err.(*wire.Error); ok && e.Errno == syscall.EPIPE && ctx.Err() == nil {
+			cs.drop(key, ch)
+			if attempt == 0 {
+				continue
+			}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return &apiv1.CallResponse{Payload: out}, files, nil
+	}
+}
+
+// channel is key's open channel, opened if need be; nil (and no error)
+// for a type that goes through Call.
+func (cs *Channels) channel(ctx context.Context, key string, req *apiv1.CallRequest) (*Channel, error) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.viaCall[req.Type] {
+		return nil, nil
+	}
+	cs.clock++
+	if cc := cs.open[key]; cc != nil {
+		cc.used = cs.clock
+		return cc.ch, nil
+	}
+	if len(cs.open) >= cs.max {
+		var oldest string
+		for k, cc := range cs.open {
+			if oldest == "" || cc.used < cs.open[oldest].used {
+				oldest = k
+			}
+		}
+		cs.open[oldest].ch.Close()
+		delete(cs.open, oldest)
+	}
+	ch, err := cs.c.OpenChannel(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	cs.open[key] = &cachedChannel{ch: ch, used: cs.clock}
+	return ch, nil
+}
+
+// drop forgets key's channel ch, revoked.
+func (cs *Channels) drop(key string, ch *Channel) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cc := cs.open[key]; cc != nil && cc.ch == ch {
+		delete(cs.open, key)
+	}
+	ch.Close()
+}
+
+// Close closes every channel, then the Client.
+func (cs *Channels) Close() error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for k, cc := range cs.open {
+		cc.ch.Close()
+		delete(cs.open, k)
+	}
+	return cs.c.Close()
 }
