@@ -50,7 +50,8 @@ type Server struct {
 	// root; root's are bounded by the API's own limit, MaxRequestBytes.
 	MaxUserRequestBytes int `toml:"max_user_request_bytes"`
 	// MaxCallsPerUser bounds the Call and Prepare requests of one uid
-	// other than root in flight at once, over every connection.
+	// other than root in flight at once, over every connection, and,
+	// apart, its direct channels open at once.
 	MaxCallsPerUser int `toml:"max_calls_per_user"`
 	// Allow are the [[server.allow]] rules. Root (uid 0) may always call
 	// everything; everyone else needs a rule that names them, the type and

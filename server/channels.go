@@ -204,7 +204,8 @@ func (s *Server) closeFastChannel(fc *fastConn, msg []byte) *spb.Status {
 	oc := fc.channels[id]
 	s.channels.mu.Unlock()
 	if oc != nil {
-		oc.ch.Close() // dropChannel forgets it
+		oc.ch.Close()
+		s.dropChannel(oc) // before the reply: its room is free when the client hears
 	}
 	// One revoked meanwhile is closed too: no error for that.
 	return &spb.Status{}

@@ -233,3 +233,41 @@ func TestChannelsReopenAndFallBack(t *testing.T) {
 		}
 	}
 }
+
+// A user's channels open at once are bounded by max_calls_per_user, apart
+// from their calls: past it one more is EAGAIN naming the setting, and a
+// closed one makes room.
+func TestDaemonChannelsPerUserAreBounded(t *testing.T) {
+	parallel(t)
+	mine := ownedTarget(t, 4242)
+	d := startDaemon(t, "max_calls_per_user = 2\n[[server.allow]]\nuids = [4242]\ntypes = [\"procfs.*\"]\ntargets = \"owned\"\n", "")
+	user := &syscall.Credential{Uid: 4242, Gid: 4242, Groups: []uint32{}}
+	client := fast.NewClient(connectAs(t, user, d.socket))
+	defer client.Close()
+	open := func(typ string) (*fast.Channel, error) {
+		return client.OpenChannel(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(mine)}, Type: typ})
+	}
+	var chans []*fast.Channel
+	for _, typ := range []string{"procfs.read", "procfs.stat"} {
+		ch, err := open(typ)
+		if err != nil {
+			t.Fatalf("channel %s: %v", typ, err)
+		}
+		chans = append(chans, ch)
+	}
+	_, err := open("procfs.read")
+	if errnoOfErr(err) != syscall.EAGAIN || !strings.Contains(err.Error(), "server.max_calls_per_user") {
+		t.Fatalf("a third channel with max_calls_per_user = 2: %v, want EAGAIN naming the setting", err)
+	}
+	// Calls are counted apart: one still goes through.
+	if _, _, err := client.Call(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(mine)}, Type: "procfs.read", Payload: []byte(`{"path":"/proc/self/uid_map"}`)}); err != nil {
+		t.Errorf("a call with two channels open: %v", err)
+	}
+	chans[0].Close()
+	ch, err := open("procfs.read")
+	if err != nil {
+		t.Fatalf("a channel after one closed: %v", err)
+	}
+	ch.Close()
+	chans[1].Close()
+}
