@@ -360,3 +360,50 @@ func TestClosingAChannelEndsItsCall(t *testing.T) {
 		t.Fatal("closing the channel did not end the call in flight")
 	}
 }
+
+// A caller that closes its channel in the middle of a request ends that
+// request in the handler, as a caller of the core's that gives up does:
+// the handler's context is cancelled then, not at the grant's timeout.
+func TestChannelCallerGoneEndsItsRequest(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	var mu sync.Mutex
+	var served []core.ChannelServed
+	d, _ := newDispatcherWith(t, "", core.Options{ChannelServed: func(s core.ChannelServed) {
+		mu.Lock()
+		served = append(served, s)
+		mu.Unlock()
+	}})
+	ch, err := d.OpenChannel(context.Background(), core.Request{PID: target.PID(), Type: "probe.wait"}, core.ChannelOptions{Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame, _ := wire.AppendFrame(nil, wire.FrameRequest, "1", mustMarshal(t, &wire.HandleRequest{Type: "probe.wait", RequestId: "1", Payload: []byte("{}")}))
+	if _, err := unix.Write(int(ch.File.Fd()), frame); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the handler is waiting in probe.wait
+	ch.File.Close()
+	began := time.Now()
+	for {
+		mu.Lock()
+		n := len(served)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Since(began) > 10*time.Second {
+			t.Fatal("the request of a caller that closed its channel was not ended (no counts within 10 s; the grant's timeout is 30 s)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	failed := uint64(0)
+	for _, n := range served[0].Errors {
+		failed += n
+	}
+	if s := served[0]; s.Requests != 1 || failed != 1 {
+		t.Errorf("counts %+v, want one request, ended in error (cancelled)", s)
+	}
+}

@@ -32,6 +32,10 @@ type Waiter struct {
 // that a read then sees the end).
 func Readable(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLIN|unix.EPOLLRDHUP) }
 
+// HangUp waits for fd's peer to hang up (EPOLLRDHUP, and EPOLLHUP or
+// EPOLLERR, which are always reported), not for data.
+func HangUp(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLRDHUP) }
+
 // Writable waits for fd to be writable (EPOLLOUT).
 func Writable(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLOUT) }
 

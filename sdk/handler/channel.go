@@ -42,7 +42,9 @@ type channelStats struct {
 	mu        sync.Mutex
 	requests  uint64
 	errors    map[int32]uint64
-	busySince time.Time // zero when no request is being served
+	busySince time.Time          // zero when no request is being served
+	cancel    context.CancelFunc // of the request being served
+	hungUp    bool               // the caller closed its end
 }
 
 // serveChannelRequest answers the core's own requests on its channel:
@@ -83,8 +85,14 @@ func (fs *frameServer) openChannel(g wire.ChannelGrant, sock *os.File) error {
 	if err != nil {
 		return err
 	}
+	hangUp, err := fdwait.HangUp(fd)
+	if err != nil {
+		readable.Close()
+		unix.Close(fd)
+		return err
+	}
 	ch := &frameServer{handle: fs.handle, log: fs.log.With("channel", g.ID, "type", g.Type), fd: fd, readable: readable,
-		idle: fs.idle, grant: &g, stats: &channelStats{}, partial: make(map[string]*wire.Message),
+		hangUp: hangUp, idle: fs.idle, grant: &g, stats: &channelStats{}, partial: make(map[string]*wire.Message),
 		closed: make(chan struct{}), served: fs.served}
 	channels.mu.Lock()
 	if channels.m == nil {
@@ -99,7 +107,26 @@ func (fs *frameServer) openChannel(g wire.ChannelGrant, sock *os.File) error {
 	channels.m[g.ID] = ch
 	channels.mu.Unlock()
 	go ch.run(make([]byte, wire.MaxFrame))
+	go ch.watchHangUp()
 	return nil
+}
+
+// watchHangUp cancels the request being served once the caller closes
+// its end (or the core revokes the channel): as a caller of the core's
+// that gives up, it ends its request. It sleeps until then, costing the
+// requests nothing.
+func (fs *frameServer) watchHangUp() {
+	fs.hangUp.Wait(func() bool {
+		pfd := []unix.PollFd{{Fd: int32(fs.fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(pfd, 0)
+		return err != nil && err != unix.EINTR || n > 0
+	})
+	fs.stats.mu.Lock()
+	defer fs.stats.mu.Unlock()
+	fs.stats.hungUp = true
+	if fs.stats.cancel != nil {
+		fs.stats.cancel()
+	}
 }
 
 // breached reports a direct channel's frame that ends it: one that does
@@ -140,22 +167,27 @@ func (fs *frameServer) serveGranted(req *wire.HandleRequest) (*wire.HandleRespon
 		return resp, nil
 	}
 	req.TargetPid, req.TargetNsPid = g.TargetPID, g.TargetNsPID
-	ctx := context.Background()
+	var ctx context.Context
+	var cancel context.CancelFunc
 	if t := g.Timeout(); t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
-		defer cancel()
+		ctx, cancel = context.WithTimeout(context.Background(), t)
+	} else {
+		ctx, cancel = context.WithCancel(context.Background())
 	}
-	began := fs.stats.begin()
+	defer cancel()
+	began := fs.stats.begin(cancel)
 	resp, files := fs.handle(ctx, req)
 	fs.stats.count(resp, began)
 	return resp, files
 }
 
-func (s *channelStats) begin() time.Time {
+func (s *channelStats) begin(cancel context.CancelFunc) time.Time {
 	now := time.Now()
 	s.mu.Lock()
-	s.busySince = now
+	s.busySince, s.cancel = now, cancel
+	if s.hungUp {
+		cancel()
+	}
 	s.mu.Unlock()
 	return now
 }
@@ -166,7 +198,7 @@ func (s *channelStats) count(resp *wire.HandleResponse, began time.Time) {
 	defer s.mu.Unlock()
 	s.requests++
 	if !began.IsZero() {
-		s.busySince = time.Time{}
+		s.busySince, s.cancel = time.Time{}, nil
 	}
 	if resp.Error != nil {
 		if s.errors == nil {
@@ -219,6 +251,7 @@ func (fs *frameServer) end() {
 		}
 		channels.mu.Unlock()
 		fs.readable.Close()
+		fs.hangUp.Close()
 		fs.mu.Lock()
 		if fs.writable != nil {
 			fs.writable.Close()

@@ -33,8 +33,9 @@ type frameServer struct {
 
 	// grant is set on a direct channel (channel.go), which serves one
 	// request at a time of the one type it grants; nil on the core's.
-	grant *wire.ChannelGrant
-	stats *channelStats // a direct channel's counts
+	grant  *wire.ChannelGrant
+	stats  *channelStats  // a direct channel's counts
+	hangUp *fdwait.Waiter // a direct channel's: its caller hanging up
 
 	mu      sync.Mutex
 	partial map[string]*wire.Message      // request bodies still arriving
