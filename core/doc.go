@@ -33,6 +33,11 @@
 // same built-ins is installed next to it (or Options.Executable names
 // one).
 //
+// A daemon that authorizes its own clients can take itself off the path
+// of their requests: OpenChannel hands a client a direct channel to the
+// warm instance serving a type for a target, which the serving process
+// holds to its grant and the core watches and revokes (channel.go).
+//
 // A third-party plugin (a [[plugin]] with a path) is described at load
 // through go-plugin, which this package does not link: a binary that
 // loads them imports core/goplugin for its effect (nsplug's CLI and
