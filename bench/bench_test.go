@@ -115,6 +115,26 @@ func BenchmarkCLIStandalone(b *testing.B) {
 	runCase(b, c, err)
 }
 
+// daemonCase runs a case against a real nsplug serve, started for it.
+func daemonCase(b *testing.B, mk func(*Env, *Daemon) (*Case, error)) {
+	env := newEnv(b)
+	d, err := env.StartDaemon()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	c, err := mk(env, d)
+	runCase(b, c, err)
+}
+
+// BenchmarkDaemonCall: requests from this process on a direct channel the
+// daemon opened (daemon_call).
+func BenchmarkDaemonCall(b *testing.B) { daemonCase(b, (*Env).DaemonCallCase) }
+
+// BenchmarkDaemonRelay: the same requests as Calls through the daemon's
+// fast path (daemon_relay).
+func BenchmarkDaemonRelay(b *testing.B) { daemonCase(b, (*Env).DaemonRelayCase) }
+
 // BenchmarkThroughput: b.N requests spread over concurrent callers and
 // warm instances in 1 or 16 targets; reports requests per second.
 func BenchmarkThroughput(b *testing.B) {
