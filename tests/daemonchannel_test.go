@@ -146,6 +146,23 @@ func TestDaemonChannelIsAuthorizedAsACall(t *testing.T) {
 	if _, _, err := ch.Call(context.Background(), []byte(`{"path":"/proc/self/status"}`)); err != nil {
 		t.Fatalf("on it: %v", err)
 	}
+	// Its handler has no more privilege than the user could get: it
+	// joined the target's user namespace, and is charged to the user.
+	found := false
+	for _, in := range d.instances(t, d.client(t)) {
+		if in.Channels == 1 {
+			found = true
+			if !slices.Contains(in.Joined, "user") || in.Account != "uid 4242" {
+				t.Errorf("uid 4242's channel is served by an instance that joined %v, charged to %q", in.Joined, in.Account)
+			}
+			if got, want := nsInode(t, int(in.Pid), "user"), nsInode(t, mine, "user"); got != want {
+				t.Errorf("its handler's user namespace %d, the target's %d", got, want)
+			}
+		}
+	}
+	if !found {
+		t.Error("no instance reports uid 4242's channel")
+	}
 	_, err = client.OpenChannel(context.Background(), &apiv1.CallRequest{Target: &apiv1.Target{Pid: int32(theirs)}, Type: "procfs.read"})
 	if errnoOfErr(err) != syscall.EACCES || !strings.Contains(err.Error(), "owned by uid 4343") {
 		t.Errorf("uid 4242's channel to uid 4343's target: %v, want EACCES", err)
