@@ -210,8 +210,7 @@ func (d *Dispatcher) watch(inst *instance) {
 	for {
 		select {
 		case <-tick.C:
-		case <-inst.gone:
-			d.pool.revokeChannels(inst)
+		case <-inst.gone: // killLocked revoked its channels
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), ChannelWatchInterval)
@@ -299,10 +298,11 @@ func (d *Dispatcher) account(inst *instance, stats *wire.ChannelStats) error {
 			overdue = errorf(syscall.ETIMEDOUT, "%s: a request on channel %d ran past its timeout and did not stop", ch.Type, c.ID)
 		}
 	}
+	var open []*Channel
 	for id, ch := range inst.channels {
-		// Its target exited: the channel was granted for that process,
-		// not for whatever keeps its namespaces now.
-		if !listed[id] || !ch.target.alive() {
+		if listed[id] {
+			open = append(open, ch)
+		} else {
 			delete(inst.channels, id)
 			gone = append(gone, ch)
 		}
@@ -310,6 +310,14 @@ func (d *Dispatcher) account(inst *instance, stats *wire.ChannelStats) error {
 	d.pool.mu.Unlock()
 	for _, ch := range gone {
 		ch.close()
+	}
+	// A channel whose target exited is revoked: it was granted for that
+	// process, not for whatever keeps its namespaces now. (Asked of the
+	// pidfds outside the pool's lock.)
+	for _, ch := range open {
+		if !ch.target.alive() {
+			ch.Close()
+		}
 	}
 	if d.channelServed != nil {
 		for _, s := range served {

@@ -103,7 +103,7 @@ func (s *Server) openFastChannel(ctx context.Context, c Caller, fc *fastConn, ms
 	}
 	detail, err := anypb.New(&apiv1.ChannelGrant{Id: oc.ch.ID, Type: oc.ch.Type, TimeoutMs: oc.ch.Timeout.Milliseconds()})
 	if err != nil {
-		oc.ch.Close()
+		oc.revoke()
 		return statusOf(wire.Errorf(syscall.EIO, "encoding the grant: %v", err)), nil
 	}
 	return &spb.Status{Details: []*anypb.Any{detail}}, []*os.File{oc.ch.File}
@@ -115,7 +115,7 @@ func (s *Server) openChannel(ctx context.Context, c Caller, fc *fastConn, in *ap
 		return nil, err
 	}
 	g := s.acquire()
-	if info, _, ok := g.d.Type(req.Type); ok && (len(info.Changes) > 0 || len(info.MayChange) > 0) {
+	if changesState(g.d, req.Type) {
 		s.release(g)
 		return nil, wire.Errorf(syscall.EOPNOTSUPP, "%s changes state: each of its calls is audited, so it is served by Call, not on a channel", req.Type)
 	}
@@ -167,14 +167,21 @@ func (s *Server) openChannel(ctx context.Context, c Caller, fc *fastConn, in *ap
 		s.dropChannel(oc)
 	}()
 	if closed {
-		ch.Close()
+		oc.revoke()
 		return nil, wire.Errorf(syscall.ESHUTDOWN, "the daemon is shutting down")
 	}
 	if revoked { // authorized by the rules a reload replaced meanwhile
-		ch.Close()
+		oc.revoke()
 		return nil, wire.Errorf(syscall.EAGAIN, "the daemon reloaded its configuration while the channel opened; try again")
 	}
 	return oc, nil
+}
+
+// revoke revokes a channel never handed to its client, and closes the
+// client's end, which the daemon still holds.
+func (oc *openChannel) revoke() {
+	oc.ch.Close()
+	oc.ch.File.Close()
 }
 
 // dropChannel forgets a revoked channel: its count, its generation.

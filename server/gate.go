@@ -61,8 +61,7 @@ func (g *Gate) Channel(c Caller, req core.Request, do func(core.Request) (*core.
 
 func (g *Gate) call(op string, c Caller, req core.Request, do func(core.Request) (*core.Response, error)) (resp *core.Response, denied string, err error) {
 	rec := AuditRecord{Time: time.Now(), Op: op, Caller: c, PID: req.PID, StartTime: req.StartTime, Type: req.Type, Payload: req.Payload}
-	info, _, known := g.Registry.Type(req.Type)
-	mutating := known && (len(info.Changes) > 0 || len(info.MayChange) > 0)
+	mutating := changesState(g.Registry, req.Type)
 
 	if err := g.Policy.Constrain(c, &req, g.Registry); err != nil {
 		return nil, DeniedType, g.deny(&rec, err)
@@ -113,6 +112,13 @@ func (g *Gate) Prepare(c Caller, tg core.Target, types []string, do func(core.Ta
 		return DeniedTarget, err
 	}
 	return "", err
+}
+
+// changesState reports whether typ is a registered type that declares
+// state it changes (or may): each of its calls is audited.
+func changesState(reg Registry, typ string) bool {
+	info, _, known := reg.Type(typ)
+	return known && (len(info.Changes) > 0 || len(info.MayChange) > 0)
 }
 
 // observe wraps the policy's target hook: rec learns the pinned target,

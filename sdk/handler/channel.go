@@ -293,16 +293,10 @@ func rawRecvmsg(w *fdwait.Waiter, fd int, buf, oob []byte) (int, *os.File, error
 	}
 	var file *os.File
 	if msg.Controllen > 0 {
-		msgs, _ := unix.ParseSocketControlMessage(oob[:msg.Controllen])
-		for _, m := range msgs {
-			fds, _ := unix.ParseUnixRights(&m)
-			for _, fd := range fds {
-				if file == nil {
-					file = os.NewFile(uintptr(fd), "channel")
-				} else {
-					unix.Close(fd)
-				}
-			}
+		files := wire.ParseRights(oob[:msg.Controllen], "channel")
+		if len(files) > 0 {
+			file = files[0]
+			closeAll(files[1:])
 		}
 	}
 	return int(n), file, nil
