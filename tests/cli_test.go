@@ -331,10 +331,7 @@ func TestRootRunsOnlyWhatOthersCannotWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(plugin, data, 0o775); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(plugin, 0o775)
+	writeExecutable(t, plugin, data, 0o775)
 	entry := fmt.Sprintf("[[plugin]]\nname = \"extprobe\"\npath = %q\n", plugin)
 	out, _, code := runNsplug(t, nil, nil, "plugins", "--json", "--config", cliConfig(t, entry))
 	if code != 0 || !strings.Contains(out, "refusing "+plugin) || !strings.Contains(out, "writable by group or others") || !strings.Contains(out, "sha256") {

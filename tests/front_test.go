@@ -64,7 +64,7 @@ func TestFrontHandsOverOnlyToASafeFullBinary(t *testing.T) {
 				return
 			}
 			if code != 1 || !strings.Contains(string(out), c.want) || !strings.Contains(string(out), filepath.Join(dir, "nsplugd")) {
-				t.Errorf("exit %d, output %q: want exit 1 and %q naming %s", code, out, c.want, filepath.Join(dir, "nsplugd"))
+				t.Errorf("exit %d (%v), output %q: want exit 1 and %q naming %s", code, err, out, c.want, filepath.Join(dir, "nsplugd"))
 			}
 		})
 	}
@@ -76,13 +76,7 @@ func write(t *testing.T, dir string, data []byte, mode os.FileMode) {
 	if _, err := os.Stat(filepath.Join(dir, "nsplug")); err == nil {
 		name = "nsplugd"
 	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, data, mode); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, mode); err != nil { // past the umask
-		t.Fatal(err)
-	}
+	writeExecutable(t, filepath.Join(dir, name), data, mode)
 }
 
 func exitCode(err error) int {

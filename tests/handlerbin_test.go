@@ -194,19 +194,9 @@ func handlerBlockedInOpen(t *testing.T, target int) int {
 // copyExecutable copies src to dst, mode 0755.
 func copyExecutable(t *testing.T, src, dst string) {
 	t.Helper()
-	in, err := os.Open(src)
+	data, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeExecutable(t, dst, data, 0o755)
 }

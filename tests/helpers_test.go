@@ -494,3 +494,28 @@ func processesInPIDNamespaceOf(t *testing.T, pid int) []int {
 }
 
 var _ = context.Background
+
+// writeExecutable writes data to path with mode, holding syscall.ForkLock
+// while the file is open for writing. Tests run in parallel and fork all
+// the time; a child forked while the write fd is open holds it until its
+// own exec, and executing the file meanwhile fails with ETXTBSY (seen in
+// CI as an exit of -1 with no output). With the lock, no fork sees it.
+func writeExecutable(t *testing.T, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil { // past the umask
+		t.Fatal(err)
+	}
+}
