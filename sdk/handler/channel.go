@@ -253,6 +253,7 @@ func (fs *frameServer) end() {
 		fs.readable.Close()
 		fs.hangUp.Close()
 		fs.mu.Lock()
+		fs.ended = true
 		if fs.writable != nil {
 			fs.writable.Close()
 		}
@@ -262,7 +263,7 @@ func (fs *frameServer) end() {
 	close(fs.closed)
 }
 
-// rawRecvmsg is rawIO's read as recvmsg(2), keeping the one descriptor
+// rawRecvmsg is rawRead as recvmsg(2), keeping the one descriptor
 // a frame may carry (oob has room for one; more are truncated, which
 // closes them). Received descriptors are close-on-exec.
 func rawRecvmsg(w *fdwait.Waiter, fd int, buf, oob []byte) (int, *os.File, error) {

@@ -27,7 +27,8 @@ type frameServer struct {
 	// fdwait's Waiters.
 	fd       int
 	readable *fdwait.Waiter
-	writable *fdwait.Waiter // made at the first write that would block
+	writable *fdwait.Waiter // a direct channel's, while a write that would block waits
+	ended    bool           // a direct channel's end: no more waits
 	idle     *idleReturn    // the process's: shared by its channels
 	oob      []byte         // the core's channel only: a grant's socket comes with its request
 
@@ -252,7 +253,7 @@ func rawSocket(f *os.File) (int, *fdwait.Waiter, error) {
 // none: read(2) discards them.
 func (fs *frameServer) recv(buf []byte) (int, *os.File, error) {
 	if fs.oob == nil {
-		n, err := rawIO(fs.readable, fs.fd, syscall.SYS_READ, buf)
+		n, err := rawRead(fs.readable, fs.fd, buf)
 		return n, nil, err
 	}
 	return rawRecvmsg(fs.readable, fs.fd, buf, fs.oob)
@@ -260,12 +261,16 @@ func (fs *frameServer) recv(buf []byte) (int, *os.File, error) {
 
 // write sends one frame without files.
 func (fs *frameServer) write(frame []byte) error {
-	w, err := fs.writer()
-	if err != nil {
-		return err
+	var n uintptr
+	var errno syscall.Errno
+	err := fs.whenWritable(func() bool {
+		n, errno = rawSyscall(syscall.SYS_WRITE, fs.fd, unsafe.Pointer(&frame[0]), uintptr(len(frame)))
+		return errno != syscall.EAGAIN
+	})
+	if err == nil && errno != 0 {
+		err = errno
 	}
-	n, err := rawIO(w, fs.fd, syscall.SYS_WRITE, frame)
-	if err == nil && n != len(frame) {
+	if err == nil && int(n) != len(frame) {
 		err = syscall.EMSGSIZE
 	}
 	return err
@@ -273,51 +278,66 @@ func (fs *frameServer) write(frame []byte) error {
 
 // sendmsg sends one frame with files (oob, SCM_RIGHTS).
 func (fs *frameServer) sendmsg(frame, oob []byte) error {
-	w, err := fs.writer()
-	if err != nil {
-		return err
-	}
 	var serr error
-	if err := w.Wait(func() bool {
+	err := fs.whenWritable(func() bool {
 		for {
 			_, serr = unix.SendmsgN(fs.fd, frame, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 			if serr != unix.EINTR {
 				return serr != unix.EAGAIN
 			}
 		}
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	return serr
 }
 
-// writer is the Waiter for writes; the one writing goroutine at a time
-// (wire.Send's caller holds the response) makes it once.
-func (fs *frameServer) writer() (*fdwait.Waiter, error) {
+// whenWritable calls try, which makes one non-blocking write and returns
+// false if it would block, until it returns true. Only a write that
+// would block waits, through a Waiter made for that wait and closed after
+// it: a lasting Waiter for writability would wake the process each time
+// the core reads a response, the wake-up fdwait exists to avoid (one of
+// two per request before session 10). Responses to the core may be
+// written by several goroutines, each blocked one with its own Waiter; a
+// direct channel serves one request at a time, and its end closes the
+// Waiter of a write still waiting.
+func (fs *frameServer) whenWritable(try func() bool) error {
+	if try() {
+		return nil
+	}
 	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if fs.writable == nil {
-		w, err := fdwait.Writable(fs.fd)
-		if err != nil {
-			return nil, err
-		}
+	if fs.ended {
+		fs.mu.Unlock()
+		return os.ErrClosed
+	}
+	w, err := fdwait.Writable(fs.fd)
+	if err != nil {
+		fs.mu.Unlock()
+		return err
+	}
+	if fs.grant != nil {
 		fs.writable = w
 	}
-	return fs.writable, nil
+	fs.mu.Unlock()
+	err = w.Wait(try)
+	fs.mu.Lock()
+	if fs.grant != nil {
+		fs.writable = nil
+	}
+	fs.mu.Unlock()
+	w.Close()
+	return err
 }
 
-// rawIO makes one read(2) or write(2) (trap) of p on fd, waiting through
-// w while it would block.
-func rawIO(w *fdwait.Waiter, fd int, trap uintptr, p []byte) (int, error) {
+// rawRead makes one read(2) into p on fd, waiting through w while it
+// would block.
+func rawRead(w *fdwait.Waiter, fd int, p []byte) (int, error) {
 	var n uintptr
 	var errno syscall.Errno
 	err := w.Wait(func() bool {
-		for {
-			n, _, errno = syscall.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if errno != syscall.EINTR {
-				return errno != syscall.EAGAIN
-			}
-		}
+		n, errno = rawSyscall(syscall.SYS_READ, fd, unsafe.Pointer(&p[0]), uintptr(len(p)))
+		return errno != syscall.EAGAIN
 	})
 	if err != nil {
 		return 0, err
@@ -326,6 +346,17 @@ func rawIO(w *fdwait.Waiter, fd int, trap uintptr, p []byte) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
+}
+
+// rawSyscall makes a three-argument system call on fd, again while it is
+// interrupted (EINTR).
+func rawSyscall(trap uintptr, fd int, p unsafe.Pointer, n uintptr) (uintptr, syscall.Errno) {
+	for {
+		r, _, errno := syscall.RawSyscall(trap, uintptr(fd), uintptr(p), n)
+		if errno != syscall.EINTR {
+			return r, errno
+		}
+	}
 }
 
 func closeAll(files []*os.File) {

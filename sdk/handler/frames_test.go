@@ -136,3 +136,98 @@ func TestFrameServerCallsServedAfterEachResponse(t *testing.T) {
 		}
 	}
 }
+
+// levelWritabilityWaits counts the epoll registrations in this process
+// that wait, level-triggered, for a descriptor to be writable: what
+// fdwait.Writable makes (the runtime's own are edge-triggered).
+func levelWritabilityWaits(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fdinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 4 || f[0] != "tfd:" || f[2] != "events:" {
+				continue
+			}
+			ev, err := strconv.ParseUint(f[3], 16, 32)
+			if err == nil && ev&unix.EPOLLOUT != 0 && ev&unix.EPOLLET == 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// A response is written at once; only a write that would block waits for
+// the socket to be writable, and nothing waits for that once it is
+// written. (A lasting wait woke the handler each time the core read a
+// response: two wake-ups per request instead of one.) Responses that
+// fill the socket all arrive once the core reads them.
+func TestFrameServerWaitsForWritabilityOnlyWhileBlocked(t *testing.T) {
+	conn := echoFrameServer(t, nil)
+	buf := make([]byte, wire.MaxFrame)
+	request := func(id, text string) {
+		t.Helper()
+		msg, _ := proto.Marshal(&wire.HandleRequest{Type: "echo.say", Payload: []byte(`{"text":"` + text + `"}`), RequestId: id})
+		frame, err := wire.AppendFrame(nil, wire.FrameRequest, id, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		request(strconv.Itoa(i), "hi")
+		if _, err := conn.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := levelWritabilityWaits(t); n != 0 {
+		t.Fatalf("after three answered requests, %d waits for writability remain", n)
+	}
+
+	// Twenty 40 KB answers do not fit in the socket's buffer: the
+	// server's writes block until the test reads.
+	const many = 20
+	big := strings.Repeat("x", 40<<10)
+	for i := 0; i < many; i++ {
+		request("big"+strconv.Itoa(i), big)
+	}
+	for deadline := time.Now().Add(10 * time.Second); levelWritabilityWaits(t) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no write of twenty 40 KB answers waited for the socket")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got := map[string]bool{}
+	for len(got) < many {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kind, id, body, err := wire.ParseFrame(buf[:n])
+		if err != nil || kind != wire.FrameResponse {
+			t.Fatalf("frame kind %d, %v", kind, err)
+		}
+		resp := &wire.HandleResponse{}
+		if err := proto.Unmarshal(body, resp); err != nil || resp.Error != nil || len(resp.Payload) < len(big) {
+			t.Fatalf("response %s: %v %v (%d bytes)", id, err, resp.Error, len(resp.Payload))
+		}
+		got[id] = true
+	}
+	for deadline := time.Now().Add(10 * time.Second); levelWritabilityWaits(t) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waits for writability remain after every answer was read", levelWritabilityWaits(t))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
