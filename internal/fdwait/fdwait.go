@@ -36,7 +36,10 @@ func Readable(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLIN|unix.
 // EPOLLERR, which are always reported), not for data.
 func HangUp(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLRDHUP) }
 
-// Writable waits for fd to be writable (EPOLLOUT).
+// Writable waits for fd to be writable (EPOLLOUT). A socket is writable
+// nearly always, and its instance tells the runtime's poller again each
+// time the peer reads: make one for a write that would block, and close it
+// once that write is made, or it wakes the process once per message.
 func Writable(fd int) (*Waiter, error) { return newWaiter(fd, unix.EPOLLOUT) }
 
 func newWaiter(fd int, events uint32) (*Waiter, error) {
