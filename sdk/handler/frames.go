@@ -297,8 +297,8 @@ func (fs *frameServer) sendmsg(frame, oob []byte) error {
 // false if it would block, until it returns true. Only a write that
 // would block waits, through a Waiter made for that wait and closed after
 // it: a lasting Waiter for writability would wake the process each time
-// the core reads a response, the wake-up fdwait exists to avoid (one of
-// two per request before session 10). Responses to the core may be
+// the core reads a response, the wake-up fdwait exists to avoid: a
+// second one per request. Responses to the core may be
 // written by several goroutines, each blocked one with its own Waiter; a
 // direct channel serves one request at a time, and its end closes the
 // Waiter of a write still waiting.
