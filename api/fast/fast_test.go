@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,5 +74,29 @@ func TestReadBreaches(t *testing.T) {
 	}
 	if _, _, err := NewReader(bytes.NewReader([]byte{0, 0})).Read(wire.FrameRequest); err != io.ErrUnexpectedEOF {
 		t.Errorf("a length cut short: %v", err)
+	}
+}
+
+// The daemon makes a Reader per connection, and a whole `nsplug call` is
+// one connection: a Reader is small until a frame needs more, and a small
+// call through it stays small.
+func TestReaderIsSmallForSmallCalls(t *testing.T) {
+	msg, err := AppendMessage(nil, wire.FrameRequest, "1", []byte("a small request"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const readers = 64
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range readers {
+		r := NewReader(bytes.NewReader(msg))
+		if _, got, err := r.Read(wire.FrameRequest); err != nil || string(got) != "a small request" {
+			t.Fatalf("Read = %q, %v", got, err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / readers; per > 16<<10 {
+		t.Errorf("a Reader that read one small message allocated %d bytes; want at most 16 KiB (a frame's size is %d)", per, wire.MaxFrame)
 	}
 }
