@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,62 @@ func TestKilledCLILeavesNoRuntimeFiles(t *testing.T) {
 	cmd.Wait()
 	waitGone(t, h, 5*time.Second)
 	assertEmptyDir(t, filepath.Join(filepath.Dir(conf), "run"))
+}
+
+// An interrupted `nsplug call` ends by its signal, in process and through
+// the daemon alike, as a shell expects of an interrupted command, and
+// leaves nothing behind: in process, the core kills and reaps the blocked
+// handler and empties runtime_dir before the signal ends it; through the
+// daemon, the daemon ends the request when the connection closes.
+func TestInterruptedCallEndsBySignal(t *testing.T) {
+	target := newTarget(t, sandbox.Options{MountProc: true, Files: map[string]string{"/mnt/x": ""}})
+	if err := unix.Mkfifo(fmt.Sprintf("/proc/%d/root/mnt/fifo", target.PID()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(target.PID())
+	endedBy := func(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
+		t.Helper()
+		cmd.Wait()
+		ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if !ok || !ws.Signaled() || ws.Signal() != sig {
+			t.Errorf("after %v: %v, want the command ended by %v", sig, cmd.ProcessState, sig)
+		}
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run("in process, "+unix.SignalName(sig), func(t *testing.T) {
+			conf := cliConfig(t, "")
+			cmd := exec.Command(nsplugBin, "call", "--config", conf, "--pid", pid, "fs.open", `{"path":"/mnt/fifo"}`)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			h := handlerBlockedInOpen(t, target.PID())
+			cmd.Process.Signal(sig)
+			endedBy(t, cmd, sig)
+			waitGone(t, h, 5*time.Second)
+			assertEmptyDir(t, filepath.Join(filepath.Dir(conf), "run"))
+		})
+	}
+	d := startDaemon(t, "", "")
+	c := d.client(t)
+	d.instances(t, c)
+	before := d.fds(t) + 1 // the target's pidfd, held after its first request
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run("through the daemon, "+unix.SignalName(sig), func(t *testing.T) {
+			cmd := exec.Command(nsplugBin, "call", "--addr", d.addr, "--pid", pid, "extprobe.hang")
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			h := d.waitInflight(t, c, "extprobe")
+			cmd.Process.Signal(sig)
+			endedBy(t, cmd, sig)
+			procGone(t, h, "the interrupted call's handler")
+			d.waitQuiet(t, before)
+		})
+	}
 }
 
 // runtime_dir keeps at most search permission for others (so that `nsplug

@@ -26,19 +26,9 @@
 package main
 
 import (
-	"os"
-	"runtime"
-
 	"github.com/nsplug/nsplug/internal/cli"
 )
 
 func main() {
-	// One P: a front process waits on one call, and fewer threads make
-	// its start and its exit (which wakes every thread to end it) cheaper.
-	// Alternating runs of a standalone call, 3 × 100 each: p50 10.8, 10.6
-	// and 11.6 ms with the CPUs' count, 10.3, 10.5 and 10.9 with one.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
 	cli.Main(cli.Hooks{Full: execFull})
 }

@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -431,13 +432,16 @@ func cmdCall(h Hooks, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	var resp *core.Response
 	if addr != "" {
-		resp, err = callDaemon(ctx, h, addr, req)
+		// SIGINT and SIGTERM keep their default action: they end this
+		// process, the kernel closes its connection, and the daemon ends
+		// the request, as for a client killed by any signal. Catching
+		// them would cost os/signal's locked thread, and the handoffs to
+		// it, about 0.3 ms of a 4 ms command.
+		resp, err = callDaemon(context.Background(), h, addr, req)
 	} else {
-		resp, err = callInProcess(ctx, h, &c, stderr, req)
+		resp, err = callInProcess(h, &c, stderr, req)
 	}
 	if err != nil {
 		return err
@@ -450,7 +454,62 @@ func cmdCall(h Hooks, args []string, stdout, stderr io.Writer) error {
 	return printResponse(stdout, resp)
 }
 
-func callInProcess(ctx context.Context, h Hooks, c *Flags, stderr io.Writer, req core.Request) (*core.Response, error) {
+// callInProcess runs req in a core of this process. SIGINT or SIGTERM
+// cancels it, and once the core is closed (its plugins killed and reaped,
+// their sockets removed) the signal is raised again: the process ends by
+// it, as it does through the daemon, and as a shell expects of an
+// interrupted command.
+func callInProcess(h Hooks, c *Flags, stderr io.Writer, req core.Request) (*core.Response, error) {
+	// One P: this process waits on one call, and fewer threads make its
+	// start of a handler and its exit (which wakes every thread to end
+	// it) cheaper. Alternating runs, 3 × 100 each: p50 10.8, 10.6 and
+	// 11.6 ms with the CPUs' count, 10.3, 10.5 and 10.9 with one. (A call
+	// through the daemon is cheaper without it: the change stops the
+	// world, about 0.3 ms.)
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	var got os.Signal
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case got = <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	resp, err := callCore(ctx, h, c, stderr, req)
+	cancel()
+	<-watched
+	signal.Stop(sigs)
+	if got != nil {
+		if resp != nil {
+			for _, f := range resp.Files {
+				f.Close()
+			}
+		}
+		raise(got.(syscall.Signal))
+	}
+	return resp, err
+}
+
+// raise ends the process by sig, with its default action, unless this
+// process ignores it (as a background job of a shell ignores SIGINT): then
+// it returns. The signal goes to this thread, so that it is handled before
+// tgkill returns; sent to the process, it could reach another thread and
+// lose the race with this one's exit.
+func raise(sig syscall.Signal) {
+	signal.Reset(sig)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	unix.Tgkill(unix.Getpid(), unix.Gettid(), sig)
+}
+
+func callCore(ctx context.Context, h Hooks, c *Flags, stderr io.Writer, req core.Request) (*core.Response, error) {
 	d, err := c.open(h, stderr, true)
 	if err != nil {
 		return nil, err
