@@ -487,12 +487,7 @@ func callInProcess(h Hooks, c *Flags, stderr io.Writer, req core.Request) (*core
 	<-watched
 	signal.Stop(sigs)
 	if got != nil {
-		if resp != nil {
-			for _, f := range resp.Files {
-				f.Close()
-			}
-		}
-		raise(got.(syscall.Signal))
+		raise(got.(syscall.Signal)) // the files handed back, if any, close with the process
 	}
 	return resp, err
 }
