@@ -3,7 +3,9 @@ package tests
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -82,4 +84,43 @@ func TestProcfsReadsAFIFO(t *testing.T) {
 	err := call(t, d, pid, "procfs.read", `{"path":"/mnt/fifo","offset":2}`, nil)
 	wantErrno(t, err, syscall.ESPIPE, "/mnt/fifo")
 	<-fed
+}
+
+// procfs.read of a /proc/sys file reads what the target sees there, also
+// when the target mounts over it after the handler has read it: a file
+// bound on the sysctl, a file system on its directory or on /proc/sys
+// itself, and the sysctl again once they are gone. The handler keeps a
+// descriptor of /proc/sys for such reads (handler.Env.ReadProcSys); it
+// must neither read past a mount nor keep what a mount replaced.
+func TestProcfsReadFollowsMountsOverProcSys(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{Hostname: "sysview", Files: map[string]string{"/mnt/planted": "planted\n"}})
+	pid := target.PID()
+	d, _ := newDispatcher(t, "")
+	read := func(want, after string) {
+		t.Helper()
+		var rd struct {
+			Data []byte `json:"data"`
+		}
+		mustCall(t, d, pid, "procfs.read", `{"path":"/proc/sys/kernel/hostname"}`, &rd)
+		if string(rd.Data) != want {
+			t.Errorf("after %s: read %q, want %q", after, rd.Data, want)
+		}
+	}
+	in := func(script string) string {
+		t.Helper()
+		out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-a", "sh", "-c", script).CombinedOutput()
+		if err != nil {
+			t.Fatalf("in the target: %s: %v: %s", script, err, out)
+		}
+		return script
+	}
+	read("sysview\n", "the start")
+	read("sysview\n", "a second read")
+	read("planted\n", in("mount --bind /mnt/planted /proc/sys/kernel/hostname"))
+	read("sysview\n", in("umount /proc/sys/kernel/hostname"))
+	read("dir\n", in("mount -t tmpfs dir /proc/sys/kernel && echo dir > /proc/sys/kernel/hostname"))
+	read("sysview\n", in("umount /proc/sys/kernel"))
+	read("whole\n", in("mount -t tmpfs whole /proc/sys && mkdir /proc/sys/kernel && echo whole > /proc/sys/kernel/hostname"))
+	read("sysview\n", in("umount /proc/sys"))
 }

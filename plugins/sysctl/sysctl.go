@@ -249,6 +249,11 @@ func get(ctx context.Context, req GetRequest) (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
+	// Without waking the Go runtime (Env.ReadProcSys); a failure is
+	// repeated by readName, which names the sysctl in its message.
+	if data, err := handler.EnvFrom(ctx).ReadProcSys(strings.Join(n, "/"), MaxReadLen); err == nil {
+		return Value{Name: handler.Name(n.String()), Value: handler.Name(strings.TrimSuffix(string(data), "\n"))}, nil
+	}
 	v, err := readName(proc, n)
 	if err != nil {
 		return Value{}, err

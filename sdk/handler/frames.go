@@ -264,7 +264,7 @@ func (fs *frameServer) write(frame []byte) error {
 	var n uintptr
 	var errno syscall.Errno
 	err := fs.whenWritable(func() bool {
-		n, errno = rawSyscall(syscall.SYS_WRITE, fs.fd, unsafe.Pointer(&frame[0]), uintptr(len(frame)))
+		n, errno = rawSyscall(syscall.SYS_WRITE, fs.fd, unsafe.Pointer(&frame[0]), uintptr(len(frame)), 0)
 		return errno != syscall.EAGAIN
 	})
 	if err == nil && errno != 0 {
@@ -336,7 +336,7 @@ func rawRead(w *fdwait.Waiter, fd int, p []byte) (int, error) {
 	var n uintptr
 	var errno syscall.Errno
 	err := w.Wait(func() bool {
-		n, errno = rawSyscall(syscall.SYS_READ, fd, unsafe.Pointer(&p[0]), uintptr(len(p)))
+		n, errno = rawSyscall(syscall.SYS_READ, fd, unsafe.Pointer(&p[0]), uintptr(len(p)), 0)
 		return errno != syscall.EAGAIN
 	})
 	if err != nil {
@@ -348,11 +348,11 @@ func rawRead(w *fdwait.Waiter, fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// rawSyscall makes a three-argument system call on fd, again while it is
-// interrupted (EINTR).
-func rawSyscall(trap uintptr, fd int, p unsafe.Pointer, n uintptr) (uintptr, syscall.Errno) {
+// rawSyscall makes a system call of up to four arguments on fd, again
+// while it is interrupted (EINTR).
+func rawSyscall(trap uintptr, fd int, p unsafe.Pointer, a2, a3 uintptr) (uintptr, syscall.Errno) {
 	for {
-		r, _, errno := syscall.RawSyscall(trap, uintptr(fd), uintptr(p), n)
+		r, _, errno := syscall.RawSyscall6(trap, uintptr(fd), uintptr(p), a2, a3, 0, 0)
 		if errno != syscall.EINTR {
 			return r, errno
 		}
