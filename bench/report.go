@@ -112,7 +112,7 @@ func checks(v map[string]any) []Check {
 		{Check{Name: "core fds per target <= 8", Value: num(v, "core_fds_per_target"), Limit: 8, Unit: "fds", AtMost: true},
 			[]string{"core_fds_per_target"}},
 		{Check{Name: "procfs.read p50 round-robin <= 1.3 x one target", Value: lastNum(v, "scale_p50_us"), Limit: round(1.3*num(v, "scale_p50_single_us"), 1), Unit: "µs", AtMost: true,
-			Note: fmt.Sprintf("over %v targets; one target %.1f µs, %s", lastNum(v, "scale_targets"), num(v, "scale_p50_single_us"), pauseNote(v))},
+			Note: fmt.Sprintf("over %v targets; one target %.1f µs, %s; %s", lastNum(v, "scale_targets"), num(v, "scale_p50_single_us"), pauseNote(v), floorNote(v))},
 			[]string{"scale_p50_us", "scale_p50_single_us"}},
 		{Check{Name: fmt.Sprintf("core RSS growth over %v requests <= 5 %%", v["core_requests"]), Value: num(v, "core_rss_growth_pct"), Limit: 5, Unit: "%", AtMost: true,
 			Note: fmt.Sprintf("%.1f -> %.1f MiB; with GC before reading: %+.2f %%", num(v, "core_rss_before_mib"), num(v, "core_rss_after_mib"), num(v, "core_rss_growth_gc_pct"))},
@@ -250,4 +250,13 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// floorNote is the same round-robin against a C process per target.
+func floorNote(v map[string]any) string {
+	rr, one := num(v, "scale_floor_p50_us"), num(v, "scale_floor_p50_single_us")
+	if one == 0 {
+		return "no floor measured"
+	}
+	return fmt.Sprintf("a C process per target: %.1f µs round-robin, %.1f µs one target (%.2fx)", rr, one, rr/one)
 }

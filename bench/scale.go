@@ -26,7 +26,8 @@ import (
 // all targets against one target (interleaved), and at the last step
 // the plugin processes' PSS per target, the core's RSS, fds and
 // goroutines per target, and one serving process's anonymous memory
-// against a bare go-plugin plugin's after as many requests.
+// against a bare go-plugin plugin's after as many requests; and the same
+// round-robin against a C process per target (floor.go).
 
 // scaleMix is one request of each built-in: every one of them warm.
 var scaleMix = []core.Request{
@@ -132,6 +133,9 @@ func scalePhase(e *Env, p Params, say func(string, ...any), v map[string]any) er
 	v["scale_p50_single_steps_us"] = p50Singles
 	v["scale_p50_single_us"] = us(Summarize(single).P50)
 	if err := pausePhase(ctx, d, targets[0].PID(), samples/4, v); err != nil {
+		return err
+	}
+	if err := floorPhase(e, targets, samples, v); err != nil {
 		return err
 	}
 
