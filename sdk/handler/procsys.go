@@ -240,7 +240,7 @@ func childIno(dir int, name string) (uint64, bool) {
 		}
 		for b := buf[:n]; len(b) >= 19; {
 			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name
-			reclen := int(b[16]) | int(b[17])<<8
+			reclen := int(binary.NativeEndian.Uint16(b[16:]))
 			if reclen < 19 || reclen > len(b) {
 				return 0, false
 			}
