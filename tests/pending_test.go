@@ -57,3 +57,43 @@ func TestPendingRequestsCanBeTerminated(t *testing.T) {
 		t.Errorf("pending whoami: %v", err)
 	}
 }
+
+// A request is served by an instance while another request of the same
+// instance waits in its handler: the handler process reads on while a
+// request blocks (sdk/handler/frames.go, handOff), and the waiting
+// request is still there to be cancelled afterwards.
+func TestRequestServedWhileAnotherWaits(t *testing.T) {
+	parallel(t)
+	target := newTarget(t, sandbox.Options{MountProc: true})
+	d, _ := newDispatcher(t, "")
+	pid := target.PID()
+	mustCall(t, d, pid, "probe.whoami", `{}`, nil)
+	h := servingPID(t, d, "probe")
+	for round := 0; round < 3; round++ {
+		p := d.Go(context.Background(), core.Request{PID: pid, Type: "probe.wait"})
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if in := d.Instances(); len(in) == 1 && in[0].Inflight == 1 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := d.Dispatch(ctx, core.Request{PID: pid, Type: "probe.whoami"})
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: probe.whoami while probe.wait waits: %v", round, err)
+		}
+		if got := servingPID(t, d, "probe"); got != h {
+			t.Errorf("round %d: served by pid %d, not the instance %d that holds the waiting request", round, got, h)
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("round %d: probe.wait ended on its own", round)
+		default:
+		}
+		p.Terminate()
+		_, err = p.Wait()
+		wantErrno(t, err, syscall.ECANCELED, "probe.wait")
+	}
+}
