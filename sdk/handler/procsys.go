@@ -89,8 +89,16 @@ func (e *Env) ReadProcSys(rel string, max int) ([]byte, error) {
 	return nil, Errorf(syscall.EFBIG, "/proc/sys/%s is larger than the %d-byte limit", rel, max)
 }
 
+// rawOpenat2 is openat2(2) as a raw system call, again while it is
+// interrupted. Both pointers become uintptrs in the system call's own
+// argument list, where the compiler keeps what they point to in place.
 func rawOpenat2(dir int, path *byte, how *unix.OpenHow) (uintptr, syscall.Errno) {
-	return rawSyscall(unix.SYS_OPENAT2, dir, unsafe.Pointer(path), uintptr(unsafe.Pointer(how)), unsafe.Sizeof(*how))
+	for {
+		fd, _, errno := syscall.RawSyscall6(unix.SYS_OPENAT2, uintptr(dir), uintptr(unsafe.Pointer(path)), uintptr(unsafe.Pointer(how)), unsafe.Sizeof(*how), 0, 0)
+		if errno != syscall.EINTR {
+			return fd, errno
+		}
+	}
 }
 
 // targetSys is the process's /proc/sys as its target sees it.
