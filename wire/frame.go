@@ -87,6 +87,13 @@ func partKind(final byte) byte {
 // control message, or nil). write sends one frame, whole (SOCK_SEQPACKET).
 // Both ends send through it.
 func Send(write func(frame, oob []byte) error, final byte, id string, msg, oob []byte) error {
+	if len(msg) <= MaxFrameBody { // one frame, as nearly every message is
+		frame, err := AppendFrame(make([]byte, 0, 2+len(id)+len(msg)), final, id, msg)
+		if err != nil {
+			return err
+		}
+		return write(frame, oob)
+	}
 	parts := Split(msg)
 	if len(parts) > 1 && partKind(final) == 0 {
 		return errors.New("frame: only requests and responses have a body")

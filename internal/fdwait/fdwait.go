@@ -15,6 +15,7 @@ package fdwait
 
 import (
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -26,6 +27,12 @@ type Waiter struct {
 	ep     *os.File
 	raw    syscall.RawConn
 	closed atomic.Bool
+
+	// One Wait at a time: its attempt, called through a function made
+	// once, so that a Wait allocates nothing.
+	mu    sync.Mutex
+	try   func() bool
+	tryFn func(uintptr) bool
 }
 
 // Readable waits for fd to be readable (EPOLLIN; a hang-up counts, so
@@ -64,15 +71,21 @@ func newWaiter(fd int, events uint32) (*Waiter, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Waiter{ep: f, raw: raw}, nil
+	w := &Waiter{ep: f, raw: raw}
+	w.tryFn = func(uintptr) bool { return w.try() }
+	return w, nil
 }
 
 // Wait calls try until it returns true, waiting for the event between
 // calls; try makes its non-blocking system call and returns false when
 // that would block (EAGAIN). It returns os.ErrClosed once the Waiter is
-// closed.
+// closed. Waits on one Waiter take turns.
 func (w *Waiter) Wait(try func() bool) error {
-	err := w.raw.Read(func(uintptr) bool { return try() })
+	w.mu.Lock()
+	w.try = try
+	err := w.raw.Read(w.tryFn)
+	w.try = nil
+	w.mu.Unlock()
 	if err != nil && w.closed.Load() {
 		return os.ErrClosed
 	}

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -261,44 +260,4 @@ func (fs *frameServer) end() {
 		unix.Close(fs.fd)
 	}
 	close(fs.closed)
-}
-
-// rawRecvmsg is rawRead as recvmsg(2), keeping the one descriptor
-// a frame may carry (oob has room for one; more are truncated, which
-// closes them). Received descriptors are close-on-exec.
-func rawRecvmsg(w *fdwait.Waiter, fd int, buf, oob []byte) (int, *os.File, error) {
-	var iov unix.Iovec
-	iov.Base = &buf[0]
-	iov.SetLen(len(buf))
-	var msg unix.Msghdr
-	msg.Iov = &iov
-	msg.SetIovlen(1)
-	var n uintptr
-	var errno syscall.Errno
-	err := w.Wait(func() bool {
-		for {
-			msg.Control = &oob[0]
-			msg.SetControllen(len(oob))
-			msg.Flags = 0
-			n, _, errno = syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-			if errno != syscall.EINTR {
-				return errno != syscall.EAGAIN
-			}
-		}
-	})
-	if err != nil {
-		return 0, nil, err
-	}
-	if errno != 0 {
-		return 0, nil, errno
-	}
-	var file *os.File
-	if msg.Controllen > 0 {
-		files := wire.ParseRights(oob[:msg.Controllen], "channel")
-		if len(files) > 0 {
-			file = files[0]
-			closeAll(files[1:])
-		}
-	}
-	return int(n), file, nil
 }

@@ -31,6 +31,7 @@ type frameServer struct {
 	ended    bool           // a direct channel's end: no more waits
 	idle     *idleReturn    // the process's: shared by its channels
 	oob      []byte         // the core's channel only: a grant's socket comes with its request
+	rx       *frameReader   // made by the first read
 
 	// grant is set on a direct channel (channel.go), which serves one
 	// request at a time of the one type it grants; nil on the core's.
@@ -252,28 +253,112 @@ func rawSocket(f *os.File) (int, *fdwait.Waiter, error) {
 // channel's grant) with recvmsg(2); a direct channel's caller can send
 // none: read(2) discards them.
 func (fs *frameServer) recv(buf []byte) (int, *os.File, error) {
-	if fs.oob == nil {
-		n, err := rawRead(fs.readable, fs.fd, buf)
-		return n, nil, err
+	if fs.rx == nil {
+		fs.rx = newFrameReader(fs.fd, fs.oob)
 	}
-	return rawRecvmsg(fs.readable, fs.fd, buf, fs.oob)
+	return fs.rx.read(fs.readable, buf)
 }
 
-// write sends one frame without files.
+// frameReader is what a read of the frame channel needs, kept from one
+// read to the next: one goroutine reads at a time (reading and its buffer
+// are handed on together, which orders the reads), so a read allocates
+// nothing, where a closure over its results allocated four objects per
+// request.
+type frameReader struct {
+	fd    int
+	oob   []byte // nil: read(2); else recvmsg(2), with room for one descriptor
+	buf   []byte // the read's, while it is made
+	iov   unix.Iovec
+	msg   unix.Msghdr
+	n     uintptr
+	errno syscall.Errno
+	try   func() bool // attempt, made once
+}
+
+func newFrameReader(fd int, oob []byte) *frameReader {
+	r := &frameReader{fd: fd, oob: oob}
+	r.try = r.attempt
+	return r
+}
+
+// attempt makes one non-blocking read, again while it is interrupted,
+// and reports whether it is done (false: it would block).
+func (r *frameReader) attempt() bool {
+	for {
+		if r.oob == nil {
+			r.n, _, r.errno = syscall.RawSyscall(syscall.SYS_READ, uintptr(r.fd), uintptr(unsafe.Pointer(&r.buf[0])), uintptr(len(r.buf)))
+		} else {
+			r.iov.Base = &r.buf[0]
+			r.iov.SetLen(len(r.buf))
+			r.msg.Iov = &r.iov
+			r.msg.SetIovlen(1)
+			r.msg.Control = &r.oob[0]
+			r.msg.SetControllen(len(r.oob))
+			r.msg.Flags = 0
+			r.n, _, r.errno = syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(r.fd), uintptr(unsafe.Pointer(&r.msg)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		}
+		if r.errno != syscall.EINTR {
+			return r.errno != syscall.EAGAIN
+		}
+	}
+}
+
+// read reads one frame into buf, waiting through w while there is none,
+// with the one descriptor it may carry (more are truncated, which closes
+// them; those received are close-on-exec).
+func (r *frameReader) read(w *fdwait.Waiter, buf []byte) (int, *os.File, error) {
+	r.buf = buf
+	err := w.Wait(r.try)
+	r.buf, r.msg.Iov, r.iov.Base = nil, nil, nil
+	if err != nil {
+		return 0, nil, err
+	}
+	if r.errno != 0 {
+		return 0, nil, r.errno
+	}
+	var file *os.File
+	if r.oob != nil && r.msg.Controllen > 0 {
+		files := wire.ParseRights(r.oob[:r.msg.Controllen], "channel")
+		if len(files) > 0 {
+			file = files[0]
+			closeAll(files[1:])
+		}
+	}
+	return int(r.n), file, nil
+}
+
+// write sends one frame without files. The first attempt is made
+// directly, without the closure a wait needs: nearly every write
+// succeeds at once.
 func (fs *frameServer) write(frame []byte) error {
+	n, errno := rawSyscall(syscall.SYS_WRITE, fs.fd, unsafe.Pointer(&frame[0]), uintptr(len(frame)), 0)
+	if errno == syscall.EAGAIN {
+		return fs.writeWhenWritable(frame)
+	}
+	return writeResult(n, errno, frame)
+}
+
+func (fs *frameServer) writeWhenWritable(frame []byte) error {
 	var n uintptr
 	var errno syscall.Errno
 	err := fs.whenWritable(func() bool {
 		n, errno = rawSyscall(syscall.SYS_WRITE, fs.fd, unsafe.Pointer(&frame[0]), uintptr(len(frame)), 0)
 		return errno != syscall.EAGAIN
 	})
-	if err == nil && errno != 0 {
-		err = errno
+	if err != nil {
+		return err
 	}
-	if err == nil && int(n) != len(frame) {
-		err = syscall.EMSGSIZE
+	return writeResult(n, errno, frame)
+}
+
+func writeResult(n uintptr, errno syscall.Errno, frame []byte) error {
+	if errno != 0 {
+		return errno
 	}
-	return err
+	if int(n) != len(frame) {
+		return syscall.EMSGSIZE
+	}
+	return nil
 }
 
 // sendmsg sends one frame with files (oob, SCM_RIGHTS).
@@ -328,24 +413,6 @@ func (fs *frameServer) whenWritable(try func() bool) error {
 	fs.mu.Unlock()
 	w.Close()
 	return err
-}
-
-// rawRead makes one read(2) into p on fd, waiting through w while it
-// would block.
-func rawRead(w *fdwait.Waiter, fd int, p []byte) (int, error) {
-	var n uintptr
-	var errno syscall.Errno
-	err := w.Wait(func() bool {
-		n, errno = rawSyscall(syscall.SYS_READ, fd, unsafe.Pointer(&p[0]), uintptr(len(p)), 0)
-		return errno != syscall.EAGAIN
-	})
-	if err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
 }
 
 // rawSyscall makes a system call of up to four arguments on fd, again
