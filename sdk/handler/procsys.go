@@ -172,30 +172,19 @@ func (v *sysView) look() {
 	if err != nil {
 		return
 	}
-	proc, err := unix.Openat2(root, "proc", &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
-	if err != nil {
+	proc, ok := openProcfs(root, "proc", unix.O_RDONLY|unix.O_DIRECTORY,
+		unix.RESOLVE_IN_ROOT|unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_MAGICLINKS, procRootIno)
+	if !ok {
 		return
 	}
 	defer unix.Close(proc)
-	if !isProcfs(proc, procRootIno) {
-		return
-	}
 	if v.mounts < 0 {
 		// First the watch, then the walk: a change during the walk is
 		// seen by the next poll. thread-self is procfs's own link; no mount
 		// may be crossed on the way.
-		m, err := unix.Openat2(proc, "thread-self/mounts", &unix.OpenHow{
-			Flags:   unix.O_RDONLY | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
-		})
-		if err != nil {
-			return
-		}
-		if !isProcfs(m, 0) {
-			unix.Close(m)
+		m, ok := openProcfs(proc, "thread-self/mounts", unix.O_RDONLY,
+			unix.RESOLVE_BENEATH|unix.RESOLVE_NO_MAGICLINKS|unix.RESOLVE_NO_XDEV, 0)
+		if !ok {
 			return
 		}
 		v.mounts = m
@@ -206,18 +195,24 @@ func (v *sysView) look() {
 	if !ok {
 		return
 	}
-	sys, err := unix.Openat2(proc, "sys", &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	if sys, ok := openProcfs(proc, "sys", unix.O_PATH|unix.O_DIRECTORY,
+		unix.RESOLVE_BENEATH|unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_MAGICLINKS, want); ok {
+		v.dir = sys
+	}
+}
+
+// openProcfs opens path beneath dir and keeps it only if it is on a
+// procfs, with inode number ino unless ino is 0.
+func openProcfs(dir int, path string, flags int, resolve uint64, ino uint64) (int, bool) {
+	fd, err := unix.Openat2(dir, path, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolve})
 	if err != nil {
-		return
+		return -1, false
 	}
-	if !isProcfs(sys, want) {
-		unix.Close(sys)
-		return
+	if !isProcfs(fd, ino) {
+		unix.Close(fd)
+		return -1, false
 	}
-	v.dir = sys
+	return fd, true
 }
 
 // procRootIno is the inode number of every procfs's root (PROC_ROOT_INO).
